@@ -1,0 +1,29 @@
+# netctl: the two commands a newcomer runs are `make demo` and `make test`.
+CARGO ?= cargo
+
+.PHONY: all build test bench demo fmt lint
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## Unit tests (IPAM, VNI, validation, store) and end-to-end tests that run the
+## real netctl binaries.
+test: build
+	$(CARGO) test --workspace
+
+## Benchmarks; results land in bench/results/ as JSON.
+bench:
+	$(CARGO) build --release --workspace --bins
+	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-control bench/results/control_plane.json
+
+## A manager and an agent on loopback, a network created and listed.
+demo: build
+	./scripts/demo.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,143 @@
+//! One session with the manager: join, then heartbeat and watch the node's
+//! desired state until the connection is lost.
+
+use crate::AgentConfig;
+use netctl_proto::dispatcher_client::DispatcherClient;
+use netctl_proto::{BearerToken, HeartbeatRequest, JoinRequest, NodeState, WatchRequest};
+use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// How a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The manager refused this node: retrying will not help.
+    #[error("manager at {manager} refused to let this node join: {message}")]
+    Refused {
+        /// The manager's address.
+        manager: String,
+        /// What the manager said.
+        message: String,
+    },
+    /// The manager is unreachable or the connection broke: retry.
+    #[error("connection to manager at {manager} lost while {during}: {message}")]
+    Lost {
+        /// The manager's address.
+        manager: String,
+        /// What the agent was doing.
+        during: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The node's identity and the cluster settings a join returns.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// This node's ID.
+    pub node_id: String,
+    /// How often to send heartbeats.
+    pub heartbeat_interval: Duration,
+}
+
+/// An open connection to the manager's Dispatcher.
+#[derive(Clone)]
+pub struct Session {
+    manager: String,
+    client: DispatcherClient<InterceptedService<Channel, BearerToken>>,
+}
+
+impl Session {
+    /// Connects to the manager named in `config`.
+    pub async fn connect(config: &AgentConfig) -> Result<Self, SessionError> {
+        let manager = config.manager.clone();
+        let refused = |message: String| SessionError::Refused { manager: manager.clone(), message };
+        let interceptor =
+            BearerToken::new(&config.join_token).map_err(|err| refused(format!("join token: {err}")))?;
+        let channel = netctl_proto::connect(&manager).await.map_err(|err| SessionError::Lost {
+            manager: manager.clone(),
+            during: "connecting",
+            message: err.reason,
+        })?;
+        let client = DispatcherClient::with_interceptor(channel, interceptor);
+        Ok(Self { manager, client })
+    }
+
+    fn status_error(&self, during: &'static str, status: tonic::Status) -> SessionError {
+        match status.code() {
+            Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied => {
+                SessionError::Refused { manager: self.manager.clone(), message: status.message().to_string() }
+            }
+            _ => SessionError::Lost {
+                manager: self.manager.clone(),
+                during,
+                message: status.message().to_string(),
+            },
+        }
+    }
+
+    /// Joins as `node_id` (or as a new node when `None`).
+    pub async fn join(
+        &mut self,
+        config: &AgentConfig,
+        node_id: Option<&str>,
+    ) -> Result<Joined, SessionError> {
+        let request = JoinRequest {
+            node_id: node_id.unwrap_or_default().to_string(),
+            hostname: config.hostname.clone(),
+            advertise_addr: config.advertise_addr.to_string(),
+        };
+        let response = self
+            .client
+            .join(request)
+            .await
+            .map_err(|status| self.status_error("joining", status))?
+            .into_inner();
+        Ok(Joined {
+            node_id: response.node_id,
+            heartbeat_interval: Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(100))),
+        })
+    }
+
+    /// Sends a heartbeat every interval, forever; failures are logged.
+    pub async fn heartbeat_forever(mut client_session: Session, joined: Joined) {
+        let mut ticker = tokio::time::interval(joined.heartbeat_interval);
+        loop {
+            ticker.tick().await;
+            let request = HeartbeatRequest { node_id: joined.node_id.clone() };
+            if let Err(status) = client_session.client.heartbeat(request).await {
+                tracing::warn!(manager = %client_session.manager, "heartbeat failed: {}", status.message());
+            }
+        }
+    }
+
+    /// Calls `on_state` with each desired state the manager sends, until the
+    /// stream breaks.
+    pub async fn watch(
+        &mut self,
+        node_id: &str,
+        mut on_state: impl FnMut(NodeState),
+    ) -> Result<(), SessionError> {
+        let request = WatchRequest { node_id: node_id.to_string() };
+        let mut stream = self
+            .client
+            .watch(request)
+            .await
+            .map_err(|status| self.status_error("opening the watch stream", status))?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(state)) => on_state(state),
+                Ok(None) => {
+                    return Err(SessionError::Lost {
+                        manager: self.manager.clone(),
+                        during: "watching",
+                        message: "the manager closed the stream".into(),
+                    })
+                }
+                Err(status) => return Err(self.status_error("watching", status)),
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Test harness that runs the real `netctl` binary: a manager and agents as
+//! child processes on loopback, each cluster in its own temporary folder and
+//! on its own port, and `netctl` client invocations against them. Every
+//! process is killed and every file removed on drop, also when a test fails.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `netctl` binary under test: `$NETCTL_BIN`, or the one cargo built next
+/// to the test executable.
+pub fn netctl_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("NETCTL_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let bin = profile_dir.join("netctl");
+    assert!(bin.exists(), "{} is missing: run `cargo build` first (make test does)", bin.display());
+    bin
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A child process killed (SIGKILL) when dropped, with its stderr in a file.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(mut command: Command, log: PathBuf, stdout: Option<PathBuf>) -> Self {
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let stdout = match stdout {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("stdout file")),
+            None => Stdio::null(),
+        };
+        let child = command.stdout(stdout).stderr(stderr).spawn().expect("spawn netctl");
+        Self { child, log }
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().expect("wait").map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A manager on loopback with its data dir, plus any agents started on it.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    manager_args: Vec<String>,
+    manager: Option<Daemon>,
+    starts: usize,
+}
+
+impl Cluster {
+    /// Starts a manager with extra `netctl manager` flags.
+    pub fn start(extra_manager_args: &[&str]) -> Self {
+        let mut cluster = Self {
+            dir: tempfile::Builder::new().prefix("netctl-e2e-").tempdir().expect("tempdir"),
+            port: free_port(),
+            manager_args: extra_manager_args.iter().map(|s| s.to_string()).collect(),
+            manager: None,
+            starts: 0,
+        };
+        cluster.start_manager();
+        cluster
+    }
+
+    /// The manager's gRPC address.
+    pub fn manager_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The cluster's folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("manager")
+    }
+
+    /// The admin token written by the manager.
+    pub fn admin_token(&self) -> String {
+        read_token(&self.data_dir().join("admin-token"))
+    }
+
+    /// The join token written by the manager.
+    pub fn join_token(&self) -> String {
+        read_token(&self.data_dir().join("join-token"))
+    }
+
+    /// The running manager process.
+    pub fn manager(&mut self) -> &mut Daemon {
+        self.manager.as_mut().expect("manager is running")
+    }
+
+    /// The running manager's process ID.
+    pub fn manager_pid(&self) -> i32 {
+        self.manager.as_ref().expect("manager is running").pid()
+    }
+
+    /// What the manager printed on stdout at its latest start.
+    pub fn manager_stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("manager-{}.out", self.starts)))
+            .unwrap_or_default()
+    }
+
+    /// Starts the manager (again) on the same port and data dir and waits
+    /// until it accepts connections.
+    pub fn start_manager(&mut self) {
+        self.starts += 1;
+        let mut command = Command::new(netctl_bin());
+        command
+            .arg("manager")
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.manager_args);
+        let log = self.dir.path().join(format!("manager-{}.log", self.starts));
+        let stdout = self.dir.path().join(format!("manager-{}.out", self.starts));
+        self.manager = Some(Daemon::spawn(command, log, Some(stdout)));
+        let address: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let up = wait_until(Duration::from_secs(20), || {
+            TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+        });
+        assert!(up, "manager did not listen on {address}: {}", self.manager().log());
+    }
+
+    /// Kills the manager with `signal` and waits for it to end.
+    pub fn stop_manager(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut manager) = self.manager.take() {
+            manager.stop(signal);
+        }
+    }
+
+    /// Starts an agent named `hostname` that joins with `join_token`.
+    pub fn start_agent(&self, hostname: &str, join_token: &str) -> Daemon {
+        let state_dir = self.dir.path().join(format!("agent-{hostname}"));
+        let mut command = Command::new(netctl_bin());
+        command
+            .args(["agent", "--manager", &self.manager_url(), "--join-token", join_token])
+            .args(["--advertise-addr", "127.0.0.1", "--hostname", hostname])
+            .arg("--run-dir")
+            .arg(state_dir.join("run"))
+            .arg("--state-dir")
+            .arg(&state_dir);
+        let log = self.dir.path().join(format!("agent-{hostname}-{}.log", unique_suffix()));
+        Daemon::spawn(command, log, None)
+    }
+
+    /// Runs `netctl ARGS` as a client of this cluster (admin token set).
+    pub fn netctl(&self, args: &[&str]) -> Output {
+        self.netctl_with_token(Some(&self.admin_token()), args)
+    }
+
+    /// Runs `netctl ARGS` with the given token, or none at all.
+    pub fn netctl_with_token(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut command = Command::new(netctl_bin());
+        command.args(args).env("NETCTL_MANAGER", self.manager_url()).env_remove("NETCTL_TOKEN");
+        if let Some(token) = token {
+            command.env("NETCTL_TOKEN", token);
+        }
+        command.output().expect("run netctl")
+    }
+
+    /// Runs `netctl ARGS`, asserts success, returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.netctl(args);
+        assert!(
+            output.status.success(),
+            "netctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
+    /// `netctl network ls --format json`, one value per network.
+    pub fn networks(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.ok(&["network", "ls", "--format", "json"]))
+    }
+
+    /// `netctl node ls --format json`, one value per node.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.ok(&["node", "ls", "--format", "json"]))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_manager(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Parses one JSON value per non-empty line.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn read_token(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
+        .trim()
+        .to_string()
+}
+
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}

@@ -1,0 +1,72 @@
+//! Agents join with the join token, keep their identity, send heartbeats,
+//! and watch their node's desired state.
+
+use e2e::{wait_until, Cluster};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+fn node_status(cluster: &Cluster, hostname: &str) -> Option<String> {
+    cluster
+        .nodes()
+        .into_iter()
+        .find(|n| n["Hostname"] == hostname)
+        .map(|n| n["Status"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_good_token_joins_and_a_bad_one_is_refused() {
+    let cluster = Cluster::start(&[]);
+    let mut bad = cluster.start_agent("intruder", "NETCTL-JOIN-1-wrong");
+    assert!(
+        wait_until(Duration::from_secs(10), || bad.try_exit_code().is_some()),
+        "a refused agent must exit"
+    );
+    assert_eq!(bad.try_exit_code(), Some(1));
+    assert!(bad.log().contains("join token presented is not valid"), "{}", bad.log());
+
+    let _agent = cluster.start_agent("node0", &cluster.join_token());
+    assert!(
+        wait_until(Duration::from_secs(10), || node_status(&cluster, "node0").as_deref() == Some("Ready"))
+    );
+    let nodes = cluster.nodes();
+    assert_eq!(nodes.len(), 1, "the refused agent left no node: {nodes:?}");
+    assert_eq!(nodes[0]["Address"], "127.0.0.1");
+    assert_eq!(nodes[0]["Availability"], "Active");
+    let table = cluster.ok(&["node", "ls"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("MANAGER STATUS"), "{table}");
+}
+
+#[test]
+fn a_restarted_agent_rejoins_as_the_same_node_and_gets_its_state() {
+    let cluster = Cluster::start(&[]);
+    let first = cluster.start_agent("node0", &cluster.join_token());
+    assert!(wait_until(Duration::from_secs(10), || first.log().contains("desired state received")));
+    assert!(first.log().contains("ingress (vni 4096)"), "{}", first.log());
+    let id = cluster.nodes()[0]["ID"].clone();
+    drop(first);
+
+    let second = cluster.start_agent("node0", &cluster.join_token());
+    assert!(wait_until(Duration::from_secs(10), || second.log().contains("joined the cluster")));
+    let nodes = cluster.nodes();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["ID"], id);
+}
+
+#[test]
+fn a_node_whose_heartbeats_stop_goes_down() {
+    let cluster = Cluster::start(&["--dispatcher-heartbeat", "300ms"]);
+    let mut agent = cluster.start_agent("node0", &cluster.join_token());
+    assert!(
+        wait_until(Duration::from_secs(10), || node_status(&cluster, "node0").as_deref() == Some("Ready"))
+    );
+    // Still Ready well after three intervals: heartbeats keep it alive.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(node_status(&cluster, "node0").as_deref(), Some("Ready"));
+    agent.stop(Signal::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(10), || node_status(&cluster, "node0").as_deref() == Some("Down")),
+        "node stayed Ready: {:?}",
+        cluster.nodes()
+    );
+}

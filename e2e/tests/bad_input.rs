@@ -1,0 +1,80 @@
+//! Every bad input gets exit code 1, a message naming the problem, and
+//! changes nothing.
+
+use e2e::Cluster;
+
+/// Runs `netctl ARGS`, expects exit code 1 and `needle` in stderr.
+fn refused(cluster: &Cluster, args: &[&str], needle: &str) {
+    let output = cluster.netctl(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "netctl {args:?} should fail: {stderr}");
+    assert!(stderr.contains(needle), "netctl {args:?}: expected {needle:?} in {stderr:?}");
+}
+
+#[test]
+fn bad_network_requests_change_nothing() {
+    let cluster = Cluster::start(&[]);
+    cluster.ok(&["network", "create", "--subnet", "192.168.200.0/24", "demonet"]);
+    let before = cluster.networks();
+
+    refused(
+        &cluster,
+        &["network", "create", "--subnet", "192.168.300.0/24", "x"],
+        "invalid subnet \"192.168.300.0/24\"",
+    );
+    refused(&cluster, &["network", "create", "--subnet", "banana", "x"], "invalid subnet");
+    refused(&cluster, &["network", "create", "--subnet", "192.168.200.5/24", "x"], "host bits are set");
+    refused(&cluster, &["network", "create", "--subnet", "10.1.0.0/30", "x"], "too small");
+    refused(
+        &cluster,
+        &["network", "create", "--subnet", "10.1.0.0/24", "--gateway", "10.2.0.1", "x"],
+        "gateway 10.2.0.1",
+    );
+    refused(&cluster, &["network", "create", "--subnet", "192.168.200.128/25", "x"], "overlaps demonet");
+    refused(&cluster, &["network", "create", "--subnet", "10.255.3.0/24", "x"], "overlaps ingress");
+    refused(&cluster, &["network", "create", "--subnet", "172.18.0.0/16", "x"], "overlaps docker_gwbridge");
+    refused(&cluster, &["network", "create", "demonet"], "demonet already exists");
+    refused(&cluster, &["network", "create", "--", "-bad"], "invalid name \"-bad\"");
+    refused(&cluster, &["network", "create", "--subnet"], "a value is required");
+    refused(&cluster, &["network", "create", "bad/name"], "invalid name \"bad/name\"");
+    refused(&cluster, &["network", "create", "-d", "bridge", "x"], "unknown network driver \"bridge\"");
+    refused(&cluster, &["network", "create", "--opt", "mtu=abc", "x"], "invalid mtu");
+    refused(&cluster, &["network", "rm", "ingress"], "ingress network and cannot be removed");
+    refused(&cluster, &["network", "rm", "nosuchnet"], "network nosuchnet not found");
+    refused(&cluster, &["network", "inspect", "nosuchnet"], "network nosuchnet not found");
+
+    assert_eq!(cluster.networks(), before);
+}
+
+#[test]
+fn an_exhausted_pool_is_reported() {
+    let cluster =
+        Cluster::start(&["--default-addr-pool", "10.20.0.0/23", "--default-addr-pool-mask-length", "24"]);
+    cluster.ok(&["network", "create", "a"]);
+    cluster.ok(&["network", "create", "b"]);
+    refused(&cluster, &["network", "create", "c"], "address pool 10.20.0.0/23 is exhausted");
+    assert_eq!(cluster.networks().len(), 3);
+}
+
+#[test]
+fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
+    let cluster = Cluster::start(&[]);
+    let wrong = cluster.netctl_with_token(Some("not-the-token"), &["network", "create", "x"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("admin token presented is not valid"));
+
+    // Without a token the client falls back to the default token file, which
+    // is absent or belongs to another cluster: refused either way.
+    let missing = cluster.netctl_with_token(None, &["network", "ls"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("admin token"));
+
+    let unreachable = std::process::Command::new(e2e::netctl_bin())
+        .args(["--manager", "http://127.0.0.1:1", "--token", "x", "network", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("cannot reach manager at http://127.0.0.1:1"), "{stderr}");
+    assert_eq!(cluster.networks().len(), 1);
+}

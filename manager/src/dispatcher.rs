@@ -1,0 +1,152 @@
+//! The `Dispatcher` gRPC service: what agents call to join, to say they are
+//! alive, and to watch their node's desired state.
+
+use crate::liveness::Heartbeats;
+use crate::networks::now_unix;
+use crate::{ids, snapshot, ManagerError, Store};
+use netctl_proto::dispatcher_server::Dispatcher;
+use netctl_proto::*;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpConnectInfo;
+use tonic::{Request, Response, Status};
+
+/// The Dispatcher service over the shared store.
+pub struct DispatcherService {
+    store: Arc<Store>,
+    heartbeats: Arc<Heartbeats>,
+    data_path_port: u16,
+    stopping: watch::Receiver<bool>,
+}
+
+impl DispatcherService {
+    /// A Dispatcher telling agents to use `data_path_port` for VXLAN. Its
+    /// watch streams end when `stopping` turns true, so that the server can
+    /// shut down gracefully.
+    pub fn new(
+        store: Arc<Store>,
+        heartbeats: Arc<Heartbeats>,
+        data_path_port: u16,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self { store, heartbeats, data_path_port, stopping }
+    }
+
+    fn heartbeat_interval_ms(&self) -> u32 {
+        self.heartbeats.interval().as_millis() as u32
+    }
+
+    fn known_node(&self, node_id: &str) -> Result<Node, Status> {
+        self.store
+            .node(node_id)
+            .map_err(ManagerError::from)?
+            .ok_or_else(|| Status::not_found(format!("node {node_id} has not joined this cluster")))
+    }
+}
+
+/// Whether the request came from the manager's own host (the connection's
+/// two ends share an address).
+fn from_manager_host<T>(request: &Request<T>) -> bool {
+    let info = request.extensions().get::<TcpConnectInfo>();
+    match info.map(|i| (i.local_addr(), i.remote_addr())) {
+        Some((Some(local), Some(remote))) => local.ip() == remote.ip(),
+        _ => false,
+    }
+}
+
+#[tonic::async_trait]
+impl Dispatcher for DispatcherService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let manager_host = from_manager_host(&request);
+        let join = request.into_inner();
+        join.advertise_addr.parse::<IpAddr>().map_err(|_| {
+            Status::invalid_argument(format!("invalid advertise address {:?}", join.advertise_addr))
+        })?;
+        if join.hostname.is_empty() {
+            return Err(Status::invalid_argument("a joining node must give its hostname"));
+        }
+        let existing = match join.node_id.as_str() {
+            "" => None,
+            id => self.store.node(id).map_err(ManagerError::from)?,
+        };
+        let node = Node {
+            id: match join.node_id.as_str() {
+                "" => ids::new_id(),
+                kept => kept.to_string(),
+            },
+            hostname: join.hostname,
+            advertise_addr: join.advertise_addr,
+            availability: "Active".to_string(),
+            manager_host,
+            created_unix: existing.as_ref().map_or_else(now_unix, |n| n.created_unix),
+        };
+        let unchanged = existing.as_ref().is_some_and(|old| *old == node);
+        if !unchanged {
+            self.store.put_node(&node).await.map_err(ManagerError::from)?;
+        }
+        self.heartbeats.record(&node.id);
+        tracing::info!(node = %node.id, hostname = %node.hostname, addr = %node.advertise_addr, rejoin = existing.is_some(), "node joined");
+        Ok(Response::new(JoinResponse {
+            node_id: node.id,
+            heartbeat_interval_ms: self.heartbeat_interval_ms(),
+            data_path_port: u32::from(self.data_path_port),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let node_id = &request.get_ref().node_id;
+        self.known_node(node_id)?;
+        self.heartbeats.record(node_id);
+        Ok(Response::new(HeartbeatResponse { heartbeat_interval_ms: self.heartbeat_interval_ms() }))
+    }
+
+    type WatchStream = ReceiverStream<Result<NodeState, Status>>;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let node_id = request.into_inner().node_id;
+        self.known_node(&node_id)?;
+        let (sender, receiver) = mpsc::channel(4);
+        let store = self.store.clone();
+        let port = u32::from(self.data_path_port);
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let mut revisions = store.subscribe();
+            let mut last_sent: Option<NodeState> = None;
+            loop {
+                revisions.mark_unchanged();
+                let state = store.node(&node_id).and_then(|node| {
+                    let node = node.unwrap_or_default();
+                    Ok(snapshot::node_state(&node, &store.networks()?, port, store.revision()))
+                });
+                match state {
+                    Ok(state) => {
+                        let same = last_sent
+                            .as_ref()
+                            .is_some_and(|s| NodeState { revision: s.revision, ..state.clone() } == *s);
+                        if !same {
+                            if sender.send(Ok(state.clone())).await.is_err() {
+                                break;
+                            }
+                            last_sent = Some(state);
+                        }
+                    }
+                    Err(err) => {
+                        let _ = sender.send(Err(ManagerError::from(err).into())).await;
+                        break;
+                    }
+                }
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { break },
+                    _ = sender.closed() => break,
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}

@@ -1,0 +1,25 @@
+//! The netctl manager: the cluster's desired state in sled, subnet and VNI
+//! allocation, node liveness, and the gRPC services `Control` (for the
+//! `netctl` client commands) and `Dispatcher` (for agents).
+//!
+//! It never touches the kernel.
+
+pub mod auth;
+pub mod cluster;
+pub mod control;
+pub mod dispatcher;
+pub mod error;
+pub mod ids;
+pub mod ipam;
+pub mod liveness;
+pub mod networks;
+pub mod resolve;
+pub mod server;
+pub mod snapshot;
+pub mod store;
+pub mod validate;
+pub mod vni;
+
+pub use error::ManagerError;
+pub use server::{Manager, ManagerConfig};
+pub use store::Store;

@@ -1,0 +1,92 @@
+//! Node liveness from heartbeats, kept in memory: a node is Ready while its
+//! last heartbeat is at most three intervals old, Down otherwise.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// How many heartbeat intervals may pass before a node is Down.
+pub const MISSED_HEARTBEATS_BEFORE_DOWN: u32 = 3;
+
+/// What the manager knows of a node's liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeLiveness {
+    /// Heartbeats arrive.
+    Ready,
+    /// No heartbeat for too long, or none since the manager started.
+    Down,
+}
+
+impl NodeLiveness {
+    /// The word `node ls` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeLiveness::Ready => "Ready",
+            NodeLiveness::Down => "Down",
+        }
+    }
+}
+
+/// The liveness of a node whose last heartbeat was at `last` (pure).
+pub fn liveness(last: Option<SystemTime>, now: SystemTime, interval: Duration) -> NodeLiveness {
+    let grace = interval * MISSED_HEARTBEATS_BEFORE_DOWN;
+    match last.map(|t| now.duration_since(t).unwrap_or_default()) {
+        Some(age) if age <= grace => NodeLiveness::Ready,
+        _ => NodeLiveness::Down,
+    }
+}
+
+/// Last heartbeat per node ID.
+#[derive(Debug)]
+pub struct Heartbeats {
+    interval: Duration,
+    last_seen: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl Heartbeats {
+    /// Heartbeats expected every `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self { interval, last_seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// The interval agents are told to use.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Records a heartbeat from `node_id` now.
+    pub fn record(&self, node_id: &str) {
+        let mut last_seen = self.last_seen.lock().expect("heartbeat table poisoned");
+        last_seen.insert(node_id.to_string(), SystemTime::now());
+    }
+
+    /// The node's liveness now and its last heartbeat.
+    pub fn status(&self, node_id: &str) -> (NodeLiveness, Option<SystemTime>) {
+        let last = self.last_seen.lock().expect("heartbeat table poisoned").get(node_id).copied();
+        (liveness(last, SystemTime::now(), self.interval), last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_after_three_missed_intervals() {
+        let now = SystemTime::now();
+        let interval = Duration::from_secs(5);
+        let ago = |s| Some(now - Duration::from_secs(s));
+        assert_eq!(liveness(ago(0), now, interval), NodeLiveness::Ready);
+        assert_eq!(liveness(ago(15), now, interval), NodeLiveness::Ready);
+        assert_eq!(liveness(ago(16), now, interval), NodeLiveness::Down);
+        assert_eq!(liveness(None, now, interval), NodeLiveness::Down);
+    }
+
+    #[test]
+    fn recorded_heartbeats_make_a_node_ready() {
+        let heartbeats = Heartbeats::new(Duration::from_secs(5));
+        assert_eq!(heartbeats.status("n1").0, NodeLiveness::Down);
+        heartbeats.record("n1");
+        assert_eq!(heartbeats.status("n1").0, NodeLiveness::Ready);
+    }
+}

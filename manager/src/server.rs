@@ -1,0 +1,98 @@
+//! Starting the manager: open the store, bootstrap the cluster, serve gRPC.
+
+use crate::auth::require_token;
+use crate::cluster::{self, Cluster};
+use crate::control::ControlService;
+use crate::dispatcher::DispatcherService;
+use crate::liveness::Heartbeats;
+use crate::networks::AddressPool;
+use crate::ManagerError;
+use netctl_proto::control_server::ControlServer;
+use netctl_proto::dispatcher_server::DispatcherServer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a manager is started (the `netctl manager` flags).
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Where the state store and tokens live.
+    pub data_dir: PathBuf,
+    /// Where overlay subnets come from.
+    pub pool: AddressPool,
+    /// The VXLAN UDP port, fixed at cluster creation (None = keep / default).
+    pub data_path_port: Option<u16>,
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+}
+
+/// A bootstrapped manager, ready to serve.
+pub struct Manager {
+    config: ManagerConfig,
+    cluster: Cluster,
+    store: Arc<crate::Store>,
+}
+
+impl Manager {
+    /// Opens the store and creates or loads the cluster.
+    pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
+        let store = Arc::new(cluster::open_store(&config.data_dir)?);
+        let cluster = cluster::bootstrap(&store, &config.data_dir, config.data_path_port).await?;
+        Ok(Self { config, cluster, store })
+    }
+
+    /// The cluster this manager serves.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Serves Control and Dispatcher until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ManagerError> {
+        let listen = self.config.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ManagerError::Io { context: format!("listening on {listen}"), source })?;
+        let heartbeats = Arc::new(Heartbeats::new(self.config.heartbeat_interval));
+        let control = ControlService::new(self.store.clone(), heartbeats.clone(), self.config.pool);
+        // Watch streams never end by themselves: close them when stopping, or
+        // the graceful shutdown would wait for every agent forever.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let dispatcher = DispatcherService::new(
+            self.store.clone(),
+            heartbeats,
+            self.cluster.data_path_port,
+            stopping.clone(),
+        );
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let mut stopped = stopping;
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        tracing::info!(%listen, "manager serving");
+        tonic::transport::Server::builder()
+            .add_service(ControlServer::with_interceptor(
+                control,
+                require_token(self.cluster.admin_token.clone(), "admin token"),
+            ))
+            .add_service(DispatcherServer::with_interceptor(
+                dispatcher,
+                require_token(self.cluster.join_token.clone(), "join token"),
+            ))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .await
+            .map_err(|err| ManagerError::Io {
+                context: format!("serving on {listen}"),
+                source: std::io::Error::other(err),
+            })
+    }
+}

@@ -1,0 +1,99 @@
+//! Checks of operator input that need no cluster state (pure).
+
+use std::collections::HashMap;
+
+/// The only network driver netctl implements.
+pub const OVERLAY_DRIVER: &str = "overlay";
+
+/// The smallest MTU an overlay may be given (IPv4's minimum).
+const MIN_MTU: u32 = 68;
+/// The largest MTU an overlay may be given.
+const MAX_MTU: u32 = 65535;
+
+/// Why a request was refused before touching the store.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidationError {
+    /// Name not matching `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+    #[error("invalid name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
+    InvalidName(String),
+    /// A driver other than overlay.
+    #[error("unknown network driver {0:?}: netctl supports only \"overlay\"")]
+    UnknownDriver(String),
+    /// A `--opt` key netctl does not know.
+    #[error("unsupported network option {0:?}: supported are mtu (com.docker.network.driver.mtu)")]
+    UnknownOption(String),
+    /// `--opt mtu=` that is not a number in range.
+    #[error("invalid mtu {0:?}: expected an integer from 68 to 65535")]
+    InvalidMtu(String),
+}
+
+/// Checks a resource name the way Docker does.
+pub fn name(name: &str) -> Result<(), ValidationError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if first_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(ValidationError::InvalidName(name.to_string()))
+    }
+}
+
+/// The driver to use: `overlay` when none is given.
+pub fn driver(driver: &str) -> Result<&'static str, ValidationError> {
+    match driver {
+        "" | OVERLAY_DRIVER => Ok(OVERLAY_DRIVER),
+        other => Err(ValidationError::UnknownDriver(other.to_string())),
+    }
+}
+
+/// The MTU set by `--opt mtu=N` (or Docker's long key), 0 when none.
+pub fn mtu_option(options: &HashMap<String, String>) -> Result<u32, ValidationError> {
+    let mut mtu = 0;
+    for (key, value) in options {
+        match key.as_str() {
+            "mtu" | "com.docker.network.driver.mtu" => {
+                mtu = value
+                    .parse()
+                    .ok()
+                    .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+                    .ok_or_else(|| ValidationError::InvalidMtu(value.clone()))?;
+            }
+            _ => return Err(ValidationError::UnknownOption(key.clone())),
+        }
+    }
+    Ok(mtu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dockers_rule() {
+        for good in ["demonet", "a", "Net_1.x-y", "0abc"] {
+            assert_eq!(name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "-net", ".net", "_net", "my net", "net/1", "nét"] {
+            assert!(name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_overlay_is_a_driver() {
+        assert_eq!(driver(""), Ok("overlay"));
+        assert_eq!(driver("overlay"), Ok("overlay"));
+        assert!(driver("bridge").is_err());
+    }
+
+    #[test]
+    fn mtu_option_is_parsed_and_bounded() {
+        let opts = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(mtu_option(&HashMap::new()), Ok(0));
+        assert_eq!(mtu_option(&opts("mtu", "1400")), Ok(1400));
+        assert_eq!(mtu_option(&opts("com.docker.network.driver.mtu", "9000")), Ok(9000));
+        assert!(mtu_option(&opts("mtu", "abc")).is_err());
+        assert!(mtu_option(&opts("mtu", "20")).is_err());
+        assert!(mtu_option(&opts("encrypted", "")).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! The command line, in Docker's style.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Swarm-style overlay networking and routing mesh, inspectable.
+#[derive(Debug, Parser)]
+#[command(name = "netctl", version, about)]
+pub struct Cli {
+    /// Where client commands find the manager and their token.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How client commands reach the manager.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The manager's gRPC address.
+    #[arg(long, global = true, env = "NETCTL_MANAGER", default_value = "http://127.0.0.1:4243")]
+    pub manager: String,
+    /// The admin token (default: read from the manager's default data dir).
+    #[arg(long, global = true, env = "NETCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the manager: cluster state, allocation, gRPC API.
+    Manager(ManagerArgs),
+    /// Run the agent of this node: join the manager and build what it asks.
+    Agent(AgentArgs),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// List the nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `netctl manager` flags.
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "0.0.0.0:4243")]
+    pub listen: SocketAddr,
+    /// Where the state store and the tokens are kept.
+    #[arg(long, default_value = "/var/lib/netctl/manager")]
+    pub data_dir: PathBuf,
+    /// The pool overlay subnets are allocated from.
+    #[arg(long, default_value = "10.0.0.0/8")]
+    pub default_addr_pool: ipnetwork::Ipv4Network,
+    /// The prefix length of each allocated subnet.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=29))]
+    pub default_addr_pool_mask_length: u8,
+    /// UDP port of VXLAN traffic, fixed when the cluster is created [default: 4789].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub data_path_port: Option<u16>,
+    /// How often agents send heartbeats; a node is Down after 3 missed ones.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dispatcher_heartbeat: Duration,
+}
+
+/// `netctl agent` flags.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The token printed by `netctl manager` at cluster creation.
+    #[arg(long, env = "NETCTL_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: String,
+    /// This node's address on the underlay (VXLAN traffic uses it).
+    #[arg(long)]
+    pub advertise_addr: IpAddr,
+    /// The name this node shows in `node ls` [default: the host name].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Where namespaces are bind-mounted.
+    #[arg(long, default_value = "/var/run/netctl")]
+    pub run_dir: PathBuf,
+    /// Where the node identity is kept.
+    #[arg(long, default_value = "/var/lib/netctl/agent")]
+    pub state_dir: PathBuf,
+}
+
+/// Output formats of the list commands.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `netctl network ...`
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create an overlay network; prints its ID.
+    Create {
+        /// Network driver (only overlay).
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Subnet in CIDR form [default: the next free block of the pool].
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address [default: the subnet's first host].
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Driver options, e.g. mtu=1400.
+        #[arg(short, long = "opt", value_parser = parse_key_value)]
+        opt: Vec<(String, String)>,
+        /// The network's name.
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Show networks as JSON, in `docker network inspect`'s shape.
+    Inspect {
+        /// Names or IDs (or unique ID prefixes).
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks.
+    #[command(alias = "remove")]
+    Rm {
+        /// Names or IDs (or unique ID prefixes).
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+/// `netctl node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
+
+/// Parses `key=value`.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("invalid option {text:?}: expected key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_key_value_pairs() {
+        assert_eq!(parse_key_value("mtu=1400"), Ok(("mtu".into(), "1400".into())));
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_key_value("mtu").is_err());
+        assert!(parse_key_value("=1").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,61 @@
+//! Connecting to the manager's Control service with the admin token.
+
+use crate::cli::ClientArgs;
+use anyhow::{anyhow, Context};
+use netctl_proto::control_client::ControlClient;
+use netctl_proto::BearerToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Where the manager keeps its admin token by default.
+pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "/var/lib/netctl/manager/admin-token";
+
+/// A Control client that presents the admin token.
+pub type Control = ControlClient<InterceptedService<Channel, BearerToken>>;
+
+/// Connects to the manager named in `args`.
+pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
+    let token = match &args.token {
+        Some(token) => token.clone(),
+        None => std::fs::read_to_string(DEFAULT_ADMIN_TOKEN_FILE)
+            .map(|t| t.trim().to_string())
+            .map_err(|err| {
+                anyhow!(
+                    "no admin token: pass --token or set NETCTL_TOKEN (reading {DEFAULT_ADMIN_TOKEN_FILE}: {err})"
+                )
+            })?,
+    };
+    let interceptor = BearerToken::new(&token).context("admin token")?;
+    let channel = netctl_proto::connect(&args.manager).await?;
+    Ok(ControlClient::with_interceptor(channel, interceptor))
+}
+
+/// The manager refused a request; shown as Docker shows a daemon's refusal.
+#[derive(Debug)]
+pub struct ManagerRefusal(pub String);
+
+impl std::fmt::Display for ManagerRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Error response from manager: {}", self.0)
+    }
+}
+
+impl std::error::Error for ManagerRefusal {}
+
+/// Turns a gRPC error into what the user reads.
+pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    ManagerRefusal(status.message().to_string()).into()
+}
+
+/// A failure whose details were already printed (one line per object of a
+/// multi-object command); only the exit code remains to be set.
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failures were reported above")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}

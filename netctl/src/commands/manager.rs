@@ -1,0 +1,73 @@
+//! `netctl manager`: creates or loads the cluster and serves its API.
+
+use crate::cli::ManagerArgs;
+use anyhow::Context;
+use netctl_manager::networks::AddressPool;
+use netctl_manager::{Manager, ManagerConfig};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Starts the manager and serves until SIGINT or SIGTERM.
+pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
+    if args.default_addr_pool_mask_length < args.default_addr_pool.prefix() {
+        anyhow::bail!(
+            "--default-addr-pool-mask-length {} is shorter than the pool {} itself",
+            args.default_addr_pool_mask_length,
+            args.default_addr_pool
+        );
+    }
+    let config = ManagerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        pool: AddressPool { pool: args.default_addr_pool, mask_length: args.default_addr_pool_mask_length },
+        data_path_port: args.data_path_port,
+        heartbeat_interval: args.dispatcher_heartbeat,
+    };
+    let manager = Manager::start(config)
+        .await
+        .with_context(|| format!("starting the manager in {}", args.data_dir.display()))?;
+    let cluster = manager.cluster();
+    if cluster.created {
+        println!(
+            "Cluster created: ingress network 10.255.0.0/16 (VNI 4096), data-path port {}.",
+            cluster.data_path_port
+        );
+        println!("To add a node to this cluster, run on it:\n");
+        println!(
+            "    netctl agent --manager http://{} --join-token {} --advertise-addr <NODE-ADDRESS>\n",
+            reachable_address(args.listen),
+            cluster.join_token
+        );
+        println!(
+            "Client commands on this host use the admin token in {}.",
+            args.data_dir.join(netctl_manager::cluster::ADMIN_TOKEN_FILE).display()
+        );
+    }
+    manager.serve(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The address other hosts reach the manager on: the listen address, or when
+/// that is a wildcard, this host's first non-loopback IPv4 address.
+fn reachable_address(listen: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let first_ipv4 = nix::ifaddrs::getifaddrs().ok().and_then(|mut addrs| {
+        addrs.find_map(|ifaddr| {
+            let ip = ifaddr.address?.as_sockaddr_in()?.ip();
+            (!ip.is_loopback()).then_some(ip)
+        })
+    });
+    SocketAddr::new(IpAddr::V4(first_ipv4.unwrap_or(Ipv4Addr::LOCALHOST)), listen.port())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate.recv() => {},
+    }
+    tracing::info!("manager stopping");
+}

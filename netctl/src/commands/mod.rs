@@ -1,0 +1,18 @@
+//! One module per command group; `run` sends the parsed command to it.
+
+mod agent;
+mod manager;
+mod network;
+mod node;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Manager(args) => manager::run(args).await,
+        Command::Agent(args) => agent::run(cli.client.manager, args).await,
+        Command::Network(command) => network::run(&cli.client, command).await,
+        Command::Node(command) => node::run(&cli.client, command).await,
+    }
+}

@@ -1,0 +1,63 @@
+//! `docker network inspect`'s JSON shape for netctl's networks, so scripts
+//! written for Docker keep working.
+
+use netctl_proto::Network;
+use serde_json::{json, Value};
+
+/// The option key Docker uses for an overlay's VNIs.
+pub const VXLANID_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+
+/// One network as `docker network inspect` prints it.
+pub fn network(network: &Network) -> Value {
+    let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(network.created_unix.max(0) as u64);
+    let mut options = serde_json::Map::new();
+    options.insert(VXLANID_OPTION.into(), json!(network.vni.to_string()));
+    if network.mtu != 0 {
+        options.insert("com.docker.network.driver.mtu".into(), json!(network.mtu.to_string()));
+    }
+    json!({
+        "Name": network.name,
+        "Id": network.id,
+        "Created": humantime::format_rfc3339_seconds(created).to_string(),
+        "Scope": "swarm",
+        "Driver": network.driver,
+        "EnableIPv6": false,
+        "IPAM": {
+            "Driver": "default",
+            "Options": null,
+            "Config": [{ "Subnet": network.subnet, "Gateway": network.gateway }],
+        },
+        "Internal": false,
+        "Attachable": false,
+        "Ingress": network.ingress,
+        "ConfigOnly": false,
+        "Containers": {},
+        "Options": options,
+        "Labels": {},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_where_docker_puts_them() {
+        let value = network(&Network {
+            id: "jv8c30bcmnza0ab12cd34ef56".into(),
+            name: "demonet".into(),
+            driver: "overlay".into(),
+            subnet: "192.168.200.0/24".into(),
+            gateway: "192.168.200.1".into(),
+            vni: 4097,
+            created_unix: 0,
+            ..Default::default()
+        });
+        assert_eq!(value["Id"], "jv8c30bcmnza0ab12cd34ef56");
+        assert_eq!(value["Scope"], "swarm");
+        assert_eq!(value["IPAM"]["Config"][0]["Subnet"], "192.168.200.0/24");
+        assert_eq!(value["IPAM"]["Config"][0]["Gateway"], "192.168.200.1");
+        assert_eq!(value["Options"][VXLANID_OPTION], "4097");
+        assert_eq!(value["Created"], "1970-01-01T00:00:00Z");
+    }
+}

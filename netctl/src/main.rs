@@ -1,0 +1,50 @@
+//! `netctl`: the one binary. `netctl manager` and `netctl agent` run the
+//! daemons; every other command is a client of the manager, in Docker's CLI
+//! style.
+
+mod cli;
+mod client;
+mod commands;
+mod inspect;
+mod table;
+
+use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and --version succeed; a usage error exits 1 like any other.
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("Error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if err.is::<client::ManagerRefusal>() {
+                eprintln!("{err}");
+            } else if !err.is::<client::AlreadyReported>() {
+                eprintln!("Error: {err:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

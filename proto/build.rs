@@ -1,0 +1,9 @@
+//! Compiles `proto/netctl.proto` with protox (pure Rust, no system protoc) and
+//! generates the tonic client and server code into OUT_DIR.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(["netctl.proto"], ["proto"])?;
+    tonic_prost_build::compile_fds(descriptors)?;
+    Ok(())
+}

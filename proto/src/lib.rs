@@ -1,0 +1,52 @@
+//! The wire types of netctl: the `Control` service that the `netctl` client
+//! commands call, and the `Dispatcher` service that agents call.
+//!
+//! The messages and services are generated from `proto/netctl.proto` at build
+//! time; beside them live the two wire conventions every client shares: the
+//! bearer token header and how a channel to the manager is opened.
+
+/// Package `netctl.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("netctl.v1");
+}
+
+pub use v1::*;
+
+mod connect;
+pub use connect::{connect, ConnectError};
+
+/// gRPC metadata key carrying a bearer token (admin token or join token).
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// A client interceptor that presents a token as `Bearer <token>` on every
+/// request, the way the manager's services expect it.
+#[derive(Debug, Clone)]
+pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl BearerToken {
+    /// Fails when the token cannot be sent in a header.
+    pub fn new(token: &str) -> Result<Self, InvalidToken> {
+        format!("Bearer {token}").parse().map(Self).map_err(|_| InvalidToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert(AUTHORIZATION_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A token that cannot be sent as a gRPC header (it holds control characters
+/// or non-ASCII bytes).
+#[derive(Debug)]
+pub struct InvalidToken;
+
+impl std::fmt::Display for InvalidToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the token holds characters that cannot be sent in a header")
+    }
+}
+
+impl std::error::Error for InvalidToken {}
