@@ -1,0 +1,151 @@
+//! Network namespaces bind-mounted under `<run-dir>/netns/`, the way
+//! `ip netns add` makes them under /var/run/netns, and running code inside
+//! one on a dedicated thread so that no other code ever runs in a surprising
+//! namespace.
+
+use crate::error::{Error, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// `statfs` magic of the namespace filesystem.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// The folder holding a node's namespaces (`<run-dir>/netns`).
+#[derive(Debug, Clone)]
+pub struct NamespaceDir {
+    dir: PathBuf,
+}
+
+impl NamespaceDir {
+    /// The namespace folder of `run_dir`.
+    pub fn new(run_dir: &Path) -> Self {
+        Self { dir: run_dir.join("netns") }
+    }
+
+    /// The folder itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the folder and makes it a shared mount point, so that
+    /// namespaces mounted in it are seen from every mount namespace.
+    pub fn prepare(&self) -> Result<()> {
+        let host = "host";
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::os(format!("creating {}", self.dir.display()), host, e))?;
+        let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
+        if mount(None::<&str>, &self.dir, None::<&str>, shared, None::<&str>).is_ok() {
+            return Ok(());
+        }
+        // Not a mount point yet: bind it onto itself, then share it.
+        mount(Some(&self.dir), &self.dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .and_then(|_| mount(None::<&str>, &self.dir, None::<&str>, shared, None::<&str>))
+            .map_err(|e| Error::os(format!("making {} a shared mount", self.dir.display()), host, e.into()))
+    }
+
+    /// The path of namespace `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Whether namespace `name` exists (its file is a mounted namespace).
+    pub fn exists(&self, name: &str) -> bool {
+        is_namespace(&self.path(name))
+    }
+
+    /// Creates namespace `name` unless it exists.
+    pub fn create(&self, name: &str) -> Result<PathBuf> {
+        let path = self.path(name);
+        if is_namespace(&path) {
+            return Ok(path);
+        }
+        let action = format!("creating namespace {name}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::os(&action, "host", e))?;
+        let made = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    unshare(CloneFlags::CLONE_NEWNET)?;
+                    mount(
+                        Some("/proc/thread-self/ns/net"),
+                        &path,
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                })
+                .join()
+                .expect("namespace thread panicked")
+        });
+        if let Err(errno) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::os(action, "host", errno.into()));
+        }
+        Ok(path)
+    }
+
+    /// Deletes namespace `name` (its kernel object goes once nothing uses it).
+    pub fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        match umount2(&path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(Error::os(format!("unmounting namespace {name}"), "host", errno.into()))
+            }
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::os(format!("removing namespace file {name}"), "host", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The names of every namespace in the folder.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::os(format!("listing {}", self.dir.display()), "host", e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| is_namespace(&entry.path()))
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Whether `path` is a mounted network namespace.
+pub fn is_namespace(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 == NSFS_MAGIC)
+}
+
+/// Opens a namespace file (to setns into it or to move links into it).
+pub fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| Error::os(format!("opening namespace {}", path.display()), "host", e))
+}
+
+/// Runs `work` on a dedicated thread that has entered the namespace at
+/// `path`; the caller's thread never changes namespace.
+pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T> {
+    let namespace = open(path)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                setns(&namespace, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::os("entering namespace", &path.display().to_string(), e.into()))?;
+                Ok(work())
+            })
+            .join()
+            .expect("namespace thread panicked")
+    })
+}
