@@ -3,7 +3,8 @@
 
 use crate::liveness::Heartbeats;
 use crate::networks::{self, AddressPool};
-use crate::Store;
+use crate::services;
+use crate::{ManagerError, Store};
 use netctl_proto::control_server::Control;
 use netctl_proto::*;
 use std::sync::Arc;
@@ -22,6 +23,30 @@ impl ControlService {
     pub fn new(store: Arc<Store>, heartbeats: Arc<Heartbeats>, pool: AddressPool) -> Self {
         Self { store, heartbeats, pool }
     }
+
+    /// A service with its tasks, newest first per slot, and node names.
+    fn view(&self, service: Service, tasks: &[Task], nodes: &[Node]) -> ServiceView {
+        let mut own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == service.id).collect();
+        own.sort_by_key(|t| (t.slot, std::cmp::Reverse((t.desired_state == "running", t.created_unix))));
+        let tasks = own
+            .into_iter()
+            .map(|task| TaskView {
+                name: services::task_name(&service, task),
+                node_hostname: nodes
+                    .iter()
+                    .find(|n| n.id == task.node_id)
+                    .map_or_else(|| task.node_id.clone(), |n| n.hostname.clone()),
+                task: Some(task.clone()),
+            })
+            .collect();
+        ServiceView { service: Some(service), tasks }
+    }
+
+    fn views(&self, services: Vec<Service>) -> Result<Vec<ServiceView>, ManagerError> {
+        let tasks: Vec<Task> = self.store.all()?;
+        let nodes = self.store.nodes()?;
+        Ok(services.into_iter().map(|s| self.view(s, &tasks, &nodes)).collect())
+    }
 }
 
 #[tonic::async_trait]
@@ -39,7 +64,7 @@ impl Control for ControlService {
         &self,
         _request: Request<NetworkListRequest>,
     ) -> Result<Response<NetworkListResponse>, Status> {
-        let mut networks = self.store.networks().map_err(crate::ManagerError::from)?;
+        let mut networks = self.store.networks().map_err(ManagerError::from)?;
         networks.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(NetworkListResponse { networks }))
     }
@@ -65,7 +90,7 @@ impl Control for ControlService {
         &self,
         _request: Request<NodeListRequest>,
     ) -> Result<Response<NodeListResponse>, Status> {
-        let mut nodes = self.store.nodes().map_err(crate::ManagerError::from)?;
+        let mut nodes = self.store.nodes().map_err(ManagerError::from)?;
         nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
         let nodes = nodes
             .into_iter()
@@ -77,5 +102,51 @@ impl Control for ControlService {
             })
             .collect();
         Ok(Response::new(NodeListResponse { nodes }))
+    }
+
+    async fn create_service(
+        &self,
+        request: Request<ServiceCreateRequest>,
+    ) -> Result<Response<ServiceCreateResponse>, Status> {
+        let service = services::create(&self.store, request.get_ref()).await?;
+        tracing::info!(id = %service.id, name = %service.name, replicas = service.replicas, "service created");
+        Ok(Response::new(ServiceCreateResponse { service: Some(service) }))
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<ServiceListRequest>,
+    ) -> Result<Response<ServiceListResponse>, Status> {
+        let mut all: Vec<Service> = self.store.all().map_err(ManagerError::from)?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ServiceListResponse { services: self.views(all)? }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<ServiceGetRequest>,
+    ) -> Result<Response<ServiceGetResponse>, Status> {
+        let service = services::find(&self.store, &request.get_ref().reference)?;
+        let view = self.views(vec![service])?.pop();
+        Ok(Response::new(ServiceGetResponse { service: view }))
+    }
+
+    async fn scale_service(
+        &self,
+        request: Request<ServiceScaleRequest>,
+    ) -> Result<Response<ServiceScaleResponse>, Status> {
+        let request = request.into_inner();
+        let service = services::scale(&self.store, &request.reference, request.replicas).await?;
+        tracing::info!(name = %service.name, replicas = service.replicas, "service scaled");
+        Ok(Response::new(ServiceScaleResponse { service: Some(service) }))
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<ServiceRemoveRequest>,
+    ) -> Result<Response<ServiceRemoveResponse>, Status> {
+        let service = services::remove(&self.store, &request.get_ref().reference).await?;
+        tracing::info!(name = %service.name, "service removed");
+        Ok(Response::new(ServiceRemoveResponse { id: service.id }))
     }
 }

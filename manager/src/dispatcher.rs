@@ -3,6 +3,7 @@
 
 use crate::liveness::Heartbeats;
 use crate::networks::now_unix;
+use crate::services::DESIRED_RUNNING;
 use crate::{ids, snapshot, ManagerError, Store};
 use netctl_proto::dispatcher_server::Dispatcher;
 use netctl_proto::*;
@@ -46,6 +47,16 @@ impl DispatcherService {
     }
 }
 
+/// The node's desired state now.
+fn desired_state(store: &Store, node_id: &str, port: u32) -> Result<NodeState, crate::store::StoreError> {
+    let revision = store.revision();
+    let node = store.node(node_id)?.unwrap_or_default();
+    let (networks, services, tasks, nodes) = (store.networks()?, store.all()?, store.all()?, store.nodes()?);
+    let cluster =
+        snapshot::Cluster { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+    Ok(snapshot::node_state(&node, &cluster, port, revision))
+}
+
 /// Whether the request came from the manager's own host (the connection's
 /// two ends share an address).
 fn from_manager_host<T>(request: &Request<T>) -> bool {
@@ -84,7 +95,7 @@ impl Dispatcher for DispatcherService {
         };
         let unchanged = existing.as_ref().is_some_and(|old| *old == node);
         if !unchanged {
-            self.store.put_node(&node).await.map_err(ManagerError::from)?;
+            self.store.put(&node).await.map_err(ManagerError::from)?;
         }
         self.heartbeats.record(&node.id);
         tracing::info!(node = %node.id, hostname = %node.hostname, addr = %node.advertise_addr, rejoin = existing.is_some(), "node joined");
@@ -119,10 +130,7 @@ impl Dispatcher for DispatcherService {
             let mut last_sent: Option<NodeState> = None;
             loop {
                 revisions.mark_unchanged();
-                let state = store.node(&node_id).and_then(|node| {
-                    let node = node.unwrap_or_default();
-                    Ok(snapshot::node_state(&node, &store.networks()?, port, store.revision()))
-                });
+                let state = desired_state(&store, &node_id, port);
                 match state {
                     Ok(state) => {
                         let same = last_sent
@@ -148,5 +156,33 @@ impl Dispatcher for DispatcherService {
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<ReportStatusRequest>,
+    ) -> Result<Response<ReportStatusResponse>, Status> {
+        let report = request.into_inner();
+        self.known_node(&report.node_id)?;
+        let _writer = self.store.write_lock().await;
+        let mut batch = crate::store::Batch::new();
+        for status in &report.tasks {
+            let Some(mut task) = self.store.get::<Task>(&status.task_id).map_err(ManagerError::from)? else {
+                continue;
+            };
+            let changed = task.state != status.state || task.error != status.error;
+            if task.node_id != report.node_id || task.desired_state != DESIRED_RUNNING || !changed {
+                continue;
+            }
+            tracing::info!(task = %task.id, state = %status.state, error = %status.error, "task status");
+            task.state = status.state.clone();
+            task.error = status.error.clone();
+            task.state_changed_unix = now_unix();
+            batch.put(&task);
+        }
+        if !batch.is_empty() {
+            self.store.commit(batch).await.map_err(ManagerError::from)?;
+        }
+        Ok(Response::new(ReportStatusResponse {}))
     }
 }

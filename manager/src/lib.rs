@@ -1,9 +1,11 @@
-//! The netctl manager: the cluster's desired state in sled, subnet and VNI
-//! allocation, node liveness, and the gRPC services `Control` (for the
+//! The netctl manager: the cluster's desired state in sled, subnet, VNI and
+//! address allocation, node liveness, the orchestrator that keeps services at
+//! their replica count, and the gRPC services `Control` (for the
 //! `netctl` client commands) and `Dispatcher` (for agents).
 //!
 //! It never touches the kernel.
 
+pub mod addresses;
 pub mod auth;
 pub mod cluster;
 pub mod control;
@@ -13,8 +15,11 @@ pub mod ids;
 pub mod ipam;
 pub mod liveness;
 pub mod networks;
+pub mod orchestrator;
 pub mod resolve;
+pub mod scheduler;
 pub mod server;
+pub mod services;
 pub mod snapshot;
 pub mod store;
 pub mod validate;

@@ -1,5 +1,7 @@
 //! Node liveness from heartbeats, kept in memory: a node is Ready while its
-//! last heartbeat is at most three intervals old, Down otherwise.
+//! last heartbeat is at most three intervals old, Down otherwise. Nodes known
+//! when the manager starts get the benefit of the doubt for three intervals,
+//! so that a manager restart does not reschedule every task.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,9 +46,11 @@ pub struct Heartbeats {
 }
 
 impl Heartbeats {
-    /// Heartbeats expected every `interval`.
-    pub fn new(interval: Duration) -> Self {
-        Self { interval, last_seen: Mutex::new(HashMap::new()) }
+    /// Heartbeats expected every `interval`; `known` nodes count as seen now.
+    pub fn new(interval: Duration, known: impl IntoIterator<Item = String>) -> Self {
+        let now = SystemTime::now();
+        let last_seen = known.into_iter().map(|id| (id, now)).collect();
+        Self { interval, last_seen: Mutex::new(last_seen) }
     }
 
     /// The interval agents are told to use.
@@ -84,9 +88,10 @@ mod tests {
 
     #[test]
     fn recorded_heartbeats_make_a_node_ready() {
-        let heartbeats = Heartbeats::new(Duration::from_secs(5));
+        let heartbeats = Heartbeats::new(Duration::from_secs(5), ["known".to_string()]);
         assert_eq!(heartbeats.status("n1").0, NodeLiveness::Down);
         heartbeats.record("n1");
         assert_eq!(heartbeats.status("n1").0, NodeLiveness::Ready);
+        assert_eq!(heartbeats.status("known").0, NodeLiveness::Ready);
     }
 }

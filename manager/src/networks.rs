@@ -73,7 +73,7 @@ pub async fn create(
         ingress: false,
         created_unix: now_unix(),
     };
-    store.put_network(&network).await?;
+    store.put(&network).await?;
     Ok(network)
 }
 
@@ -95,7 +95,14 @@ pub async fn remove(store: &Store, reference: &str) -> Result<Network, ManagerEr
             network.name
         )));
     }
-    store.remove_network(&network.id).await?;
+    let services: Vec<netctl_proto::Service> = store.all()?;
+    if let Some(user) = services.iter().find(|s| s.network_ids.contains(&network.id)) {
+        return Err(ManagerError::Refused(format!(
+            "network {} is in use by service {}: remove the service first",
+            network.name, user.name
+        )));
+    }
+    store.delete::<Network>(&network.id).await?;
     Ok(network)
 }
 
@@ -118,7 +125,7 @@ pub async fn ensure_ingress(store: &Store) -> Result<bool, ManagerError> {
         ingress: true,
         created_unix: now_unix(),
     };
-    store.put_network(&network).await?;
+    store.put(&network).await?;
     Ok(true)
 }
 

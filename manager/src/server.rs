@@ -59,11 +59,13 @@ impl Manager {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| ManagerError::Io { context: format!("listening on {listen}"), source })?;
-        let heartbeats = Arc::new(Heartbeats::new(self.config.heartbeat_interval));
+        let known_nodes = self.store.nodes()?.into_iter().map(|n| n.id);
+        let heartbeats = Arc::new(Heartbeats::new(self.config.heartbeat_interval, known_nodes));
         let control = ControlService::new(self.store.clone(), heartbeats.clone(), self.config.pool);
         // Watch streams never end by themselves: close them when stopping, or
         // the graceful shutdown would wait for every agent forever.
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(crate::orchestrator::run(self.store.clone(), heartbeats.clone(), stopping.clone()));
         let dispatcher = DispatcherService::new(
             self.store.clone(),
             heartbeats,

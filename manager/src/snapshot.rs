@@ -1,24 +1,85 @@
 //! The desired state of one node, as streamed to its agent by `Watch` (pure).
 
-use netctl_proto::{Network, NetworkAttachment, Node, NodeState};
+use crate::services::DESIRED_RUNNING;
+use netctl_proto::{Network, NetworkAttachment, Node, NodeState, RemoteEndpoint, Service, Task, TaskSpec};
+use std::collections::HashMap;
 
-/// Builds `node`'s whole desired state at `revision`.
-///
-/// The ingress network is on every node so that every node answers published
-/// ports. Other networks, tasks, remote endpoints and published ports arrive
-/// with services.
-pub fn node_state(node: &Node, networks: &[Network], data_path_port: u32, revision: u64) -> NodeState {
-    let networks = networks
+/// Everything a node's desired state is computed from.
+pub struct Cluster<'a> {
+    /// All networks.
+    pub networks: &'a [Network],
+    /// All services.
+    pub services: &'a [Service],
+    /// All tasks.
+    pub tasks: &'a [Task],
+    /// All nodes.
+    pub nodes: &'a [Node],
+}
+
+/// Builds `node`'s whole desired state at `revision`: the tasks it runs, the
+/// networks they attach to (an overlay exists only where it has a task), and
+/// every endpoint of those networks that lives on another node.
+pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision: u64) -> NodeState {
+    let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let wanted =
+        |t: &&Task| t.desired_state == DESIRED_RUNNING && services.contains_key(t.service_id.as_str());
+    let local: Vec<&Task> = cluster.tasks.iter().filter(wanted).filter(|t| t.node_id == node.id).collect();
+
+    let mut network_ids: Vec<&str> = Vec::new();
+    for endpoint in local.iter().flat_map(|t| &t.endpoints) {
+        if !network_ids.contains(&endpoint.network_id.as_str()) {
+            network_ids.push(&endpoint.network_id);
+        }
+    }
+    let networks = network_ids
         .iter()
-        .filter(|n| n.ingress)
+        .filter_map(|id| cluster.networks.iter().find(|n| n.id == *id))
         .map(|n| NetworkAttachment { network: Some(n.clone()) })
         .collect();
+
+    let node_addresses: HashMap<&str, &str> =
+        cluster.nodes.iter().map(|n| (n.id.as_str(), n.advertise_addr.as_str())).collect();
+    let remote_endpoints = cluster
+        .tasks
+        .iter()
+        .filter(wanted)
+        .filter(|t| t.node_id != node.id)
+        .flat_map(|t| t.endpoints.iter().map(move |e| (t, e)))
+        .filter(|(_, e)| network_ids.contains(&e.network_id.as_str()))
+        .filter_map(|(t, e)| {
+            Some(RemoteEndpoint {
+                network_id: e.network_id.clone(),
+                address: e.address.clone(),
+                mac: e.mac.clone(),
+                node_addr: node_addresses.get(t.node_id.as_str())?.to_string(),
+            })
+        })
+        .collect();
+
+    let tasks = local
+        .iter()
+        .map(|t| {
+            let service = services[t.service_id.as_str()];
+            TaskSpec {
+                id: t.id.clone(),
+                name: crate::services::task_name(service, t),
+                service_id: service.id.clone(),
+                command: service.command.clone(),
+                env: service.env.clone(),
+                workdir: service.workdir.clone(),
+                endpoints: t.endpoints.clone(),
+            }
+        })
+        .collect();
+
     NodeState {
         revision,
         node_id: node.id.clone(),
         advertise_addr: node.advertise_addr.clone(),
         data_path_port,
         networks,
+        tasks,
+        remote_endpoints,
         ..Default::default()
     }
 }
@@ -26,26 +87,53 @@ pub fn node_state(node: &Node, networks: &[Network], data_path_port: u32, revisi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netctl_proto::EndpointAddress;
+
+    fn task(id: &str, node: &str, address: &str) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            slot: 1,
+            node_id: node.into(),
+            desired_state: DESIRED_RUNNING.into(),
+            endpoints: vec![EndpointAddress {
+                network_id: "net".into(),
+                address: address.into(),
+                mac: "m".into(),
+            }],
+            ..Default::default()
+        }
+    }
 
     #[test]
-    fn a_node_without_tasks_gets_only_the_ingress_network() {
-        let node = Node { id: "n1".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() };
-        let networks = [
-            Network {
-                id: "i".into(),
-                name: "ingress".into(),
-                vni: 4096,
-                ingress: true,
-                ..Default::default()
-            },
-            Network { id: "d".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
+    fn a_node_gets_its_tasks_their_networks_and_the_remote_endpoints() {
+        let nodes = [
+            Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() },
+            Node { id: "b".into(), advertise_addr: "192.168.10.7".into(), ..Default::default() },
+            Node { id: "c".into(), advertise_addr: "192.168.10.8".into(), ..Default::default() },
         ];
-        let state = node_state(&node, &networks, 4789, 7);
+        let networks = [
+            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
+            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
+        ];
+        let services = [Service { id: "svc".into(), name: "demoservice".into(), ..Default::default() }];
+        let mut stopped = task("t3", "b", "192.168.200.5");
+        stopped.desired_state = "shutdown".into();
+        let tasks = [task("t1", "a", "192.168.200.3"), task("t2", "b", "192.168.200.4"), stopped];
+        let cluster = Cluster { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+
+        let state = node_state(&nodes[0], &cluster, 4789, 7);
         assert_eq!((state.revision, state.data_path_port), (7, 4789));
-        assert_eq!(state.advertise_addr, "192.168.10.6");
         let names: Vec<_> =
             state.networks.iter().map(|a| a.network.as_ref().unwrap().name.as_str()).collect();
-        assert_eq!(names, ["ingress"]);
-        assert!(state.tasks.is_empty() && state.remote_endpoints.is_empty());
+        assert_eq!(names, ["demonet"]);
+        assert_eq!(state.tasks.len(), 1);
+        assert_eq!(state.tasks[0].name, "demoservice.1");
+        assert_eq!(state.remote_endpoints.len(), 1, "{:?}", state.remote_endpoints);
+        assert_eq!(state.remote_endpoints[0].address, "192.168.200.4");
+        assert_eq!(state.remote_endpoints[0].node_addr, "192.168.10.7");
+
+        let idle = node_state(&nodes[2], &cluster, 4789, 7);
+        assert!(idle.networks.is_empty() && idle.tasks.is_empty() && idle.remote_endpoints.is_empty());
     }
 }

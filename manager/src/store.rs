@@ -1,13 +1,13 @@
 //! The cluster state on disk: the only module that touches sled.
 //!
-//! One tree per kind (`networks`, `nodes`) holding prost-encoded records keyed
-//! by ID, and a `meta` tree with the revision counter and cluster settings.
-//! Every change bumps the revision in the same transaction as the record and
-//! is flushed to disk before the call returns, so an acknowledged change
+//! One tree per kind (`networks`, `nodes`, `services`, `tasks`) holding
+//! prost-encoded records keyed by ID, and a `meta` tree with the revision counter and cluster settings.
+//! Every change (one record or a [`Batch`]) bumps the revision in the same
+//! transaction and is flushed to disk before the call returns, so an acknowledged change
 //! survives a crash. Writers that read, decide and write (allocation) hold
 //! [`Store::write_lock`] so that no value is handed out twice.
 
-use netctl_proto::{Network, Node};
+use netctl_proto::{Network, Node, Service, Task};
 use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::path::Path;
@@ -39,28 +39,107 @@ pub enum StoreError {
 }
 
 /// The kinds of record the store keeps, each in its own tree.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Overlay networks.
     Network,
     /// Nodes that joined.
     Node,
+    /// Services.
+    Service,
+    /// Tasks (replicas), current and recent history.
+    Task,
 }
 
 impl Kind {
+    const ALL: [Kind; 4] = [Kind::Network, Kind::Node, Kind::Service, Kind::Task];
+
     fn name(self) -> &'static str {
         match self {
             Kind::Network => "network",
             Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
         }
+    }
+
+    fn position(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).expect("every kind is listed")
+    }
+}
+
+/// A record kept in the store, keyed by its ID.
+pub trait Record: Message + Default {
+    /// The tree it lives in.
+    const KIND: Kind;
+    /// Its key.
+    fn key(&self) -> &str;
+}
+
+macro_rules! record {
+    ($type:ty, $kind:expr) => {
+        impl Record for $type {
+            const KIND: Kind = $kind;
+            fn key(&self) -> &str {
+                &self.id
+            }
+        }
+    };
+}
+record!(Network, Kind::Network);
+record!(Node, Kind::Node);
+record!(Service, Kind::Service);
+record!(Task, Kind::Task);
+
+/// Changes committed together: all or none.
+#[derive(Debug, Default)]
+pub struct Batch {
+    changes: Vec<(Kind, String, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `record`.
+    pub fn put<R: Record>(&mut self, record: &R) -> &mut Self {
+        self.changes.push((R::KIND, record.key().to_string(), Some(record.encode_to_vec())));
+        self
+    }
+
+    /// Deletes the record of kind `R` with key `key`.
+    pub fn delete<R: Record>(&mut self, key: &str) -> &mut Self {
+        self.changes.push((R::KIND, key.to_string(), None));
+        self
+    }
+
+    /// Whether nothing is to be written.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The task changes, decoded: `(id, Some(task))` for a write, `(id, None)`
+    /// for a deletion (for tests and logs).
+    pub fn tasks(&self) -> Vec<(String, Option<netctl_proto::Task>)> {
+        self.changes
+            .iter()
+            .filter(|(kind, _, _)| *kind == Kind::Task)
+            .map(|(_, key, value)| {
+                (
+                    key.clone(),
+                    value.as_ref().map(|bytes| Task::decode(bytes.as_slice()).expect("encoded here")),
+                )
+            })
+            .collect()
     }
 }
 
 /// The persistent cluster state.
 pub struct Store {
     db: sled::Db,
-    networks: sled::Tree,
-    nodes: sled::Tree,
+    trees: Vec<sled::Tree>,
     meta: sled::Tree,
     revision: watch::Sender<u64>,
     write_lock: Mutex<()>,
@@ -76,11 +155,13 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::open(path).map_err(sled_err(format!("opening state store {}", path.display())))?;
         let tree = |name: &str| db.open_tree(name).map_err(sled_err(format!("opening tree {name}")));
-        let (networks, nodes, meta) = (tree("networks")?, tree("nodes")?, tree("meta")?);
+        let trees =
+            Kind::ALL.iter().map(|kind| tree(&format!("{}s", kind.name()))).collect::<Result<_, _>>()?;
+        let meta = tree("meta")?;
         let current =
             meta.get(REVISION_KEY).map_err(sled_err("reading the revision"))?.map_or(0, |v| decode_u64(&v));
         let (revision, _) = watch::channel(current);
-        Ok(Self { db, networks, nodes, meta, revision, write_lock: Mutex::new(()) })
+        Ok(Self { db, trees, meta, revision, write_lock: Mutex::new(()) })
     }
 
     /// Serializes writers that read the state, decide, then write.
@@ -98,35 +179,52 @@ impl Store {
         self.revision.subscribe()
     }
 
+    /// Every record of kind `R`.
+    pub fn all<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        self.trees[R::KIND.position()]
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(sled_err(format!("listing {}s", R::KIND.name())))?;
+                decode(R::KIND, &String::from_utf8_lossy(&key), &value)
+            })
+            .collect()
+    }
+
+    /// The record of kind `R` with key `key`.
+    pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, StoreError> {
+        let value = self.trees[R::KIND.position()]
+            .get(key)
+            .map_err(sled_err(format!("reading {} {key}", R::KIND.name())))?;
+        value.map(|v| decode(R::KIND, key, &v)).transpose()
+    }
+
     /// Every network.
     pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
-        self.all(Kind::Network)
+        self.all()
     }
 
     /// Every node.
     pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
-        self.all(Kind::Node)
+        self.all()
     }
 
     /// One node by full ID.
     pub fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
-        let value = self.nodes.get(id).map_err(sled_err(format!("reading node {id}")))?;
-        value.map(|v| decode(Kind::Node, id, &v)).transpose()
+        self.get(id)
     }
 
-    /// Stores a network and flushes it.
-    pub async fn put_network(&self, network: &Network) -> Result<u64, StoreError> {
-        self.commit(Kind::Network, &network.id, Some(network.encode_to_vec())).await
+    /// Writes one record and flushes it.
+    pub async fn put<R: Record>(&self, record: &R) -> Result<u64, StoreError> {
+        let mut batch = Batch::new();
+        batch.put(record);
+        self.commit(batch).await
     }
 
-    /// Removes a network and flushes the removal.
-    pub async fn remove_network(&self, id: &str) -> Result<u64, StoreError> {
-        self.commit(Kind::Network, id, None).await
-    }
-
-    /// Stores a node and flushes it.
-    pub async fn put_node(&self, node: &Node) -> Result<u64, StoreError> {
-        self.commit(Kind::Node, &node.id, Some(node.encode_to_vec())).await
+    /// Deletes one record and flushes the deletion.
+    pub async fn delete<R: Record>(&self, key: &str) -> Result<u64, StoreError> {
+        let mut batch = Batch::new();
+        batch.delete::<R>(key);
+        self.commit(batch).await
     }
 
     /// A cluster setting kept in the meta tree.
@@ -141,33 +239,26 @@ impl Store {
         self.flush().await
     }
 
-    fn tree(&self, kind: Kind) -> &sled::Tree {
-        match kind {
-            Kind::Network => &self.networks,
-            Kind::Node => &self.nodes,
-        }
-    }
-
-    fn all<M: Message + Default>(&self, kind: Kind) -> Result<Vec<M>, StoreError> {
-        self.tree(kind)
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(sled_err(format!("listing {}s", kind.name())))?;
-                decode(kind, &String::from_utf8_lossy(&key), &value)
-            })
-            .collect()
-    }
-
-    /// Writes (or with `None` deletes) one record and bumps the revision in
-    /// one transaction, flushes, then announces the new revision.
-    async fn commit(&self, kind: Kind, key: &str, value: Option<Vec<u8>>) -> Result<u64, StoreError> {
-        let context = format!("writing {} {key}", kind.name());
-        let revision = (self.tree(kind), &self.meta)
-            .transaction(|(records, meta)| {
-                match &value {
-                    Some(bytes) => records.insert(key.as_bytes(), bytes.as_slice())?,
-                    None => records.remove(key.as_bytes())?,
-                };
+    /// Applies `batch` and bumps the revision in one transaction, flushes,
+    /// then announces the new revision.
+    pub async fn commit(&self, batch: Batch) -> Result<u64, StoreError> {
+        let context = match batch.changes.as_slice() {
+            [(kind, key, _)] => format!("writing {} {key}", kind.name()),
+            changes => format!("writing {} records", changes.len()),
+        };
+        let mut trees: Vec<&sled::Tree> = self.trees.iter().collect();
+        trees.push(&self.meta);
+        let revision = trees
+            .as_slice()
+            .transaction(|views| {
+                for (kind, key, value) in &batch.changes {
+                    let view = &views[kind.position()];
+                    match value {
+                        Some(bytes) => view.insert(key.as_bytes(), bytes.as_slice())?,
+                        None => view.remove(key.as_bytes())?,
+                    };
+                }
+                let meta = views.last().expect("meta tree");
                 let next = meta.get(REVISION_KEY)?.map_or(0, |v| decode_u64(&v)) + 1;
                 meta.insert(REVISION_KEY, &next.to_be_bytes())?;
                 Ok::<_, ConflictableTransactionError<()>>(next)
@@ -209,9 +300,9 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             assert_eq!(store.revision(), 0);
-            store.put_network(&network("a", 4097)).await.unwrap();
-            store.put_network(&network("b", 4098)).await.unwrap();
-            assert_eq!(store.remove_network("a").await.unwrap(), 3);
+            store.put(&network("a", 4097)).await.unwrap();
+            store.put(&network("b", 4098)).await.unwrap();
+            assert_eq!(store.delete::<Network>("a").await.unwrap(), 3);
             store.put_setting("data_path_port", 4789).await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -227,7 +318,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut revisions = store.subscribe();
         let node = Node { id: "n1".into(), hostname: "node0".into(), ..Default::default() };
-        store.put_node(&node).await.unwrap();
+        store.put(&node).await.unwrap();
         revisions.changed().await.unwrap();
         assert_eq!(*revisions.borrow(), 1);
         assert_eq!(store.node("n1").unwrap(), Some(node));

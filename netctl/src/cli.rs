@@ -41,6 +41,9 @@ pub enum Command {
     /// List the nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage replicated services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
 }
 
 /// `netctl manager` flags.
@@ -149,6 +152,73 @@ pub enum NodeCommand {
     },
 }
 
+/// `netctl service ...`
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service; prints its ID.
+    Create {
+        /// Service name [default: generated].
+        #[arg(long)]
+        name: Option<String>,
+        /// Number of tasks.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// Overlay networks to attach, in order (eth0, eth1, ...).
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        /// Environment variables, KEY=VALUE.
+        #[arg(short, long, value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        /// Working directory of the command.
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Show services as JSON, in `docker service inspect`'s shape.
+    Inspect {
+        /// Names or IDs.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// List the tasks of a service, with their history.
+    Ps {
+        /// Name or ID.
+        service: String,
+    },
+    /// Set the number of tasks: SERVICE=REPLICAS...
+    Scale {
+        /// SERVICE=REPLICAS pairs.
+        #[arg(required = true, value_parser = parse_scale)]
+        scales: Vec<(String, u32)>,
+    },
+    /// Remove services and their tasks.
+    #[command(alias = "remove")]
+    Rm {
+        /// Names or IDs.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+/// Parses `SERVICE=REPLICAS`.
+fn parse_scale(text: &str) -> Result<(String, u32), String> {
+    let (service, replicas) =
+        text.split_once('=').ok_or_else(|| format!("invalid scale {text:?}: expected SERVICE=REPLICAS"))?;
+    let replicas = replicas
+        .parse()
+        .map_err(|_| format!("invalid replicas {replicas:?}: expected a non-negative integer"))?;
+    Ok((service.to_string(), replicas))
+}
+
 /// Parses `key=value`.
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
@@ -167,6 +237,13 @@ mod tests {
         assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_key_value("mtu").is_err());
         assert!(parse_key_value("=1").is_err());
+    }
+
+    #[test]
+    fn scales_are_service_equals_count() {
+        assert_eq!(parse_scale("web=3"), Ok(("web".into(), 3)));
+        assert!(parse_scale("web").is_err());
+        assert!(parse_scale("web=-1").unwrap_err().contains("non-negative integer"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `docker network inspect`'s JSON shape for netctl's networks, so scripts
 //! written for Docker keep working.
 
-use netctl_proto::Network;
+use netctl_proto::{Network, ServiceView};
 use serde_json::{json, Value};
 
 /// The option key Docker uses for an overlay's VNIs.
@@ -34,6 +34,33 @@ pub fn network(network: &Network) -> Value {
         "Containers": {},
         "Options": options,
         "Labels": {},
+    })
+}
+
+/// One service as `docker service inspect` prints it.
+pub fn service(view: &ServiceView) -> Value {
+    let service = view.service.clone().unwrap_or_default();
+    let time = |unix: i64| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+        humantime::format_rfc3339_seconds(at).to_string()
+    };
+    let env: Vec<String> = service.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let networks: Vec<Value> = service.network_ids.iter().map(|id| json!({ "Target": id })).collect();
+    let vips: Vec<Value> =
+        service.virtual_ips.iter().map(|v| json!({ "NetworkID": v.network_id, "Addr": v.address })).collect();
+    json!({
+        "ID": service.id,
+        "CreatedAt": time(service.created_unix),
+        "UpdatedAt": time(service.updated_unix),
+        "Spec": {
+            "Name": service.name,
+            "TaskTemplate": {
+                "ContainerSpec": { "Command": service.command, "Env": env, "Dir": service.workdir },
+                "Networks": networks,
+            },
+            "Mode": { "Replicated": { "Replicas": service.replicas } },
+        },
+        "Endpoint": { "VirtualIPs": vips },
     })
 }
 

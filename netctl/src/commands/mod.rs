@@ -4,6 +4,7 @@ mod agent;
 mod manager;
 mod network;
 mod node;
+mod service;
 
 use crate::cli::{Cli, Command};
 
@@ -14,5 +15,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(cli.client.manager, args).await,
         Command::Network(command) => network::run(&cli.client, command).await,
         Command::Node(command) => node::run(&cli.client, command).await,
+        Command::Service(command) => service::run(&cli.client, command).await,
     }
 }

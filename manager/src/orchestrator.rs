@@ -1,0 +1,357 @@
+//! The orchestrator: keeps every service at its replica count. It stops tasks
+//! that failed, ended, sit on a Down node or exceed the count, and starts
+//! replacements on Ready nodes — after a back-off when a slot keeps failing.
+//! The decision is a pure function of the state ([`plan`]); [`run`] applies
+//! it after every change and every second.
+
+use crate::addresses;
+use crate::liveness::{Heartbeats, NodeLiveness};
+use crate::networks::now_unix;
+use crate::scheduler::{self, Candidate};
+use crate::services::{taken_addresses, DESIRED_RUNNING, DESIRED_SHUTDOWN};
+use crate::store::Batch;
+use crate::{ids, Store};
+use netctl_proto::{EndpointAddress, Network, Node, Service, Task};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How many finished tasks per slot `service ps` keeps showing.
+const HISTORY_PER_SLOT: usize = 4;
+/// The longest back-off between two attempts of a failing slot.
+const MAX_BACKOFF_SECONDS: i64 = 30;
+
+/// Everything the orchestrator decides from.
+pub struct ClusterState<'a> {
+    /// All services.
+    pub services: &'a [Service],
+    /// All tasks, current and history.
+    pub tasks: &'a [Task],
+    /// All networks.
+    pub networks: &'a [Network],
+    /// All nodes.
+    pub nodes: &'a [Node],
+    /// IDs of the nodes that are Ready now.
+    pub ready: &'a HashSet<String>,
+    /// Seconds since the epoch.
+    pub now: i64,
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "failed" | "complete" | "shutdown")
+}
+
+/// Seconds to wait before restarting a slot whose last `failures` tasks failed.
+pub fn backoff_seconds(failures: usize) -> i64 {
+    match failures {
+        0 => 0,
+        n => (1i64 << (n - 1).min(5)).min(MAX_BACKOFF_SECONDS),
+    }
+}
+
+/// The changes that bring the state closer to what the services ask for.
+pub fn plan(state: &ClusterState) -> Batch {
+    let mut batch = Batch::new();
+    let services: HashMap<&str, &Service> = state.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut tasks: Vec<Task> = state.tasks.to_vec();
+
+    // Stop what should no longer run.
+    for task in tasks.iter_mut().filter(|t| t.desired_state == DESIRED_RUNNING) {
+        let Some(service) = services.get(task.service_id.as_str()) else {
+            batch.delete::<Task>(&task.id);
+            continue;
+        };
+        let reason = if is_terminal(&task.state) {
+            Some(None)
+        } else if !state.ready.contains(&task.node_id) {
+            Some(Some("node is down".to_string()))
+        } else if task.slot > service.replicas {
+            Some(Some(String::new()))
+        } else {
+            None
+        };
+        if let Some(error) = reason {
+            task.desired_state = DESIRED_SHUTDOWN.into();
+            if let Some(error) = error {
+                task.state = "shutdown".into();
+                task.error = error;
+                task.state_changed_unix = state.now;
+            }
+            batch.put(task);
+        }
+    }
+
+    // Start what is missing.
+    for service in state.services {
+        for slot in 1..=service.replicas {
+            let slot_tasks: Vec<&Task> =
+                tasks.iter().filter(|t| t.service_id == service.id && t.slot == slot).collect();
+            if slot_tasks.iter().any(|t| t.desired_state == DESIRED_RUNNING) {
+                continue;
+            }
+            if !backoff_over(&slot_tasks, state.now) {
+                continue;
+            }
+            if let Some(task) = new_task(state, service, slot, &tasks) {
+                batch.put(&task);
+                tasks.push(task);
+            }
+        }
+    }
+
+    // Forget old history.
+    let mut finished: HashMap<(&str, u32), Vec<&Task>> = HashMap::new();
+    for task in tasks.iter().filter(|t| t.desired_state != DESIRED_RUNNING) {
+        finished.entry((task.service_id.as_str(), task.slot)).or_default().push(task);
+    }
+    for (_, mut history) in finished {
+        history.sort_by_key(|t| std::cmp::Reverse((t.created_unix, t.state_changed_unix)));
+        for old in history.iter().skip(HISTORY_PER_SLOT) {
+            batch.delete::<Task>(&old.id);
+        }
+    }
+    batch
+}
+
+/// Whether the back-off after a slot's trailing failures (or exits: a task is
+/// meant to keep running) has passed.
+fn backoff_over(slot_tasks: &[&Task], now: i64) -> bool {
+    let mut history: Vec<&&Task> = slot_tasks.iter().collect();
+    history.sort_by_key(|t| std::cmp::Reverse(t.created_unix));
+    let failures: Vec<&&Task> =
+        history.iter().copied().take_while(|t| matches!(t.state.as_str(), "failed" | "complete")).collect();
+    let last_failure = failures.iter().map(|t| t.state_changed_unix).max().unwrap_or(0);
+    now >= last_failure + backoff_seconds(failures.len())
+}
+
+/// A new task for `service`'s `slot` on the least loaded Ready node, with an
+/// address in each of the service's networks; `None` when no node is Ready
+/// or a network is full.
+fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) -> Option<Task> {
+    let live = |t: &&Task| t.desired_state == DESIRED_RUNNING;
+    let candidates: Vec<Candidate> = state
+        .nodes
+        .iter()
+        .filter(|n| state.ready.contains(&n.id))
+        .map(|n| Candidate {
+            node_id: &n.id,
+            hostname: &n.hostname,
+            service_tasks: tasks
+                .iter()
+                .filter(live)
+                .filter(|t| t.node_id == n.id && t.service_id == service.id)
+                .count(),
+            all_tasks: tasks.iter().filter(live).filter(|t| t.node_id == n.id).count(),
+        })
+        .collect();
+    let node_id = scheduler::pick(&candidates)?;
+    let mut endpoints = Vec::new();
+    for network_id in &service.network_ids {
+        let network = state.networks.iter().find(|n| &n.id == network_id)?;
+        let taken = taken_addresses(network, state.services, tasks);
+        let Some(address) =
+            network.subnet.parse().ok().and_then(|subnet| addresses::lowest_free(subnet, &taken))
+        else {
+            tracing::warn!(service = %service.name, network = %network.name, "no free address for a new task");
+            return None;
+        };
+        endpoints.push(EndpointAddress {
+            network_id: network.id.clone(),
+            address: address.to_string(),
+            mac: addresses::mac_for(address),
+        });
+    }
+    Some(Task {
+        id: ids::new_id(),
+        service_id: service.id.clone(),
+        slot,
+        node_id: node_id.to_string(),
+        desired_state: DESIRED_RUNNING.into(),
+        state: "assigned".into(),
+        error: String::new(),
+        endpoints,
+        created_unix: state.now,
+        state_changed_unix: state.now,
+    })
+}
+
+/// Applies [`plan`] after every store change and every second, until
+/// `stopping` turns true.
+pub async fn run(
+    store: Arc<Store>,
+    heartbeats: Arc<Heartbeats>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut revisions = store.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = revisions.changed() => {},
+            _ = tick.tick() => {},
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        if let Err(err) = pass(&store, &heartbeats).await {
+            tracing::error!("orchestrator pass failed: {err}");
+        }
+    }
+}
+
+async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store::StoreError> {
+    let _writer = store.write_lock().await;
+    let nodes = store.nodes()?;
+    let ready: HashSet<String> = nodes
+        .iter()
+        .filter(|n| heartbeats.status(&n.id).0 == NodeLiveness::Ready)
+        .map(|n| n.id.clone())
+        .collect();
+    let (services, tasks, networks) = (store.all()?, store.all()?, store.networks()?);
+    let state = ClusterState {
+        services: &services,
+        tasks: &tasks,
+        networks: &networks,
+        nodes: &nodes,
+        ready: &ready,
+        now: now_unix(),
+    };
+    let batch = plan(&state);
+    if !batch.is_empty() {
+        store.commit(batch).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> Node {
+        Node { id: id.into(), hostname: id.into(), ..Default::default() }
+    }
+
+    fn network() -> Network {
+        Network {
+            id: "net".into(),
+            subnet: "192.168.200.0/24".into(),
+            gateway: "192.168.200.1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn service(replicas: u32) -> Service {
+        Service {
+            id: "svc".into(),
+            name: "demoservice".into(),
+            replicas,
+            network_ids: vec!["net".into()],
+            virtual_ips: vec![netctl_proto::VirtualIp {
+                network_id: "net".into(),
+                address: "192.168.200.2".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Applies plans until nothing changes, as the running loop would.
+    fn settle(
+        services: &[Service],
+        tasks: &mut Vec<Task>,
+        nodes: &[Node],
+        ready: &HashSet<String>,
+        now: i64,
+    ) {
+        let networks = [network()];
+        for _ in 0..10 {
+            let state = ClusterState { services, tasks, networks: &networks, nodes, ready, now };
+            let batch = plan(&state);
+            if batch.is_empty() {
+                return;
+            }
+            apply(&batch, tasks);
+        }
+        panic!("the plan does not settle");
+    }
+
+    fn apply(batch: &Batch, tasks: &mut Vec<Task>) {
+        for task in batch.tasks() {
+            match task {
+                (id, Some(task)) => match tasks.iter_mut().find(|t| t.id == id) {
+                    Some(existing) => *existing = task,
+                    None => tasks.push(task),
+                },
+                (id, None) => tasks.retain(|t| t.id != id),
+            }
+        }
+    }
+
+    fn live(tasks: &[Task]) -> Vec<&Task> {
+        tasks.iter().filter(|t| t.desired_state == DESIRED_RUNNING).collect()
+    }
+
+    #[test]
+    fn replicas_spread_over_ready_nodes_with_distinct_addresses() {
+        let nodes = [node("a"), node("b")];
+        let ready: HashSet<String> = ["a".into(), "b".into()].into();
+        let mut tasks = Vec::new();
+        settle(&[service(2)], &mut tasks, &nodes, &ready, 100);
+        let live = live(&tasks);
+        assert_eq!(live.len(), 2);
+        let placed: HashSet<&str> = live.iter().map(|t| t.node_id.as_str()).collect();
+        assert_eq!(placed, HashSet::from(["a", "b"]));
+        let addresses: HashSet<&str> = live.iter().map(|t| t.endpoints[0].address.as_str()).collect();
+        assert_eq!(addresses, HashSet::from(["192.168.200.3", "192.168.200.4"]));
+        assert_eq!(
+            live[0].endpoints[0].mac,
+            addresses::mac_for(live[0].endpoints[0].address.parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn scaling_down_stops_the_highest_slots() {
+        let nodes = [node("a")];
+        let ready: HashSet<String> = ["a".into()].into();
+        let mut tasks = Vec::new();
+        settle(&[service(4)], &mut tasks, &nodes, &ready, 100);
+        settle(&[service(1)], &mut tasks, &nodes, &ready, 101);
+        let live = live(&tasks);
+        assert_eq!(live.iter().map(|t| t.slot).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn tasks_on_a_down_node_are_replaced_on_ready_ones() {
+        let nodes = [node("a"), node("b")];
+        let mut tasks = Vec::new();
+        settle(&[service(2)], &mut tasks, &nodes, &["a".into(), "b".into()].into(), 100);
+        settle(&[service(2)], &mut tasks, &nodes, &["a".into()].into(), 110);
+        let live = live(&tasks);
+        assert_eq!(live.len(), 2);
+        assert!(live.iter().all(|t| t.node_id == "a"));
+        let stopped: Vec<_> = tasks.iter().filter(|t| t.node_id == "b").collect();
+        assert!(stopped.iter().all(|t| t.desired_state == DESIRED_SHUTDOWN && t.error == "node is down"));
+    }
+
+    #[test]
+    fn a_failing_slot_is_retried_with_growing_back_off() {
+        let nodes = [node("a")];
+        let ready: HashSet<String> = ["a".into()].into();
+        let mut tasks = Vec::new();
+        settle(&[service(1)], &mut tasks, &nodes, &ready, 100);
+        // Fail the slot twice: the second retry waits 2 seconds.
+        for (failed_at, retry_at) in [(100, 101), (101, 103)] {
+            let task = tasks.iter_mut().find(|t| t.desired_state == DESIRED_RUNNING).unwrap();
+            task.state = "failed".into();
+            task.state_changed_unix = failed_at;
+            settle(&[service(1)], &mut tasks, &nodes, &ready, retry_at - 1);
+            assert!(live(&tasks).is_empty(), "retried before the back-off at {}", retry_at - 1);
+            settle(&[service(1)], &mut tasks, &nodes, &ready, retry_at);
+            assert_eq!(live(&tasks).len(), 1, "not retried at {retry_at}");
+        }
+        assert_eq!(backoff_seconds(10), 30);
+    }
+
+    #[test]
+    fn no_ready_node_means_no_task_yet() {
+        let mut tasks = Vec::new();
+        settle(&[service(2)], &mut tasks, &[node("a")], &HashSet::new(), 100);
+        assert!(tasks.is_empty());
+    }
+}

@@ -1,0 +1,207 @@
+//! Creating, scaling and removing services. A service's VIPs are allocated
+//! with it, in one store write; its tasks are made by the orchestrator.
+
+use crate::addresses;
+use crate::error::ManagerError;
+use crate::networks::now_unix;
+use crate::{ids, resolve, validate, Store};
+use ipnetwork::Ipv4Network;
+use netctl_proto::{Network, Service, ServiceCreateRequest, Task, VirtualIp};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+/// Task desired state: should run.
+pub const DESIRED_RUNNING: &str = "running";
+/// Task desired state: should not run (history, or being stopped).
+pub const DESIRED_SHUTDOWN: &str = "shutdown";
+
+/// Every address in use in `network`: its gateway, every service VIP in it,
+/// and every endpoint of a task that should run.
+pub fn taken_addresses(network: &Network, services: &[Service], tasks: &[Task]) -> HashSet<Ipv4Addr> {
+    let vips = services.iter().flat_map(|s| &s.virtual_ips).filter(|v| v.network_id == network.id);
+    let endpoints = tasks
+        .iter()
+        .filter(|t| t.desired_state == DESIRED_RUNNING)
+        .flat_map(|t| &t.endpoints)
+        .filter(|e| e.network_id == network.id);
+    let addresses = vips.map(|v| v.address.as_str()).chain(endpoints.map(|e| e.address.as_str()));
+    std::iter::once(network.gateway.as_str()).chain(addresses).filter_map(|a| a.parse().ok()).collect()
+}
+
+fn subnet_of(network: &Network) -> Result<Ipv4Network, ManagerError> {
+    network
+        .subnet
+        .parse()
+        .map_err(|_| ManagerError::Refused(format!("network {} has no valid subnet", network.name)))
+}
+
+/// Refuses when `network` cannot hold `needed` more addresses.
+fn ensure_room(network: &Network, taken: &HashSet<Ipv4Addr>, needed: usize) -> Result<(), ManagerError> {
+    let free = addresses::free_count(subnet_of(network)?, taken);
+    if free < needed {
+        return Err(ManagerError::Refused(format!(
+            "network {} ({}) has no free address: {needed} needed, {free} free",
+            network.name, network.subnet
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a service: validates it, resolves its networks, allocates its VIPs.
+pub async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Service, ManagerError> {
+    let id = ids::new_id();
+    let name = match request.name.as_str() {
+        "" => format!("service-{}", &id[..8]),
+        given => given.to_string(),
+    };
+    validate::name(&name)?;
+    if request.command.first().is_none_or(|c| c.is_empty()) {
+        return Err(ManagerError::Refused("a service needs a command to run".into()));
+    }
+
+    let _writer = store.write_lock().await;
+    let mut services: Vec<Service> = store.all()?;
+    if services.iter().any(|s| s.name == name) {
+        return Err(ManagerError::NameTaken { kind: "service", name });
+    }
+    let networks = store.networks()?;
+    let tasks: Vec<Task> = store.all()?;
+    let mut service = Service {
+        id,
+        name,
+        replicas: request.replicas,
+        command: request.command.clone(),
+        env: request.env.clone(),
+        workdir: request.workdir.clone(),
+        created_unix: now_unix(),
+        updated_unix: now_unix(),
+        ..Default::default()
+    };
+    for reference in &request.networks {
+        let network = &networks[resolve::resolve(
+            "network",
+            reference,
+            networks.iter().map(|n| (n.id.as_str(), n.name.as_str())),
+        )?];
+        if network.ingress {
+            return Err(ManagerError::Refused(format!(
+                "network {} is the routing mesh's and is attached through --publish, not --network",
+                network.name
+            )));
+        }
+        if service.network_ids.contains(&network.id) {
+            continue;
+        }
+        let taken = taken_addresses(network, &services, &tasks);
+        ensure_room(network, &taken, request.replicas as usize + 1)?;
+        let vip = addresses::lowest_free(subnet_of(network)?, &taken).expect("room was checked");
+        service.network_ids.push(network.id.clone());
+        service.virtual_ips.push(VirtualIp { network_id: network.id.clone(), address: vip.to_string() });
+        services.push(service.clone());
+    }
+    store.put(&service).await?;
+    Ok(service)
+}
+
+/// The service a name, ID or unique ID prefix designates.
+pub fn find(store: &Store, reference: &str) -> Result<Service, ManagerError> {
+    let mut services: Vec<Service> = store.all()?;
+    let index =
+        resolve::resolve("service", reference, services.iter().map(|s| (s.id.as_str(), s.name.as_str())))?;
+    Ok(services.swap_remove(index))
+}
+
+/// Sets a service's replica count; the orchestrator adds or stops tasks.
+pub async fn scale(store: &Store, reference: &str, replicas: u32) -> Result<Service, ManagerError> {
+    let _writer = store.write_lock().await;
+    let mut service = find(store, reference)?;
+    let services: Vec<Service> = store.all()?;
+    let tasks: Vec<Task> = store.all()?;
+    let running_here =
+        tasks.iter().filter(|t| t.service_id == service.id && t.desired_state == DESIRED_RUNNING).count();
+    let more = (replicas as usize).saturating_sub(running_here);
+    for network_id in &service.network_ids {
+        if let Some(network) = store.get::<Network>(network_id)? {
+            ensure_room(&network, &taken_addresses(&network, &services, &tasks), more)?;
+        }
+    }
+    service.replicas = replicas;
+    service.updated_unix = now_unix();
+    store.put(&service).await?;
+    Ok(service)
+}
+
+/// Removes a service and all its tasks (agents stop them on their next pass).
+pub async fn remove(store: &Store, reference: &str) -> Result<Service, ManagerError> {
+    let _writer = store.write_lock().await;
+    let service = find(store, reference)?;
+    let mut batch = crate::store::Batch::new();
+    batch.delete::<Service>(&service.id);
+    for task in store.all::<Task>()?.iter().filter(|t| t.service_id == service.id) {
+        batch.delete::<Task>(&task.id);
+    }
+    store.commit(batch).await?;
+    Ok(service)
+}
+
+/// The name `service ps` gives a task: `<service>.<slot>`.
+pub fn task_name(service: &Service, task: &Task) -> String {
+    format!("{}.{}", service.name, task.slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::networks::{self, AddressPool};
+    use netctl_proto::NetworkCreateRequest;
+
+    async fn store_with_network(subnet: &str) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        networks::ensure_ingress(&store).await.unwrap();
+        let pool = AddressPool { pool: "10.0.0.0/8".parse().unwrap(), mask_length: 24 };
+        let request =
+            NetworkCreateRequest { name: "demonet".into(), subnet: subnet.into(), ..Default::default() };
+        networks::create(&store, pool, &request).await.unwrap();
+        (dir, store)
+    }
+
+    fn request(name: &str, replicas: u32) -> ServiceCreateRequest {
+        ServiceCreateRequest {
+            name: name.into(),
+            replicas,
+            networks: vec!["demonet".into()],
+            command: vec!["sleep".into(), "10000".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_service_gets_vip_2_and_names_are_unique() {
+        let (_dir, store) = store_with_network("192.168.200.0/24").await;
+        let service = create(&store, &request("demoservice", 2)).await.unwrap();
+        assert_eq!(service.virtual_ips[0].address, "192.168.200.2");
+        let second = create(&store, &request("other", 1)).await.unwrap();
+        assert_eq!(second.virtual_ips[0].address, "192.168.200.3");
+        assert!(matches!(
+            create(&store, &request("demoservice", 1)).await,
+            Err(ManagerError::NameTaken { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_services_are_refused_naming_the_problem() {
+        let (_dir, store) = store_with_network("10.9.0.0/29").await;
+        let unknown = ServiceCreateRequest { networks: vec!["nonet".into()], ..request("s", 1) };
+        assert!(create(&store, &unknown).await.unwrap_err().to_string().contains("network nonet not found"));
+        let empty = ServiceCreateRequest { command: vec![], ..request("s", 1) };
+        assert!(create(&store, &empty).await.unwrap_err().to_string().contains("needs a command"));
+        // A /29 has 6 hosts: gateway + VIP + 4 tasks.
+        let full = create(&store, &request("s", 5)).await.unwrap_err().to_string();
+        assert!(full.contains("network demonet") && full.contains("no free address"), "{full}");
+        create(&store, &request("s", 4)).await.unwrap();
+        let ingress = ServiceCreateRequest { networks: vec!["ingress".into()], ..request("t", 1) };
+        assert!(create(&store, &ingress).await.is_err());
+        assert_eq!(store.all::<Service>().unwrap().len(), 1);
+    }
+}
