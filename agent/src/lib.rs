@@ -1,21 +1,28 @@
 //! The netctl agent: joins the manager, keeps the node's identity, sends
-//! heartbeats and watches the node's desired state, reconnecting with
-//! back-off whenever the manager goes away.
-//!
-//! Converging the kernel to the desired state (namespaces, bridges, VXLAN,
-//! sandboxes) comes with the data plane; today the agent records what it was
-//! asked to build.
+//! heartbeats, watches the node's desired state (reconnecting with back-off
+//! whenever the manager goes away) and converges the kernel and the task
+//! processes to it: overlay namespaces with br0 and vxlan0, sandboxes,
+//! docker_gwbridge, remote endpoints.
 
 pub mod backoff;
+pub mod connections;
+pub mod gwbridge;
 pub mod identity;
+pub mod names;
+pub mod overlay;
+pub mod peers;
+pub mod reconcile;
+pub mod sandbox;
 pub mod session;
+pub mod tasks;
 
 use anyhow::Context;
 use backoff::Backoff;
-use netctl_proto::NodeState;
+use netctl_proto::{NodeState, TaskStatusReport};
 use session::{Session, SessionError};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use tokio::sync::watch;
 
 /// How an agent is started (the `netctl agent` flags).
 #[derive(Debug, Clone)]
@@ -41,9 +48,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let mut node_id = identity::load(&config.state_dir)
         .with_context(|| format!("reading the node identity in {}", config.state_dir.display()))?;
+    let reconciler = reconcile::Reconciler::new(&config.run_dir, config.advertise_addr)
+        .with_context(|| format!("preparing the run dir {}", config.run_dir.display()))?;
+    let (desired_sender, desired) = watch::channel(None);
+    let (report_sender, reports) = watch::channel(Vec::new());
+    tokio::spawn(reconcile_forever(reconciler, desired, report_sender));
+    let channels = Channels { desired: desired_sender, reports };
     let mut backoff = Backoff::default();
     loop {
-        match run_session(&config, &mut node_id, &mut backoff).await {
+        match run_session(&config, &mut node_id, &mut backoff, &channels).await {
             Err(refused @ SessionError::Refused { .. }) => return Err(refused.into()),
             Err(lost) => {
                 let delay = backoff.next_delay();
@@ -55,11 +68,47 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Joins, then heartbeats and watches until the session breaks.
+/// How often the node is reconciled when nothing changes (to repair what was
+/// changed by hand and to notice task exits).
+const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What sessions share with the reconcile loop.
+struct Channels {
+    /// The latest desired state, for the reconcile loop.
+    desired: watch::Sender<Option<NodeState>>,
+    /// The latest task statuses, for the manager.
+    reports: watch::Receiver<Vec<TaskStatusReport>>,
+}
+
+/// Reconciles after every new desired state and every interval, once the
+/// first desired state has arrived (nothing is torn down before that).
+async fn reconcile_forever(
+    mut reconciler: reconcile::Reconciler,
+    mut desired: watch::Receiver<Option<NodeState>>,
+    reports: watch::Sender<Vec<TaskStatusReport>>,
+) {
+    loop {
+        let state = desired.borrow_and_update().clone();
+        if let Some(state) = state {
+            let started = std::time::Instant::now();
+            let statuses = reconciler.pass(&state).await;
+            tracing::debug!(revision = state.revision, elapsed = ?started.elapsed(), "reconciled");
+            reports.send_if_modified(|current| {
+                let changed = *current != statuses;
+                *current = statuses;
+                changed
+            });
+        }
+        let _ = tokio::time::timeout(RECONCILE_INTERVAL, desired.changed()).await;
+    }
+}
+
+/// Joins, then heartbeats, reports and watches until the session breaks.
 async fn run_session(
     config: &AgentConfig,
     node_id: &mut Option<String>,
     backoff: &mut Backoff,
+    channels: &Channels,
 ) -> Result<(), SessionError> {
     let mut session = Session::connect(config).await?;
     let joined = session.join(config, node_id.as_deref()).await?;
@@ -74,11 +123,19 @@ async fn run_session(
     backoff.reset();
     let heartbeat = tokio::spawn(Session::heartbeat_forever(session.clone(), joined.clone()));
     let _stop_heartbeat = AbortOnDrop(heartbeat);
-    session.watch(&joined.node_id, record_desired_state).await
+    let reporter =
+        tokio::spawn(session.clone().report_forever(joined.node_id.clone(), channels.reports.clone()));
+    let _stop_reporter = AbortOnDrop(reporter);
+    session
+        .watch(&joined.node_id, |state| {
+            log_desired_state(&state);
+            channels.desired.send_replace(Some(state));
+        })
+        .await
 }
 
 /// Logs a desired state received from the manager.
-fn record_desired_state(state: NodeState) {
+fn log_desired_state(state: &NodeState) {
     let networks: Vec<String> = state
         .networks
         .iter()

@@ -3,7 +3,10 @@
 
 use crate::AgentConfig;
 use netctl_proto::dispatcher_client::DispatcherClient;
-use netctl_proto::{BearerToken, HeartbeatRequest, JoinRequest, NodeState, WatchRequest};
+use netctl_proto::{
+    BearerToken, HeartbeatRequest, JoinRequest, NodeState, ReportStatusRequest, TaskStatusReport,
+    WatchRequest,
+};
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -108,6 +111,26 @@ impl Session {
             let request = HeartbeatRequest { node_id: joined.node_id.clone() };
             if let Err(status) = client_session.client.heartbeat(request).await {
                 tracing::warn!(manager = %client_session.manager, "heartbeat failed: {}", status.message());
+            }
+        }
+    }
+
+    /// Sends the latest task statuses every time they change, forever.
+    pub async fn report_forever(
+        mut self,
+        node_id: String,
+        mut reports: tokio::sync::watch::Receiver<Vec<TaskStatusReport>>,
+    ) {
+        loop {
+            let tasks = reports.borrow_and_update().clone();
+            if !tasks.is_empty() {
+                let request = ReportStatusRequest { node_id: node_id.clone(), tasks };
+                if let Err(status) = self.client.report_status(request).await {
+                    tracing::warn!(manager = %self.manager, "reporting task status failed: {}", status.message());
+                }
+            }
+            if reports.changed().await.is_err() {
+                return;
             }
         }
     }

@@ -1,9 +1,15 @@
-//! Test harness that runs the real `netctl` binary: a manager and agents as
-//! child processes on loopback, each cluster in its own temporary folder and
-//! on its own port, and `netctl` client invocations against them. Every
-//! process is killed and every file removed on drop, also when a test fails.
+//! Test harness that runs the real `netctl` binary. [`Cluster`]: a manager
+//! and agents on the loopback of one private network namespace, for the
+//! control plane. [`lab::Lab`]: several hosts made of namespaces on an
+//! underlay bridge, for the data plane. Every process is killed, every
+//! namespace and file removed on drop, also when a test fails; nothing runs
+//! in the root network namespace.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub mod lab;
+pub mod netns;
+
+use netns::TestNamespace;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -35,11 +41,6 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-/// A free TCP port on loopback.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
-
 /// A child process killed (SIGKILL) when dropped, with its stderr in a file.
 pub struct Daemon {
     child: Child,
@@ -47,7 +48,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(mut command: Command, log: PathBuf, stdout: Option<PathBuf>) -> Self {
+    /// Spawns `command` with stderr to `log` and stdout to `stdout` (or nowhere).
+    pub fn spawn(mut command: Command, log: PathBuf, stdout: Option<PathBuf>) -> Self {
         let stderr = std::fs::File::create(&log).expect("log file");
         let stdout = match stdout {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("stdout file")),
@@ -87,8 +89,10 @@ impl Drop for Daemon {
     }
 }
 
-/// A manager on loopback with its data dir, plus any agents started on it.
+/// A manager on loopback with its data dir, plus any agents started on it,
+/// all inside one private network namespace.
 pub struct Cluster {
+    namespace: TestNamespace,
     dir: tempfile::TempDir,
     port: u16,
     manager_args: Vec<String>,
@@ -100,8 +104,9 @@ impl Cluster {
     /// Starts a manager with extra `netctl manager` flags.
     pub fn start(extra_manager_args: &[&str]) -> Self {
         let mut cluster = Self {
+            namespace: TestNamespace::new(&netns::unique_prefix()),
             dir: tempfile::Builder::new().prefix("netctl-e2e-").tempdir().expect("tempdir"),
-            port: free_port(),
+            port: 4243,
             manager_args: extra_manager_args.iter().map(|s| s.to_string()).collect(),
             manager: None,
             starts: 0,
@@ -154,7 +159,7 @@ impl Cluster {
     /// until it accepts connections.
     pub fn start_manager(&mut self) {
         self.starts += 1;
-        let mut command = Command::new(netctl_bin());
+        let mut command = self.namespace.command(netctl_bin());
         command
             .arg("manager")
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
@@ -164,11 +169,13 @@ impl Cluster {
         let log = self.dir.path().join(format!("manager-{}.log", self.starts));
         let stdout = self.dir.path().join(format!("manager-{}.out", self.starts));
         self.manager = Some(Daemon::spawn(command, log, Some(stdout)));
-        let address: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let token_file = self.data_dir().join("admin-token");
         let up = wait_until(Duration::from_secs(20), || {
-            TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+            token_file.exists()
+                && self.netctl_with_token(Some(&self.admin_token()), &["node", "ls"]).status.success()
         });
-        assert!(up, "manager did not listen on {address}: {}", self.manager().log());
+        let log = self.manager().log();
+        assert!(up, "manager did not answer on port {}: {log}", self.port);
     }
 
     /// Kills the manager with `signal` and waits for it to end.
@@ -181,7 +188,7 @@ impl Cluster {
     /// Starts an agent named `hostname` that joins with `join_token`.
     pub fn start_agent(&self, hostname: &str, join_token: &str) -> Daemon {
         let state_dir = self.dir.path().join(format!("agent-{hostname}"));
-        let mut command = Command::new(netctl_bin());
+        let mut command = self.namespace.command(netctl_bin());
         command
             .args(["agent", "--manager", &self.manager_url(), "--join-token", join_token])
             .args(["--advertise-addr", "127.0.0.1", "--hostname", hostname])
@@ -200,7 +207,7 @@ impl Cluster {
 
     /// Runs `netctl ARGS` with the given token, or none at all.
     pub fn netctl_with_token(&self, token: Option<&str>, args: &[&str]) -> Output {
-        let mut command = Command::new(netctl_bin());
+        let mut command = self.namespace.command(netctl_bin());
         command.args(args).env("NETCTL_MANAGER", self.manager_url()).env_remove("NETCTL_TOKEN");
         if let Some(token) = token {
             command.env("NETCTL_TOKEN", token);
@@ -230,9 +237,22 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A command that runs inside the cluster's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.namespace.command(program)
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_manager(nix::sys::signal::Signal::SIGKILL);
+        netns::kill_processes_in(&[self.namespace.path()]);
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("agent-") {
+                netns::clean_run_dir(&entry.path().join("run"));
+            }
+        }
     }
 }
 
@@ -251,6 +271,7 @@ fn read_token(path: &Path) -> String {
         .to_string()
 }
 
-fn unique_suffix() -> u128 {
+/// Nanoseconds since the epoch, to name files uniquely.
+pub fn unique_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }

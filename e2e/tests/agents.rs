@@ -42,7 +42,6 @@ fn a_restarted_agent_rejoins_as_the_same_node_and_gets_its_state() {
     let cluster = Cluster::start(&[]);
     let first = cluster.start_agent("node0", &cluster.join_token());
     assert!(wait_until(Duration::from_secs(10), || first.log().contains("desired state received")));
-    assert!(first.log().contains("ingress (vni 4096)"), "{}", first.log());
     let id = cluster.nodes()[0]["ID"].clone();
     drop(first);
 

@@ -69,7 +69,8 @@ fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("admin token"));
 
-    let unreachable = std::process::Command::new(e2e::netctl_bin())
+    let unreachable = cluster
+        .command(e2e::netctl_bin())
         .args(["--manager", "http://127.0.0.1:1", "--token", "x", "network", "ls"])
         .output()
         .unwrap();

@@ -191,6 +191,12 @@ pub enum ServiceCommand {
     },
     /// List the tasks of a service, with their history.
     Ps {
+        /// Show full task IDs.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
         /// Name or ID.
         service: String,
     },

@@ -5,7 +5,8 @@ use crate::error::{Error, Result};
 use crate::netlink::Netlink;
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute,
+    LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 use std::net::Ipv4Addr;
@@ -43,6 +44,8 @@ pub struct Link {
     pub mac: String,
     /// Administratively up.
     pub up: bool,
+    /// The interface alias (netctl marks the bridges it makes with one).
+    pub alias: String,
     /// For a veth: the peer's interface index (in `peer_netns_id`'s namespace).
     pub peer_index: Option<u32>,
     /// For a veth whose peer is elsewhere: the peer namespace's id as seen here.
@@ -84,9 +87,31 @@ impl Netlink {
         self.handle.link().set(message).execute().await.map_err(|e| self.error(what, e))
     }
 
-    /// Creates a bridge.
-    pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<()> {
-        self.add_link(name, LinkBridge::new(name).mtu(mtu).build()).await
+    /// Creates a bridge, marked with `alias` (the kernel takes an alias only
+    /// on an existing link, hence the second request).
+    pub async fn create_bridge(&self, name: &str, mtu: u32, alias: &str) -> Result<Link> {
+        self.add_link(name, LinkBridge::new(name).mtu(mtu).build()).await?;
+        let bridge = self.require_link(name).await?;
+        let message = LinkUnspec::new_with_index(bridge.index)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_string()))
+            .build();
+        self.set_link(format!("marking {name} with alias {alias}"), message).await?;
+        Ok(Link { alias: alias.to_string(), ..bridge })
+    }
+
+    /// Isolates a bridge port: isolated ports cannot talk to each other,
+    /// only to the bridge and non-isolated ports (inter-container traffic off).
+    pub async fn isolate_bridge_port(&self, link: &Link) -> Result<()> {
+        let message = LinkUnspec::new_with_index(link.index)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(true)]))
+            .build();
+        self.handle
+            .link()
+            .set_port(message)
+            .execute()
+            .await
+            .map_err(|e| self.error(format!("isolating bridge port {}", link.name), e))
     }
 
     /// Creates a VXLAN device: learning off, proxy, l2miss and l3miss on.
@@ -217,6 +242,7 @@ fn parse_link(message: &LinkMessage) -> Link {
         match attribute {
             LinkAttribute::IfName(name) => link.name = name.clone(),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::IfAlias(alias) => link.alias = alias.clone(),
             LinkAttribute::Controller(master) => link.master = Some(*master),
             LinkAttribute::Address(mac) => link.mac = format_mac(mac),
             LinkAttribute::Link(peer) => link.peer_index = Some(*peer),

@@ -61,7 +61,7 @@ async fn overlay_layout_is_built_and_read_back() {
     let moved = overlay.require_link("vx-test").await.unwrap();
     overlay.rename(&moved, "vxlan0").await.unwrap();
 
-    overlay.create_bridge("br0", 1450).await.unwrap();
+    overlay.create_bridge("br0", 1450, "netctl").await.unwrap();
     let bridge = overlay.require_link("br0").await.unwrap();
     overlay.add_address(&bridge, Ipv4Addr::new(192, 168, 200, 1), 24).await.unwrap();
     overlay.add_address(&bridge, Ipv4Addr::new(192, 168, 200, 1), 24).await.unwrap();
@@ -75,6 +75,7 @@ async fn overlay_layout_is_built_and_read_back() {
     overlay.create_veth("veth0", "eth0", &sandbox_file, 1450, Some(mac)).await.unwrap();
     let veth = overlay.require_link("veth0").await.unwrap();
     overlay.set_master(&veth, &bridge).await.unwrap();
+    overlay.isolate_bridge_port(&veth).await.unwrap();
     overlay.set_up(&veth).await.unwrap();
     let eth0 = sandbox.require_link("eth0").await.unwrap();
     sandbox.add_address(&eth0, Ipv4Addr::new(192, 168, 200, 3), 24).await.unwrap();
@@ -87,6 +88,7 @@ async fn overlay_layout_is_built_and_read_back() {
     assert_eq!((info.vni, info.port, info.local), (4097, 4789, Some(Ipv4Addr::new(192, 0, 2, 6))));
     assert!(!info.learning && info.proxy && info.l2miss && info.l3miss, "{info:?}");
     assert_eq!((vxlan.mtu, vxlan.master), (1450, Some(bridge.index)));
+    assert_eq!(find(&links, "br0").alias, "netctl");
     let veth = find(&links, "veth0");
     assert_eq!((veth.kind.as_str(), veth.mtu, veth.master), ("veth", 1450, Some(bridge.index)));
     assert!(veth.peer_netns_id.is_some(), "the peer lives in another namespace");

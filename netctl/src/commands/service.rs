@@ -41,7 +41,7 @@ pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<(
             println!("{}", serde_json::to_string_pretty(&found)?);
             outcome
         }
-        ServiceCommand::Ps { service } => ps(&mut control, service).await,
+        ServiceCommand::Ps { service, no_trunc, format } => ps(&mut control, service, no_trunc, format).await,
         ServiceCommand::Scale { scales } => {
             for_each(
                 scales,
@@ -139,9 +139,32 @@ async fn list(control: &mut Control, format: ListFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ps(control: &mut Control, reference: String) -> anyhow::Result<()> {
+async fn ps(
+    control: &mut Control,
+    reference: String,
+    no_trunc: bool,
+    format: ListFormat,
+) -> anyhow::Result<()> {
     let view = control.get_service(ServiceGetRequest { reference }).await.map_err(rpc_error)?.into_inner();
     let view = view.service.unwrap_or_default();
+    if let ListFormat::Json = format {
+        for entry in &view.tasks {
+            let task = entry.task.clone().unwrap_or_default();
+            let endpoints: Vec<_> = task
+                .endpoints
+                .iter()
+                .map(|e| json!({ "NetworkID": e.network_id, "Address": e.address, "MAC": e.mac }))
+                .collect();
+            let line = json!({
+                "ID": task.id, "Name": entry.name, "Node": entry.node_hostname, "NodeID": task.node_id,
+                "DesiredState": task.desired_state, "CurrentState": task.state, "Error": task.error,
+                "Endpoints": endpoints,
+            });
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let id_len = if no_trunc { usize::MAX } else { 12 };
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let mut previous_slot = None;
@@ -157,7 +180,7 @@ async fn ps(control: &mut Control, reference: String) -> anyhow::Result<()> {
             };
             previous_slot = Some(task.slot);
             vec![
-                task.id.chars().take(12).collect(),
+                task.id.chars().take(id_len).collect(),
                 name,
                 entry.node_hostname.clone(),
                 capitalized(&task.desired_state),

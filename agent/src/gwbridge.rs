@@ -1,0 +1,51 @@
+//! `docker_gwbridge`: the host-side bridge that gives every sandbox its
+//! egress leg (172.18.0.0/16, gateway 172.18.0.1), NATed out of the node with
+//! MASQUERADE. Sandbox ports are isolated from each other (inter-container
+//! communication off).
+
+use crate::names::{GWBRIDGE, GWBRIDGE_GATEWAY, GWBRIDGE_PREFIX, GWBRIDGE_SUBNET, OWNER_ALIAS};
+use netlib::{iptables, sysctl, Link, Netlink};
+
+/// The nat chain holding the gateway bridge's MASQUERADE rule.
+const NAT_CHAIN: &str = "NETCTL-GWBRIDGE";
+
+/// Makes sure the gateway bridge exists, is ours, and is up. Its NAT rules are
+/// written when `write_rules` is set (once per agent start; the kernel keeps
+/// them). The error says why tasks have no egress.
+pub async fn ensure(host: &Netlink, mtu: u32, write_rules: bool) -> Result<Link, String> {
+    let bridge = match host.link(GWBRIDGE).await.map_err(|e| e.to_string())? {
+        Some(bridge) if bridge.alias != OWNER_ALIAS => {
+            return Err(format!(
+                "{GWBRIDGE} exists and was not made by netctl (is Docker running on this host?): tasks get no egress leg"
+            ))
+        }
+        Some(bridge) => bridge,
+        None => host.create_bridge(GWBRIDGE, mtu, OWNER_ALIAS).await.map_err(|e| e.to_string())?,
+    };
+    host.add_address(&bridge, GWBRIDGE_GATEWAY, GWBRIDGE_PREFIX).await.map_err(|e| e.to_string())?;
+    if !bridge.up {
+        host.set_up(&bridge).await.map_err(|e| e.to_string())?;
+    }
+    if write_rules {
+        write_nat(host).map_err(|e| format!("egress NAT on {GWBRIDGE}: {e}"))?;
+    }
+    Ok(bridge)
+}
+
+/// Forwarding on, and MASQUERADE for traffic from the bridge leaving by any
+/// other interface.
+fn write_nat(host: &Netlink) -> Result<(), String> {
+    let namespace = None;
+    sysctl::write(namespace, "net.ipv4.ip_forward", "1").map_err(|e| e.to_string())?;
+    if !iptables::available() {
+        return Err(format!(
+            "iptables-restore is not installed in {} (apt-get install iptables)",
+            host.namespace()
+        ));
+    }
+    let rules = format!(
+        "*nat\n:{NAT_CHAIN} - [0:0]\n-A {NAT_CHAIN} -s {GWBRIDGE_SUBNET} ! -o {GWBRIDGE} -j MASQUERADE\nCOMMIT\n"
+    );
+    iptables::restore(namespace, &rules).map_err(|e| e.to_string())?;
+    iptables::ensure_jump(namespace, "nat", "POSTROUTING", &["-j", NAT_CHAIN]).map_err(|e| e.to_string())
+}

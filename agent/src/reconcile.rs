@@ -1,0 +1,244 @@
+//! One reconcile pass: converge the node's kernel objects and task processes
+//! to the latest desired state, idempotently. Read what is there, build what
+//! is missing, remove what the desired state no longer has. Objects already
+//! right are left untouched, so a pass on a healthy node changes nothing and
+//! a restarted agent adopts what it made before.
+
+use crate::connections::Connections;
+use crate::names::{self, GWBRIDGE_GATEWAY};
+use crate::overlay::{self, Overlay, Tunnel};
+use crate::sandbox::{self, GatewayLeg};
+use crate::tasks::Supervisor;
+use crate::{gwbridge, peers};
+use netctl_proto::{NodeState, TaskStatusReport};
+use netlib::{NamespaceDir, Netlink};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+/// The overhead of VXLAN encapsulation on the underlay MTU.
+const VXLAN_OVERHEAD: u32 = 50;
+
+/// Converges one node.
+pub struct Reconciler {
+    advertise_addr: IpAddr,
+    host: Netlink,
+    connections: Connections,
+    supervisor: Supervisor,
+    gwbridge_rules_written: bool,
+}
+
+impl Reconciler {
+    /// A reconciler for the node whose namespaces live under `run_dir`.
+    pub fn new(run_dir: &Path, advertise_addr: IpAddr) -> anyhow::Result<Self> {
+        let namespaces = NamespaceDir::new(run_dir);
+        namespaces.prepare()?;
+        Ok(Self {
+            advertise_addr,
+            host: Netlink::host()?,
+            connections: Connections::new(namespaces),
+            supervisor: Supervisor::new(run_dir)?,
+            gwbridge_rules_written: false,
+        })
+    }
+
+    /// The MTU of the interface that carries the advertise address.
+    async fn underlay_mtu(&self) -> netlib::Result<u32> {
+        let IpAddr::V4(advertise) = self.advertise_addr else { return Ok(1500) };
+        let addresses = self.host.addresses().await?;
+        let Some(address) = addresses.iter().find(|a| a.address == advertise) else {
+            tracing::warn!(%advertise, "no interface holds the advertise address: assuming MTU 1500");
+            return Ok(1500);
+        };
+        let links = self.host.links().await?;
+        Ok(links.iter().find(|l| l.index == address.index).map_or(1500, |l| l.mtu))
+    }
+
+    /// Runs one pass and returns the status of every task of the node.
+    pub async fn pass(&mut self, state: &NodeState) -> Vec<TaskStatusReport> {
+        let underlay_mtu = self.underlay_mtu().await.unwrap_or_else(|err| {
+            tracing::warn!("reading the underlay MTU: {err}");
+            1500
+        });
+        let gateway = gwbridge::ensure(&self.host, underlay_mtu, !self.gwbridge_rules_written).await;
+        match &gateway {
+            Ok(_) => self.gwbridge_rules_written = true,
+            Err(err) => tracing::error!("{err}"),
+        }
+
+        let overlays = self.build_overlays(state, underlay_mtu).await;
+        let gateway_addresses = self.gateway_addresses(state).await;
+        let mut reports = Vec::new();
+        for task in &state.tasks {
+            let sandbox_name = names::sandbox_namespace(&task.id);
+            let built = self.build_sandbox(task, &overlays, &gateway, &gateway_addresses, underlay_mtu).await;
+            let mut status = match built {
+                Ok(()) => {
+                    let path = self.connections.namespaces().path(&sandbox_name);
+                    self.supervisor.ensure_running(task, &sandbox_name, &path)
+                }
+                Err(error) => {
+                    tracing::error!(task = %task.id, "{error}");
+                    TaskStatusReport { task_id: task.id.clone(), state: "failed".into(), error }
+                }
+            };
+            if let (Err(no_egress), "running") = (&gateway, status.state.as_str()) {
+                status.error = no_egress.clone();
+            }
+            reports.push(status);
+        }
+        self.remove_unwanted(state).await;
+        reports
+    }
+
+    /// Builds every overlay of the desired state and writes its remote
+    /// endpoints; the error of each that failed, by network ID.
+    async fn build_overlays(
+        &mut self,
+        state: &NodeState,
+        underlay_mtu: u32,
+    ) -> HashMap<String, Result<Overlay, String>> {
+        let IpAddr::V4(local) = self.advertise_addr else {
+            let error = format!("advertise address {} is not IPv4", self.advertise_addr);
+            return state
+                .networks
+                .iter()
+                .filter_map(|a| a.network.as_ref())
+                .map(|n| (n.id.clone(), Err(error.clone())))
+                .collect();
+        };
+        let tunnel = Tunnel {
+            local,
+            port: state.data_path_port as u16,
+            default_mtu: underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
+        };
+        let mut overlays = HashMap::new();
+        for network in state.networks.iter().filter_map(|a| a.network.as_ref()) {
+            let built = match overlay::ensure(&mut self.connections, &self.host, network, &tunnel).await {
+                Ok(built) => {
+                    let endpoints: Vec<_> =
+                        state.remote_endpoints.iter().filter(|e| e.network_id == network.id).collect();
+                    match peers::sync(&built.netlink, &endpoints).await {
+                        Ok(()) => Ok(built),
+                        Err(err) => Err(format!("writing remote endpoints of {}: {err}", network.name)),
+                    }
+                }
+                Err(err) => Err(format!("building overlay {}: {err}", network.name)),
+            };
+            if let Err(err) = &built {
+                tracing::error!("{err}");
+            }
+            overlays.insert(network.id.clone(), built);
+        }
+        overlays
+    }
+
+    /// The gateway-bridge address of every task that has a sandbox already,
+    /// so that new sandboxes never take one of them.
+    async fn gateway_addresses(&mut self, state: &NodeState) -> HashMap<String, Ipv4Addr> {
+        let mut addresses = HashMap::new();
+        for task in &state.tasks {
+            let name = names::sandbox_namespace(&task.id);
+            if !self.connections.namespaces().exists(&name) {
+                continue;
+            }
+            let Ok(sandbox) = self.connections.ensure(&name) else { continue };
+            if let Ok(Some(address)) = sandbox::gateway_address(&sandbox).await {
+                addresses.insert(task.id.clone(), address);
+            }
+        }
+        addresses
+    }
+
+    async fn build_sandbox(
+        &mut self,
+        task: &netctl_proto::TaskSpec,
+        overlays: &HashMap<String, Result<Overlay, String>>,
+        gateway: &Result<netlib::Link, String>,
+        gateway_addresses: &HashMap<String, Ipv4Addr>,
+        underlay_mtu: u32,
+    ) -> Result<(), String> {
+        let mut legs = Vec::new();
+        for endpoint in &task.endpoints {
+            let overlay = match overlays.get(&endpoint.network_id) {
+                Some(Ok(overlay)) => overlay,
+                Some(Err(err)) => return Err(err.clone()),
+                None => return Err(format!("network {} is not in the desired state", endpoint.network_id)),
+            };
+            let address: Ipv4Addr = endpoint
+                .address
+                .parse()
+                .map_err(|_| format!("invalid endpoint address {}", endpoint.address))?;
+            legs.push((overlay, address));
+        }
+        let gateway_leg = match gateway {
+            Ok(bridge) => {
+                let address = match gateway_addresses.get(&task.id) {
+                    Some(address) => *address,
+                    None => free_gateway_address(gateway_addresses.values().copied().collect())
+                        .ok_or("docker_gwbridge has no free address")?,
+                };
+                Some(GatewayLeg { bridge, address, mtu: underlay_mtu })
+            }
+            Err(_) => None,
+        };
+        sandbox::ensure(&mut self.connections, &self.host, &task.id, &legs, gateway_leg)
+            .await
+            .map_err(|err| format!("setting up the sandbox: {err}"))
+    }
+
+    /// Removes sandboxes, processes and overlays the desired state no longer
+    /// has. Every removal is tried, whatever failed before it.
+    async fn remove_unwanted(&mut self, state: &NodeState) {
+        let wanted_sandboxes: HashSet<String> =
+            state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
+        let wanted_overlays: HashSet<String> = state
+            .networks
+            .iter()
+            .filter_map(|a| a.network.as_ref())
+            .map(|n| names::overlay_namespace(&n.id))
+            .collect();
+        for sandbox in self.supervisor.known() {
+            if !wanted_sandboxes.contains(&sandbox) {
+                self.supervisor.stop(&sandbox).await;
+            }
+        }
+        let existing = self.connections.namespaces().list().unwrap_or_else(|err| {
+            tracing::error!("{err}");
+            Vec::new()
+        });
+        for namespace in existing {
+            let wanted = if names::is_overlay_namespace(&namespace) {
+                wanted_overlays.contains(&namespace)
+            } else {
+                wanted_sandboxes.contains(&namespace)
+            };
+            if !wanted {
+                match self.connections.delete(&namespace) {
+                    Ok(()) => tracing::info!(namespace, "namespace removed"),
+                    Err(err) => tracing::error!("{err}"),
+                }
+            }
+        }
+    }
+}
+
+/// The lowest gateway-bridge address after 172.18.0.2 (kept for
+/// ingress_sbox) that no sandbox holds.
+fn free_gateway_address(taken: HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let first = u32::from(GWBRIDGE_GATEWAY) + 2;
+    let last = u32::from(Ipv4Addr::new(172, 18, 255, 254));
+    (first..=last).map(Ipv4Addr::from).find(|a| !taken.contains(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_addresses_start_at_3_and_skip_taken_ones() {
+        assert_eq!(free_gateway_address(HashSet::new()), Some(Ipv4Addr::new(172, 18, 0, 3)));
+        let taken = HashSet::from([Ipv4Addr::new(172, 18, 0, 3), Ipv4Addr::new(172, 18, 0, 5)]);
+        assert_eq!(free_gateway_address(taken), Some(Ipv4Addr::new(172, 18, 0, 4)));
+    }
+}

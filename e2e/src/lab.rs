@@ -1,0 +1,272 @@
+//! The lab: N simulated hosts, each a network namespace with `eth0` on an
+//! underlay bridge (192.168.10.0/24; node i is 192.168.10.(6+i), the
+//! underlay namespace itself is 192.168.10.1), the manager on the first host
+//! and an agent on each, every agent with its own run and state dirs.
+//! Everything is removed on drop, also when a test fails.
+
+use crate::netns::{self, ip, TestNamespace};
+use crate::{json_lines, netctl_bin, wait_until, Daemon};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The underlay namespace's own address (a server "outside" the cluster).
+pub const UNDERLAY_ADDRESS: &str = "192.168.10.1";
+
+/// One simulated host.
+pub struct Host {
+    /// Its namespace.
+    pub namespace: TestNamespace,
+    /// `node<i>`.
+    pub hostname: String,
+    /// Its underlay address.
+    pub address: Ipv4Addr,
+    /// The agent's run dir (namespaces under `netns/`, tasks under `tasks/`).
+    pub run_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// A running multi-host cluster.
+pub struct Lab {
+    hosts: Vec<Host>,
+    agents: Vec<Option<Daemon>>,
+    manager: Option<Daemon>,
+    underlay: TestNamespace,
+    dir: tempfile::TempDir,
+    admin_token: String,
+    join_token: String,
+}
+
+impl Lab {
+    /// Builds `nodes` hosts, starts the manager on the first and an agent on
+    /// each, and waits until every node is Ready.
+    pub fn start(nodes: usize) -> Self {
+        let prefix = netns::unique_prefix();
+        let dir = tempfile::Builder::new().prefix("netctl-lab-").tempdir().expect("tempdir");
+        let underlay = TestNamespace::new(&format!("{prefix}-ul"));
+        ip(&["-n", underlay.name(), "link", "add", "ul", "type", "bridge"]);
+        ip(&["-n", underlay.name(), "addr", "add", &format!("{UNDERLAY_ADDRESS}/24"), "dev", "ul"]);
+        ip(&["-n", underlay.name(), "link", "set", "ul", "up"]);
+        let hosts: Vec<Host> = (0..nodes)
+            .map(|i| {
+                let namespace = TestNamespace::new(&format!("{prefix}-n{i}"));
+                let port = format!("n{i}");
+                ip(&[
+                    "-n",
+                    underlay.name(),
+                    "link",
+                    "add",
+                    &port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    namespace.name(),
+                ]);
+                ip(&["-n", underlay.name(), "link", "set", &port, "master", "ul", "up"]);
+                let address = Ipv4Addr::new(192, 168, 10, 6 + i as u8);
+                ip(&["-n", namespace.name(), "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+                ip(&["-n", namespace.name(), "link", "set", "eth0", "up"]);
+                let host_dir = dir.path().join(format!("node{i}"));
+                Host {
+                    namespace,
+                    hostname: format!("node{i}"),
+                    address,
+                    run_dir: host_dir.join("run"),
+                    state_dir: host_dir.join("state"),
+                }
+            })
+            .collect();
+        let mut lab = Self {
+            agents: (0..nodes).map(|_| None).collect(),
+            hosts,
+            manager: None,
+            underlay,
+            dir,
+            admin_token: String::new(),
+            join_token: String::new(),
+        };
+        lab.start_manager();
+        for i in 0..nodes {
+            lab.start_agent(i);
+        }
+        let ready = wait_until(Duration::from_secs(30), || {
+            lab.nodes().iter().filter(|n| n["Status"] == "Ready").count() == nodes
+        });
+        assert!(ready, "nodes not Ready: {:?}", lab.nodes());
+        lab
+    }
+
+    /// The hosts.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The underlay namespace (its address is [`UNDERLAY_ADDRESS`]).
+    pub fn underlay(&self) -> &TestNamespace {
+        &self.underlay
+    }
+
+    fn manager_url(&self) -> String {
+        format!("http://{}:4243", self.hosts[0].address)
+    }
+
+    fn start_manager(&mut self) {
+        let data_dir = self.dir.path().join("manager");
+        let mut command = self.hosts[0].namespace.command(netctl_bin());
+        command.args(["manager", "--dispatcher-heartbeat", "500ms", "--data-dir"]).arg(&data_dir);
+        self.manager = Some(Daemon::spawn(command, self.dir.path().join("manager.log"), None));
+        let token =
+            |name: &str| std::fs::read_to_string(data_dir.join(name)).ok().map(|t| t.trim().to_string());
+        assert!(wait_until(Duration::from_secs(20), || token("join-token").is_some()
+            && token("admin-token").is_some()));
+        self.join_token = token("join-token").unwrap_or_default();
+        self.admin_token = token("admin-token").unwrap_or_default();
+        assert!(wait_until(Duration::from_secs(20), || self.netctl(&["node", "ls"]).status.success()));
+    }
+
+    /// Starts (again) the agent of host `i`.
+    pub fn start_agent(&mut self, i: usize) {
+        let host = &self.hosts[i];
+        let mut command = host.namespace.command(netctl_bin());
+        command
+            .args(["agent", "--manager", &self.manager_url(), "--join-token", &self.join_token])
+            .args(["--advertise-addr", &host.address.to_string(), "--hostname", &host.hostname])
+            .arg("--run-dir")
+            .arg(&host.run_dir)
+            .arg("--state-dir")
+            .arg(&host.state_dir);
+        let log = self.dir.path().join(format!("agent-{i}-{}.log", crate::unique_suffix()));
+        self.agents[i] = Some(Daemon::spawn(command, log, None));
+    }
+
+    /// Stops the agent of host `i` with `signal` (its tasks keep running).
+    pub fn stop_agent(&mut self, i: usize, signal: Signal) {
+        if let Some(mut agent) = self.agents[i].take() {
+            agent.stop(signal);
+        }
+    }
+
+    /// What the agent of host `i` logged.
+    pub fn agent_log(&self, i: usize) -> String {
+        self.agents[i].as_ref().map(Daemon::log).unwrap_or_default()
+    }
+
+    /// Runs `netctl ARGS` on the manager's host.
+    pub fn netctl(&self, args: &[&str]) -> Output {
+        self.hosts[0]
+            .namespace
+            .command(netctl_bin())
+            .args(args)
+            .env("NETCTL_MANAGER", self.manager_url())
+            .env("NETCTL_TOKEN", &self.admin_token)
+            .output()
+            .expect("run netctl")
+    }
+
+    /// Runs `netctl ARGS`, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.netctl(args);
+        assert!(output.status.success(), "netctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `node ls` as JSON values.
+    pub fn nodes(&self) -> Vec<Value> {
+        let output = self.netctl(&["node", "ls", "--format", "json"]);
+        json_lines(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// `service ps SERVICE` as JSON values.
+    pub fn tasks(&self, service: &str) -> Vec<Value> {
+        json_lines(&self.ok(&["service", "ps", "--format", "json", service]))
+    }
+
+    /// The tasks of `service` that should run and do.
+    pub fn running_tasks(&self, service: &str) -> Vec<Value> {
+        self.tasks(service)
+            .into_iter()
+            .filter(|t| t["DesiredState"] == "running" && t["CurrentState"] == "running")
+            .collect()
+    }
+
+    /// Waits until `service` has exactly `count` running tasks.
+    pub fn wait_running(&self, service: &str, count: usize) -> Vec<Value> {
+        let settled = wait_until(Duration::from_secs(60), || self.running_tasks(service).len() == count);
+        assert!(settled, "{service} did not reach {count} running tasks: {:#?}", self.tasks(service));
+        self.running_tasks(service)
+    }
+
+    /// The host a task (a `service ps` JSON value) runs on.
+    pub fn host_of(&self, task: &Value) -> usize {
+        self.hosts.iter().position(|h| task["Node"] == h.hostname.as_str()).expect("task on a lab host")
+    }
+
+    /// The sandbox namespace file of a task.
+    pub fn sandbox_path(&self, task: &Value) -> PathBuf {
+        let id = task["ID"].as_str().expect("task ID");
+        self.hosts[self.host_of(task)].run_dir.join("netns").join(&id[..12])
+    }
+
+    /// The overlay namespace file of a network on host `i`.
+    pub fn overlay_path(&self, i: usize, network_id: &str) -> PathBuf {
+        self.hosts[i].run_dir.join("netns").join(format!("1-{}", &network_id[..10]))
+    }
+
+    /// Runs a command inside a task's sandbox.
+    pub fn in_task(&self, task: &Value, program: &str, args: &[&str]) -> Output {
+        netns::command_in(&self.sandbox_path(task), program).args(args).output().expect("run in sandbox")
+    }
+
+    /// Runs a command inside any namespace file.
+    pub fn in_namespace(&self, path: &Path, program: &str, args: &[&str]) -> Output {
+        netns::command_in(path, program).args(args).output().expect("run in namespace")
+    }
+
+    /// Runs a command on host `i`.
+    pub fn on_host(&self, i: usize, program: &str, args: &[&str]) -> Output {
+        self.hosts[i].namespace.command(program).args(args).output().expect("run on host")
+    }
+
+    /// The namespaces the agent of host `i` made.
+    pub fn agent_namespaces(&self, i: usize) -> Vec<String> {
+        let mut names: Vec<String> = netns::agent_namespaces(&self.hosts[i].run_dir)
+            .iter()
+            .filter(|p| netlib_is_namespace(p))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A command on host `i`, to be spawned by the caller.
+    pub fn host_command(&self, i: usize, program: &str) -> Command {
+        self.hosts[i].namespace.command(program)
+    }
+}
+
+/// Whether `path` is a mounted namespace (not a leftover file).
+fn netlib_is_namespace(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 == 0x6e73_6673)
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for agent in self.agents.iter_mut() {
+            if let Some(mut agent) = agent.take() {
+                agent.stop(Signal::SIGKILL);
+            }
+        }
+        if let Some(mut manager) = self.manager.take() {
+            manager.stop(Signal::SIGKILL);
+        }
+        for host in &self.hosts {
+            netns::clean_run_dir(&host.run_dir);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Network namespaces for tests: made with `ip netns add` under a unique
+//! name, entered by child processes only (setns in `pre_exec`), and removed
+//! on drop together with every process still inside them and every namespace
+//! an agent bind-mounted under a run dir.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A prefix no other test (nor another run) uses: `nct<pid><n>`.
+pub fn unique_prefix() -> String {
+    format!("nct{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs `ip ARGS`, panicking with its stderr on failure (test setup only).
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().expect("run ip");
+    assert!(output.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A named namespace under /var/run/netns, deleted on drop.
+pub struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    /// Creates namespace `name` with its loopback up.
+    pub fn new(name: &str) -> Self {
+        ip(&["netns", "add", name]);
+        let namespace = Self { name: name.to_string() };
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        namespace
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its file.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside this namespace (network namespace only, so
+    /// that namespace mounts stay shared with the test).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        command_in(&self.path(), program)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        kill_processes_in(&[self.path()]);
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A command that enters the network namespace at `path` before it runs.
+pub fn command_in(path: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut command = Command::new(program);
+    // SAFETY: setns is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
+/// SIGKILLs every process whose network namespace is one of `namespaces`.
+pub fn kill_processes_in(namespaces: &[PathBuf]) {
+    let inodes: Vec<u64> =
+        namespaces.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.ino()).collect();
+    if inodes.is_empty() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else { continue };
+        if inodes.contains(&ns.ino()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// The namespaces an agent bind-mounted under `run_dir/netns`.
+pub fn agent_namespaces(run_dir: &Path) -> Vec<PathBuf> {
+    let dir = run_dir.join("netns");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries.flatten().map(|e| e.path()).collect()
+}
+
+/// Kills what runs in an agent's namespaces, unmounts them and the folder.
+pub fn clean_run_dir(run_dir: &Path) {
+    let namespaces = agent_namespaces(run_dir);
+    kill_processes_in(&namespaces);
+    for path in &namespaces {
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(path);
+    }
+    let dir = run_dir.join("netns");
+    while nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+}
