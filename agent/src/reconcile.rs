@@ -71,6 +71,13 @@ impl Reconciler {
         let mut reports = Vec::new();
         for task in &state.tasks {
             let sandbox_name = names::sandbox_namespace(&task.id);
+            if self.supervisor.started(&sandbox_name) && !self.connections.namespaces().exists(&sandbox_name)
+            {
+                // The sandbox was deleted under a running task: the task lost
+                // its network for good, so it ends and the manager replaces it.
+                self.supervisor.stop(&sandbox_name).await;
+                self.supervisor.mark_lost(task, &sandbox_name, "the task's sandbox namespace was removed");
+            }
             let built = self.build_sandbox(task, &overlays, &gateway, &gateway_addresses, underlay_mtu).await;
             let mut status = match built {
                 Ok(()) => {

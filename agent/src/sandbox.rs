@@ -87,7 +87,16 @@ struct Leg<'a> {
 
 impl Leg<'_> {
     async fn ensure(&self, sandbox: &Netlink, sandbox_file: &std::fs::File) -> netlib::Result<()> {
-        let inner = match sandbox.link(&self.inner_name).await? {
+        let existing = match sandbox.link(&self.inner_name).await? {
+            // Half a pair (its other end went with a namespace deleted by
+            // hand): remove it and make the pair again.
+            Some(inner) if self.outer.link(&self.outer_name).await?.is_none() => {
+                sandbox.delete_link(&inner).await?;
+                None
+            }
+            existing => existing,
+        };
+        let inner = match existing {
             Some(inner) => inner,
             None => {
                 if let Some(stale) = self.outer.link(&self.outer_name).await? {

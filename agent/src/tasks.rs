@@ -128,6 +128,16 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Whether a process was started for `sandbox` (and not stopped since).
+    pub fn started(&self, sandbox: &str) -> bool {
+        self.pid_file(sandbox).exists()
+    }
+
+    /// Records that the task of `sandbox` ended because of `error`.
+    pub fn mark_lost(&mut self, task: &TaskSpec, sandbox: &str, error: &str) {
+        self.record_end(sandbox, report(&task.id, "failed", error));
+    }
+
     /// The sandboxes that have a process (running or ended) known here.
     pub fn known(&self) -> Vec<String> {
         let from_files = std::fs::read_dir(&self.dir).into_iter().flatten().filter_map(|entry| {

@@ -1,0 +1,88 @@
+//! What is broken by hand is repaired by the next reconcile pass, and what
+//! is not ours is reported rather than taken over.
+
+use e2e::lab::Lab;
+use e2e::wait_until;
+use serde_json::Value;
+use std::time::Duration;
+
+fn ping(lab: &Lab, from: &Value, to: &Value) -> bool {
+    let target = to["Endpoints"][0]["Address"].as_str().unwrap();
+    lab.in_task(from, "ping", &["-c", "1", "-W", "1", target]).status.success()
+}
+
+fn network_id(lab: &Lab, name: &str) -> String {
+    let inspected: Value = serde_json::from_str(&lab.ok(&["network", "inspect", name])).unwrap();
+    inspected[0]["Id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn deleted_links_and_namespaces_are_recreated() {
+    let lab = Lab::start(2);
+    lab.ok(&["network", "create", "--subnet", "192.168.90.0/24", "fixnet"]);
+    let net = network_id(&lab, "fixnet");
+    lab.ok(&[
+        "service",
+        "create",
+        "--replicas",
+        "2",
+        "--network",
+        "fixnet",
+        "--name",
+        "fix",
+        "sleep",
+        "10000",
+    ]);
+    let tasks = lab.wait_running("fix", 2);
+    let (first, second) = (&tasks[0], &tasks[1]);
+    assert!(ping(&lab, first, second));
+    let host = lab.host_of(first);
+    let overlay = lab.overlay_path(host, &net);
+
+    // vxlan0 deleted by hand.
+    assert!(lab.in_namespace(&overlay, "ip", &["link", "del", "vxlan0"]).status.success());
+    assert!(wait_until(Duration::from_secs(15), || ping(&lab, first, second)), "vxlan0 not repaired");
+
+    // The whole overlay namespace deleted by hand: it is rebuilt, and the
+    // sandbox gets its overlay leg back.
+    let _ = nix::mount::umount2(&overlay, nix::mount::MntFlags::MNT_DETACH);
+    std::fs::remove_file(&overlay).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || ping(&lab, first, second)), "overlay not repaired");
+    assert_eq!(lab.running_tasks("fix").len(), 2);
+}
+
+#[test]
+fn a_deleted_sandbox_ends_its_task_and_a_replacement_runs() {
+    let lab = Lab::start(1);
+    lab.ok(&["network", "create", "--subnet", "192.168.91.0/24", "sbxnet"]);
+    lab.ok(&["service", "create", "--network", "sbxnet", "--name", "sbx", "sleep", "10000"]);
+    let task = lab.wait_running("sbx", 1).remove(0);
+    let sandbox = lab.sandbox_path(&task);
+    let _ = nix::mount::umount2(&sandbox, nix::mount::MntFlags::MNT_DETACH);
+    std::fs::remove_file(&sandbox).unwrap();
+    let replaced = wait_until(Duration::from_secs(30), || {
+        let running = lab.running_tasks("sbx");
+        running.len() == 1 && running[0]["ID"] != task["ID"]
+    });
+    assert!(replaced, "{:#?}", lab.tasks("sbx"));
+    let old = lab.tasks("sbx").into_iter().find(|t| t["ID"] == task["ID"]).unwrap();
+    assert_eq!(old["Error"], "the task's sandbox namespace was removed");
+}
+
+#[test]
+fn a_foreign_docker_gwbridge_is_reported_and_the_overlay_still_works() {
+    let mut lab = Lab::start(1);
+    lab.stop_agent(0, nix::sys::signal::Signal::SIGKILL);
+    let _ = lab.on_host(0, "ip", &["link", "del", "docker_gwbridge"]);
+    assert!(lab.on_host(0, "ip", &["link", "add", "docker_gwbridge", "type", "bridge"]).status.success());
+    lab.start_agent(0);
+    lab.ok(&["network", "create", "--subnet", "192.168.92.0/24", "gwnet"]);
+    lab.ok(&["service", "create", "--replicas", "2", "--network", "gwnet", "--name", "gw", "sleep", "10000"]);
+    let tasks = lab.wait_running("gw", 2);
+    assert!(ping(&lab, &tasks[0], &tasks[1]), "the overlay works without the gateway bridge");
+    assert!(wait_until(Duration::from_secs(10), || lab.tasks("gw").iter().all(|t| t["Error"]
+        .as_str()
+        .unwrap()
+        .contains("docker_gwbridge exists and was not made by netctl"))));
+    assert!(lab.agent_log(0).contains("was not made by netctl"));
+}

@@ -1,0 +1,75 @@
+//! `netctl service` commands and their refusals.
+
+use e2e::lab::Lab;
+
+fn refused(lab: &Lab, args: &[&str], needle: &str) {
+    let output = lab.netctl(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "netctl {args:?} should fail: {stderr}");
+    assert!(stderr.contains(needle), "netctl {args:?}: expected {needle:?} in {stderr:?}");
+}
+
+#[test]
+fn services_are_listed_inspected_scaled_and_removed() {
+    let lab = Lab::start(2);
+    lab.ok(&["network", "create", "-d", "overlay", "--subnet", "192.168.200.0/24", "demonet"]);
+    let id = lab.ok(&[
+        "service",
+        "create",
+        "--replicas",
+        "2",
+        "--network",
+        "demonet",
+        "--name",
+        "demoservice",
+        "sleep",
+        "10000",
+    ]);
+    assert_eq!(id.trim().len(), 25);
+    lab.wait_running("demoservice", 2);
+
+    let table = lab.ok(&["service", "ls"]);
+    let row = table.lines().find(|l| l.contains("demoservice")).unwrap();
+    assert!(row.contains("replicated") && row.contains("2/2") && row.contains("sleep 10000"), "{row}");
+
+    let inspected: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["service", "inspect", "demoservice"])).unwrap();
+    assert_eq!(inspected[0]["Spec"]["Name"], "demoservice");
+    assert_eq!(inspected[0]["Spec"]["Mode"]["Replicated"]["Replicas"], 2);
+    assert_eq!(inspected[0]["Endpoint"]["VirtualIPs"][0]["Addr"], "192.168.200.2");
+
+    let ps = lab.ok(&["service", "ps", "demoservice"]);
+    let header: Vec<&str> =
+        ps.lines().next().unwrap().split("   ").map(str::trim).filter(|s| !s.is_empty()).collect();
+    assert_eq!(header, ["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"]);
+    assert!(ps.contains("demoservice.1") && ps.contains("demoservice.2"), "{ps}");
+    assert!(ps.contains("Running") && ps.contains("ago"), "{ps}");
+
+    lab.ok(&["service", "scale", "demoservice=3"]);
+    lab.wait_running("demoservice", 3);
+    refused(&lab, &["network", "rm", "demonet"], "in use by service demoservice");
+    assert_eq!(lab.ok(&["service", "rm", "demoservice"]).trim(), "demoservice");
+    lab.ok(&["network", "rm", "demonet"]);
+    assert!(!lab.ok(&["service", "ls"]).contains("demoservice"));
+}
+
+#[test]
+fn bad_service_requests_change_nothing() {
+    let lab = Lab::start(1);
+    lab.ok(&["network", "create", "--subnet", "10.77.0.0/29", "tiny"]);
+    refused(&lab, &["service", "create", "--network", "nonet", "sleep", "1"], "network nonet not found");
+    refused(&lab, &["service", "create", "--replicas", "-1", "sleep", "1"], "--replicas");
+    refused(&lab, &["service", "create", "--replicas", "two", "sleep", "1"], "invalid value 'two'");
+    refused(&lab, &["service", "create", "--name", "x"], "required");
+    refused(&lab, &["service", "create", "--name", "x", ""], "needs a command");
+    refused(
+        &lab,
+        &["service", "create", "--replicas", "5", "--network", "tiny", "sleep", "1"],
+        "network tiny",
+    );
+    refused(&lab, &["service", "create", "--name", "bad name", "sleep", "1"], "invalid name");
+    refused(&lab, &["service", "scale", "nosuch=2"], "service nosuch not found");
+    refused(&lab, &["service", "scale", "x=-2"], "non-negative integer");
+    refused(&lab, &["service", "rm", "nosuch"], "service nosuch not found");
+    assert_eq!(lab.ok(&["service", "ls", "--format", "json"]).trim(), "");
+}
