@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod connections;
 pub mod gwbridge;
 pub mod identity;
+pub mod logs;
 pub mod names;
 pub mod overlay;
 pub mod peers;
@@ -126,6 +127,9 @@ async fn run_session(
     let reporter =
         tokio::spawn(session.clone().report_forever(joined.node_id.clone(), channels.reports.clone()));
     let _stop_reporter = AbortOnDrop(reporter);
+    let tasks_dir = tasks::tasks_dir(&config.run_dir);
+    let shipper = tokio::spawn(session.clone().ship_logs_forever(joined.node_id.clone(), tasks_dir));
+    let _stop_shipper = AbortOnDrop(shipper);
     session
         .watch(&joined.node_id, |state| {
             log_desired_state(&state);

@@ -135,6 +135,31 @@ impl Session {
         }
     }
 
+    /// Ships new output of the task log files in `tasks_dir` every second,
+    /// forever. Each session starts from the beginning of every file; the
+    /// manager drops what it already has.
+    pub async fn ship_logs_forever(mut self, node_id: String, tasks_dir: std::path::PathBuf) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let call = self.client.push_logs(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        let feed = async move {
+            let mut offsets = std::collections::HashMap::new();
+            loop {
+                for chunk in crate::logs::new_output(&tasks_dir, &node_id, &mut offsets) {
+                    if sender.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            result = call => if let Err(status) = result {
+                tracing::warn!(manager = %self.manager, "shipping task logs failed: {}", status.message());
+            },
+            _ = feed => {},
+        }
+    }
+
     /// Calls `on_state` with each desired state the manager sends, until the
     /// stream breaks.
     pub async fn watch(

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Where pid files and task logs live: `<run-dir>/tasks`.
+pub fn tasks_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("tasks")
+}
+
 /// What happened to a task's process, as reported to the manager.
 fn report(task_id: &str, state: &str, error: impl Into<String>) -> TaskStatusReport {
     TaskStatusReport { task_id: task_id.to_string(), state: state.to_string(), error: error.into() }
@@ -28,7 +33,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// Keeps pid files and logs in `<run-dir>/tasks`.
     pub fn new(run_dir: &Path) -> std::io::Result<Self> {
-        let dir = run_dir.join("tasks");
+        let dir = tasks_dir(run_dir);
         std::fs::create_dir_all(&dir)?;
         Ok(Self { dir, children: HashMap::new(), ended: HashMap::new() })
     }

@@ -54,6 +54,35 @@ fn services_are_listed_inspected_scaled_and_removed() {
 }
 
 #[test]
+fn service_logs_show_what_each_task_wrote() {
+    let lab = Lab::start(2);
+    lab.ok(&["network", "create", "--subnet", "192.168.201.0/24", "lognet"]);
+    lab.ok(&[
+        "service",
+        "create",
+        "--replicas",
+        "2",
+        "--network",
+        "lognet",
+        "--name",
+        "talker",
+        "--env",
+        "GREETING=hello",
+        "sh",
+        "-c",
+        "echo \"$GREETING from $(hostname)\"; sleep 10000",
+    ]);
+    lab.wait_running("talker", 2);
+    let complete = e2e::wait_until(std::time::Duration::from_secs(15), || {
+        let logs = lab.ok(&["service", "logs", "talker"]);
+        logs.contains("| hello from talker.1") && logs.contains("| hello from talker.2")
+    });
+    assert!(complete, "{}", lab.ok(&["service", "logs", "talker"]));
+    let logs = lab.ok(&["service", "logs", "talker"]);
+    assert!(logs.lines().all(|l| l.starts_with("talker.") && l.contains("@node")), "{logs}");
+}
+
+#[test]
 fn bad_service_requests_change_nothing() {
     let lab = Lab::start(1);
     lab.ok(&["network", "create", "--subnet", "10.77.0.0/29", "tiny"]);

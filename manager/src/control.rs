@@ -2,6 +2,7 @@
 //! call. Each handler validates, calls one store operation, answers.
 
 use crate::liveness::Heartbeats;
+use crate::logs::Logs;
 use crate::networks::{self, AddressPool};
 use crate::services;
 use crate::{ManagerError, Store};
@@ -16,12 +17,13 @@ pub struct ControlService {
     store: Arc<Store>,
     heartbeats: Arc<Heartbeats>,
     pool: AddressPool,
+    logs: Arc<Logs>,
 }
 
 impl ControlService {
-    /// A Control service allocating from `pool`.
-    pub fn new(store: Arc<Store>, heartbeats: Arc<Heartbeats>, pool: AddressPool) -> Self {
-        Self { store, heartbeats, pool }
+    /// A Control service allocating from `pool` and serving `logs`.
+    pub fn new(store: Arc<Store>, heartbeats: Arc<Heartbeats>, pool: AddressPool, logs: Arc<Logs>) -> Self {
+        Self { store, heartbeats, pool, logs }
     }
 
     /// A service with its tasks, newest first per slot, and node names.
@@ -148,5 +150,27 @@ impl Control for ControlService {
         let service = services::remove(&self.store, &request.get_ref().reference).await?;
         tracing::info!(name = %service.name, "service removed");
         Ok(Response::new(ServiceRemoveResponse { id: service.id }))
+    }
+
+    async fn service_logs(
+        &self,
+        request: Request<ServiceLogsRequest>,
+    ) -> Result<Response<ServiceLogsResponse>, Status> {
+        let service = services::find(&self.store, &request.get_ref().reference)?;
+        let view = self.views(vec![service])?.pop().unwrap_or_default();
+        let logs = view
+            .tasks
+            .into_iter()
+            .map(|entry| {
+                let task = entry.task.unwrap_or_default();
+                TaskLog {
+                    task_name: entry.name,
+                    data: self.logs.output(&task.id),
+                    task_id: task.id,
+                    node_hostname: entry.node_hostname,
+                }
+            })
+            .collect();
+        Ok(Response::new(ServiceLogsResponse { logs }))
     }
 }

@@ -2,6 +2,7 @@
 //! alive, and to watch their node's desired state.
 
 use crate::liveness::Heartbeats;
+use crate::logs::Logs;
 use crate::networks::now_unix;
 use crate::services::DESIRED_RUNNING;
 use crate::{ids, snapshot, ManagerError, Store};
@@ -20,6 +21,7 @@ pub struct DispatcherService {
     heartbeats: Arc<Heartbeats>,
     data_path_port: u16,
     stopping: watch::Receiver<bool>,
+    logs: Arc<Logs>,
 }
 
 impl DispatcherService {
@@ -31,8 +33,9 @@ impl DispatcherService {
         heartbeats: Arc<Heartbeats>,
         data_path_port: u16,
         stopping: watch::Receiver<bool>,
+        logs: Arc<Logs>,
     ) -> Self {
-        Self { store, heartbeats, data_path_port, stopping }
+        Self { store, heartbeats, data_path_port, stopping, logs }
     }
 
     fn heartbeat_interval_ms(&self) -> u32 {
@@ -184,5 +187,20 @@ impl Dispatcher for DispatcherService {
             self.store.commit(batch).await.map_err(ManagerError::from)?;
         }
         Ok(Response::new(ReportStatusResponse {}))
+    }
+
+    async fn push_logs(
+        &self,
+        request: Request<tonic::Streaming<LogChunk>>,
+    ) -> Result<Response<PushLogsResponse>, Status> {
+        let mut chunks = request.into_inner();
+        while let Some(chunk) = chunks.message().await? {
+            let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
+            let owner = tasks.iter().find(|t| t.node_id == chunk.node_id && t.id.starts_with(&chunk.sandbox));
+            if let Some(task) = owner {
+                self.logs.append(&task.id, chunk.offset, &chunk.data);
+            }
+        }
+        Ok(Response::new(PushLogsResponse {}))
     }
 }

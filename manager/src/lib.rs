@@ -14,6 +14,7 @@ pub mod error;
 pub mod ids;
 pub mod ipam;
 pub mod liveness;
+pub mod logs;
 pub mod networks;
 pub mod orchestrator;
 pub mod resolve;

@@ -200,6 +200,11 @@ pub enum ServiceCommand {
         /// Name or ID.
         service: String,
     },
+    /// Show what the tasks of a service wrote.
+    Logs {
+        /// Name or ID.
+        service: String,
+    },
     /// Set the number of tasks: SERVICE=REPLICAS...
     Scale {
         /// SERVICE=REPLICAS pairs.

@@ -42,6 +42,7 @@ pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<(
             outcome
         }
         ServiceCommand::Ps { service, no_trunc, format } => ps(&mut control, service, no_trunc, format).await,
+        ServiceCommand::Logs { service } => logs(&mut control, service).await,
         ServiceCommand::Scale { scales } => {
             for_each(
                 scales,
@@ -191,6 +192,21 @@ async fn ps(
         .collect();
     let headers = ["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"];
     print!("{}", table::render(&headers, &rows));
+    Ok(())
+}
+
+/// Prints every line each task wrote, prefixed as Docker does:
+/// `demoservice.1.zazcrztrp8no@node0    | line`.
+async fn logs(control: &mut Control, reference: String) -> anyhow::Result<()> {
+    let logs =
+        control.service_logs(ServiceLogsRequest { reference }).await.map_err(rpc_error)?.into_inner().logs;
+    for log in logs {
+        let id: String = log.task_id.chars().take(12).collect();
+        let prefix = format!("{}.{id}@{}", log.task_name, log.node_hostname);
+        for line in String::from_utf8_lossy(&log.data).lines() {
+            println!("{prefix}    | {line}");
+        }
+    }
     Ok(())
 }
 
