@@ -1,7 +1,7 @@
 # netctl: the two commands a newcomer runs are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build test bench demo fmt lint
+.PHONY: all build test bench bench-deps demo fmt lint
 
 all: build
 
@@ -14,9 +14,15 @@ test: build
 	$(CARGO) test --workspace
 
 ## Benchmarks; results land in bench/results/ as JSON.
-bench:
+bench: bench-deps
 	$(CARGO) build --release --workspace --bins
 	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-control bench/results/control_plane.json
+	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-dataplane bench/results/data_plane.json
+
+## What the benchmarks run, from Debian's packages.
+bench-deps:
+	@command -v iperf3 >/dev/null && command -v ping >/dev/null && command -v iptables >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 iputils-ping iptables iproute2 >/dev/null)
 
 ## A manager and an agent on loopback, a network created and listed.
 demo: build

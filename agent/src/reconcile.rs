@@ -26,6 +26,7 @@ pub struct Reconciler {
     connections: Connections,
     supervisor: Supervisor,
     gwbridge_rules_written: bool,
+    sandbox_setup_times: Vec<std::time::Duration>,
 }
 
 impl Reconciler {
@@ -39,6 +40,7 @@ impl Reconciler {
             connections: Connections::new(namespaces),
             supervisor: Supervisor::new(run_dir)?,
             gwbridge_rules_written: false,
+            sandbox_setup_times: Vec::new(),
         })
     }
 
@@ -69,16 +71,22 @@ impl Reconciler {
         let overlays = self.build_overlays(state, underlay_mtu).await;
         let gateway_addresses = self.gateway_addresses(state).await;
         let mut reports = Vec::new();
+        self.sandbox_setup_times.clear();
         for task in &state.tasks {
             let sandbox_name = names::sandbox_namespace(&task.id);
             if self.supervisor.started(&sandbox_name) && !self.connections.namespaces().exists(&sandbox_name)
             {
                 // The sandbox was deleted under a running task: the task lost
                 // its network for good, so it ends and the manager replaces it.
-                self.supervisor.stop(&sandbox_name).await;
+                self.supervisor.stop(std::slice::from_ref(&sandbox_name)).await;
                 self.supervisor.mark_lost(task, &sandbox_name, "the task's sandbox namespace was removed");
             }
+            let new_sandbox = !self.connections.namespaces().exists(&sandbox_name);
+            let started = std::time::Instant::now();
             let built = self.build_sandbox(task, &overlays, &gateway, &gateway_addresses, underlay_mtu).await;
+            if new_sandbox {
+                self.sandbox_setup_times.push(started.elapsed());
+            }
             let mut status = match built {
                 Ok(()) => {
                     let path = self.connections.namespaces().path(&sandbox_name);
@@ -96,6 +104,12 @@ impl Reconciler {
         }
         self.remove_unwanted(state).await;
         reports
+    }
+
+    /// How long each sandbox made by the last pass took to set up (the
+    /// namespace, its veth pairs, addresses and routes).
+    pub fn sandbox_setup_times(&self) -> &[std::time::Duration] {
+        &self.sandbox_setup_times
     }
 
     /// Builds every overlay of the desired state and writes its remote
@@ -205,10 +219,10 @@ impl Reconciler {
             .filter_map(|a| a.network.as_ref())
             .map(|n| names::overlay_namespace(&n.id))
             .collect();
-        for sandbox in self.supervisor.known() {
-            if !wanted_sandboxes.contains(&sandbox) {
-                self.supervisor.stop(&sandbox).await;
-            }
+        let unwanted: Vec<String> =
+            self.supervisor.known().into_iter().filter(|s| !wanted_sandboxes.contains(s)).collect();
+        if !unwanted.is_empty() {
+            self.supervisor.stop(&unwanted).await;
         }
         let existing = self.connections.namespaces().list().unwrap_or_else(|err| {
             tracing::error!("{err}");

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// How long a stopped task may take to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Where pid files and task logs live: `<run-dir>/tasks`.
 pub fn tasks_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("tasks")
@@ -155,31 +158,39 @@ impl Supervisor {
         known
     }
 
-    /// Stops the task of `sandbox` (SIGTERM to its process group, SIGKILL
-    /// after a grace period) and forgets it.
-    pub async fn stop(&mut self, sandbox: &str) {
-        let pid_file = self.pid_file(sandbox);
-        if let Some((pid, started)) = read_pid_file(&pid_file) {
-            if process_start_time(pid) == Some(started) {
-                let group = Pid::from_raw(-pid);
-                let _ = kill(group, Signal::SIGTERM);
-                for _ in 0..20 {
-                    if process_start_time(pid) != Some(started) || self.reap(sandbox) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let _ = kill(group, Signal::SIGKILL);
+    /// Stops the tasks of `sandboxes` together: SIGTERM to each process
+    /// group, SIGKILL to what is left after a grace period, then forgets them.
+    pub async fn stop(&mut self, sandboxes: &[String]) {
+        let mut alive: Vec<(String, i32, u64)> = sandboxes
+            .iter()
+            .filter_map(|sandbox| {
+                read_pid_file(&self.pid_file(sandbox)).map(|(pid, started)| (sandbox.clone(), pid, started))
+            })
+            .filter(|(_, pid, started)| process_start_time(*pid) == Some(*started))
+            .collect();
+        for (_, pid, _) in &alive {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !alive.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            alive.retain(|(sandbox, pid, started)| {
+                !self.reap(sandbox) && process_start_time(*pid) == Some(*started)
+            });
+        }
+        for (_, pid, _) in &alive {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        }
+        for sandbox in sandboxes {
+            if let Some(mut child) = self.children.remove(sandbox) {
+                let _ = child.kill();
+                let _ = child.wait();
             }
+            let _ = std::fs::remove_file(self.pid_file(sandbox));
+            let _ = std::fs::remove_file(self.log_file(sandbox));
+            self.ended.remove(sandbox);
+            tracing::info!(sandbox, "task stopped");
         }
-        if let Some(mut child) = self.children.remove(sandbox) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(pid_file);
-        let _ = std::fs::remove_file(self.log_file(sandbox));
-        self.ended.remove(sandbox);
-        tracing::info!(sandbox, "task stopped");
     }
 
     /// Reaps our child of `sandbox` if it exited; whether it did.

@@ -202,6 +202,32 @@ impl Lab {
         self.running_tasks(service)
     }
 
+    /// `netctl network create --subnet SUBNET NAME`; returns the network ID.
+    pub fn create_network(&self, name: &str, subnet: &str) -> String {
+        self.ok(&["network", "create", "-d", "overlay", "--subnet", subnet, name]).trim().to_string()
+    }
+
+    /// `netctl service create --replicas N --network NET --name NAME CMD...`;
+    /// returns the service ID.
+    pub fn create_service(&self, name: &str, replicas: usize, network: &str, command: &[&str]) -> String {
+        let replicas = replicas.to_string();
+        let mut args =
+            vec!["service", "create", "--replicas", &replicas, "--network", network, "--name", name];
+        args.extend_from_slice(command);
+        self.ok(&args).trim().to_string()
+    }
+
+    /// The full ID of network `name`.
+    pub fn network_id(&self, name: &str) -> String {
+        let inspected: Value = serde_json::from_str(&self.ok(&["network", "inspect", name])).expect("JSON");
+        inspected[0]["Id"].as_str().expect("network ID").to_string()
+    }
+
+    /// Whether one ping from `task` to `address` is answered.
+    pub fn pings(&self, task: &Value, address: &str) -> bool {
+        self.in_task(task, "ping", &["-c", "1", "-W", "1", address]).status.success()
+    }
+
     /// The host a task (a `service ps` JSON value) runs on.
     pub fn host_of(&self, task: &Value) -> usize {
         self.hosts.iter().position(|h| task["Node"] == h.hostname.as_str()).expect("task on a lab host")
@@ -248,6 +274,11 @@ impl Lab {
     pub fn host_command(&self, i: usize, program: &str) -> Command {
         self.hosts[i].namespace.command(program)
     }
+}
+
+/// A task's address in its `index`th network (a `service ps` JSON value).
+pub fn endpoint_address(task: &Value, index: usize) -> String {
+    task["Endpoints"][index]["Address"].as_str().expect("endpoint address").to_string()
 }
 
 /// Whether `path` is a mounted namespace (not a leftover file).

@@ -238,6 +238,22 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Runs `work` on a thread inside the cluster's namespace (for clients
+    /// that are not processes, such as benchmarks).
+    pub fn run_inside<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(self.namespace.path()).expect("cluster namespace");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("entering the namespace");
+                    work()
+                })
+                .join()
+                .expect("thread inside the cluster namespace")
+        })
+    }
+
     /// A command that runs inside the cluster's namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         self.namespace.command(program)
@@ -274,4 +290,29 @@ fn read_token(path: &Path) -> String {
 /// Nanoseconds since the epoch, to name files uniquely.
 pub fn unique_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// Asserts that a `netctl` run failed with exit code 1 and `needle` in its
+/// stderr.
+pub fn assert_refused(output: &Output, args: &[&str], needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "netctl {args:?} should fail: {stderr}");
+    assert!(stderr.contains(needle), "netctl {args:?}: expected {needle:?} in {stderr:?}");
+}
+
+/// Writes a benchmark report (with the machine's CPU count and the time) to
+/// `path` as pretty JSON, and prints it.
+pub fn write_report(path: &str, mut report: serde_json::Value) {
+    report["machine"] =
+        serde_json::json!({ "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()) });
+    report["unix_time"] = serde_json::json!(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()));
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir).expect("results dir");
+    }
+    let text = serde_json::to_string_pretty(&report).expect("JSON") + "\n";
+    std::fs::write(path, &text).expect("write results");
+    print!("{text}");
+    println!("written to {path}");
 }

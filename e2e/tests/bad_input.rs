@@ -5,10 +5,7 @@ use e2e::Cluster;
 
 /// Runs `netctl ARGS`, expects exit code 1 and `needle` in stderr.
 fn refused(cluster: &Cluster, args: &[&str], needle: &str) {
-    let output = cluster.netctl(args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "netctl {args:?} should fail: {stderr}");
-    assert!(stderr.contains(needle), "netctl {args:?}: expected {needle:?} in {stderr:?}");
+    e2e::assert_refused(&cluster.netctl(args), args, needle);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The first walkthrough on lab hosts: overlay namespaces, sandboxes, the
 //! gateway bridge, remote endpoints, and real traffic across them.
 
-use e2e::lab::{Lab, UNDERLAY_ADDRESS};
+use e2e::lab::{endpoint_address as address, Lab, UNDERLAY_ADDRESS};
 use e2e::wait_until;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -11,15 +11,6 @@ use std::time::Duration;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn network_id(lab: &Lab, name: &str) -> String {
-    let inspected: Value = serde_json::from_str(&lab.ok(&["network", "inspect", name])).unwrap();
-    inspected[0]["Id"].as_str().unwrap().to_string()
-}
-
-fn address(task: &Value, index: usize) -> String {
-    task["Endpoints"][index]["Address"].as_str().unwrap().to_string()
 }
 
 /// `ip -d -o link` inside a namespace file.
@@ -52,21 +43,10 @@ fn assert_converged(lab: &Lab, tasks: &[Value], network: &str) {
 #[test]
 fn the_walkthrough_layout_and_traffic() {
     let lab = Lab::start(2);
-    lab.ok(&["network", "create", "-d", "overlay", "--subnet", "192.168.200.0/24", "demonet"]);
-    lab.ok(&[
-        "service",
-        "create",
-        "--replicas",
-        "2",
-        "--network",
-        "demonet",
-        "--name",
-        "demoservice",
-        "sleep",
-        "10000",
-    ]);
+    lab.create_network("demonet", "192.168.200.0/24");
+    lab.create_service("demoservice", 2, "demonet", &["sleep", "10000"]);
     let tasks = lab.wait_running("demoservice", 2);
-    let net = network_id(&lab, "demonet");
+    let net = lab.network_id("demonet");
     let hosts: BTreeSet<usize> = tasks.iter().map(|t| lab.host_of(t)).collect();
     assert_eq!(hosts.len(), 2, "one replica per node: {tasks:#?}");
     let addresses: BTreeSet<String> = tasks.iter().map(|t| address(t, 0)).collect();
@@ -164,38 +144,24 @@ fn the_walkthrough_layout_and_traffic() {
 #[test]
 fn tasks_on_different_overlays_cannot_reach_each_other() {
     let lab = Lab::start(2);
-    lab.ok(&["network", "create", "--subnet", "10.10.1.0/24", "red"]);
-    lab.ok(&["network", "create", "--subnet", "10.10.2.0/24", "blue"]);
+    lab.create_network("red", "10.10.1.0/24");
+    lab.create_network("blue", "10.10.2.0/24");
     lab.ok(&["service", "create", "--replicas", "2", "--network", "red", "--name", "r", "sleep", "10000"]);
     lab.ok(&["service", "create", "--replicas", "2", "--network", "blue", "--name", "b", "sleep", "10000"]);
     let red = lab.wait_running("r", 2);
     let blue = lab.wait_running("b", 2);
     let peer = red.iter().find(|t| lab.host_of(t) != lab.host_of(&red[0])).unwrap();
-    let same = lab.in_task(&red[0], "ping", &["-c", "1", "-W", "2", &address(peer, 0)]);
-    assert!(same.status.success(), "same overlay: {}", stdout(&same));
+    assert!(lab.pings(&red[0], &address(peer, 0)), "same overlay");
     for target in &blue {
-        let crossed = lab.in_task(&red[0], "ping", &["-c", "1", "-W", "1", &address(target, 0)]);
-        assert!(!crossed.status.success(), "red reached blue {}", address(target, 0));
+        assert!(!lab.pings(&red[0], &address(target, 0)), "red reached blue {}", address(target, 0));
     }
 }
 
 #[test]
 fn scaling_and_removal_leave_exactly_the_expected_objects() {
     let lab = Lab::start(2);
-    lab.ok(&["network", "create", "--subnet", "192.168.50.0/24", "scalenet"]);
-    let net = network_id(&lab, "scalenet");
-    lab.ok(&[
-        "service",
-        "create",
-        "--replicas",
-        "4",
-        "--network",
-        "scalenet",
-        "--name",
-        "web",
-        "sleep",
-        "10000",
-    ]);
+    let net = lab.create_network("scalenet", "192.168.50.0/24");
+    lab.create_service("web", 4, "scalenet", &["sleep", "10000"]);
     for replicas in [4, 1, 3] {
         lab.ok(&["service", "scale", &format!("web={replicas}")]);
         let tasks = lab.wait_running("web", replicas);
@@ -238,19 +204,8 @@ fn scaling_and_removal_leave_exactly_the_expected_objects() {
 #[test]
 fn a_ping_survives_an_agent_restart() {
     let mut lab = Lab::start(2);
-    lab.ok(&["network", "create", "--subnet", "192.168.60.0/24", "pingnet"]);
-    lab.ok(&[
-        "service",
-        "create",
-        "--replicas",
-        "2",
-        "--network",
-        "pingnet",
-        "--name",
-        "p",
-        "sleep",
-        "10000",
-    ]);
+    lab.create_network("pingnet", "192.168.60.0/24");
+    lab.create_service("p", 2, "pingnet", &["sleep", "10000"]);
     let tasks = lab.wait_running("p", 2);
     let (first, second) = (&tasks[0], &tasks[1]);
     let target = address(second, 0);
@@ -276,20 +231,8 @@ fn a_ping_survives_an_agent_restart() {
 #[test]
 fn a_lost_node_s_tasks_move_and_its_endpoints_disappear() {
     let mut lab = Lab::start(3);
-    lab.ok(&["network", "create", "--subnet", "192.168.70.0/24", "lostnet"]);
-    let net = network_id(&lab, "lostnet");
-    lab.ok(&[
-        "service",
-        "create",
-        "--replicas",
-        "3",
-        "--network",
-        "lostnet",
-        "--name",
-        "l",
-        "sleep",
-        "10000",
-    ]);
+    let net = lab.create_network("lostnet", "192.168.70.0/24");
+    lab.create_service("l", 3, "lostnet", &["sleep", "10000"]);
     let tasks = lab.wait_running("l", 3);
     assert_eq!(tasks.iter().map(|t| lab.host_of(t)).collect::<BTreeSet<_>>().len(), 3);
     // Node 2 is cut off for good: its agent dies and its link goes down.
@@ -315,17 +258,15 @@ fn a_lost_node_s_tasks_move_and_its_endpoints_disappear() {
     }
     // The moved replica answers across the overlay.
     let tasks = lab.running_tasks("l");
-    let pinger = &tasks[0];
     for target in &tasks[1..] {
-        let ping = lab.in_task(pinger, "ping", &["-c", "1", "-W", "2", &address(target, 0)]);
-        assert!(ping.status.success(), "{}", stdout(&ping));
+        assert!(lab.pings(&tasks[0], &address(target, 0)), "{target}");
     }
 }
 
 #[test]
 fn a_command_that_cannot_start_fails_and_is_retried() {
     let lab = Lab::start(1);
-    lab.ok(&["network", "create", "--subnet", "192.168.80.0/24", "failnet"]);
+    lab.create_network("failnet", "192.168.80.0/24");
     lab.ok(&["service", "create", "--network", "failnet", "--name", "broken", "/no/such/program"]);
     let retried = wait_until(Duration::from_secs(30), || {
         let tasks = lab.tasks("broken");

@@ -1,38 +1,20 @@
 //! What is broken by hand is repaired by the next reconcile pass, and what
 //! is not ours is reported rather than taken over.
 
-use e2e::lab::Lab;
+use e2e::lab::{endpoint_address, Lab};
 use e2e::wait_until;
 use serde_json::Value;
 use std::time::Duration;
 
 fn ping(lab: &Lab, from: &Value, to: &Value) -> bool {
-    let target = to["Endpoints"][0]["Address"].as_str().unwrap();
-    lab.in_task(from, "ping", &["-c", "1", "-W", "1", target]).status.success()
-}
-
-fn network_id(lab: &Lab, name: &str) -> String {
-    let inspected: Value = serde_json::from_str(&lab.ok(&["network", "inspect", name])).unwrap();
-    inspected[0]["Id"].as_str().unwrap().to_string()
+    lab.pings(from, &endpoint_address(to, 0))
 }
 
 #[test]
 fn deleted_links_and_namespaces_are_recreated() {
     let lab = Lab::start(2);
-    lab.ok(&["network", "create", "--subnet", "192.168.90.0/24", "fixnet"]);
-    let net = network_id(&lab, "fixnet");
-    lab.ok(&[
-        "service",
-        "create",
-        "--replicas",
-        "2",
-        "--network",
-        "fixnet",
-        "--name",
-        "fix",
-        "sleep",
-        "10000",
-    ]);
+    let net = lab.create_network("fixnet", "192.168.90.0/24");
+    lab.create_service("fix", 2, "fixnet", &["sleep", "10000"]);
     let tasks = lab.wait_running("fix", 2);
     let (first, second) = (&tasks[0], &tasks[1]);
     assert!(ping(&lab, first, second));
@@ -54,7 +36,7 @@ fn deleted_links_and_namespaces_are_recreated() {
 #[test]
 fn a_deleted_sandbox_ends_its_task_and_a_replacement_runs() {
     let lab = Lab::start(1);
-    lab.ok(&["network", "create", "--subnet", "192.168.91.0/24", "sbxnet"]);
+    lab.create_network("sbxnet", "192.168.91.0/24");
     lab.ok(&["service", "create", "--network", "sbxnet", "--name", "sbx", "sleep", "10000"]);
     let task = lab.wait_running("sbx", 1).remove(0);
     let sandbox = lab.sandbox_path(&task);
@@ -76,7 +58,7 @@ fn a_foreign_docker_gwbridge_is_reported_and_the_overlay_still_works() {
     let _ = lab.on_host(0, "ip", &["link", "del", "docker_gwbridge"]);
     assert!(lab.on_host(0, "ip", &["link", "add", "docker_gwbridge", "type", "bridge"]).status.success());
     lab.start_agent(0);
-    lab.ok(&["network", "create", "--subnet", "192.168.92.0/24", "gwnet"]);
+    lab.create_network("gwnet", "192.168.92.0/24");
     lab.ok(&["service", "create", "--replicas", "2", "--network", "gwnet", "--name", "gw", "sleep", "10000"]);
     let tasks = lab.wait_running("gw", 2);
     assert!(ping(&lab, &tasks[0], &tasks[1]), "the overlay works without the gateway bridge");

@@ -3,28 +3,14 @@
 use e2e::lab::Lab;
 
 fn refused(lab: &Lab, args: &[&str], needle: &str) {
-    let output = lab.netctl(args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "netctl {args:?} should fail: {stderr}");
-    assert!(stderr.contains(needle), "netctl {args:?}: expected {needle:?} in {stderr:?}");
+    e2e::assert_refused(&lab.netctl(args), args, needle);
 }
 
 #[test]
 fn services_are_listed_inspected_scaled_and_removed() {
     let lab = Lab::start(2);
-    lab.ok(&["network", "create", "-d", "overlay", "--subnet", "192.168.200.0/24", "demonet"]);
-    let id = lab.ok(&[
-        "service",
-        "create",
-        "--replicas",
-        "2",
-        "--network",
-        "demonet",
-        "--name",
-        "demoservice",
-        "sleep",
-        "10000",
-    ]);
+    lab.create_network("demonet", "192.168.200.0/24");
+    let id = lab.create_service("demoservice", 2, "demonet", &["sleep", "10000"]);
     assert_eq!(id.trim().len(), 25);
     lab.wait_running("demoservice", 2);
 
@@ -56,7 +42,7 @@ fn services_are_listed_inspected_scaled_and_removed() {
 #[test]
 fn service_logs_show_what_each_task_wrote() {
     let lab = Lab::start(2);
-    lab.ok(&["network", "create", "--subnet", "192.168.201.0/24", "lognet"]);
+    lab.create_network("lognet", "192.168.201.0/24");
     lab.ok(&[
         "service",
         "create",
@@ -85,7 +71,7 @@ fn service_logs_show_what_each_task_wrote() {
 #[test]
 fn bad_service_requests_change_nothing() {
     let lab = Lab::start(1);
-    lab.ok(&["network", "create", "--subnet", "10.77.0.0/29", "tiny"]);
+    lab.create_network("tiny", "10.77.0.0/29");
     refused(&lab, &["service", "create", "--network", "nonet", "sleep", "1"], "network nonet not found");
     refused(&lab, &["service", "create", "--replicas", "-1", "sleep", "1"], "--replicas");
     refused(&lab, &["service", "create", "--replicas", "two", "sleep", "1"], "invalid value 'two'");

@@ -16,9 +16,16 @@ const CREATES_PER_CLIENT: usize = 40;
 type Control =
     ControlClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>>;
 
-async fn client(cluster: &Cluster) -> Control {
-    let channel = netctl_proto::connect(&cluster.manager_url()).await.expect("connect");
-    ControlClient::with_interceptor(channel, BearerToken::new(&cluster.admin_token()).expect("token"))
+/// Where the benchmark's clients connect.
+#[derive(Clone)]
+struct Target {
+    manager: String,
+    token: String,
+}
+
+async fn client(target: &Target) -> Control {
+    let channel = netctl_proto::connect(&target.manager).await.expect("connect");
+    ControlClient::with_interceptor(channel, BearerToken::new(&target.token).expect("token"))
 }
 
 /// Creates `count` networks named `<prefix>-<i>`, returning each latency.
@@ -49,19 +56,31 @@ fn summary(latencies: &mut [Duration], wall: Duration) -> serde_json::Value {
     })
 }
 
-#[tokio::main]
-async fn main() {
-    let output = std::env::args().nth(1).unwrap_or_else(|| "bench/results/control_plane.json".into());
-
+/// Runs `benchmark` against a fresh cluster, from inside its namespace.
+fn on_fresh_cluster<F, Fut>(benchmark: F) -> serde_json::Value
+where
+    F: FnOnce(Target) -> Fut + Send,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
     let cluster = Cluster::start(&[]);
+    let target = Target { manager: cluster.manager_url(), token: cluster.admin_token() };
+    cluster.run_inside(|| {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(benchmark(target))
+    })
+}
+
+async fn sequential(target: Target) -> serde_json::Value {
     let started = Instant::now();
-    let mut latencies = create_many(client(&cluster).await, "seq".into(), SEQUENTIAL_CREATES).await;
-    let sequential = summary(&mut latencies, started.elapsed());
+    let mut latencies = create_many(client(&target).await, "seq".into(), SEQUENTIAL_CREATES).await;
+    summary(&mut latencies, started.elapsed())
+}
 
-    let cluster = Cluster::start(&[]);
+async fn concurrent(target: Target) -> serde_json::Value {
     let mut clients = Vec::new();
     for _ in 0..CONCURRENT_CLIENTS {
-        clients.push(client(&cluster).await);
+        clients.push(client(&target).await);
     }
     let started = Instant::now();
     let runs: Vec<_> = clients
@@ -73,19 +92,17 @@ async fn main() {
     for run in runs {
         latencies.extend(run.await.expect("client task"));
     }
-    let concurrent = summary(&mut latencies, started.elapsed());
+    summary(&mut latencies, started.elapsed())
+}
 
+fn main() {
+    let output = std::env::args().nth(1).unwrap_or_else(|| "bench/results/control_plane.json".into());
+    let sequential = on_fresh_cluster(sequential);
+    let concurrent = on_fresh_cluster(concurrent);
     let report = serde_json::json!({
         "benchmark": "network create (gRPC, durable: flushed before the answer)",
         "sequential": sequential,
         "concurrent_16_clients": concurrent,
-        "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()) },
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
-    if let Some(dir) = std::path::Path::new(&output).parent() {
-        std::fs::create_dir_all(dir).expect("results dir");
-    }
-    std::fs::write(&output, serde_json::to_string_pretty(&report).unwrap() + "\n").expect("write results");
-    println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    println!("written to {output}");
+    e2e::write_report(&output, report);
 }
