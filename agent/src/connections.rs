@@ -40,6 +40,12 @@ impl Connections {
         Ok(netlink)
     }
 
+    /// The inode of namespace `name` (it changes when the namespace is made
+    /// anew), if it exists.
+    pub fn inode(&self, name: &str) -> Option<u64> {
+        std::fs::metadata(self.namespaces.path(name)).ok().map(|m| m.ino())
+    }
+
     /// Deletes namespace `name` and drops its connection.
     pub fn delete(&mut self, name: &str) -> netlib::Result<()> {
         self.open.remove(name);

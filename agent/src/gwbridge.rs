@@ -32,11 +32,15 @@ pub async fn ensure(host: &Netlink, mtu: u32, write_rules: bool) -> Result<Link,
     Ok(bridge)
 }
 
-/// Forwarding on, and MASQUERADE for traffic from the bridge leaving by any
-/// other interface.
+/// Forwarding on (and for the routing mesh, locally-addressed traffic allowed
+/// out of the bridge), MASQUERADE for traffic from the bridge leaving by any
+/// other interface, for local traffic into the bridge (a published port
+/// reached from the node itself), and for hairpinned DNATed traffic.
 fn write_nat(host: &Netlink) -> Result<(), String> {
     let namespace = None;
     sysctl::write(namespace, "net.ipv4.ip_forward", "1").map_err(|e| e.to_string())?;
+    sysctl::write(namespace, &format!("net/ipv4/conf/{GWBRIDGE}/route_localnet"), "1")
+        .map_err(|e| e.to_string())?;
     if !iptables::available() {
         return Err(format!(
             "iptables-restore is not installed in {} (apt-get install iptables)",
@@ -44,7 +48,11 @@ fn write_nat(host: &Netlink) -> Result<(), String> {
         ));
     }
     let rules = format!(
-        "*nat\n:{NAT_CHAIN} - [0:0]\n-A {NAT_CHAIN} -s {GWBRIDGE_SUBNET} ! -o {GWBRIDGE} -j MASQUERADE\nCOMMIT\n"
+        "*nat\n:{NAT_CHAIN} - [0:0]\n\
+         -A {NAT_CHAIN} -s {GWBRIDGE_SUBNET} ! -o {GWBRIDGE} -j MASQUERADE\n\
+         -A {NAT_CHAIN} -o {GWBRIDGE} -m addrtype --src-type LOCAL -j MASQUERADE\n\
+         -A {NAT_CHAIN} -o {GWBRIDGE} -s {GWBRIDGE_SUBNET} -m conntrack --ctstate DNAT -j MASQUERADE\n\
+         COMMIT\n"
     );
     iptables::restore(namespace, &rules).map_err(|e| e.to_string())?;
     iptables::ensure_jump(namespace, "nat", "POSTROUTING", &["-j", NAT_CHAIN]).map_err(|e| e.to_string())

@@ -9,6 +9,7 @@ pub mod connections;
 pub mod gwbridge;
 pub mod identity;
 pub mod logs;
+pub mod mesh;
 pub mod names;
 pub mod overlay;
 pub mod peers;

@@ -19,6 +19,11 @@ pub const GWBRIDGE_PREFIX: u8 = 16;
 /// The gateway bridge's subnet, as iptables writes it.
 pub const GWBRIDGE_SUBNET: &str = "172.18.0.0/16";
 
+/// The routing mesh's sandbox on every node.
+pub const INGRESS_SANDBOX: &str = "ingress_sbox";
+/// ingress_sbox's address on docker_gwbridge, the same on every node.
+pub const INGRESS_SANDBOX_GATEWAY_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+
 /// `1-<network id[:10]>`: the namespace of an overlay network.
 pub fn overlay_namespace(network_id: &str) -> String {
     format!("1-{}", prefix(network_id, 10))

@@ -5,7 +5,8 @@
 //! a restarted agent adopts what it made before.
 
 use crate::connections::Connections;
-use crate::names::{self, GWBRIDGE_GATEWAY};
+use crate::mesh::{self, Written};
+use crate::names::{self, GWBRIDGE_GATEWAY, INGRESS_SANDBOX, INGRESS_SANDBOX_GATEWAY_ADDRESS};
 use crate::overlay::{self, Overlay, Tunnel};
 use crate::sandbox::{self, GatewayLeg};
 use crate::tasks::Supervisor;
@@ -27,6 +28,7 @@ pub struct Reconciler {
     supervisor: Supervisor,
     gwbridge_rules_written: bool,
     sandbox_setup_times: Vec<std::time::Duration>,
+    rules: Written,
 }
 
 impl Reconciler {
@@ -41,6 +43,7 @@ impl Reconciler {
             supervisor: Supervisor::new(run_dir)?,
             gwbridge_rules_written: false,
             sandbox_setup_times: Vec::new(),
+            rules: Written::default(),
         })
     }
 
@@ -69,6 +72,9 @@ impl Reconciler {
         }
 
         let overlays = self.build_overlays(state, underlay_mtu).await;
+        if let Err(err) = self.build_routing_mesh(state, &overlays, &gateway, underlay_mtu).await {
+            tracing::error!("routing mesh: {err}");
+        }
         let gateway_addresses = self.gateway_addresses(state).await;
         let mut reports = Vec::new();
         self.sandbox_setup_times.clear();
@@ -87,6 +93,7 @@ impl Reconciler {
             if new_sandbox {
                 self.sandbox_setup_times.push(started.elapsed());
             }
+            let built = built.and_then(|()| self.write_vip_rules(state, task, &sandbox_name));
             let mut status = match built {
                 Ok(()) => {
                     let path = self.connections.namespaces().path(&sandbox_name);
@@ -104,6 +111,73 @@ impl Reconciler {
         }
         self.remove_unwanted(state).await;
         reports
+    }
+
+    /// ingress_sbox (eth0 on ingress, eth1 = 172.18.0.2 on docker_gwbridge,
+    /// forwarding on) and the published-port rules of the host and of
+    /// ingress_sbox.
+    async fn build_routing_mesh(
+        &mut self,
+        state: &NodeState,
+        overlays: &HashMap<String, Result<Overlay, String>>,
+        gateway: &Result<netlib::Link, String>,
+        underlay_mtu: u32,
+    ) -> Result<(), String> {
+        let Some(ingress) = state.networks.iter().filter_map(|a| a.network.as_ref()).find(|n| n.ingress)
+        else {
+            return Ok(());
+        };
+        let overlay = match overlays.get(&ingress.id) {
+            Some(Ok(overlay)) => overlay,
+            Some(Err(err)) => return Err(err.clone()),
+            None => return Err("the ingress overlay was not built".into()),
+        };
+        let bridge =
+            gateway.as_ref().map_err(|err| format!("no ingress_sbox without the gateway bridge: {err}"))?;
+        let address: Ipv4Addr = state
+            .ingress_address
+            .parse()
+            .map_err(|_| format!("invalid ingress address {:?}", state.ingress_address))?;
+        let leg = GatewayLeg { bridge, address: INGRESS_SANDBOX_GATEWAY_ADDRESS, mtu: underlay_mtu };
+        sandbox::ensure(&mut self.connections, &self.host, INGRESS_SANDBOX, &[(overlay, address)], Some(leg))
+            .await
+            .map_err(|e| e.to_string())?;
+        let path = self.connections.namespaces().path(INGRESS_SANDBOX);
+        let namespace = Some((INGRESS_SANDBOX, path.as_path()));
+        netlib::sysctl::write(namespace, "net.ipv4.ip_forward", "1").map_err(|e| e.to_string())?;
+
+        let inode = self.connections.inode(INGRESS_SANDBOX).unwrap_or_default();
+        let sandbox_rules =
+            mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &ingress.subnet);
+        let target = mesh::Target { namespace, jumps: mesh::INGRESS_SANDBOX_JUMPS };
+        self.rules
+            .write(&format!("{INGRESS_SANDBOX}@{inode}"), &target, &sandbox_rules)
+            .map_err(|e| e.to_string())?;
+        let target = mesh::Target { namespace: None, jumps: mesh::HOST_JUMPS };
+        self.rules
+            .write("host", &target, &mesh::host_rules(&state.published_ports))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The VIP rules of a task's sandbox: each service VIP of its networks
+    /// balanced over that service's tasks.
+    fn write_vip_rules(
+        &mut self,
+        state: &NodeState,
+        task: &netctl_proto::TaskSpec,
+        sandbox: &str,
+    ) -> Result<(), String> {
+        let vips: Vec<_> = state
+            .service_vips
+            .iter()
+            .filter(|vip| task.endpoints.iter().any(|e| e.network_id == vip.network_id))
+            .collect();
+        let path = self.connections.namespaces().path(sandbox);
+        let target = mesh::Target { namespace: Some((sandbox, path.as_path())), jumps: mesh::SANDBOX_JUMPS };
+        let key = format!("{sandbox}@{}", self.connections.inode(sandbox).unwrap_or_default());
+        self.rules
+            .write(&key, &target, &mesh::vip_rules(&vips))
+            .map_err(|e| format!("service VIP rules: {e}"))
     }
 
     /// How long each sandbox made by the last pass took to set up (the
@@ -211,8 +285,11 @@ impl Reconciler {
     /// Removes sandboxes, processes and overlays the desired state no longer
     /// has. Every removal is tried, whatever failed before it.
     async fn remove_unwanted(&mut self, state: &NodeState) {
-        let wanted_sandboxes: HashSet<String> =
+        let mut wanted_sandboxes: HashSet<String> =
             state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
+        if !state.ingress_address.is_empty() {
+            wanted_sandboxes.insert(INGRESS_SANDBOX.to_string());
+        }
         let wanted_overlays: HashSet<String> = state
             .networks
             .iter()
@@ -235,6 +312,9 @@ impl Reconciler {
                 wanted_sandboxes.contains(&namespace)
             };
             if !wanted {
+                if let Some(inode) = self.connections.inode(&namespace) {
+                    self.rules.forget(&format!("{namespace}@{inode}"));
+                }
                 match self.connections.delete(&namespace) {
                     Ok(()) => tracing::info!(namespace, "namespace removed"),
                     Err(err) => tracing::error!("{err}"),

@@ -19,10 +19,17 @@ fn links(lab: &Lab, path: &std::path::Path) -> String {
 }
 
 /// The namespaces host `i` should hold for the running tasks of `tasks`.
+/// The namespaces every node holds whatever runs: the ingress overlay and
+/// ingress_sbox.
+fn routing_mesh_namespaces(lab: &Lab) -> BTreeSet<String> {
+    BTreeSet::from([format!("1-{}", &lab.network_id("ingress")[..10]), "ingress_sbox".to_string()])
+}
+
 fn expected_namespaces(lab: &Lab, i: usize, tasks: &[Value], network: &str) -> BTreeSet<String> {
     let local: Vec<&Value> = tasks.iter().filter(|t| lab.host_of(t) == i).collect();
     let mut expected: BTreeSet<String> =
         local.iter().map(|t| t["ID"].as_str().unwrap()[..12].to_string()).collect();
+    expected.extend(routing_mesh_namespaces(lab));
     if !local.is_empty() {
         expected.insert(format!("1-{}", &network[..10]));
     }
@@ -191,7 +198,11 @@ fn scaling_and_removal_leave_exactly_the_expected_objects() {
     lab.ok(&["network", "rm", "scalenet"]);
     for i in 0..2 {
         assert!(
-            wait_until(Duration::from_secs(20), || lab.agent_namespaces(i).is_empty()),
+            wait_until(Duration::from_secs(20), || lab
+                .agent_namespaces(i)
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                == routing_mesh_namespaces(&lab)),
             "{:?}",
             lab.agent_namespaces(i)
         );

@@ -42,6 +42,23 @@ impl DispatcherService {
         self.heartbeats.interval().as_millis() as u32
     }
 
+    /// An address on the ingress network for a joining node's ingress_sbox.
+    fn free_ingress_address(&self) -> Result<String, Status> {
+        let networks = self.store.networks().map_err(ManagerError::from)?;
+        let ingress =
+            networks.iter().find(|n| n.ingress).ok_or_else(|| Status::internal("no ingress network"))?;
+        let (services, tasks, nodes) = (
+            self.store.all().map_err(ManagerError::from)?,
+            self.store.all().map_err(ManagerError::from)?,
+            self.store.nodes().map_err(ManagerError::from)?,
+        );
+        let taken = crate::services::taken_addresses(ingress, &services, &tasks, &nodes);
+        let subnet = ingress.subnet.parse().map_err(|_| Status::internal("invalid ingress subnet"))?;
+        crate::addresses::lowest_free(subnet, &taken).map(|a| a.to_string()).ok_or_else(|| {
+            Status::resource_exhausted("the ingress network has no free address for this node")
+        })
+    }
+
     fn known_node(&self, node_id: &str) -> Result<Node, Status> {
         self.store
             .node(node_id)
@@ -81,9 +98,14 @@ impl Dispatcher for DispatcherService {
         if join.hostname.is_empty() {
             return Err(Status::invalid_argument("a joining node must give its hostname"));
         }
+        let _writer = self.store.write_lock().await;
         let existing = match join.node_id.as_str() {
             "" => None,
             id => self.store.node(id).map_err(ManagerError::from)?,
+        };
+        let ingress_address = match existing.as_ref().map(|n| n.ingress_address.clone()) {
+            Some(kept) if !kept.is_empty() => kept,
+            _ => self.free_ingress_address()?,
         };
         let node = Node {
             id: match join.node_id.as_str() {
@@ -95,6 +117,7 @@ impl Dispatcher for DispatcherService {
             availability: "Active".to_string(),
             manager_host,
             created_unix: existing.as_ref().map_or_else(now_unix, |n| n.created_unix),
+            ingress_address,
         };
         let unchanged = existing.as_ref().is_some_and(|old| *old == node);
         if !unchanged {

@@ -1,6 +1,7 @@
 //! The manager's errors and how each reaches a gRPC client.
 
 use crate::ipam::IpamError;
+use crate::ports::PortError;
 use crate::resolve::ResolveError;
 use crate::store::StoreError;
 use crate::validate::ValidationError;
@@ -15,6 +16,9 @@ pub enum ManagerError {
     /// A subnet or gateway refused, or the pool exhausted.
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    /// A published port refused.
+    #[error(transparent)]
+    Port(#[from] PortError),
     /// A name or ID that designates no single object.
     #[error(transparent)]
     Resolve(#[from] ResolveError),
@@ -54,6 +58,9 @@ impl From<ManagerError> for Status {
             }
             ManagerError::Ipam(IpamError::Overlap { .. }) => Code::AlreadyExists,
             ManagerError::Ipam(_) => Code::InvalidArgument,
+            ManagerError::Port(PortError::Taken { .. }) => Code::AlreadyExists,
+            ManagerError::Port(PortError::Exhausted(_)) => Code::ResourceExhausted,
+            ManagerError::Port(_) => Code::InvalidArgument,
             ManagerError::Resolve(ResolveError::NotFound { .. }) => Code::NotFound,
             ManagerError::Resolve(ResolveError::Ambiguous { .. }) => Code::InvalidArgument,
             ManagerError::NameTaken { .. } => Code::AlreadyExists,

@@ -17,6 +17,7 @@ pub mod liveness;
 pub mod logs;
 pub mod networks;
 pub mod orchestrator;
+pub mod ports;
 pub mod resolve;
 pub mod scheduler;
 pub mod server;

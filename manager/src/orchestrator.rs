@@ -146,9 +146,8 @@ fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) 
         .collect();
     let node_id = scheduler::pick(&candidates)?;
     let mut endpoints = Vec::new();
-    for network_id in &service.network_ids {
-        let network = state.networks.iter().find(|n| &n.id == network_id)?;
-        let taken = taken_addresses(network, state.services, tasks);
+    for network in crate::services::attached_networks(service, state.networks) {
+        let taken = taken_addresses(network, state.services, tasks, state.nodes);
         let Some(address) =
             network.subnet.parse().ok().and_then(|subnet| addresses::lowest_free(subnet, &taken))
         else {

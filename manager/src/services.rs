@@ -6,7 +6,7 @@ use crate::error::ManagerError;
 use crate::networks::now_unix;
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
-use netctl_proto::{Network, Service, ServiceCreateRequest, Task, VirtualIp};
+use netctl_proto::{Network, Node, Service, ServiceCreateRequest, Task, VirtualIp};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
@@ -16,15 +16,23 @@ pub const DESIRED_RUNNING: &str = "running";
 pub const DESIRED_SHUTDOWN: &str = "shutdown";
 
 /// Every address in use in `network`: its gateway, every service VIP in it,
-/// and every endpoint of a task that should run.
-pub fn taken_addresses(network: &Network, services: &[Service], tasks: &[Task]) -> HashSet<Ipv4Addr> {
+/// every endpoint of a task that should run, and on the ingress network every
+/// node's ingress_sbox address.
+pub fn taken_addresses(
+    network: &Network,
+    services: &[Service],
+    tasks: &[Task],
+    nodes: &[Node],
+) -> HashSet<Ipv4Addr> {
     let vips = services.iter().flat_map(|s| &s.virtual_ips).filter(|v| v.network_id == network.id);
     let endpoints = tasks
         .iter()
         .filter(|t| t.desired_state == DESIRED_RUNNING)
         .flat_map(|t| &t.endpoints)
         .filter(|e| e.network_id == network.id);
-    let addresses = vips.map(|v| v.address.as_str()).chain(endpoints.map(|e| e.address.as_str()));
+    let sandboxes = nodes.iter().filter(|_| network.ingress).map(|n| n.ingress_address.as_str());
+    let addresses =
+        vips.map(|v| v.address.as_str()).chain(endpoints.map(|e| e.address.as_str())).chain(sandboxes);
     std::iter::once(network.gateway.as_str()).chain(addresses).filter_map(|a| a.parse().ok()).collect()
 }
 
@@ -66,6 +74,19 @@ pub async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Ser
     }
     let networks = store.networks()?;
     let tasks: Vec<Task> = store.all()?;
+    let nodes = store.nodes()?;
+    let ports = crate::ports::assign(&name, &request.ports, &services)?;
+    if !ports.is_empty() {
+        let ingress = networks
+            .iter()
+            .find(|n| n.ingress)
+            .ok_or_else(|| ManagerError::Refused("no ingress network".into()))?;
+        ensure_room(
+            ingress,
+            &taken_addresses(ingress, &services, &tasks, &nodes),
+            request.replicas as usize,
+        )?;
+    }
     let mut service = Service {
         id,
         name,
@@ -73,6 +94,7 @@ pub async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Ser
         command: request.command.clone(),
         env: request.env.clone(),
         workdir: request.workdir.clone(),
+        ports,
         created_unix: now_unix(),
         updated_unix: now_unix(),
         ..Default::default()
@@ -92,7 +114,7 @@ pub async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Ser
         if service.network_ids.contains(&network.id) {
             continue;
         }
-        let taken = taken_addresses(network, &services, &tasks);
+        let taken = taken_addresses(network, &services, &tasks, &nodes);
         ensure_room(network, &taken, request.replicas as usize + 1)?;
         let vip = addresses::lowest_free(subnet_of(network)?, &taken).expect("room was checked");
         service.network_ids.push(network.id.clone());
@@ -117,13 +139,15 @@ pub async fn scale(store: &Store, reference: &str, replicas: u32) -> Result<Serv
     let mut service = find(store, reference)?;
     let services: Vec<Service> = store.all()?;
     let tasks: Vec<Task> = store.all()?;
+    let nodes = store.nodes()?;
     let running_here =
         tasks.iter().filter(|t| t.service_id == service.id && t.desired_state == DESIRED_RUNNING).count();
     let more = (replicas as usize).saturating_sub(running_here);
-    for network_id in &service.network_ids {
-        if let Some(network) = store.get::<Network>(network_id)? {
-            ensure_room(&network, &taken_addresses(&network, &services, &tasks), more)?;
-        }
+    let ingress = store.networks()?.into_iter().filter(|n| n.ingress && !service.ports.is_empty());
+    for network in
+        service.network_ids.iter().filter_map(|id| store.get::<Network>(id).ok().flatten()).chain(ingress)
+    {
+        ensure_room(&network, &taken_addresses(&network, &services, &tasks, &nodes), more)?;
     }
     service.replicas = replicas;
     service.updated_unix = now_unix();
@@ -142,6 +166,14 @@ pub async fn remove(store: &Store, reference: &str) -> Result<Service, ManagerEr
     }
     store.commit(batch).await?;
     Ok(service)
+}
+
+/// The networks a service's tasks attach to, in order: the ingress network
+/// first when it publishes ports (as in Swarm), then its own.
+pub fn attached_networks<'a>(service: &'a Service, networks: &'a [Network]) -> Vec<&'a Network> {
+    let ingress = networks.iter().filter(|n| n.ingress && !service.ports.is_empty());
+    let own = service.network_ids.iter().filter_map(|id| networks.iter().find(|n| &n.id == id));
+    ingress.chain(own).collect()
 }
 
 /// The name `service ps` gives a task: `<service>.<slot>`.
@@ -187,6 +219,24 @@ mod tests {
             create(&store, &request("demoservice", 1)).await,
             Err(ManagerError::NameTaken { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn published_ports_are_assigned_and_conflicts_refused() {
+        let (_dir, store) = store_with_network("192.168.200.0/24").await;
+        let port = |published| netctl_proto::PortConfig {
+            protocol: "tcp".into(),
+            published_port: published,
+            target_port: 80,
+        };
+        let web =
+            create(&store, &ServiceCreateRequest { ports: vec![port(8080), port(0)], ..request("web", 2) })
+                .await
+                .unwrap();
+        assert_eq!(web.ports.iter().map(|p| p.published_port).collect::<Vec<_>>(), [8080, 30000]);
+        let clash =
+            create(&store, &ServiceCreateRequest { ports: vec![port(8080)], ..request("other", 1) }).await;
+        assert!(clash.unwrap_err().to_string().contains("already published by service web"));
     }
 
     #[tokio::test]

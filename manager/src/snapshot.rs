@@ -1,7 +1,11 @@
 //! The desired state of one node, as streamed to its agent by `Watch` (pure).
 
+use crate::addresses::mac_for;
 use crate::services::DESIRED_RUNNING;
-use netctl_proto::{Network, NetworkAttachment, Node, NodeState, RemoteEndpoint, Service, Task, TaskSpec};
+use netctl_proto::{
+    Network, NetworkAttachment, Node, NodeState, PublishedPort, RemoteEndpoint, Service, ServiceVip, Task,
+    TaskSpec,
+};
 use std::collections::HashMap;
 
 /// Everything a node's desired state is computed from.
@@ -17,15 +21,20 @@ pub struct Cluster<'a> {
 }
 
 /// Builds `node`'s whole desired state at `revision`: the tasks it runs, the
-/// networks they attach to (an overlay exists only where it has a task), and
-/// every endpoint of those networks that lives on another node.
+/// ingress network (on every node, so that every node answers published
+/// ports) and the networks its tasks attach to (an overlay exists only where
+/// it has a task), every endpoint of those networks that lives on another
+/// node, the published ports and the service VIPs with their backends.
 pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision: u64) -> NodeState {
     let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
     let wanted =
         |t: &&Task| t.desired_state == DESIRED_RUNNING && services.contains_key(t.service_id.as_str());
     let local: Vec<&Task> = cluster.tasks.iter().filter(wanted).filter(|t| t.node_id == node.id).collect();
+    // Balancing goes only to tasks that run (not to ones still starting).
+    let serving: Vec<&Task> = cluster.tasks.iter().filter(wanted).filter(|t| t.state == "running").collect();
 
-    let mut network_ids: Vec<&str> = Vec::new();
+    let mut network_ids: Vec<&str> =
+        cluster.networks.iter().filter(|n| n.ingress).map(|n| n.id.as_str()).collect();
     for endpoint in local.iter().flat_map(|t| &t.endpoints) {
         if !network_ids.contains(&endpoint.network_id.as_str()) {
             network_ids.push(&endpoint.network_id);
@@ -54,6 +63,44 @@ pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision:
                 node_addr: node_addresses.get(t.node_id.as_str())?.to_string(),
             })
         })
+        .chain(other_ingress_sandboxes(node, cluster))
+        .collect();
+
+    let published_ports = cluster
+        .services
+        .iter()
+        .flat_map(|service| {
+            let backends: Vec<String> = serving
+                .iter()
+                .filter(|t| t.service_id == service.id)
+                .filter_map(|t| t.endpoints.iter().find(|e| is_ingress(cluster, &e.network_id)))
+                .map(|e| e.address.clone())
+                .collect();
+            service.ports.iter().map(move |port| PublishedPort {
+                protocol: port.protocol.clone(),
+                published_port: port.published_port,
+                target_port: port.target_port,
+                backends: backends.clone(),
+            })
+        })
+        .collect();
+
+    let service_vips = cluster
+        .services
+        .iter()
+        .flat_map(|service| service.virtual_ips.iter().map(move |vip| (service, vip)))
+        .filter(|(_, vip)| network_ids.contains(&vip.network_id.as_str()))
+        .map(|(service, vip)| ServiceVip {
+            network_id: vip.network_id.clone(),
+            address: vip.address.clone(),
+            backends: serving
+                .iter()
+                .filter(|t| t.service_id == service.id)
+                .flat_map(|t| &t.endpoints)
+                .filter(|e| e.network_id == vip.network_id)
+                .map(|e| e.address.clone())
+                .collect(),
+        })
         .collect();
 
     let tasks = local
@@ -80,8 +127,36 @@ pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision:
         networks,
         tasks,
         remote_endpoints,
-        ..Default::default()
+        published_ports,
+        ingress_address: node.ingress_address.clone(),
+        service_vips,
     }
+}
+
+fn is_ingress(cluster: &Cluster, network_id: &str) -> bool {
+    cluster.networks.iter().any(|n| n.ingress && n.id == network_id)
+}
+
+/// The ingress_sbox endpoints of the other nodes: replies of tasks on this
+/// node to connections balanced there go back through them.
+fn other_ingress_sandboxes<'a>(
+    node: &'a Node,
+    cluster: &'a Cluster,
+) -> impl Iterator<Item = RemoteEndpoint> + 'a {
+    let ingress = cluster.networks.iter().find(|n| n.ingress);
+    cluster
+        .nodes
+        .iter()
+        .filter(move |other| other.id != node.id && !other.ingress_address.is_empty())
+        .filter_map(move |other| {
+            let address: std::net::Ipv4Addr = other.ingress_address.parse().ok()?;
+            Some(RemoteEndpoint {
+                network_id: ingress?.id.clone(),
+                address: address.to_string(),
+                mac: mac_for(address),
+                node_addr: other.advertise_addr.clone(),
+            })
+        })
 }
 
 #[cfg(test)]
@@ -126,7 +201,7 @@ mod tests {
         assert_eq!((state.revision, state.data_path_port), (7, 4789));
         let names: Vec<_> =
             state.networks.iter().map(|a| a.network.as_ref().unwrap().name.as_str()).collect();
-        assert_eq!(names, ["demonet"]);
+        assert_eq!(names, ["ingress", "demonet"]);
         assert_eq!(state.tasks.len(), 1);
         assert_eq!(state.tasks[0].name, "demoservice.1");
         assert_eq!(state.remote_endpoints.len(), 1, "{:?}", state.remote_endpoints);
@@ -134,6 +209,7 @@ mod tests {
         assert_eq!(state.remote_endpoints[0].node_addr, "192.168.10.7");
 
         let idle = node_state(&nodes[2], &cluster, 4789, 7);
-        assert!(idle.networks.is_empty() && idle.tasks.is_empty() && idle.remote_endpoints.is_empty());
+        assert_eq!(idle.networks.len(), 1, "only ingress");
+        assert!(idle.tasks.is_empty() && idle.remote_endpoints.is_empty());
     }
 }

@@ -48,6 +48,13 @@ pub fn service(view: &ServiceView) -> Value {
     let networks: Vec<Value> = service.network_ids.iter().map(|id| json!({ "Target": id })).collect();
     let vips: Vec<Value> =
         service.virtual_ips.iter().map(|v| json!({ "NetworkID": v.network_id, "Addr": v.address })).collect();
+    let ports: Vec<Value> = service
+        .ports
+        .iter()
+        .map(|p| {
+            json!({ "Protocol": p.protocol, "TargetPort": p.target_port, "PublishedPort": p.published_port, "PublishMode": "ingress" })
+        })
+        .collect();
     json!({
         "ID": service.id,
         "CreatedAt": time(service.created_unix),
@@ -59,8 +66,9 @@ pub fn service(view: &ServiceView) -> Value {
                 "Networks": networks,
             },
             "Mode": { "Replicated": { "Replicas": service.replicas } },
+            "EndpointSpec": { "Mode": "vip", "Ports": ports },
         },
-        "Endpoint": { "VirtualIPs": vips },
+        "Endpoint": { "Ports": ports, "VirtualIPs": vips },
     })
 }
 

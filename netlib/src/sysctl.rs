@@ -5,10 +5,16 @@ use crate::error::{Error, Result};
 use crate::netns;
 use std::path::Path;
 
-/// Writes `value` to `/proc/sys/<key>` (dots or slashes) inside the
-/// namespace at `namespace`, or in the caller's when `None`.
+/// Writes `value` to `/proc/sys/<key>` inside the namespace at `namespace`,
+/// or in the caller's when `None`. The key is dotted (`net.ipv4.ip_forward`)
+/// or, when a part holds dots or underscores that matter (an interface
+/// name), a path (`net/ipv4/conf/docker_gwbridge/route_localnet`).
 pub fn write(namespace: Option<(&str, &Path)>, key: &str, value: &str) -> Result<()> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let path = if key.contains('/') {
+        format!("/proc/sys/{key}")
+    } else {
+        format!("/proc/sys/{}", key.replace('.', "/"))
+    };
     let label = namespace.map_or("host", |(name, _)| name);
     let write = || std::fs::write(&path, value);
     let written = match namespace {

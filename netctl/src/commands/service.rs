@@ -10,7 +10,7 @@ use serde_json::json;
 pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<()> {
     let mut control = client::connect(args).await?;
     match command {
-        ServiceCommand::Create { name, replicas, networks, env, workdir, command } => {
+        ServiceCommand::Create { name, replicas, networks, env, workdir, publish, command } => {
             let request = ServiceCreateRequest {
                 name: name.unwrap_or_default(),
                 replicas,
@@ -18,6 +18,7 @@ pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<(
                 command,
                 env: env.into_iter().collect(),
                 workdir: workdir.unwrap_or_default(),
+                ports: publish,
             };
             let response = control.create_service(request).await.map_err(rpc_error)?.into_inner();
             println!("{}", response.service.unwrap_or_default().id);
@@ -116,14 +117,15 @@ async fn list(control: &mut Control, format: ListFormat) -> anyhow::Result<()> {
                     let service = view.service.clone().unwrap_or_default();
                     vec![
                         service.id.chars().take(12).collect(),
-                        service.name,
+                        service.name.clone(),
                         "replicated".into(),
                         format!("{}/{}", running(view), service.replicas),
                         service.command.join(" "),
+                        ports(&service),
                     ]
                 })
                 .collect();
-            print!("{}", table::render(&["ID", "NAME", "MODE", "REPLICAS", "COMMAND"], &rows));
+            print!("{}", table::render(&["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"], &rows));
         }
         ListFormat::Json => {
             for view in &views {
@@ -132,6 +134,7 @@ async fn list(control: &mut Control, format: ListFormat) -> anyhow::Result<()> {
                     "ID": service.id, "Name": service.name, "Mode": "replicated",
                     "Replicas": format!("{}/{}", running(view), service.replicas),
                     "Command": service.command.join(" "),
+                    "Ports": ports(&service),
                 });
                 println!("{line}");
             }
@@ -208,6 +211,16 @@ async fn logs(control: &mut Control, reference: String) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `*:8080->80/tcp, ...` as `docker service ls` shows published ports.
+fn ports(service: &Service) -> String {
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .map(|p| format!("*:{}->{}/{}", p.published_port, p.target_port, p.protocol))
+        .collect();
+    ports.join(", ")
 }
 
 fn capitalized(word: &str) -> String {

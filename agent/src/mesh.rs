@@ -1,0 +1,219 @@
+//! The routing mesh's iptables rule sets, generated from the desired state
+//! (pure) and written whole with `iptables-restore --noflush`, only when they
+//! changed since the last write:
+//! - host nat `DOCKER-INGRESS` (from PREROUTING and OUTPUT for local
+//!   destinations): each published port DNATed to ingress_sbox (172.18.0.2);
+//! - host filter `DOCKER-INGRESS` (from FORWARD): that traffic accepted;
+//! - ingress_sbox nat `NETCTL-INGRESS` (from PREROUTING): each published port
+//!   balanced over every replica's ingress address, endpoint i of n taken
+//!   with probability 1/(n−i); `NETCTL-INGRESS-SNAT` (from POSTROUTING): SNAT
+//!   to the sandbox's own ingress address so replies come back through it;
+//! - sandbox nat `NETCTL-VIP` (from OUTPUT): each service VIP balanced the
+//!   same way over the service's tasks.
+
+use crate::names::{GWBRIDGE, INGRESS_SANDBOX_GATEWAY_ADDRESS};
+use netctl_proto::{PublishedPort, ServiceVip};
+use netlib::iptables;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::Path;
+
+/// The host's and ingress_sbox's chain for published ports.
+pub const INGRESS_CHAIN: &str = "DOCKER-INGRESS";
+const SANDBOX_INGRESS_CHAIN: &str = "NETCTL-INGRESS";
+const SANDBOX_SNAT_CHAIN: &str = "NETCTL-INGRESS-SNAT";
+const VIP_CHAIN: &str = "NETCTL-VIP";
+
+/// `-m statistic` DNAT lines spreading `matching` traffic over `backends`
+/// (`address` or `address:port`): endpoint i of n with probability 1/(n−i),
+/// the last one unconditional.
+pub fn balance(chain: &str, matching: &str, backends: &[String]) -> String {
+    let mut rules = String::new();
+    let n = backends.len();
+    for (i, backend) in backends.iter().enumerate() {
+        let chance = if i + 1 == n {
+            String::new()
+        } else {
+            format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+        };
+        let _ = writeln!(rules, "-A {chain} {matching}{chance} -j DNAT --to-destination {backend}");
+    }
+    rules
+}
+
+/// The host's nat and filter rules for `ports`.
+pub fn host_rules(ports: &[PublishedPort]) -> String {
+    let sandbox = INGRESS_SANDBOX_GATEWAY_ADDRESS;
+    let mut nat = format!("*nat\n:{INGRESS_CHAIN} - [0:0]\n");
+    let mut filter = format!(
+        "*filter\n:{INGRESS_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -p icmp -m conntrack --ctstate RELATED -j ACCEPT\n"
+    );
+    for port in ports {
+        let (protocol, published) = (&port.protocol, port.published_port);
+        let _ = writeln!(nat, "-A {INGRESS_CHAIN} -p {protocol} --dport {published} -j DNAT --to-destination {sandbox}:{published}");
+        let _ = writeln!(
+            filter,
+            "-A {INGRESS_CHAIN} -o {GWBRIDGE} -d {sandbox} -p {protocol} --dport {published} -j ACCEPT"
+        );
+        let _ = writeln!(
+            filter,
+            "-A {INGRESS_CHAIN} -i {GWBRIDGE} -s {sandbox} -p {protocol} --sport {published} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+        );
+    }
+    let _ = writeln!(nat, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
+    let _ = writeln!(filter, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
+    nat + &filter
+}
+
+/// ingress_sbox's nat rules: balancing of `ports`, SNAT to `own_address`.
+pub fn ingress_sandbox_rules(ports: &[PublishedPort], own_address: &str, ingress_subnet: &str) -> String {
+    let mut nat = format!("*nat\n:{SANDBOX_INGRESS_CHAIN} - [0:0]\n:{SANDBOX_SNAT_CHAIN} - [0:0]\n");
+    for port in ports {
+        let matching = format!("-p {} --dport {}", port.protocol, port.published_port);
+        let backends: Vec<String> =
+            port.backends.iter().map(|b| format!("{b}:{}", port.target_port)).collect();
+        if backends.is_empty() {
+            let _ =
+                writeln!(nat, "-A {SANDBOX_INGRESS_CHAIN} {matching} -j DNAT --to-destination 127.0.0.1:1");
+        }
+        nat.push_str(&balance(SANDBOX_INGRESS_CHAIN, &matching, &backends));
+    }
+    let _ = writeln!(
+        nat,
+        "-A {SANDBOX_SNAT_CHAIN} -d {ingress_subnet} -j SNAT --to-source {own_address}\nCOMMIT"
+    );
+    nat
+}
+
+/// A sandbox's nat rules balancing each of `vips` over its backends.
+pub fn vip_rules(vips: &[&ServiceVip]) -> String {
+    let mut nat = format!("*nat\n:{VIP_CHAIN} - [0:0]\n");
+    for vip in vips.iter().filter(|v| !v.backends.is_empty()) {
+        nat.push_str(&balance(VIP_CHAIN, &format!("-d {}/32", vip.address), &vip.backends));
+    }
+    nat.push_str("COMMIT\n");
+    nat
+}
+
+/// Where a rule set goes: a namespace (None = the host's) and the jumps into
+/// its chains.
+pub struct Target<'a> {
+    /// `(name, path)` of the namespace, or None for the host.
+    pub namespace: Option<(&'a str, &'a Path)>,
+    /// `(table, built-in chain, rule)` jumps to make sure of.
+    pub jumps: &'a [(&'a str, &'a str, &'a [&'a str])],
+}
+
+/// The host's jumps into its DOCKER-INGRESS chains.
+pub const HOST_JUMPS: &[(&str, &str, &[&str])] = &[
+    ("nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", INGRESS_CHAIN]),
+    ("nat", "OUTPUT", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", INGRESS_CHAIN]),
+    ("filter", "FORWARD", &["-j", INGRESS_CHAIN]),
+];
+
+/// ingress_sbox's jumps.
+pub const INGRESS_SANDBOX_JUMPS: &[(&str, &str, &[&str])] = &[
+    ("nat", "PREROUTING", &["-j", SANDBOX_INGRESS_CHAIN]),
+    ("nat", "POSTROUTING", &["-j", SANDBOX_SNAT_CHAIN]),
+];
+
+/// A task sandbox's jump.
+pub const SANDBOX_JUMPS: &[(&str, &str, &[&str])] = &[("nat", "OUTPUT", &["-j", VIP_CHAIN])];
+
+/// The rule sets written so far, by namespace, so that unchanged ones are
+/// not written again.
+#[derive(Default)]
+pub struct Written {
+    rules: HashMap<String, String>,
+}
+
+impl Written {
+    /// Writes `rules` to `target` unless they are what was written last.
+    pub fn write(&mut self, key: &str, target: &Target, rules: &str) -> netlib::Result<()> {
+        if self.rules.get(key).map(String::as_str) == Some(rules) {
+            return Ok(());
+        }
+        iptables::restore(target.namespace, rules)?;
+        for (table, chain, rule) in target.jumps {
+            iptables::ensure_jump(target.namespace, table, chain, rule)?;
+        }
+        self.rules.insert(key.to_string(), rules.to_string());
+        Ok(())
+    }
+
+    /// Forgets a namespace that was removed.
+    pub fn forget(&mut self, key: &str) {
+        self.rules.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(backends: &[&str]) -> PublishedPort {
+        PublishedPort {
+            protocol: "tcp".into(),
+            published_port: 8080,
+            target_port: 80,
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn endpoint_i_of_n_is_taken_with_probability_one_over_n_minus_i() {
+        let rules = balance("C", "-p tcp --dport 8080", &["a:80".into(), "b:80".into(), "c:80".into()]);
+        let lines: Vec<&str> = rules.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].contains("--probability 0.3333333333 -j DNAT --to-destination a:80"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("--probability 0.5000000000 -j DNAT --to-destination b:80"),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines[2], "-A C -p tcp --dport 8080 -j DNAT --to-destination c:80");
+    }
+
+    #[test]
+    fn the_host_sends_published_ports_to_ingress_sbox() {
+        let rules = host_rules(&[port(&["10.255.0.5"])]);
+        assert!(
+            rules.contains("-A DOCKER-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:8080")
+        );
+        assert!(rules
+            .contains("-A DOCKER-INGRESS -o docker_gwbridge -d 172.18.0.2 -p tcp --dport 8080 -j ACCEPT"));
+        assert_eq!(rules.matches("COMMIT").count(), 2);
+    }
+
+    #[test]
+    fn ingress_sbox_balances_to_target_ports_and_snats() {
+        let rules =
+            ingress_sandbox_rules(&[port(&["10.255.0.5", "10.255.0.6"])], "10.255.0.2", "10.255.0.0/16");
+        assert!(
+            rules.contains("--probability 0.5000000000 -j DNAT --to-destination 10.255.0.5:80"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("-A NETCTL-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 10.255.0.6:80")
+        );
+        assert!(rules.contains("-A NETCTL-INGRESS-SNAT -d 10.255.0.0/16 -j SNAT --to-source 10.255.0.2"));
+    }
+
+    #[test]
+    fn vips_are_balanced_over_their_backends() {
+        let vip = ServiceVip {
+            network_id: "n".into(),
+            address: "192.168.200.2".into(),
+            backends: vec!["192.168.200.3".into()],
+        };
+        let rules = vip_rules(&[&vip]);
+        assert!(
+            rules.contains("-A NETCTL-VIP -d 192.168.200.2/32 -j DNAT --to-destination 192.168.200.3"),
+            "{rules}"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The second walkthrough: published ports answered on every node and
+//! balanced over every replica wherever it runs, service VIPs, UDP.
+
+use e2e::lab::{Lab, UNDERLAY_ADDRESS};
+use e2e::wait_until;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// An HTTP server on port 80 answering with its hostname (the task name).
+const HTTP_SERVER: &str = r#"
+import http.server, socket
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = socket.gethostname().encode()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()
+"#;
+
+/// A UDP echo server on port 7 answering with its hostname.
+const UDP_SERVER: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+s.bind(('0.0.0.0',7))\nwhile True:\n    d,a=s.recvfrom(2048)\n    s.sendto(socket.gethostname().encode(),a)\n";
+
+/// Python that makes `count` HTTP requests to `url` and prints one line per
+/// answer (the replica's name, or ERROR).
+fn http_client(url: &str, count: usize) -> String {
+    format!(
+        "import urllib.request\nfor i in range({count}):\n    try:\n        \
+         print(urllib.request.urlopen('{url}',timeout=3).read().decode())\n    except Exception as e:\n        \
+         print('ERROR',e)\n"
+    )
+}
+
+/// Counts answers by replica name.
+fn tally(output: &std::process::Output) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        *counts.entry(line.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+fn from_underlay(lab: &Lab, program: &str, script: &str) -> std::process::Output {
+    lab.in_namespace(&lab.underlay().path(), program, &["-c", script])
+}
+
+fn names(tasks: &[serde_json::Value]) -> BTreeSet<String> {
+    tasks.iter().map(|t| t["Name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn published_ports_answer_on_every_node_from_every_replica() {
+    let lab = Lab::start(3);
+    lab.create_network("nginxnet", "10.20.30.0/24");
+    lab.ok(&[
+        "service",
+        "create",
+        "--replicas",
+        "3",
+        "--network",
+        "nginxnet",
+        "--name",
+        "web",
+        "--publish",
+        "8080:80",
+        "python3",
+        "-c",
+        HTTP_SERVER,
+    ]);
+    let tasks = lab.wait_running("web", 3);
+    let replicas = names(&tasks);
+    let spread: BTreeSet<usize> = tasks.iter().map(|t| lab.host_of(t)).collect();
+    assert_eq!(spread.len(), 3, "one replica per node: {tasks:#?}");
+    let listed = lab.ok(&["service", "ls"]);
+    assert!(listed.contains("*:8080->80/tcp"), "{listed}");
+
+    for host in lab.hosts() {
+        let url = format!("http://{}:8080/", host.address);
+        let mut seen = BTreeMap::new();
+        let all_answered = wait_until(Duration::from_secs(20), || {
+            seen = tally(&from_underlay(&lab, "python3", &http_client(&url, 60)));
+            seen.keys().all(|k| replicas.contains(k)) && seen.values().sum::<usize>() == 60 && seen.len() == 3
+        });
+        assert!(all_answered, "via {}: {seen:?}", host.address);
+    }
+
+    // Through the service VIP, from a task on the same network.
+    lab.create_service("client", 1, "nginxnet", &["sleep", "10000"]);
+    let client = lab.wait_running("client", 1).remove(0);
+    let inspected: serde_json::Value = serde_json::from_str(&lab.ok(&["service", "inspect", "web"])).unwrap();
+    let vip = inspected[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().to_string();
+    let mut seen = BTreeMap::new();
+    let balanced = wait_until(Duration::from_secs(20), || {
+        seen = tally(&lab.in_task(&client, "python3", &["-c", &http_client(&format!("http://{vip}/"), 60)]));
+        seen.len() == 3 && seen.keys().all(|k| replicas.contains(k))
+    });
+    assert!(balanced, "via VIP {vip}: {seen:?}");
+
+    // Scale to 1 and back to 3: requests reach only live replicas.
+    lab.ok(&["service", "scale", "web=1"]);
+    let live = names(&lab.wait_running("web", 1));
+    let url = format!("http://{}:8080/", lab.hosts()[0].address);
+    let only_live = wait_until(Duration::from_secs(20), || {
+        let seen = tally(&from_underlay(&lab, "python3", &http_client(&url, 20)));
+        seen.keys().all(|k| live.contains(k)) && seen.values().sum::<usize>() == 20
+    });
+    assert!(only_live, "requests still reach removed replicas");
+    lab.ok(&["service", "scale", "web=3"]);
+    let replicas = names(&lab.wait_running("web", 3));
+    let back = wait_until(Duration::from_secs(20), || {
+        let seen = tally(&from_underlay(&lab, "python3", &http_client(&url, 60)));
+        seen.len() == 3 && seen.keys().all(|k| replicas.contains(k))
+    });
+    assert!(back, "not every new replica answers");
+
+    // service rm removes every rule; the port can be published again.
+    lab.ok(&["service", "rm", "web"]);
+    for i in 0..3 {
+        let clean = wait_until(Duration::from_secs(15), || {
+            let rules = String::from_utf8_lossy(&lab.on_host(i, "iptables-save", &[]).stdout).into_owned();
+            !rules.contains("--dport 8080")
+        });
+        assert!(clean, "host {i} keeps rules for 8080");
+    }
+    lab.ok(&[
+        "service",
+        "create",
+        "--network",
+        "nginxnet",
+        "--name",
+        "again",
+        "--publish",
+        "8080:80",
+        "python3",
+        "-c",
+        HTTP_SERVER,
+    ]);
+}
+
+#[test]
+fn a_published_udp_port_answers_from_every_node() {
+    let lab = Lab::start(2);
+    lab.ok(&[
+        "service",
+        "create",
+        "--replicas",
+        "2",
+        "--name",
+        "echo",
+        "--publish",
+        "published=9999,target=7,protocol=udp",
+        "python3",
+        "-c",
+        UDP_SERVER,
+    ]);
+    let replicas = names(&lab.wait_running("echo", 2));
+    for host in lab.hosts() {
+        let script = format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(2)\n\
+             s.bind(('{UNDERLAY_ADDRESS}',0))\ns.sendto(b'hi',('{}',9999))\nprint(s.recvfrom(2048)[0].decode())\n",
+            host.address
+        );
+        let mut answer = String::new();
+        let answered = wait_until(Duration::from_secs(20), || {
+            answer =
+                String::from_utf8_lossy(&from_underlay(&lab, "python3", &script).stdout).trim().to_string();
+            replicas.contains(&answer)
+        });
+        let host_rules = String::from_utf8_lossy(&lab.on_host(0, "iptables-save", &[]).stdout).into_owned();
+        let sbox = lab.hosts()[0].run_dir.join("netns").join("ingress_sbox");
+        let sbox_rules =
+            String::from_utf8_lossy(&lab.in_namespace(&sbox, "iptables-save", &[]).stdout).into_owned();
+        let sbox_addr =
+            String::from_utf8_lossy(&lab.in_namespace(&sbox, "ip", &["-o", "addr"]).stdout).into_owned();
+        assert!(
+            answered,
+            "no UDP answer via {}: {answer:?}\n{host_rules}\n{sbox_rules}\n{sbox_addr}\n{:#?}\n{}",
+            host.address,
+            lab.tasks("echo"),
+            lab.agent_log(0)
+        );
+    }
+}
+
+#[test]
+fn bad_published_ports_are_refused() {
+    let lab = Lab::start(1);
+    lab.ok(&["service", "create", "--name", "first", "--publish", "8080:80", "sleep", "1000"]);
+    let refused = |args: &[&str], needle: &str| e2e::assert_refused(&lab.netctl(args), args, needle);
+    refused(
+        &["service", "create", "--name", "second", "--publish", "8080:80", "sleep", "1"],
+        "already published by service first",
+    );
+    refused(&["service", "create", "--publish", "0:80", "sleep", "1"], "invalid published port");
+    refused(&["service", "create", "--publish", "70000:80", "sleep", "1"], "invalid published port");
+    refused(&["service", "create", "--publish", "published=8081", "sleep", "1"], "target port is missing");
+    refused(&["service", "create", "--publish", "8081:80/sctp", "sleep", "1"], "expected tcp or udp");
+    let assigned =
+        lab.ok(&["service", "create", "--name", "auto", "--publish", "target=80", "sleep", "1000"]);
+    assert_eq!(assigned.trim().len(), 25);
+    assert!(lab.ok(&["service", "ls"]).contains("*:30000->80/tcp"));
+}

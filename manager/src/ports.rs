@@ -1,0 +1,120 @@
+//! Published ports (pure): checks, conflicts, and assignment of a port from
+//! 30000-32767 when none is given, as Swarm does.
+
+use netctl_proto::{PortConfig, Service};
+use std::collections::HashSet;
+
+/// The range published ports are assigned from.
+pub const DYNAMIC_RANGE: std::ops::RangeInclusive<u32> = 30000..=32767;
+
+/// Why a published port was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PortError {
+    /// Not tcp or udp.
+    #[error("invalid protocol {0:?} for a published port: expected tcp or udp")]
+    Protocol(String),
+    /// 0 or above 65535.
+    #[error("invalid target port {0}: expected 1-65535")]
+    Target(u32),
+    /// Above 65535.
+    #[error("invalid published port {0}: expected 1-65535")]
+    Published(u32),
+    /// Used by another service (or twice in this one).
+    #[error("port {port}/{protocol} is already published by service {service}")]
+    Taken {
+        /// The port.
+        port: u32,
+        /// Its protocol.
+        protocol: String,
+        /// Who has it.
+        service: String,
+    },
+    /// Every port of the dynamic range is in use.
+    #[error("no free port left in 30000-32767 for {0}")]
+    Exhausted(String),
+}
+
+/// Checks `requested` and gives each a published port, refusing ports that
+/// `others` (other services) already publish.
+pub fn assign(
+    name: &str,
+    requested: &[PortConfig],
+    others: &[Service],
+) -> Result<Vec<PortConfig>, PortError> {
+    let mut used: Vec<(String, u32, String)> = others
+        .iter()
+        .flat_map(|s| s.ports.iter().map(move |p| (p.protocol.clone(), p.published_port, s.name.clone())))
+        .collect();
+    let mut assigned = Vec::new();
+    for port in requested {
+        let protocol = match port.protocol.as_str() {
+            "" | "tcp" => "tcp",
+            "udp" => "udp",
+            other => return Err(PortError::Protocol(other.to_string())),
+        };
+        if !(1..=65535).contains(&port.target_port) {
+            return Err(PortError::Target(port.target_port));
+        }
+        let published = match port.published_port {
+            0 => {
+                let taken: HashSet<u32> =
+                    used.iter().filter(|(p, _, _)| p == protocol).map(|(_, port, _)| *port).collect();
+                DYNAMIC_RANGE
+                    .clone()
+                    .find(|p| !taken.contains(p))
+                    .ok_or_else(|| PortError::Exhausted(name.into()))?
+            }
+            p if p > 65535 => return Err(PortError::Published(p)),
+            p => p,
+        };
+        if let Some((_, _, owner)) = used.iter().find(|(p, port, _)| p == protocol && *port == published) {
+            return Err(PortError::Taken {
+                port: published,
+                protocol: protocol.into(),
+                service: owner.clone(),
+            });
+        }
+        used.push((protocol.to_string(), published, name.to_string()));
+        assigned.push(PortConfig {
+            protocol: protocol.into(),
+            published_port: published,
+            target_port: port.target_port,
+        });
+    }
+    Ok(assigned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(protocol: &str, published: u32, target: u32) -> PortConfig {
+        PortConfig { protocol: protocol.into(), published_port: published, target_port: target }
+    }
+
+    fn service(name: &str, ports: Vec<PortConfig>) -> Service {
+        Service { name: name.into(), ports, ..Default::default() }
+    }
+
+    #[test]
+    fn ports_are_checked_and_dynamic_ones_assigned() {
+        let others = [service("web", vec![port("tcp", 8080, 80), port("tcp", 30000, 80)])];
+        assert_eq!(assign("x", &[port("", 9090, 90)], &others), Ok(vec![port("tcp", 9090, 90)]));
+        assert_eq!(assign("x", &[port("udp", 8080, 53)], &others), Ok(vec![port("udp", 8080, 53)]));
+        assert_eq!(assign("x", &[port("tcp", 0, 80)], &others), Ok(vec![port("tcp", 30001, 80)]));
+    }
+
+    #[test]
+    fn conflicts_name_the_service_and_bad_values_are_refused() {
+        let others = [service("web", vec![port("tcp", 8080, 80)])];
+        let taken = assign("x", &[port("tcp", 8080, 80)], &others).unwrap_err();
+        assert_eq!(taken.to_string(), "port 8080/tcp is already published by service web");
+        assert!(matches!(
+            assign("x", &[port("tcp", 9, 80), port("tcp", 9, 81)], &[]),
+            Err(PortError::Taken { .. })
+        ));
+        assert_eq!(assign("x", &[port("sctp", 1, 1)], &[]), Err(PortError::Protocol("sctp".into())));
+        assert_eq!(assign("x", &[port("tcp", 1, 0)], &[]), Err(PortError::Target(0)));
+        assert_eq!(assign("x", &[port("tcp", 70000, 1)], &[]), Err(PortError::Published(70000)));
+    }
+}
