@@ -18,11 +18,14 @@ bench: bench-deps
 	$(CARGO) build --release --workspace --bins
 	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-control bench/results/control_plane.json
 	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-dataplane bench/results/data_plane.json
+	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-mesh bench/results/routing_mesh.json
 
 ## What the benchmarks run, from Debian's packages.
 bench-deps:
-	@command -v iperf3 >/dev/null && command -v ping >/dev/null && command -v iptables >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 iputils-ping iptables iproute2 >/dev/null)
+	@command -v iperf3 >/dev/null && command -v wrk >/dev/null && command -v curl >/dev/null && \
+		command -v ping >/dev/null && command -v iptables >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			iperf3 wrk curl iputils-ping iptables iproute2 >/dev/null)
 
 ## A manager and an agent on loopback, a network created and listed.
 demo: build
