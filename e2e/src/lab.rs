@@ -159,12 +159,18 @@ impl Lab {
 
     /// Runs `netctl ARGS` on the manager's host.
     pub fn netctl(&self, args: &[&str]) -> Output {
-        self.hosts[0]
+        self.netctl_on(0, args)
+    }
+
+    /// Runs `netctl ARGS` on host `i`, with that host's run dir.
+    pub fn netctl_on(&self, i: usize, args: &[&str]) -> Output {
+        self.hosts[i]
             .namespace
             .command(netctl_bin())
             .args(args)
             .env("NETCTL_MANAGER", self.manager_url())
             .env("NETCTL_TOKEN", &self.admin_token)
+            .env("NETCTL_RUN_DIR", &self.hosts[i].run_dir)
             .output()
             .expect("run netctl")
     }

@@ -88,3 +88,34 @@ fn bad_service_requests_change_nothing() {
     refused(&lab, &["service", "rm", "nosuch"], "service nosuch not found");
     assert_eq!(lab.ok(&["service", "ls", "--format", "json"]).trim(), "");
 }
+
+#[test]
+fn exec_runs_inside_a_task_sandbox_on_its_host() {
+    let lab = Lab::start(2);
+    lab.create_network("execnet", "192.168.202.0/24");
+    lab.create_service("shell", 2, "execnet", &["sleep", "10000"]);
+    let tasks = lab.wait_running("shell", 2);
+    for task in &tasks {
+        let here = lab.host_of(task);
+        let name = task["Name"].as_str().unwrap();
+        let output = lab.netctl_on(here, &["exec", name, "--", "ip", "-o", "addr", "show", "eth0"]);
+        let shown = String::from_utf8_lossy(&output.stdout);
+        let address = e2e::lab::endpoint_address(task, 0);
+        assert!(
+            output.status.success() && shown.contains(&address),
+            "{shown} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let hostname = lab.netctl_on(here, &["exec", &task["ID"].as_str().unwrap()[..8], "--", "hostname"]);
+        assert_eq!(String::from_utf8_lossy(&hostname.stdout).trim(), name);
+        let failing = lab.netctl_on(here, &["exec", name, "--", "sh", "-c", "exit 3"]);
+        assert_eq!(failing.status.code(), Some(3), "the command's exit code is passed on");
+        let elsewhere = lab.netctl_on(1 - here, &["exec", name, "--", "true"]);
+        e2e::assert_refused(&elsewhere, &["exec", name], &format!("runs on node{here}"));
+    }
+    e2e::assert_refused(
+        &lab.netctl(&["exec", "nosuch.1", "--", "true"]),
+        &["exec"],
+        "no running task nosuch.1",
+    );
+}

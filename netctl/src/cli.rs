@@ -44,6 +44,21 @@ pub enum Command {
     /// Manage replicated services.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Run a command inside a task's sandbox (on the host the task runs on).
+    Exec(ExecArgs),
+}
+
+/// `netctl exec` arguments.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The agent's run dir on this host.
+    #[arg(long, env = "NETCTL_RUN_DIR", default_value = "/var/run/netctl")]
+    pub run_dir: PathBuf,
+    /// The task: its name (web.1) or a task ID prefix.
+    pub task: String,
+    /// The command and its arguments (after --).
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
 }
 
 /// `netctl manager` flags.

@@ -40,6 +40,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(commands::exec::CommandExit(code)) = err.downcast_ref() {
+                return ExitCode::from(*code as u8);
+            }
             if err.is::<client::ManagerRefusal>() {
                 eprintln!("{err}");
             } else if !err.is::<client::AlreadyReported>() {

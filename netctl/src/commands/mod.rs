@@ -1,6 +1,7 @@
 //! One module per command group; `run` sends the parsed command to it.
 
 mod agent;
+pub mod exec;
 mod manager;
 mod network;
 mod node;
@@ -16,5 +17,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(command) => network::run(&cli.client, command).await,
         Command::Node(command) => node::run(&cli.client, command).await,
         Command::Service(command) => service::run(&cli.client, command).await,
+        Command::Exec(exec) => exec::run(&cli.client, exec).await,
     }
 }
