@@ -3,7 +3,6 @@
 //! on drop together with every process still inside them and every namespace
 //! an agent bind-mounted under a run dir.
 
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,23 +72,7 @@ pub fn command_in(path: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command 
     command
 }
 
-/// SIGKILLs every process whose network namespace is one of `namespaces`.
-pub fn kill_processes_in(namespaces: &[PathBuf]) {
-    let inodes: Vec<u64> =
-        namespaces.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.ino()).collect();
-    if inodes.is_empty() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else { continue };
-        if inodes.contains(&ns.ino()) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
+pub use netlib::netns::kill_processes_in;
 
 /// The namespaces an agent bind-mounted under `run_dir/netns`.
 pub fn agent_namespaces(run_dir: &Path) -> Vec<PathBuf> {

@@ -46,6 +46,42 @@ pub enum Command {
     Service(ServiceCommand),
     /// Run a command inside a task's sandbox (on the host the task runs on).
     Exec(ExecArgs),
+    /// A cluster of simulated hosts on this machine (namespaces).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+/// `netctl lab ...`
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab and start its manager and agents (idempotent).
+    Up {
+        /// How many hosts.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// The lab's name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// List labs.
+    Ls,
+    /// Run a command on a lab host (netctl commands there reach the lab's manager).
+    Exec {
+        /// The lab's name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// node0, node1, ...
+        node: String,
+        /// The command and its arguments (after --).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Remove the lab: processes, namespaces, files (also after a crash).
+    Down {
+        /// The lab's name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
 }
 
 /// `netctl exec` arguments.

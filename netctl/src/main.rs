@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod commands;
 mod inspect;
+mod lab;
 mod table;
 
 use clap::Parser;

@@ -149,3 +149,23 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
             .expect("namespace thread panicked")
     })
 }
+
+/// SIGKILLs every process whose network namespace is one of the namespace
+/// files `namespaces` (to empty namespaces before removing them).
+pub fn kill_processes_in(namespaces: &[PathBuf]) {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<u64> =
+        namespaces.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.ino()).collect();
+    if inodes.is_empty() {
+        return;
+    }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let inside =
+            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| inodes.contains(&ns.ino()));
+        if inside {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 mod agent;
 pub mod exec;
+mod lab;
 mod manager;
 mod network;
 mod node;
@@ -18,5 +19,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(command) => node::run(&cli.client, command).await,
         Command::Service(command) => service::run(&cli.client, command).await,
         Command::Exec(exec) => exec::run(&cli.client, exec).await,
+        Command::Lab(command) => lab::run(command).await,
     }
 }

@@ -1,0 +1,103 @@
+//! `netctl lab up | ls | exec | down`: a whole cluster of simulated hosts on
+//! this machine, for trying netctl without VMs.
+
+use crate::cli::LabCommand;
+use crate::lab::{self, Lab};
+use anyhow::{bail, Context};
+use std::time::Duration;
+
+/// Runs one `lab` subcommand.
+pub async fn run(command: LabCommand) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Up { nodes, name } => up(&Lab::new(&name)?, nodes).await,
+        LabCommand::Ls => {
+            println!("{:<16} {:<6} {:<8} MANAGER", "NAME", "NODES", "STATUS");
+            for name in lab::list() {
+                let lab = Lab::new(&name)?;
+                let status = if lab.healthy() { "up" } else { "broken" };
+                println!("{:<16} {:<6} {:<8} {}", name, lab.node_count(), status, lab.manager_url());
+            }
+            Ok(())
+        }
+        LabCommand::Exec { name, node, command } => {
+            let lab = Lab::new(&name)?;
+            let index = node_index(&lab, &node)?;
+            let status = lab
+                .command_on(index, &command[0])?
+                .args(&command[1..])
+                .status()
+                .with_context(|| format!("running {} on {node}", command[0]))?;
+            match status.code() {
+                Some(0) => Ok(()),
+                Some(code) => Err(crate::commands::exec::CommandExit(code).into()),
+                None => bail!("{} was killed ({status})", command[0]),
+            }
+        }
+        LabCommand::Down { name } => {
+            let lab = Lab::new(&name)?;
+            lab.down()?;
+            println!("lab {name} removed");
+            Ok(())
+        }
+    }
+}
+
+/// `node0`, `node1`, ... or a bare index.
+fn node_index(lab: &Lab, node: &str) -> anyhow::Result<usize> {
+    let count = lab.node_count();
+    if count == 0 {
+        bail!("there is no lab {}: run netctl lab up --name {}", lab.name(), lab.name());
+    }
+    let index = node.strip_prefix("node").unwrap_or(node).parse::<usize>().ok().filter(|i| *i < count);
+    index
+        .with_context(|| format!("lab {} has no host {node} (it has node0 to node{})", lab.name(), count - 1))
+}
+
+async fn up(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
+    let built = lab.up(nodes).await?;
+    let ready = wait_ready(lab, nodes).await;
+    if !ready {
+        bail!(
+            "lab {} did not come up: see the logs under {}",
+            lab.name(),
+            lab::root().join(lab.name()).display()
+        );
+    }
+    let verb = if built { "is up" } else { "was already up" };
+    println!(
+        "lab {} {verb}: {nodes} hosts on the underlay 192.168.10.0/24 (the underlay itself is {})",
+        lab.name(),
+        lab::UNDERLAY_ADDRESS
+    );
+    for node in 0..nodes {
+        let role = if node == 0 { "manager + agent" } else { "agent" };
+        println!("  node{node}  {}  {role}", Lab::address(node));
+    }
+    println!("\nExplore:");
+    println!("  netctl lab exec node0 -- netctl node ls");
+    println!("  netctl lab exec node0 -- netctl network create -d overlay --subnet 192.168.200.0/24 demonet");
+    println!("  netctl lab exec node0 -- netctl service create --replicas 2 --network demonet --name demoservice sleep 10000");
+    println!("  netctl lab exec node0 -- netctl exec demoservice.1 -- ip addr");
+    println!(
+        "Tear down: netctl lab down{}",
+        if lab.name() == "lab" { String::new() } else { format!(" --name {}", lab.name()) }
+    );
+    Ok(())
+}
+
+/// Waits until every host of the lab is Ready.
+async fn wait_ready(lab: &Lab, nodes: usize) -> bool {
+    for _ in 0..300 {
+        let listed = lab
+            .command_on(0, std::env::current_exe().unwrap_or_else(|_| "netctl".into()))
+            .and_then(|mut c| Ok(c.args(["node", "ls", "--format", "json"]).output()?));
+        if let Ok(output) = listed {
+            let ready = String::from_utf8_lossy(&output.stdout).matches("\"Status\":\"Ready\"").count();
+            if ready == nodes {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -1,0 +1,298 @@
+//! The lab: a cluster of N simulated hosts on this machine, each a network
+//! namespace with `eth0` on an underlay bridge (192.168.10.0/24, host i at
+//! 192.168.10.(6+i), the underlay itself at .1), the manager on the first host
+//! and an agent on each. Everything lives under `<lab-root>/<name>/`: the
+//! namespaces (bind-mounted in `netns/`), each host's run and state dirs, the
+//! logs. Nothing outside the lab's own namespaces is touched, and `down`
+//! finds everything from the folder alone, also after a crash.
+
+use anyhow::{anyhow, bail, Context};
+use netlib::{netns, NamespaceDir, Netlink};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The underlay namespace's name and its bridge.
+const UNDERLAY: &str = "underlay";
+/// The underlay bridge inside it.
+const UNDERLAY_BRIDGE: &str = "ul";
+/// The underlay's own address.
+pub const UNDERLAY_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 1);
+/// The manager's gRPC port in the lab.
+const MANAGER_PORT: u16 = 4243;
+
+/// One lab, by its folder.
+pub struct Lab {
+    name: String,
+    dir: PathBuf,
+}
+
+/// Where labs live: `$NETCTL_LAB_ROOT` or /var/run/netctl-lab.
+pub fn root() -> PathBuf {
+    std::env::var_os("NETCTL_LAB_ROOT").map_or_else(|| PathBuf::from("/var/run/netctl-lab"), PathBuf::from)
+}
+
+/// The names of the labs that exist.
+pub fn list() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("nodes").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+impl Lab {
+    /// The lab called `name` (which may not exist yet).
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let valid =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            bail!("invalid lab name {name:?}: use letters, digits, - and _");
+        }
+        Ok(Self { name: name.to_string(), dir: root().join(name) })
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn namespaces(&self) -> NamespaceDir {
+        NamespaceDir::new(&self.dir)
+    }
+
+    fn host_dir(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("node{node}"))
+    }
+
+    /// Host `node`'s address on the underlay.
+    pub fn address(node: usize) -> Ipv4Addr {
+        Ipv4Addr::new(192, 168, 10, 6 + node as u8)
+    }
+
+    /// The manager's address, as clients in the lab reach it.
+    pub fn manager_url(&self) -> String {
+        format!("http://{}:{MANAGER_PORT}", Self::address(0))
+    }
+
+    /// How many hosts the lab has (0 when it does not exist).
+    pub fn node_count(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("nodes")).ok().and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// The admin token of the lab's manager.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        let path = self.host_dir(0).join("manager").join("admin-token");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
+    }
+
+    /// Whether every daemon of the lab runs.
+    pub fn healthy(&self) -> bool {
+        let count = self.node_count();
+        count > 0
+            && self.daemon_alive(&self.manager_pid_file())
+            && (0..count).all(|node| self.daemon_alive(&self.agent_pid_file(node)))
+    }
+
+    fn manager_pid_file(&self) -> PathBuf {
+        self.host_dir(0).join("manager.pid")
+    }
+
+    fn agent_pid_file(&self, node: usize) -> PathBuf {
+        self.host_dir(node).join("agent.pid")
+    }
+
+    fn daemon_alive(&self, pid_file: &Path) -> bool {
+        let pid = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        pid.is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+        })
+    }
+
+    /// Builds the lab with `nodes` hosts and starts its daemons. An existing
+    /// healthy lab with as many hosts is left as it is; anything else under
+    /// the name is torn down first.
+    pub async fn up(&self, nodes: usize) -> anyhow::Result<bool> {
+        if !(1..=200).contains(&nodes) {
+            bail!("--nodes {nodes}: a lab has 1 to 200 hosts");
+        }
+        if self.healthy() && self.node_count() == nodes {
+            return Ok(false);
+        }
+        self.down()?;
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::write(self.dir.join("nodes"), format!("{nodes}\n"))?;
+        let result = self.build(nodes).await;
+        if result.is_err() {
+            let _ = self.down();
+        }
+        result.map(|()| true)
+    }
+
+    async fn build(&self, nodes: usize) -> anyhow::Result<()> {
+        let namespaces = self.namespaces();
+        namespaces.prepare()?;
+        let underlay_path = namespaces.create(UNDERLAY)?;
+        let underlay = Netlink::in_namespace(UNDERLAY, &underlay_path)?;
+        let bridge = underlay.create_bridge(UNDERLAY_BRIDGE, 1500, "netctl-lab").await?;
+        underlay.add_address(&bridge, UNDERLAY_ADDRESS, 24).await?;
+        underlay.set_up(&bridge).await?;
+        underlay.set_up(&underlay.require_link("lo").await?).await?;
+        for node in 0..nodes {
+            let name = format!("node{node}");
+            let path = namespaces.create(&name)?;
+            let host = Netlink::in_namespace(&name, &path)?;
+            let port = format!("n{node}");
+            underlay.create_veth(&port, "eth0", &netns::open(&path)?, 1500, None).await?;
+            let port = underlay.require_link(&port).await?;
+            underlay.set_master(&port, &bridge).await?;
+            underlay.set_up(&port).await?;
+            let eth0 = host.require_link("eth0").await?;
+            host.add_address(&eth0, Self::address(node), 24).await?;
+            host.set_up(&eth0).await?;
+            host.set_up(&host.require_link("lo").await?).await?;
+        }
+        self.start_manager()?;
+        let token_file = self.host_dir(0).join("manager").join("join-token");
+        let join_token = wait_for_file(&token_file, Duration::from_secs(20))?;
+        for node in 0..nodes {
+            self.start_agent(node, &join_token)?;
+        }
+        Ok(())
+    }
+
+    /// A command that runs inside host `node`'s namespace.
+    pub fn command_on(&self, node: usize, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        let path = self.namespaces().path(&format!("node{node}"));
+        let namespace = std::fs::File::open(&path)
+            .with_context(|| format!("lab {} has no host node{node}", self.name))?;
+        let mut command = Command::new(program);
+        // SAFETY: only setns (async-signal-safe) runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        command
+            .env("NETCTL_MANAGER", self.manager_url())
+            .env("NETCTL_RUN_DIR", self.host_dir(node).join("run"));
+        if let Ok(token) = self.admin_token() {
+            command.env("NETCTL_TOKEN", token);
+        }
+        if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", dir.display()));
+        }
+        Ok(command)
+    }
+
+    /// Starts `netctl ARGS` on host `node` in the background, in its own
+    /// session, with its output in `<log>` and its pid in `<pid_file>`.
+    fn spawn_daemon(&self, node: usize, args: &[String], log: &Path, pid_file: &Path) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the netctl binary")?;
+        let output = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = self.command_on(node, exe)?;
+        command.args(args).stdin(Stdio::null()).stdout(output.try_clone()?).stderr(output);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+        }
+        let child = command.spawn().with_context(|| format!("starting netctl {}", args[0]))?;
+        std::fs::write(pid_file, format!("{}\n", child.id()))?;
+        Ok(())
+    }
+
+    fn start_manager(&self) -> anyhow::Result<()> {
+        let host = self.host_dir(0);
+        std::fs::create_dir_all(&host)?;
+        let args: Vec<String> = [
+            "manager",
+            "--listen",
+            &format!("0.0.0.0:{MANAGER_PORT}"),
+            "--data-dir",
+            &host.join("manager").display().to_string(),
+            "--dispatcher-heartbeat",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.spawn_daemon(0, &args, &host.join("manager.log"), &self.manager_pid_file())
+    }
+
+    fn start_agent(&self, node: usize, join_token: &str) -> anyhow::Result<()> {
+        let host = self.host_dir(node);
+        std::fs::create_dir_all(&host)?;
+        let args: Vec<String> = [
+            "agent",
+            "--manager",
+            &self.manager_url(),
+            "--join-token",
+            join_token,
+            "--advertise-addr",
+            &Self::address(node).to_string(),
+            "--hostname",
+            &format!("node{node}"),
+            "--run-dir",
+            &host.join("run").display().to_string(),
+            "--state-dir",
+            &host.join("state").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.spawn_daemon(node, &args, &host.join("agent.log"), &self.agent_pid_file(node))
+    }
+
+    /// Removes everything the lab made: its processes (whatever their
+    /// namespace), the agents' namespaces, the hosts and the underlay, and
+    /// the folder. Works from the folder alone, also after a crash.
+    pub fn down(&self) -> anyhow::Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        let mut namespace_files: Vec<PathBuf> = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let run_netns = entry.path().join("run").join("netns");
+            namespace_files
+                .extend(std::fs::read_dir(&run_netns).into_iter().flatten().flatten().map(|e| e.path()));
+        }
+        namespace_files.extend(self.namespaces().list()?.iter().map(|n| self.namespaces().path(n)));
+        netns::kill_processes_in(&namespace_files);
+        for path in &namespace_files {
+            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for entry in std::fs::read_dir(&self.dir)?.flatten() {
+            let run_netns = entry.path().join("run").join("netns");
+            while nix::mount::umount2(&run_netns, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        }
+        while nix::mount::umount2(self.namespaces().dir(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+    }
+}
+
+/// The trimmed content of `path` once it exists and is not empty.
+fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return Ok(text.trim().to_string());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!("{} did not appear within {timeout:?}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
