@@ -27,8 +27,8 @@ bench-deps:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			iperf3 wrk curl iputils-ping iptables iproute2 >/dev/null)
 
-## A manager and an agent on loopback, a network created and listed.
-demo: build
+## A two-node lab and both walkthroughs with real output; the lab stays up.
+demo:
 	./scripts/demo.sh
 
 fmt:

@@ -1,48 +1,96 @@
 #!/usr/bin/env bash
-# The demo for now: a manager and an agent on loopback, an overlay network
-# created, listed and inspected. Everything lives in a temporary folder and
-# is removed at the end. Run it through `make demo`.
+# make demo: a two-node lab on this machine, then both reference walkthroughs
+# (shared/seeds) with real output: the overlay, the namespaces, the veth pairs,
+# br0 and vxlan0, a cross-node ping, and the routing mesh answering on both
+# nodes. It leaves the lab up for exploring and says how to remove it.
 set -euo pipefail
-
 cd "$(dirname "$0")/.."
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+command -v nsenter >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "Installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ -z "${NETCTL_BIN:-}" ]; then
+  cargo build --quiet --bin netctl
+fi
 netctl=${NETCTL_BIN:-$PWD/target/debug/netctl}
-work=$(mktemp -d /tmp/netctl-demo.XXXXXX)
-port=${DEMO_PORT:-14243}
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+lab=${DEMO_LAB:-lab}
+run() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+on() { local node=$1; shift; "$netctl" lab exec --name "$lab" "$node" -- "$@"; }
+say() { printf '\n\033[36m# %s\033[0m\n' "$*"; }
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+say "A two-node cluster made of network namespaces: node0 runs the manager and an agent, node1 an agent."
+run "$netctl" lab up --nodes 2 --name "$lab"
 
-step "netctl manager --listen 127.0.0.1:$port --data-dir $work/manager"
-"$netctl" manager --listen "127.0.0.1:$port" --data-dir "$work/manager" 2>"$work/manager.log" &
-pids+=($!)
-for _ in $(seq 50); do [ -s "$work/manager/join-token" ] && break; sleep 0.1; done
-sleep 0.3
-export NETCTL_MANAGER=http://127.0.0.1:$port
-export NETCTL_TOKEN=$(cat "$work/manager/admin-token")
+say "Walkthrough 1 (seeds/000): an overlay network and a service with two replicas."
+run "$netctl" lab exec --name "$lab" node0 -- netctl network create -d overlay --subnet 192.168.200.0/24 demonet
+run "$netctl" lab exec --name "$lab" node0 -- netctl service create --replicas 2 --network demonet --name demoservice sleep 10000
+for _ in $(seq 100); do
+  [ "$(on node0 netctl service ps --format json demoservice | grep -c '"CurrentState":"running"')" = 2 ] && break
+  sleep 0.2
+done
+run "$netctl" lab exec --name "$lab" node0 -- netctl service ps demoservice
+run "$netctl" lab exec --name "$lab" node0 -- netctl network ls
 
-step "netctl agent --manager $NETCTL_MANAGER --join-token <join-token> --advertise-addr 127.0.0.1 --hostname node0"
-"$netctl" agent --join-token "$(cat "$work/manager/join-token")" --advertise-addr 127.0.0.1 \
-  --hostname node0 --run-dir "$work/run" --state-dir "$work/agent" 2>"$work/agent.log" &
-pids+=($!)
-for _ in $(seq 50); do grep -q "desired state received" "$work/agent.log" 2>/dev/null && break; sleep 0.1; done
-grep "joined the cluster\|desired state received" "$work/agent.log" | sed 's/^/    agent: /'
+net=$(on node0 netctl network inspect demonet | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Id"][:10])')
+for node in node0 node1; do
+  netns="$(on $node sh -c 'echo $NETCTL_RUN_DIR')/netns"
+  say "$node: its namespaces: 1-<network> per overlay (ingress and demonet), ingress_sbox, one sandbox per task."
+  run ls "$netns"
+  say "$node: inside 1-$net, br0 holds the gateway, vxlan0 (VNI 4097) and the task's veth are its ports."
+  on $node nsenter --net="$netns/1-$net" ip -d -o link show vxlan0 | sed 's/\\//' | grep -o 'vxlan0.*mtu [0-9]*\|vxlan id [0-9]* .*dstport [0-9]*\|nolearning\|proxy l2miss l3miss' | tr '\n' ' '; echo
+  run nsenter --net="$netns/1-$net" ip -br link
+  run nsenter --net="$netns/1-$net" ip -br addr show br0
+  say "$node: the remote task's MAC is pinned to the other node (FDB) and its IP to its MAC (neighbour)."
+  run nsenter --net="$netns/1-$net" bridge fdb show dev vxlan0
+  run nsenter --net="$netns/1-$net" ip neigh show dev vxlan0
+done
 
-step "netctl node ls"
-"$netctl" node ls
+say "Inside demoservice.1: eth0 on the overlay, eth1 on docker_gwbridge, default route via 172.18.0.1."
+task_node=$(on node0 netctl service ps --format json demoservice | python3 -c 'import json,sys; t=[json.loads(l) for l in sys.stdin]; print([x["Node"] for x in t if x["Name"]=="demoservice.1"][0])')
+other=$(on node0 netctl service ps --format json demoservice | python3 -c 'import json,sys; t=[json.loads(l) for l in sys.stdin]; print([x["Endpoints"][0]["Address"] for x in t if x["Name"]=="demoservice.2"][0])')
+run "$netctl" lab exec --name "$lab" "$task_node" -- netctl exec demoservice.1 -- ip -br addr
+run "$netctl" lab exec --name "$lab" "$task_node" -- netctl exec demoservice.1 -- ip route
+say "A ping from demoservice.1 to demoservice.2 on the other node, across VXLAN."
+run "$netctl" lab exec --name "$lab" "$task_node" -- netctl exec demoservice.1 -- ping -c 3 "$other"
 
-step "netctl network create -d overlay --subnet 192.168.200.0/24 demonet"
-"$netctl" network create -d overlay --subnet 192.168.200.0/24 demonet
+say "Walkthrough 2 (seeds/004): the routing mesh. A web service published on 8080, two replicas."
+server='import http.server,socket
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(s):
+        b=("hello from "+socket.gethostname()+"\n").encode(); s.send_response(200); s.send_header("Content-Length",str(len(b))); s.end_headers(); s.wfile.write(b)
+    def log_message(s,*a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0",80),H).serve_forever()'
+run "$netctl" lab exec --name "$lab" node0 -- netctl network create -d overlay nginxnet
+printf '\n\033[1m$ %s\033[0m\n' "$netctl lab exec node0 -- netctl service create --replicas 2 --network nginxnet --name web --publish 8080:80 python3 -c <a hello server on port 80>"
+on node0 netctl service create --replicas 2 --network nginxnet --name web --publish 8080:80 python3 -c "$server"
+for _ in $(seq 100); do
+  on node0 curl -sf -m 1 http://192.168.10.7:8080/ >/dev/null 2>&1 && break
+  sleep 0.2
+done
+for address in 192.168.10.6 192.168.10.7; do
+  say "curl $address:8080, four times: every node answers, from both replicas."
+  for _ in 1 2 3 4; do on node0 curl -s -m 2 "http://$address:8080/"; done
+done
+say "node0's DOCKER-INGRESS chain sends 8080 to ingress_sbox (172.18.0.2), which balances it over the replicas."
+run "$netctl" lab exec --name "$lab" node0 -- iptables -t nat -S DOCKER-INGRESS
+netns0="$(on node0 sh -c 'echo $NETCTL_RUN_DIR')/netns"
+run nsenter --net="$netns0/ingress_sbox" iptables -t nat -S NETCTL-INGRESS
 
-step "netctl network ls"
-"$netctl" network ls
+cat <<TXT
 
-step "netctl network inspect demonet"
-"$netctl" network inspect demonet
-
-printf '\nDone: the manager, the agent and their state are removed now.\n'
+The lab is still up. Explore it:
+  $netctl lab exec node0 -- netctl service ps web
+  $netctl lab exec node0 -- netctl exec demoservice.1 -- sh
+  $netctl lab exec node1 -- ip addr
+  nsenter --net=$netns0/ingress_sbox iptables -t nat -S
+Tear it down (removes every namespace, link, rule and process it made):
+  $netctl lab down${DEMO_LAB:+ --name $lab}
+TXT

@@ -86,3 +86,39 @@ fn lab_up_exec_down_leaves_nothing_behind() {
     });
     assert_eq!(survivors.count(), 0, "processes of the lab survived");
 }
+
+#[test]
+fn make_demo_runs_both_walkthroughs_and_lab_down_cleans_up() {
+    let root = tempfile::Builder::new().prefix("netctl-demo-").tempdir().unwrap();
+    let name = e2e::netns::unique_prefix();
+    let _guard = LabGuard(root.path(), &name);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .env("NETCTL_LAB_ROOT", root.path())
+        .env("NETCTL_BIN", netctl_bin())
+        .env("DEMO_LAB", &name)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}\n{}", String::from_utf8_lossy(&output.stderr));
+    for expected in [
+        "vxlan id 4097",
+        "dstport 4789",
+        "nolearning",
+        "192.168.200.1/24",
+        "dst 192.168.10.",
+        "default via 172.18.0.1 dev eth1",
+        "3 received",
+        "hello from web.",
+        "DNAT --to-destination 172.18.0.2:8080",
+        "--mode random --probability",
+        "lab down",
+    ] {
+        assert!(shown.contains(expected), "the demo does not show {expected:?}:\n{shown}");
+    }
+    ok(root.path(), &["lab", "down", "--name", &name]);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root.path().display().to_string()), "namespaces left mounted");
+    assert!(!root.path().join(&name).exists());
+}
