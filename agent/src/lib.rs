@@ -17,10 +17,11 @@ pub mod reconcile;
 pub mod sandbox;
 pub mod session;
 pub mod tasks;
+pub mod topology;
 
 use anyhow::Context;
 use backoff::Backoff;
-use netctl_proto::{NodeState, TaskStatusReport};
+use netctl_proto::{NodeState, NodeTopology, TaskStatusReport};
 use session::{Session, SessionError};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -54,8 +55,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("preparing the run dir {}", config.run_dir.display()))?;
     let (desired_sender, desired) = watch::channel(None);
     let (report_sender, reports) = watch::channel(Vec::new());
-    tokio::spawn(reconcile_forever(reconciler, desired, report_sender));
-    let channels = Channels { desired: desired_sender, reports };
+    let (topology_sender, topology) = watch::channel(None);
+    let hostname = config.hostname.clone();
+    tokio::spawn(reconcile_forever(reconciler, desired, report_sender, topology_sender, hostname));
+    let channels = Channels { desired: desired_sender, reports, topology };
     let mut backoff = Backoff::default();
     loop {
         match run_session(&config, &mut node_id, &mut backoff, &channels).await {
@@ -80,7 +83,12 @@ struct Channels {
     desired: watch::Sender<Option<NodeState>>,
     /// The latest task statuses, for the manager.
     reports: watch::Receiver<Vec<TaskStatusReport>>,
+    /// The latest topology read back, for the manager.
+    topology: watch::Receiver<Option<NodeTopology>>,
 }
+
+/// How often the node's topology is read back for `netctl topology`.
+const TOPOLOGY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reconciles after every new desired state and every interval, once the
 /// first desired state has arrived (nothing is torn down before that).
@@ -88,7 +96,10 @@ async fn reconcile_forever(
     mut reconciler: reconcile::Reconciler,
     mut desired: watch::Receiver<Option<NodeState>>,
     reports: watch::Sender<Vec<TaskStatusReport>>,
+    topology: watch::Sender<Option<NodeTopology>>,
+    hostname: String,
 ) {
+    let mut topology_read_at: Option<std::time::Instant> = None;
     loop {
         let state = desired.borrow_and_update().clone();
         if let Some(state) = state {
@@ -100,6 +111,17 @@ async fn reconcile_forever(
                 *current = statuses;
                 changed
             });
+            if topology_read_at.is_none_or(|at| at.elapsed() >= TOPOLOGY_INTERVAL) {
+                topology_read_at = Some(std::time::Instant::now());
+                let read = NodeTopology { hostname: hostname.clone(), ..reconciler.topology(&state).await };
+                topology.send_if_modified(|current| {
+                    let same = current
+                        .as_ref()
+                        .is_some_and(|c| NodeTopology { read_unix: read.read_unix, ..c.clone() } == read);
+                    *current = Some(read);
+                    !same
+                });
+            }
         }
         let _ = tokio::time::timeout(RECONCILE_INTERVAL, desired.changed()).await;
     }
@@ -131,6 +153,8 @@ async fn run_session(
     let tasks_dir = tasks::tasks_dir(&config.run_dir);
     let shipper = tokio::spawn(session.clone().ship_logs_forever(joined.node_id.clone(), tasks_dir));
     let _stop_shipper = AbortOnDrop(shipper);
+    let topology = tokio::spawn(session.clone().report_topology_forever(channels.topology.clone()));
+    let _stop_topology = AbortOnDrop(topology);
     session
         .watch(&joined.node_id, |state| {
             log_desired_state(&state);

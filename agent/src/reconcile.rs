@@ -180,6 +180,11 @@ impl Reconciler {
             .map_err(|e| format!("service VIP rules: {e}"))
     }
 
+    /// The node's kernel objects, read back (see [`crate::topology`]).
+    pub async fn topology(&mut self, state: &NodeState) -> netctl_proto::NodeTopology {
+        crate::topology::read(&self.host, &mut self.connections, state).await
+    }
+
     /// How long each sandbox made by the last pass took to set up (the
     /// namespace, its veth pairs, addresses and routes).
     pub fn sandbox_setup_times(&self) -> &[std::time::Duration] {

@@ -4,8 +4,8 @@
 use crate::AgentConfig;
 use netctl_proto::dispatcher_client::DispatcherClient;
 use netctl_proto::{
-    BearerToken, HeartbeatRequest, JoinRequest, NodeState, ReportStatusRequest, TaskStatusReport,
-    WatchRequest,
+    BearerToken, HeartbeatRequest, JoinRequest, NodeState, NodeTopology, ReportStatusRequest,
+    TaskStatusReport, WatchRequest,
 };
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
@@ -157,6 +157,24 @@ impl Session {
                 tracing::warn!(manager = %self.manager, "shipping task logs failed: {}", status.message());
             },
             _ = feed => {},
+        }
+    }
+
+    /// Sends the node's topology every time it changes, forever.
+    pub async fn report_topology_forever(
+        mut self,
+        mut topology: tokio::sync::watch::Receiver<Option<NodeTopology>>,
+    ) {
+        loop {
+            let latest = topology.borrow_and_update().clone();
+            if let Some(latest) = latest {
+                if let Err(status) = self.client.report_topology(latest).await {
+                    tracing::warn!(manager = %self.manager, "reporting the topology failed: {}", status.message());
+                }
+            }
+            if topology.changed().await.is_err() {
+                return;
+            }
         }
     }
 

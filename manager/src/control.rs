@@ -2,9 +2,9 @@
 //! call. Each handler validates, calls one store operation, answers.
 
 use crate::liveness::Heartbeats;
-use crate::logs::Logs;
 use crate::networks::{self, AddressPool};
 use crate::services;
+use crate::topology::AgentReports;
 use crate::{ManagerError, Store};
 use netctl_proto::control_server::Control;
 use netctl_proto::*;
@@ -17,13 +17,19 @@ pub struct ControlService {
     store: Arc<Store>,
     heartbeats: Arc<Heartbeats>,
     pool: AddressPool,
-    logs: Arc<Logs>,
+    reports: Arc<AgentReports>,
 }
 
 impl ControlService {
-    /// A Control service allocating from `pool` and serving `logs`.
-    pub fn new(store: Arc<Store>, heartbeats: Arc<Heartbeats>, pool: AddressPool, logs: Arc<Logs>) -> Self {
-        Self { store, heartbeats, pool, logs }
+    /// A Control service allocating from `pool` and serving what agents
+    /// reported (`reports`).
+    pub fn new(
+        store: Arc<Store>,
+        heartbeats: Arc<Heartbeats>,
+        pool: AddressPool,
+        reports: Arc<AgentReports>,
+    ) -> Self {
+        Self { store, heartbeats, pool, reports }
     }
 
     /// A service with its tasks, newest first per slot, and node names.
@@ -165,12 +171,28 @@ impl Control for ControlService {
                 let task = entry.task.unwrap_or_default();
                 TaskLog {
                     task_name: entry.name,
-                    data: self.logs.output(&task.id),
+                    data: self.reports.logs.output(&task.id),
                     task_id: task.id,
                     node_hostname: entry.node_hostname,
                 }
             })
             .collect();
         Ok(Response::new(ServiceLogsResponse { logs }))
+    }
+
+    async fn topology(
+        &self,
+        request: Request<TopologyRequest>,
+    ) -> Result<Response<TopologyResponse>, Status> {
+        let wanted = request.into_inner().node;
+        let nodes = self.reports.topologies.select(|t| {
+            wanted.is_empty() || t.hostname == wanted || (wanted.len() >= 4 && t.node_id.starts_with(&wanted))
+        });
+        if nodes.is_empty() && !wanted.is_empty() {
+            return Err(Status::not_found(format!(
+                "no topology from node {wanted} (unknown, or its agent has not reported yet)"
+            )));
+        }
+        Ok(Response::new(TopologyResponse { nodes }))
     }
 }

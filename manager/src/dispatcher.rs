@@ -2,9 +2,9 @@
 //! alive, and to watch their node's desired state.
 
 use crate::liveness::Heartbeats;
-use crate::logs::Logs;
 use crate::networks::now_unix;
 use crate::services::DESIRED_RUNNING;
+use crate::topology::AgentReports;
 use crate::{ids, snapshot, ManagerError, Store};
 use netctl_proto::dispatcher_server::Dispatcher;
 use netctl_proto::*;
@@ -21,7 +21,7 @@ pub struct DispatcherService {
     heartbeats: Arc<Heartbeats>,
     data_path_port: u16,
     stopping: watch::Receiver<bool>,
-    logs: Arc<Logs>,
+    reports: Arc<AgentReports>,
 }
 
 impl DispatcherService {
@@ -33,9 +33,9 @@ impl DispatcherService {
         heartbeats: Arc<Heartbeats>,
         data_path_port: u16,
         stopping: watch::Receiver<bool>,
-        logs: Arc<Logs>,
+        reports: Arc<AgentReports>,
     ) -> Self {
-        Self { store, heartbeats, data_path_port, stopping, logs }
+        Self { store, heartbeats, data_path_port, stopping, reports }
     }
 
     fn heartbeat_interval_ms(&self) -> u32 {
@@ -221,9 +221,19 @@ impl Dispatcher for DispatcherService {
             let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
             let owner = tasks.iter().find(|t| t.node_id == chunk.node_id && t.id.starts_with(&chunk.sandbox));
             if let Some(task) = owner {
-                self.logs.append(&task.id, chunk.offset, &chunk.data);
+                self.reports.logs.append(&task.id, chunk.offset, &chunk.data);
             }
         }
         Ok(Response::new(PushLogsResponse {}))
+    }
+
+    async fn report_topology(
+        &self,
+        request: Request<NodeTopology>,
+    ) -> Result<Response<ReportTopologyResponse>, Status> {
+        let topology = request.into_inner();
+        self.known_node(&topology.node_id)?;
+        self.reports.topologies.record(topology);
+        Ok(Response::new(ReportTopologyResponse {}))
     }
 }

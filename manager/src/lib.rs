@@ -24,6 +24,7 @@ pub mod server;
 pub mod services;
 pub mod snapshot;
 pub mod store;
+pub mod topology;
 pub mod validate;
 pub mod vni;
 

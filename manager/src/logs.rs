@@ -24,11 +24,6 @@ pub struct Logs {
 }
 
 impl Logs {
-    /// No output yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Adds the bytes of `task_id`'s log file from `offset` on.
     pub fn append(&self, task_id: &str, offset: u64, data: &[u8]) {
         let mut tasks = self.tasks.lock().expect("log table poisoned");
@@ -59,7 +54,7 @@ mod tests {
 
     #[test]
     fn chunks_sent_twice_are_kept_once() {
-        let logs = Logs::new();
+        let logs = Logs::default();
         logs.append("t", 0, b"hello\n");
         logs.append("t", 0, b"hello\nworld\n");
         logs.append("t", 6, b"world\n");
@@ -69,7 +64,7 @@ mod tests {
 
     #[test]
     fn only_the_tail_is_kept() {
-        let logs = Logs::new();
+        let logs = Logs::default();
         logs.append("t", 0, &vec![b'a'; KEPT_BYTES]);
         logs.append("t", KEPT_BYTES as u64, b"end");
         let output = logs.output("t");

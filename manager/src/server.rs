@@ -61,9 +61,9 @@ impl Manager {
             .map_err(|source| ManagerError::Io { context: format!("listening on {listen}"), source })?;
         let known_nodes = self.store.nodes()?.into_iter().map(|n| n.id);
         let heartbeats = Arc::new(Heartbeats::new(self.config.heartbeat_interval, known_nodes));
-        let logs = Arc::new(crate::logs::Logs::new());
+        let reports = Arc::new(crate::topology::AgentReports::default());
         let control =
-            ControlService::new(self.store.clone(), heartbeats.clone(), self.config.pool, logs.clone());
+            ControlService::new(self.store.clone(), heartbeats.clone(), self.config.pool, reports.clone());
         // Watch streams never end by themselves: close them when stopping, or
         // the graceful shutdown would wait for every agent forever.
         let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -73,7 +73,7 @@ impl Manager {
             heartbeats,
             self.cluster.data_path_port,
             stopping.clone(),
-            logs,
+            reports,
         );
         tokio::spawn(async move {
             shutdown.await;

@@ -49,6 +49,27 @@ pub enum Command {
     /// A cluster of simulated hosts on this machine (namespaces).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Show every node's namespaces, interfaces, veth pairs, bridges, VXLAN
+    /// devices, FDB entries, routes and rules, read back from the kernel.
+    Topology {
+        /// Only this node (hostname or ID).
+        #[arg(long)]
+        node: Option<String>,
+        /// Output format (dot renders with `dot -Tsvg`).
+        #[arg(long, value_enum, default_value = "text")]
+        format: TopologyFormat,
+    },
+}
+
+/// Output formats of `netctl topology`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TopologyFormat {
+    /// Indented text.
+    Text,
+    /// A JSON array, one object per node.
+    Json,
+    /// A Graphviz graph.
+    Dot,
 }
 
 /// `netctl lab ...`

@@ -8,6 +8,7 @@ mod commands;
 mod inspect;
 mod lab;
 mod table;
+mod topology_view;
 
 use clap::Parser;
 use std::io::IsTerminal;

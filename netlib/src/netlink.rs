@@ -45,6 +45,38 @@ impl Netlink {
         &self.namespace
     }
 
+    /// The id this namespace gives to the namespace `other` (the id veths
+    /// here report as their peer's `link-netnsid`), if it has given one.
+    pub async fn namespace_id_of(&self, other: &std::fs::File) -> Result<Option<i32>> {
+        use futures::StreamExt;
+        use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+        use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+        use netlink_packet_route::RouteNetlinkMessage;
+        use std::os::fd::AsRawFd;
+        let mut message = NsidMessage::default();
+        message.attributes.push(NsidAttribute::Fd(other.as_raw_fd() as u32));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(message));
+        request.header.flags = NLM_F_REQUEST;
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(request).map_err(|e| self.error("asking a namespace id", e))?;
+        while let Some(response) = responses.next().await {
+            match response.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(answer)) => {
+                    let id = answer.attributes.iter().find_map(|a| match a {
+                        NsidAttribute::Id(id) => Some(*id),
+                        _ => None,
+                    });
+                    return Ok(id.filter(|id| *id >= 0));
+                }
+                NetlinkPayload::Error(err) => {
+                    return Err(self.error("asking a namespace id", rtnetlink::Error::NetlinkError(err)))
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
     pub(crate) fn error(&self, action: impl Into<String>, err: rtnetlink::Error) -> Error {
         Error::netlink(action, &self.namespace, err)
     }

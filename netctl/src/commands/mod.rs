@@ -7,6 +7,7 @@ mod manager;
 mod network;
 mod node;
 mod service;
+mod topology;
 
 use crate::cli::{Cli, Command};
 
@@ -20,5 +21,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(command) => service::run(&cli.client, command).await,
         Command::Exec(exec) => exec::run(&cli.client, exec).await,
         Command::Lab(command) => lab::run(command).await,
+        Command::Topology { node, format } => topology::run(&cli.client, node, format).await,
     }
 }
