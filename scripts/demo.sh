@@ -41,6 +41,7 @@ run "$netctl" lab exec --name "$lab" node0 -- netctl network ls
 
 net=$(on node0 netctl network inspect demonet | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Id"][:10])')
 for node in node0 node1; do
+  # shellcheck disable=SC2016 # expanded on the lab host, not here
   netns="$(on $node sh -c 'echo $NETCTL_RUN_DIR')/netns"
   say "$node: its namespaces: 1-<network> per overlay (ingress and demonet), ingress_sbox, one sandbox per task."
   run ls "$netns"
@@ -81,6 +82,7 @@ for address in 192.168.10.6 192.168.10.7; do
 done
 say "node0's DOCKER-INGRESS chain sends 8080 to ingress_sbox (172.18.0.2), which balances it over the replicas."
 run "$netctl" lab exec --name "$lab" node0 -- iptables -t nat -S DOCKER-INGRESS
+# shellcheck disable=SC2016 # expanded on the lab host, not here
 netns0="$(on node0 sh -c 'echo $NETCTL_RUN_DIR')/netns"
 run nsenter --net="$netns0/ingress_sbox" iptables -t nat -S NETCTL-INGRESS
 
