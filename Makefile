@@ -1,7 +1,7 @@
 # netctl: the two commands a newcomer runs are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build test bench bench-deps demo fmt lint
+.PHONY: all build test e2e-vm bench bench-deps demo fmt lint
 
 all: build
 
@@ -12,6 +12,11 @@ build:
 ## real netctl binaries.
 test: build
 	$(CARGO) test --workspace
+
+## The VM tier: two QEMU guests (own kernels, joined by an emulated link)
+## run the walkthrough; KVM when it works, software emulation otherwise.
+e2e-vm:
+	./scripts/vm/run-e2e.sh
 
 ## Benchmarks; results land in bench/results/ as JSON.
 bench: bench-deps

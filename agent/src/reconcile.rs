@@ -93,7 +93,12 @@ impl Reconciler {
             if new_sandbox {
                 self.sandbox_setup_times.push(started.elapsed());
             }
-            let built = built.and_then(|()| self.write_vip_rules(state, task, &sandbox_name));
+            // Without working iptables the task still runs, without its
+            // VIPs; the reason goes into its ERROR column.
+            let vip_problem = match &built {
+                Ok(()) => self.write_vip_rules(state, task, &sandbox_name).err(),
+                Err(_) => None,
+            };
             let mut status = match built {
                 Ok(()) => {
                     let path = self.connections.namespaces().path(&sandbox_name);
@@ -104,8 +109,13 @@ impl Reconciler {
                     TaskStatusReport { task_id: task.id.clone(), state: "failed".into(), error }
                 }
             };
-            if let (Err(no_egress), "running") = (&gateway, status.state.as_str()) {
-                status.error = no_egress.clone();
+            if status.state == "running" {
+                let problems: Vec<&str> =
+                    [gateway.as_ref().err(), vip_problem.as_ref()].into_iter().flatten().map(String::as_str).collect();
+                if !problems.is_empty() {
+                    tracing::error!(task = %task.id, "{}", problems.join("; "));
+                }
+                status.error = problems.join("; ");
             }
             reports.push(status);
         }
