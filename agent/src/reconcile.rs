@@ -110,8 +110,11 @@ impl Reconciler {
                 }
             };
             if status.state == "running" {
-                let problems: Vec<&str> =
-                    [gateway.as_ref().err(), vip_problem.as_ref()].into_iter().flatten().map(String::as_str).collect();
+                let problems: Vec<&str> = [gateway.as_ref().err(), vip_problem.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .collect();
                 if !problems.is_empty() {
                     tracing::error!(task = %task.id, "{}", problems.join("; "));
                 }
