@@ -94,7 +94,17 @@ fn the_install_script_installs_the_binary_units_and_agent_settings() {
 #[test]
 fn the_vagrantfile_and_scripts_pass_their_checkers() {
     assert!(run("ruby", &["-c", "Vagrantfile"]).contains("Syntax OK"));
-    run("shellcheck", &["deploy/install.sh", "scripts/demo.sh", ".ci/run"]);
+    run(
+        "shellcheck",
+        &[
+            "deploy/install.sh",
+            "scripts/demo.sh",
+            ".ci/run",
+            "scripts/vm/build-image.sh",
+            "scripts/vm/run-e2e.sh",
+        ],
+    );
+    run("shellcheck", &["-s", "sh", "scripts/vm/init"]);
 }
 
 #[test]
