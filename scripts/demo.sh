@@ -72,13 +72,16 @@ http.server.ThreadingHTTPServer(("0.0.0.0",80),H).serve_forever()'
 run "$netctl" lab exec --name "$lab" node0 -- netctl network create -d overlay nginxnet
 printf '\n\033[1m$ %s\033[0m\n' "$netctl lab exec node0 -- netctl service create --replicas 2 --network nginxnet --name web --publish 8080:80 python3 -c <a hello server on port 80>"
 on node0 netctl service create --replicas 2 --network nginxnet --name web --publish 8080:80 python3 -c "$server"
-for _ in $(seq 100); do
-  on node0 curl -sf -m 1 http://192.168.10.7:8080/ >/dev/null 2>&1 && break
+# Wait until both replicas serve (a task is Running once started; its server
+# may need a moment more to listen).
+for _ in $(seq 150); do
+  seen=$(for _ in 1 2 3 4 5 6; do on node0 curl -sf -m 1 http://192.168.10.7:8080/ 2>/dev/null || true; done | sort -u | wc -l)
+  [ "$seen" -ge 2 ] && break
   sleep 0.2
 done
 for address in 192.168.10.6 192.168.10.7; do
   say "curl $address:8080, four times: every node answers, from both replicas."
-  for _ in 1 2 3 4; do on node0 curl -s -m 2 "http://$address:8080/"; done
+  for _ in 1 2 3 4; do on node0 curl -s -m 2 "http://$address:8080/" || echo "(no answer)"; done
 done
 say "node0's DOCKER-INGRESS chain sends 8080 to ingress_sbox (172.18.0.2), which balances it over the replicas."
 run "$netctl" lab exec --name "$lab" node0 -- iptables -t nat -S DOCKER-INGRESS
