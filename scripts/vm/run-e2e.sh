@@ -61,23 +61,26 @@ done
 echo "guests ran for $(( $(date +%s) - started ))s"
 
 failed=0
+passes=0
+fails=0
+verdict_line() { printf '%-5s %-14s %s\n' "$1" "$2" "$3"; if [ "$1" = PASS ]; then passes=$((passes + 1)); else fails=$((fails + 1)); failed=1; fi; }
 if ! grep -q "^RESULT" "$work/node0.log"; then
-  echo "FAIL  boot: no result from node0"; tail -20 "$work/node0.log"; failed=1
+  verdict_line FAIL boot "no result from node0"; tail -20 "$work/node0.log"
 fi
 while read -r _ step verdict detail; do
-  printf '%-5s %-14s %s\n' "$verdict" "$step" "$detail"
-  [ "$verdict" = PASS ] || failed=1
+  verdict_line "$verdict" "$step" "$detail"
 done < <(grep -a "^RESULT" "$work/node0.log" | tr -d '\r')
-grep -q "^RESULT done PASS" "$work/node0.log" || { echo "FAIL  done           the walkthrough did not finish"; failed=1; }
+grep -q "^RESULT done PASS" "$work/node0.log" || verdict_line FAIL "done" "the walkthrough did not finish"
 
 # The cross-node ping crossed the link as VXLAN (UDP 4789) between the guests.
 if command -v tcpdump >/dev/null; then
   vxlan=$(tcpdump -nn -r "$work/link.pcap" 'udp port 4789 and host 192.168.10.6 and host 192.168.10.7' 2>/dev/null | wc -l)
-  if [ "$vxlan" -gt 0 ]; then echo "PASS  wire           $vxlan VXLAN (udp/4789) packets between 192.168.10.6 and 192.168.10.7 on the link"
-  else echo "FAIL  wire           no VXLAN packet on the link"; failed=1; fi
+  if [ "$vxlan" -gt 0 ]; then verdict_line PASS wire "$vxlan VXLAN (udp/4789) packets between 192.168.10.6 and 192.168.10.7 on the link"
+  else verdict_line FAIL wire "no VXLAN packet on the link"; fi
 fi
 if [ "$failed" != 0 ]; then
   echo "--- node0 console"; grep -av "^RESULT" "$work/node0.log" | tail -30
   echo "--- node1 console"; tail -30 "$work/node1.log"
 fi
+echo "vm: $passes passed, $fails failed"
 exit "$failed"
