@@ -141,6 +141,11 @@ impl Written {
         Ok(())
     }
 
+    /// Whether a rule set was written to `key` already.
+    pub fn has(&self, key: &str) -> bool {
+        self.rules.contains_key(key)
+    }
+
     /// Forgets a namespace that was removed.
     pub fn forget(&mut self, key: &str) {
         self.rules.remove(key);

@@ -157,15 +157,16 @@ impl Reconciler {
             .map_err(|e| e.to_string())?;
         let path = self.connections.namespaces().path(INGRESS_SANDBOX);
         let namespace = Some((INGRESS_SANDBOX, path.as_path()));
-        netlib::sysctl::write(namespace, "net.ipv4.ip_forward", "1").map_err(|e| e.to_string())?;
-
         let inode = self.connections.inode(INGRESS_SANDBOX).unwrap_or_default();
+        let key = format!("{INGRESS_SANDBOX}@{inode}");
+        if !self.rules.has(&key) {
+            // Once per namespace: a new one (first pass, or made anew) gets it.
+            netlib::sysctl::write(namespace, "net.ipv4.ip_forward", "1").map_err(|e| e.to_string())?;
+        }
         let sandbox_rules =
             mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &ingress.subnet);
         let target = mesh::Target { namespace, jumps: mesh::INGRESS_SANDBOX_JUMPS };
-        self.rules
-            .write(&format!("{INGRESS_SANDBOX}@{inode}"), &target, &sandbox_rules)
-            .map_err(|e| e.to_string())?;
+        self.rules.write(&key, &target, &sandbox_rules).map_err(|e| e.to_string())?;
         let target = mesh::Target { namespace: None, jumps: mesh::HOST_JUMPS };
         self.rules
             .write("host", &target, &mesh::host_rules(&state.published_ports))

@@ -162,7 +162,9 @@ async fn resolve_peers(reads: &mut [Read]) {
     }
 }
 
-/// The routing mesh's and VIP rules of a namespace, as `iptables -S` lines.
+/// The routing mesh's rules of the host and of ingress_sbox, as
+/// `iptables -S` lines. (Sandboxes' VIP rules are not read back: that would
+/// be one iptables-save process per task every few seconds.)
 fn rules(connections: &Connections, namespace: &TopologyNamespace) -> Vec<String> {
     let path = connections.namespaces().path(&namespace.name);
     let (target, chains): (Option<(&str, &std::path::Path)>, &[&str]) = match namespace.role.as_str() {
@@ -170,7 +172,6 @@ fn rules(connections: &Connections, namespace: &TopologyNamespace) -> Vec<String
         "ingress_sbox" => {
             (Some((namespace.name.as_str(), path.as_path())), &["NETCTL-INGRESS", "NETCTL-INGRESS-SNAT"])
         }
-        "sandbox" => (Some((namespace.name.as_str(), path.as_path())), &["NETCTL-VIP"]),
         _ => return Vec::new(),
     };
     let Ok(saved) = netlib::iptables::save(target, "nat") else { return Vec::new() };

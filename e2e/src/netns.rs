@@ -76,19 +76,10 @@ pub use netlib::netns::kill_processes_in;
 
 /// The namespaces an agent bind-mounted under `run_dir/netns`.
 pub fn agent_namespaces(run_dir: &Path) -> Vec<PathBuf> {
-    let dir = run_dir.join("netns");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    entries.flatten().map(|e| e.path()).collect()
+    netlib::NamespaceDir::new(run_dir).files()
 }
 
 /// Kills what runs in an agent's namespaces, unmounts them and the folder.
 pub fn clean_run_dir(run_dir: &Path) {
-    let namespaces = agent_namespaces(run_dir);
-    kill_processes_in(&namespaces);
-    for path in &namespaces {
-        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(path);
-    }
-    let dir = run_dir.join("netns");
-    while nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    netlib::NamespaceDir::new(run_dir).remove_all();
 }

@@ -261,22 +261,16 @@ impl Lab {
         if !self.dir.exists() {
             return Ok(());
         }
-        let mut namespace_files: Vec<PathBuf> = Vec::new();
+        // The hosts' namespaces and every agent's, emptied together first so
+        // that no agent rebuilds anything while the rest goes.
+        let mut folders = vec![self.namespaces()];
         for entry in std::fs::read_dir(&self.dir)?.flatten() {
-            let run_netns = entry.path().join("run").join("netns");
-            namespace_files
-                .extend(std::fs::read_dir(&run_netns).into_iter().flatten().flatten().map(|e| e.path()));
+            folders.push(NamespaceDir::new(&entry.path().join("run")));
         }
-        namespace_files.extend(self.namespaces().list()?.iter().map(|n| self.namespaces().path(n)));
-        netns::kill_processes_in(&namespace_files);
-        for path in &namespace_files {
-            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        netns::kill_processes_in(&folders.iter().flat_map(NamespaceDir::files).collect::<Vec<_>>());
+        for folder in folders.iter().rev() {
+            folder.remove_all();
         }
-        for entry in std::fs::read_dir(&self.dir)?.flatten() {
-            let run_netns = entry.path().join("run").join("netns");
-            while nix::mount::umount2(&run_netns, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
-        }
-        while nix::mount::umount2(self.namespaces().dir(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
 }

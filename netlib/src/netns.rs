@@ -107,6 +107,26 @@ impl NamespaceDir {
         }
     }
 
+    /// Every file in the folder (mounted namespaces and leftovers).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let entries = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        entries.map(|entry| entry.path()).collect()
+    }
+
+    /// Removes every namespace of the folder and the folder's own mount:
+    /// kills what still runs inside, unmounts, removes the files. For
+    /// tearing a node or a lab down whole; errors are ignored so that one
+    /// leftover does not keep the rest.
+    pub fn remove_all(&self) {
+        let files = self.files();
+        kill_processes_in(&files);
+        for path in &files {
+            let _ = umount2(path, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(path);
+        }
+        while umount2(&self.dir, MntFlags::MNT_DETACH).is_ok() {}
+    }
+
     /// The names of every namespace in the folder.
     pub fn list(&self) -> Result<Vec<String>> {
         let entries = match std::fs::read_dir(&self.dir) {
