@@ -75,7 +75,7 @@ impl Reconciler {
         if let Err(err) = self.build_routing_mesh(state, &overlays, &gateway, underlay_mtu).await {
             tracing::error!("routing mesh: {err}");
         }
-        let gateway_addresses = self.gateway_addresses(state).await;
+        let gateway_addresses = assign_gateway_addresses(state, self.gateway_addresses().await);
         let mut reports = Vec::new();
         self.sandbox_setup_times.clear();
         for task in &state.tasks {
@@ -247,18 +247,16 @@ impl Reconciler {
         overlays
     }
 
-    /// The gateway-bridge address of every task that has a sandbox already,
-    /// so that new sandboxes never take one of them.
-    async fn gateway_addresses(&mut self, state: &NodeState) -> HashMap<String, Ipv4Addr> {
+    /// The gateway-bridge address held by every existing sandbox (wanted or
+    /// not: one about to be removed still holds its address this pass), by
+    /// sandbox name.
+    async fn gateway_addresses(&mut self) -> HashMap<String, Ipv4Addr> {
         let mut addresses = HashMap::new();
-        for task in &state.tasks {
-            let name = names::sandbox_namespace(&task.id);
-            if !self.connections.namespaces().exists(&name) {
-                continue;
-            }
-            let Ok(sandbox) = self.connections.ensure(&name) else { continue };
+        let existing = self.connections.namespaces().list().unwrap_or_default();
+        for name in existing.iter().filter(|n| !names::is_overlay_namespace(n) && *n != INGRESS_SANDBOX) {
+            let Ok(sandbox) = self.connections.ensure(name) else { continue };
             if let Ok(Some(address)) = sandbox::gateway_address(&sandbox).await {
-                addresses.insert(task.id.clone(), address);
+                addresses.insert(name.clone(), address);
             }
         }
         addresses
@@ -287,11 +285,9 @@ impl Reconciler {
         }
         let gateway_leg = match gateway {
             Ok(bridge) => {
-                let address = match gateway_addresses.get(&task.id) {
-                    Some(address) => *address,
-                    None => free_gateway_address(gateway_addresses.values().copied().collect())
-                        .ok_or("docker_gwbridge has no free address")?,
-                };
+                let address = *gateway_addresses
+                    .get(&names::sandbox_namespace(&task.id))
+                    .ok_or("docker_gwbridge has no free address")?;
                 Some(GatewayLeg { bridge, address, mtu: underlay_mtu })
             }
             Err(_) => None,
@@ -343,22 +339,60 @@ impl Reconciler {
     }
 }
 
-/// The lowest gateway-bridge address after 172.18.0.2 (kept for
-/// ingress_sbox) that no sandbox holds.
-fn free_gateway_address(taken: HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-    let first = u32::from(GWBRIDGE_GATEWAY) + 2;
-    let last = u32::from(Ipv4Addr::new(172, 18, 255, 254));
-    (first..=last).map(Ipv4Addr::from).find(|a| !taken.contains(a))
+/// The gateway-bridge address of every task's sandbox, by sandbox name:
+/// the one it holds already (`held`, which also lists sandboxes on their way
+/// out), or else the lowest address after 172.18.0.2 (ingress_sbox's) that
+/// no sandbox holds and no other task of this pass was given (pure).
+fn assign_gateway_addresses(
+    state: &NodeState,
+    mut held: HashMap<String, Ipv4Addr>,
+) -> HashMap<String, Ipv4Addr> {
+    let mut taken: HashSet<Ipv4Addr> = held.values().copied().collect();
+    let mut candidates =
+        (u32::from(GWBRIDGE_GATEWAY) + 2..=u32::from(Ipv4Addr::new(172, 18, 255, 254))).map(Ipv4Addr::from);
+    for task in &state.tasks {
+        let sandbox = names::sandbox_namespace(&task.id);
+        if held.contains_key(&sandbox) {
+            continue;
+        }
+        if let Some(address) = candidates.by_ref().find(|a| !taken.contains(a)) {
+            taken.insert(address);
+            held.insert(sandbox, address);
+        }
+    }
+    held
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn state_with_tasks(ids: &[&str]) -> NodeState {
+        let tasks = ids.iter().map(|id| netctl_proto::TaskSpec { id: id.to_string(), ..Default::default() });
+        NodeState { tasks: tasks.collect(), ..Default::default() }
+    }
+
     #[test]
     fn gateway_addresses_start_at_3_and_skip_taken_ones() {
-        assert_eq!(free_gateway_address(HashSet::new()), Some(Ipv4Addr::new(172, 18, 0, 3)));
-        let taken = HashSet::from([Ipv4Addr::new(172, 18, 0, 3), Ipv4Addr::new(172, 18, 0, 5)]);
-        assert_eq!(free_gateway_address(taken), Some(Ipv4Addr::new(172, 18, 0, 4)));
+        let state = state_with_tasks(&["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
+        let assigned = assign_gateway_addresses(&state, HashMap::new());
+        assert_eq!(assigned["aaaaaaaaaaaa"], Ipv4Addr::new(172, 18, 0, 3));
+        assert_eq!(assigned["bbbbbbbbbbbb"], Ipv4Addr::new(172, 18, 0, 4));
+    }
+
+    #[test]
+    fn gateway_addresses_are_distinct_within_a_pass_and_kept_across_passes() {
+        let ids: Vec<String> = (0..10).map(|i| format!("task{i:08}")).collect();
+        let state = state_with_tasks(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+        // task00000003 holds .3 already; a sandbox on its way out holds .5.
+        let held = HashMap::from([
+            ("task00000003".to_string(), Ipv4Addr::new(172, 18, 0, 3)),
+            ("leaving00000".to_string(), Ipv4Addr::new(172, 18, 0, 5)),
+        ]);
+        let assigned = assign_gateway_addresses(&state, held);
+        assert_eq!(assigned["task00000003"], Ipv4Addr::new(172, 18, 0, 3));
+        let addresses: HashSet<Ipv4Addr> = assigned.values().copied().collect();
+        assert_eq!(addresses.len(), assigned.len(), "an address was given twice: {assigned:?}");
+        assert!(ids.iter().all(|id| assigned.contains_key(id)));
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::liveness::Heartbeats;
 use crate::networks::{self, AddressPool};
+use crate::ports::ReservedPorts;
 use crate::services;
 use crate::topology::AgentReports;
 use crate::{ManagerError, Store};
@@ -18,18 +19,20 @@ pub struct ControlService {
     heartbeats: Arc<Heartbeats>,
     pool: AddressPool,
     reports: Arc<AgentReports>,
+    reserved_ports: ReservedPorts,
 }
 
 impl ControlService {
-    /// A Control service allocating from `pool` and serving what agents
-    /// reported (`reports`).
+    /// A Control service allocating from `pool`, serving what agents
+    /// reported (`reports`) and refusing to publish `reserved_ports`.
     pub fn new(
         store: Arc<Store>,
         heartbeats: Arc<Heartbeats>,
         pool: AddressPool,
         reports: Arc<AgentReports>,
+        reserved_ports: ReservedPorts,
     ) -> Self {
-        Self { store, heartbeats, pool, reports }
+        Self { store, heartbeats, pool, reports, reserved_ports }
     }
 
     /// A service with its tasks, newest first per slot, and node names.
@@ -116,7 +119,7 @@ impl Control for ControlService {
         &self,
         request: Request<ServiceCreateRequest>,
     ) -> Result<Response<ServiceCreateResponse>, Status> {
-        let service = services::create(&self.store, request.get_ref()).await?;
+        let service = services::create(&self.store, request.get_ref(), &self.reserved_ports).await?;
         tracing::info!(id = %service.id, name = %service.name, replicas = service.replicas, "service created");
         Ok(Response::new(ServiceCreateResponse { service: Some(service) }))
     }

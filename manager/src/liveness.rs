@@ -43,6 +43,7 @@ pub fn liveness(last: Option<SystemTime>, now: SystemTime, interval: Duration) -
 pub struct Heartbeats {
     interval: Duration,
     last_seen: Mutex<HashMap<String, SystemTime>>,
+    heard: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Heartbeats {
@@ -50,7 +51,7 @@ impl Heartbeats {
     pub fn new(interval: Duration, known: impl IntoIterator<Item = String>) -> Self {
         let now = SystemTime::now();
         let last_seen = known.into_iter().map(|id| (id, now)).collect();
-        Self { interval, last_seen: Mutex::new(last_seen) }
+        Self { interval, last_seen: Mutex::new(last_seen), heard: Mutex::default() }
     }
 
     /// The interval agents are told to use.
@@ -62,6 +63,14 @@ impl Heartbeats {
     pub fn record(&self, node_id: &str) {
         let mut last_seen = self.last_seen.lock().expect("heartbeat table poisoned");
         last_seen.insert(node_id.to_string(), SystemTime::now());
+        self.heard.lock().expect("heartbeat table poisoned").insert(node_id.to_string());
+    }
+
+    /// Whether `node_id` sent a heartbeat (or joined) since this manager
+    /// started: a known node is Ready for a grace period after a restart,
+    /// but gets no new task before it is heard from.
+    pub fn heard_from(&self, node_id: &str) -> bool {
+        self.heard.lock().expect("heartbeat table poisoned").contains(node_id)
     }
 
     /// The node's liveness now and its last heartbeat.
@@ -93,5 +102,6 @@ mod tests {
         heartbeats.record("n1");
         assert_eq!(heartbeats.status("n1").0, NodeLiveness::Ready);
         assert_eq!(heartbeats.status("known").0, NodeLiveness::Ready);
+        assert!(heartbeats.heard_from("n1") && !heartbeats.heard_from("known"));
     }
 }

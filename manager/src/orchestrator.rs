@@ -20,6 +20,12 @@ use std::time::Duration;
 const HISTORY_PER_SLOT: usize = 4;
 /// The longest back-off between two attempts of a failing slot.
 const MAX_BACKOFF_SECONDS: i64 = 30;
+/// How long a task may stay `assigned` (its node has not said it runs it)
+/// before it is failed and placed again.
+pub const ASSIGNED_TIMEOUT_SECONDS: i64 = 60;
+/// How long a failure of a service on a node makes the scheduler prefer
+/// other nodes for that service.
+const FAILURE_MEMORY_SECONDS: i64 = 300;
 
 /// Everything the orchestrator decides from.
 pub struct ClusterState<'a> {
@@ -31,8 +37,11 @@ pub struct ClusterState<'a> {
     pub networks: &'a [Network],
     /// All nodes.
     pub nodes: &'a [Node],
-    /// IDs of the nodes that are Ready now.
+    /// IDs of the nodes that are Ready now (their tasks keep running).
     pub ready: &'a HashSet<String>,
+    /// IDs of the Ready nodes heard from since the manager started (only
+    /// these get new tasks).
+    pub schedulable: &'a HashSet<String>,
     /// Seconds since the epoch.
     pub now: i64,
 }
@@ -61,7 +70,14 @@ pub fn plan(state: &ClusterState) -> Batch {
             batch.delete::<Task>(&task.id);
             continue;
         };
+        let stuck =
+            task.state == "assigned" && state.now - task.state_changed_unix > ASSIGNED_TIMEOUT_SECONDS;
         let reason = if is_terminal(&task.state) {
+            Some(None)
+        } else if stuck {
+            task.state = "failed".into();
+            task.error = format!("its node did not start it within {ASSIGNED_TIMEOUT_SECONDS} s");
+            task.state_changed_unix = state.now;
             Some(None)
         } else if !state.ready.contains(&task.node_id) {
             Some(Some("node is down".to_string()))
@@ -132,10 +148,15 @@ fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) 
     let candidates: Vec<Candidate> = state
         .nodes
         .iter()
-        .filter(|n| state.ready.contains(&n.id))
+        .filter(|n| state.schedulable.contains(&n.id))
         .map(|n| Candidate {
             node_id: &n.id,
             hostname: &n.hostname,
+            recent_failures: tasks
+                .iter()
+                .filter(|t| t.node_id == n.id && t.service_id == service.id && t.state == "failed")
+                .filter(|t| state.now - t.state_changed_unix < FAILURE_MEMORY_SECONDS)
+                .count(),
             service_tasks: tasks
                 .iter()
                 .filter(live)
@@ -203,6 +224,7 @@ async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store
         .filter(|n| heartbeats.status(&n.id).0 == NodeLiveness::Ready)
         .map(|n| n.id.clone())
         .collect();
+    let schedulable: HashSet<String> = ready.iter().filter(|id| heartbeats.heard_from(id)).cloned().collect();
     let (services, tasks, networks) = (store.all()?, store.all()?, store.networks()?);
     let state = ClusterState {
         services: &services,
@@ -210,6 +232,7 @@ async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store
         networks: &networks,
         nodes: &nodes,
         ready: &ready,
+        schedulable: &schedulable,
         now: now_unix(),
     };
     let batch = plan(&state);
@@ -260,7 +283,8 @@ mod tests {
     ) {
         let networks = [network()];
         for _ in 0..10 {
-            let state = ClusterState { services, tasks, networks: &networks, nodes, ready, now };
+            let state =
+                ClusterState { services, tasks, networks: &networks, nodes, ready, schedulable: ready, now };
             let batch = plan(&state);
             if batch.is_empty() {
                 return;
@@ -352,5 +376,63 @@ mod tests {
         let mut tasks = Vec::new();
         settle(&[service(2)], &mut tasks, &[node("a")], &HashSet::new(), 100);
         assert!(tasks.is_empty());
+    }
+
+    #[test]
+    fn a_task_stuck_in_assigned_is_failed_and_placed_again() {
+        let nodes = [node("a"), node("b")];
+        let ready: HashSet<String> = ["a".into(), "b".into()].into();
+        let mut tasks = Vec::new();
+        settle(&[service(1)], &mut tasks, &nodes, &ready, 100);
+        let first = live(&tasks)[0].clone();
+        settle(&[service(1)], &mut tasks, &nodes, &ready, 100 + ASSIGNED_TIMEOUT_SECONDS);
+        assert_eq!(live(&tasks)[0].id, first.id, "failed before the timeout");
+        settle(&[service(1)], &mut tasks, &nodes, &ready, 200 + ASSIGNED_TIMEOUT_SECONDS);
+        let stuck = tasks.iter().find(|t| t.id == first.id).unwrap();
+        assert_eq!((stuck.state.as_str(), stuck.desired_state.as_str()), ("failed", DESIRED_SHUTDOWN));
+        assert!(stuck.error.contains("did not start it"), "{}", stuck.error);
+        settle(&[service(1)], &mut tasks, &nodes, &ready, 201 + ASSIGNED_TIMEOUT_SECONDS);
+        let again = live(&tasks);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].node_id, first.node_id, "the retry went back to the node that failed it");
+    }
+
+    #[test]
+    fn a_node_where_every_task_fails_does_not_swallow_the_replicas() {
+        let nodes = [node("a"), node("b")];
+        let ready: HashSet<String> = ["a".into(), "b".into()].into();
+        let mut tasks = Vec::new();
+        let mut now = 100;
+        settle(&[service(4)], &mut tasks, &nodes, &ready, now);
+        for _ in 0..10 {
+            for task in tasks.iter_mut().filter(|t| t.desired_state == DESIRED_RUNNING) {
+                task.state = if task.node_id == "b" { "failed" } else { "running" }.into();
+                task.state_changed_unix = now;
+            }
+            now += 40;
+            settle(&[service(4)], &mut tasks, &nodes, &ready, now);
+        }
+        let live = live(&tasks);
+        assert_eq!(live.len(), 4);
+        assert!(live.iter().all(|t| t.node_id == "a"), "{live:?}");
+    }
+
+    #[test]
+    fn nodes_not_heard_from_since_a_restart_get_no_new_tasks() {
+        let nodes = [node("a"), node("b")];
+        let ready: HashSet<String> = ["a".into(), "b".into()].into();
+        let heard: HashSet<String> = ["a".into()].into();
+        let networks = [network()];
+        let state = ClusterState {
+            services: &[service(2)],
+            tasks: &[],
+            networks: &networks,
+            nodes: &nodes,
+            ready: &ready,
+            schedulable: &heard,
+            now: 100,
+        };
+        let batch = plan(&state);
+        assert!(batch.tasks().iter().all(|(_, t)| t.as_ref().unwrap().node_id == "a"));
     }
 }

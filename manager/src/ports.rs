@@ -29,17 +29,50 @@ pub enum PortError {
         /// Who has it.
         service: String,
     },
+    /// A port the cluster itself uses on every node.
+    #[error("port {port} cannot be published: it is {user}")]
+    Reserved {
+        /// The port.
+        port: u32,
+        /// What uses it.
+        user: String,
+    },
     /// Every port of the dynamic range is in use.
     #[error("no free port left in 30000-32767 for {0}")]
     Exhausted(String),
 }
 
+/// Ports no service may publish (on any protocol), with what uses them: a
+/// published port is DNATed away on every node, so publishing one of these
+/// would cut the cluster off from itself or its operators.
+#[derive(Debug, Clone)]
+pub struct ReservedPorts(Vec<(u32, String)>);
+
+impl ReservedPorts {
+    /// The manager's API port, the VXLAN data-path port and SSH.
+    pub fn new(api_port: u16, data_path_port: u16) -> Self {
+        Self(vec![
+            (u32::from(api_port), format!("the manager's API port ({api_port}/tcp)")),
+            (u32::from(data_path_port), format!("the VXLAN data-path port ({data_path_port}/udp)")),
+            (22, "SSH (22/tcp), kept reachable on every node".to_string()),
+        ])
+    }
+
+    fn check(&self, port: u32) -> Result<(), PortError> {
+        match self.0.iter().find(|(reserved, _)| *reserved == port) {
+            Some((_, user)) => Err(PortError::Reserved { port, user: user.clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Checks `requested` and gives each a published port, refusing ports that
-/// `others` (other services) already publish.
+/// `others` (other services) already publish and `reserved` ones.
 pub fn assign(
     name: &str,
     requested: &[PortConfig],
     others: &[Service],
+    reserved: &ReservedPorts,
 ) -> Result<Vec<PortConfig>, PortError> {
     let mut used: Vec<(String, u32, String)> = others
         .iter()
@@ -67,6 +100,7 @@ pub fn assign(
             p if p > 65535 => return Err(PortError::Published(p)),
             p => p,
         };
+        reserved.check(published)?;
         if let Some((_, _, owner)) = used.iter().find(|(p, port, _)| p == protocol && *port == published) {
             return Err(PortError::Taken {
                 port: published,
@@ -94,6 +128,28 @@ mod tests {
 
     fn service(name: &str, ports: Vec<PortConfig>) -> Service {
         Service { name: name.into(), ports, ..Default::default() }
+    }
+
+    fn assign(
+        name: &str,
+        requested: &[PortConfig],
+        others: &[Service],
+    ) -> Result<Vec<PortConfig>, PortError> {
+        super::assign(name, requested, others, &ReservedPorts::new(4243, 4789))
+    }
+
+    #[test]
+    fn the_clusters_own_ports_are_reserved() {
+        let reserved = ReservedPorts::new(5000, 4790);
+        for (port, user) in [(5000, "manager's API"), (4790, "data-path"), (22, "SSH")] {
+            let refused = super::assign("x", &[port_of(port)], &[], &reserved).unwrap_err().to_string();
+            assert!(refused.contains(user) && refused.contains(&port.to_string()), "{refused}");
+        }
+        assert!(super::assign("x", &[port_of(4243)], &[], &reserved).is_ok());
+    }
+
+    fn port_of(published: u32) -> PortConfig {
+        port("udp", published, 80)
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::control::ControlService;
 use crate::dispatcher::DispatcherService;
 use crate::liveness::Heartbeats;
 use crate::networks::AddressPool;
+use crate::ports::ReservedPorts;
 use crate::ManagerError;
 use netctl_proto::control_server::ControlServer;
 use netctl_proto::dispatcher_server::DispatcherServer;
@@ -62,8 +63,14 @@ impl Manager {
         let known_nodes = self.store.nodes()?.into_iter().map(|n| n.id);
         let heartbeats = Arc::new(Heartbeats::new(self.config.heartbeat_interval, known_nodes));
         let reports = Arc::new(crate::topology::AgentReports::default());
-        let control =
-            ControlService::new(self.store.clone(), heartbeats.clone(), self.config.pool, reports.clone());
+        let reserved_ports = ReservedPorts::new(listen.port(), self.cluster.data_path_port);
+        let control = ControlService::new(
+            self.store.clone(),
+            heartbeats.clone(),
+            self.config.pool,
+            reports.clone(),
+            reserved_ports,
+        );
         // Watch streams never end by themselves: close them when stopping, or
         // the graceful shutdown would wait for every agent forever.
         let (stop, stopping) = tokio::sync::watch::channel(false);

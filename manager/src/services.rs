@@ -4,9 +4,11 @@
 use crate::addresses;
 use crate::error::ManagerError;
 use crate::networks::now_unix;
+use crate::ports::ReservedPorts;
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
-use netctl_proto::{Network, Node, Service, ServiceCreateRequest, Task, VirtualIp};
+use netctl_proto::{EndpointAddress, Network, Node, Service, ServiceCreateRequest, Task, VirtualIp};
+use prost::Message;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
@@ -56,13 +58,18 @@ fn ensure_room(network: &Network, taken: &HashSet<Ipv4Addr>, needed: usize) -> R
 }
 
 /// Creates a service: validates it, resolves its networks, allocates its VIPs.
-pub async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Service, ManagerError> {
+pub async fn create(
+    store: &Store,
+    request: &ServiceCreateRequest,
+    reserved: &ReservedPorts,
+) -> Result<Service, ManagerError> {
     let id = ids::new_id();
     let name = match request.name.as_str() {
         "" => format!("service-{}", &id[..8]),
         given => given.to_string(),
     };
-    validate::name(&name)?;
+    validate::service_name(&name)?;
+    validate::replicas(request.replicas)?;
     if request.command.first().is_none_or(|c| c.is_empty()) {
         return Err(ManagerError::Refused("a service needs a command to run".into()));
     }
@@ -75,7 +82,7 @@ pub async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Ser
     let networks = store.networks()?;
     let tasks: Vec<Task> = store.all()?;
     let nodes = store.nodes()?;
-    let ports = crate::ports::assign(&name, &request.ports, &services)?;
+    let ports = crate::ports::assign(&name, &request.ports, &services, reserved)?;
     if !ports.is_empty() {
         let ingress = networks
             .iter()
@@ -121,8 +128,62 @@ pub async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Ser
         service.virtual_ips.push(VirtualIp { network_id: network.id.clone(), address: vip.to_string() });
         services.push(service.clone());
     }
+    services.retain(|s| s.id != service.id);
+    ensure_state_fits(&service, &services, &networks)?;
     store.put(&service).await?;
     Ok(service)
+}
+
+/// The most bytes one task can add to a node's desired state: its
+/// [`netctl_proto::TaskSpec`], and per endpoint a remote-endpoint entry and
+/// a balancing backend (an upper bound, computed from the real encoding).
+fn task_state_bytes(service: &Service, networks: &[Network]) -> usize {
+    let attached = attached_networks(service, networks);
+    let endpoint = EndpointAddress {
+        network_id: "n".repeat(25),
+        address: "255.255.255.255".into(),
+        mac: "02:42:ff:ff:ff:ff".into(),
+    };
+    let spec = netctl_proto::TaskSpec {
+        id: "t".repeat(25),
+        name: format!("{}.{}", service.name, validate::MAX_REPLICAS),
+        service_id: service.id.clone(),
+        command: service.command.clone(),
+        env: service.env.clone(),
+        workdir: service.workdir.clone(),
+        endpoints: vec![endpoint; attached.len()],
+        ..Default::default()
+    };
+    let remote = netctl_proto::RemoteEndpoint {
+        network_id: "n".repeat(25),
+        address: "255.255.255.255".into(),
+        mac: "02:42:ff:ff:ff:ff".into(),
+        node_addr: "255.255.255.255".into(),
+    };
+    // Framing of each repeated entry: a tag and a length prefix.
+    spec.encoded_len() + 8 + attached.len() * (remote.encoded_len() + 8 + 2 * (15 + 4))
+}
+
+/// Refuses a service (new or rescaled) when every task of the cluster,
+/// placed on one node, could make that node's desired state larger than a
+/// Watch message may be, so that no node's Watch breaks later.
+fn ensure_state_fits(
+    service: &Service,
+    others: &[Service],
+    networks: &[Network],
+) -> Result<(), ManagerError> {
+    let bytes = |s: &Service| s.replicas as usize * task_state_bytes(s, networks);
+    let total: usize = others.iter().map(bytes).sum::<usize>() + bytes(service);
+    if total > netctl_proto::MAX_NODE_STATE_BYTES {
+        return Err(ManagerError::Refused(format!(
+            "service {} with {} replicas could make a node's desired state {} MiB, over the {} MiB a node can receive: use fewer replicas or a shorter command and environment",
+            service.name,
+            service.replicas,
+            total.div_ceil(1024 * 1024),
+            netctl_proto::MAX_NODE_STATE_BYTES / (1024 * 1024)
+        )));
+    }
+    Ok(())
 }
 
 /// The service a name, ID or unique ID prefix designates.
@@ -135,6 +196,7 @@ pub fn find(store: &Store, reference: &str) -> Result<Service, ManagerError> {
 
 /// Sets a service's replica count; the orchestrator adds or stops tasks.
 pub async fn scale(store: &Store, reference: &str, replicas: u32) -> Result<Service, ManagerError> {
+    validate::replicas(replicas)?;
     let _writer = store.write_lock().await;
     let mut service = find(store, reference)?;
     let services: Vec<Service> = store.all()?;
@@ -150,6 +212,8 @@ pub async fn scale(store: &Store, reference: &str, replicas: u32) -> Result<Serv
         ensure_room(&network, &taken_addresses(&network, &services, &tasks, &nodes), more)?;
     }
     service.replicas = replicas;
+    let others: Vec<Service> = services.into_iter().filter(|s| s.id != service.id).collect();
+    ensure_state_fits(&service, &others, &store.networks()?)?;
     service.updated_unix = now_unix();
     store.put(&service).await?;
     Ok(service)
@@ -186,6 +250,11 @@ mod tests {
     use super::*;
     use crate::networks::{self, AddressPool};
     use netctl_proto::NetworkCreateRequest;
+    use std::collections::HashMap;
+
+    async fn create(store: &Store, request: &ServiceCreateRequest) -> Result<Service, ManagerError> {
+        super::create(store, request, &ReservedPorts::new(4243, 4789)).await
+    }
 
     async fn store_with_network(subnet: &str) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -253,5 +322,24 @@ mod tests {
         let ingress = ServiceCreateRequest { networks: vec!["ingress".into()], ..request("t", 1) };
         assert!(create(&store, &ingress).await.is_err());
         assert_eq!(store.all::<Service>().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_state_too_large_for_a_node_is_refused_at_the_change() {
+        let (_dir, store) = store_with_network("10.8.0.0/16").await;
+        let big_env = HashMap::from([("BLOB".to_string(), "x".repeat(100_000))]);
+        let big = ServiceCreateRequest { env: big_env, ..request("big", 1000) };
+        let refused = create(&store, &big).await.unwrap_err().to_string();
+        assert!(refused.contains("desired state") && refused.contains("64 MiB"), "{refused}");
+        assert!(store.all::<Service>().unwrap().is_empty());
+        let small = create(&store, &ServiceCreateRequest { replicas: 10, ..big }).await.unwrap();
+        let scaled = scale(&store, &small.name, 1000).await.unwrap_err().to_string();
+        assert!(scaled.contains("desired state"), "{scaled}");
+        assert_eq!(store.all::<Service>().unwrap()[0].replicas, 10);
+        assert!(scale(&store, &small.name, 1_000_000)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("at most 100000"));
     }
 }

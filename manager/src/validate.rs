@@ -10,12 +10,31 @@ const MIN_MTU: u32 = 68;
 /// The largest MTU an overlay may be given.
 const MAX_MTU: u32 = 65535;
 
+/// The longest name of a network or service: one DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+/// The most replicas a service may ask for.
+pub const MAX_REPLICAS: u32 = 100_000;
+
 /// Why a request was refused before touching the store.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ValidationError {
     /// Name not matching `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
     #[error("invalid name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
     InvalidName(String),
+    /// A name longer than one DNS label.
+    #[error("invalid name {name:?}: {len} characters, at most 63 are allowed (one DNS label)")]
+    NameTooLong {
+        /// The name (cut, so the error itself stays short).
+        name: String,
+        /// Its length.
+        len: usize,
+    },
+    /// A service name that is not a DNS label (tasks are found by it).
+    #[error("invalid service name {0:?}: a service name is a DNS label: letters, digits and '-', not starting or ending with '-'")]
+    NotDnsLabel(String),
+    /// More replicas than a cluster can hold.
+    #[error("invalid replicas {0}: at most 100000 are allowed")]
+    TooManyReplicas(u32),
     /// A driver other than overlay.
     #[error("unknown network driver {0:?}: netctl supports only \"overlay\"")]
     UnknownDriver(String),
@@ -27,8 +46,14 @@ pub enum ValidationError {
     InvalidMtu(String),
 }
 
-/// Checks a resource name the way Docker does.
+/// Checks a resource name the way Docker does, at most one DNS label long.
 pub fn name(name: &str) -> Result<(), ValidationError> {
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(ValidationError::NameTooLong {
+            name: name.chars().take(MAX_NAME_LEN).chain("...".chars()).collect(),
+            len: name.chars().count(),
+        });
+    }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -37,6 +62,26 @@ pub fn name(name: &str) -> Result<(), ValidationError> {
     } else {
         Err(ValidationError::InvalidName(name.to_string()))
     }
+}
+
+/// Checks a service name: a valid name that is also a DNS label, since its
+/// tasks' host names and (later) DNS names are made from it.
+pub fn service_name(service: &str) -> Result<(), ValidationError> {
+    name(service)?;
+    let label = service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !service.ends_with('-');
+    if label {
+        Ok(())
+    } else {
+        Err(ValidationError::NotDnsLabel(service.to_string()))
+    }
+}
+
+/// Checks a replica count.
+pub fn replicas(replicas: u32) -> Result<(), ValidationError> {
+    if replicas > MAX_REPLICAS {
+        return Err(ValidationError::TooManyReplicas(replicas));
+    }
+    Ok(())
 }
 
 /// The driver to use: `overlay` when none is given.
@@ -77,6 +122,30 @@ mod tests {
         for bad in ["", "-net", ".net", "_net", "my net", "net/1", "nét"] {
             assert!(name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_are_at_most_one_dns_label_long() {
+        assert_eq!(name(&"a".repeat(63)), Ok(()));
+        let long = name(&"a".repeat(64)).unwrap_err().to_string();
+        assert!(long.contains("64 characters, at most 63"), "{long}");
+        assert!(long.len() < 200, "the error repeats a long name: {long}");
+    }
+
+    #[test]
+    fn service_names_are_dns_labels() {
+        for good in ["web", "demo-service", "a1"] {
+            assert_eq!(service_name(good), Ok(()), "{good}");
+        }
+        for bad in ["web_1", "web.1", "web-", "-web", ""] {
+            assert!(service_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_are_bounded() {
+        assert_eq!(replicas(100_000), Ok(()));
+        assert_eq!(replicas(100_001), Err(ValidationError::TooManyReplicas(100_001)));
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub use v1::*;
 mod connect;
 pub use connect::{connect, ConnectError};
 
+/// The largest message a Watch stream carries (one node's whole desired
+/// state). The manager refuses a change that could make a node's state
+/// larger, and the agent accepts messages up to this size.
+pub const MAX_NODE_STATE_BYTES: usize = 64 * 1024 * 1024;
+
 /// gRPC metadata key carrying a bearer token (admin token or join token).
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
