@@ -5,6 +5,7 @@
 //! docker_gwbridge, remote endpoints.
 
 pub mod backoff;
+pub mod capabilities;
 pub mod connections;
 pub mod gwbridge;
 pub mod identity;
@@ -16,6 +17,8 @@ pub mod peers;
 pub mod reconcile;
 pub mod sandbox;
 pub mod session;
+pub mod shim;
+pub mod task_files;
 pub mod tasks;
 pub mod topology;
 
@@ -51,7 +54,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let mut node_id = identity::load(&config.state_dir)
         .with_context(|| format!("reading the node identity in {}", config.state_dir.display()))?;
-    let reconciler = reconcile::Reconciler::new(&config.run_dir, config.advertise_addr)
+    // Tasks are started through this very binary (`netctl task-shim`).
+    let shim_program = PathBuf::from("/proc/self/exe");
+    let reconciler = reconcile::Reconciler::new(&config.run_dir, config.advertise_addr, shim_program)
         .with_context(|| format!("preparing the run dir {}", config.run_dir.display()))?;
     let (desired_sender, desired) = watch::channel(None);
     let (report_sender, reports) = watch::channel(Vec::new());
@@ -100,6 +105,7 @@ async fn reconcile_forever(
     hostname: String,
 ) {
     let mut topology_read_at: Option<std::time::Instant> = None;
+    let task_stopped = reconciler.task_stopped();
     loop {
         let state = desired.borrow_and_update().clone();
         if let Some(state) = state {
@@ -123,7 +129,11 @@ async fn reconcile_forever(
                 });
             }
         }
-        let _ = tokio::time::timeout(RECONCILE_INTERVAL, desired.changed()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_INTERVAL) => {},
+            _ = desired.changed() => {},
+            _ = task_stopped.notified() => {},
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use netctl_proto::{NodeState, TaskStatusReport};
 use netlib::{NamespaceDir, Netlink};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The overhead of VXLAN encapsulation on the underlay MTU.
 const VXLAN_OVERHEAD: u32 = 50;
@@ -32,15 +32,16 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// A reconciler for the node whose namespaces live under `run_dir`.
-    pub fn new(run_dir: &Path, advertise_addr: IpAddr) -> anyhow::Result<Self> {
+    /// A reconciler for the node whose namespaces live under `run_dir`,
+    /// starting tasks through `shim_program` (the netctl binary).
+    pub fn new(run_dir: &Path, advertise_addr: IpAddr, shim_program: PathBuf) -> anyhow::Result<Self> {
         let namespaces = NamespaceDir::new(run_dir);
         namespaces.prepare()?;
         Ok(Self {
             advertise_addr,
             host: Netlink::host()?,
             connections: Connections::new(namespaces),
-            supervisor: Supervisor::new(run_dir)?,
+            supervisor: Supervisor::new(run_dir, shim_program)?,
             gwbridge_rules_written: false,
             sandbox_setup_times: Vec::new(),
             rules: Written::default(),
@@ -84,7 +85,7 @@ impl Reconciler {
             {
                 // The sandbox was deleted under a running task: the task lost
                 // its network for good, so it ends and the manager replaces it.
-                self.supervisor.stop(std::slice::from_ref(&sandbox_name)).await;
+                self.supervisor.stop(std::slice::from_ref(&sandbox_name), self.connections.namespaces());
                 self.supervisor.mark_lost(task, &sandbox_name, "the task's sandbox namespace was removed");
             }
             let new_sandbox = !self.connections.namespaces().exists(&sandbox_name);
@@ -192,6 +193,12 @@ impl Reconciler {
         self.rules
             .write(&key, &target, &mesh::vip_rules(&vips))
             .map_err(|e| format!("service VIP rules: {e}"))
+    }
+
+    /// Notified when a task finished stopping, so that its sandbox can be
+    /// removed without waiting for the next interval.
+    pub fn task_stopped(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.supervisor.stopped()
     }
 
     /// The node's kernel objects, read back (see [`crate::topology`]).
@@ -313,9 +320,7 @@ impl Reconciler {
             .collect();
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted_sandboxes.contains(s)).collect();
-        if !unwanted.is_empty() {
-            self.supervisor.stop(&unwanted).await;
-        }
+        self.supervisor.stop(&unwanted, self.connections.namespaces());
         let existing = self.connections.namespaces().list().unwrap_or_else(|err| {
             tracing::error!("{err}");
             Vec::new()
@@ -326,7 +331,8 @@ impl Reconciler {
             } else {
                 wanted_sandboxes.contains(&namespace)
             };
-            if !wanted {
+            // A sandbox stays until nothing of its task is left.
+            if !wanted && !self.supervisor.holds(&namespace) {
                 if let Some(inode) = self.connections.inode(&namespace) {
                     self.rules.forget(&format!("{namespace}@{inode}"));
                 }

@@ -4,8 +4,8 @@
 use crate::AgentConfig;
 use netctl_proto::dispatcher_client::DispatcherClient;
 use netctl_proto::{
-    BearerToken, HeartbeatRequest, JoinRequest, NodeState, NodeTopology, ReportStatusRequest,
-    TaskStatusReport, WatchRequest,
+    BearerToken, HeartbeatRequest, JoinRequest, LogOffsetsRequest, NodeState, NodeTopology,
+    ReportStatusRequest, TaskStatusReport, WatchRequest,
 };
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
@@ -63,7 +63,8 @@ impl Session {
             during: "connecting",
             message: err.reason,
         })?;
-        let client = DispatcherClient::with_interceptor(channel, interceptor);
+        let client = DispatcherClient::with_interceptor(channel, interceptor)
+            .max_decoding_message_size(netctl_proto::MAX_NODE_STATE_BYTES);
         Ok(Self { manager, client })
     }
 
@@ -135,16 +136,30 @@ impl Session {
         }
     }
 
-    /// Ships new output of the task log files in `tasks_dir` every second,
-    /// forever. Each session starts from the beginning of every file; the
-    /// manager drops what it already has.
+    /// Ships new output of the tasks in `tasks_dir` every second, forever,
+    /// from where the manager says it has each task's output.
     pub async fn ship_logs_forever(mut self, node_id: String, tasks_dir: std::path::PathBuf) {
+        let request = LogOffsetsRequest { node_id: node_id.clone() };
+        let mut offsets = match self.client.log_offsets(request).await {
+            Ok(response) => response.into_inner().offsets,
+            Err(status) => {
+                tracing::warn!(manager = %self.manager, "asking how far task logs were shipped: {}", status.message());
+                return;
+            }
+        };
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let call = self.client.push_logs(tokio_stream::wrappers::ReceiverStream::new(receiver));
         let feed = async move {
-            let mut offsets = std::collections::HashMap::new();
             loop {
-                for chunk in crate::logs::new_output(&tasks_dir, &node_id, &mut offsets) {
+                // File reads, off the async workers.
+                let (dir, node) = (tasks_dir.clone(), node_id.clone());
+                let read = tokio::task::spawn_blocking(move || {
+                    let chunks = crate::logs::new_output(&dir, &node, &mut offsets);
+                    (chunks, offsets)
+                });
+                let Ok((chunks, advanced)) = read.await else { return };
+                offsets = advanced;
+                for chunk in chunks {
                     if sender.send(chunk).await.is_err() {
                         return;
                     }

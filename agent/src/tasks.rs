@@ -1,53 +1,95 @@
-//! Task processes: started inside their sandbox's network namespace with
-//! their own UTS namespace (hostname = task name) and session, output to a
-//! log file, and watched until they exit. A pid file per task (with the
-//! process start time, against PID reuse) lets a restarted agent adopt the
-//! processes it started before instead of starting them twice.
+//! Task processes. Each task is started through its shim ([`crate::shim`])
+//! inside its sandbox's network namespace, in new UTS, mount, IPC and PID
+//! namespaces, with exactly the service's environment (plus a default PATH),
+//! and recorded in its folder ([`crate::task_files`]) the moment it is
+//! spawned. A restarted agent adopts the shims it finds recorded and ends
+//! any process in a sandbox it has no record for, so no task process is
+//! ever left untracked.
+//!
+//! Stopping a task sends SIGTERM to every process of it, then SIGKILL to
+//! what is left after its grace period; it runs in the background, and the
+//! sandbox is only removed once nothing of the task is left
+//! ([`Supervisor::holds`]).
 
+use crate::shim::LogLimits;
+use crate::task_files::{process_start_time, ShimRecord, TaskExit, TaskFiles};
 use netctl_proto::{TaskSpec, TaskStatusReport};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use std::collections::HashMap;
+use netlib::netns::{namespace_inode, processes_in, signal_processes_in};
+use nix::sys::signal::Signal;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How long a stopped task may take to exit after SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+pub use crate::task_files::tasks_dir;
 
-/// Where pid files and task logs live: `<run-dir>/tasks`.
-pub fn tasks_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("tasks")
-}
+/// Docker's default `--stop-grace-period`.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+/// The PATH a task gets unless its service sets one (Docker's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The longest host name the kernel keeps for a task (a DNS label).
+const MAX_HOSTNAME: usize = 63;
 
 /// What happened to a task's process, as reported to the manager.
 fn report(task_id: &str, state: &str, error: impl Into<String>) -> TaskStatusReport {
     TaskStatusReport { task_id: task_id.to_string(), state: state.to_string(), error: error.into() }
 }
 
+/// The report for a task that ended as its shim recorded (`None`: no record).
+fn ended_report(task_id: &str, exit: Option<TaskExit>) -> TaskStatusReport {
+    match exit {
+        Some(TaskExit::Exited(0)) => report(task_id, "complete", "task exited with status 0"),
+        Some(TaskExit::Exited(code)) => report(task_id, "failed", format!("task exited with status {code}")),
+        Some(TaskExit::Killed(signal)) => {
+            report(task_id, "failed", format!("task was killed (signal {signal})"))
+        }
+        Some(TaskExit::NotStarted(reason)) => report(task_id, "failed", reason),
+        None => report(task_id, "failed", "task ended while the agent was away"),
+    }
+}
+
+/// The host name of a task: its name, cut to one DNS label as the kernel
+/// and resolvers want it.
+pub fn task_hostname(name: &str) -> String {
+    let cut: String = name.chars().take(MAX_HOSTNAME).collect();
+    cut.trim_end_matches(['.', '-']).to_string()
+}
+
 /// Starts, watches, adopts and stops task processes.
 pub struct Supervisor {
     dir: PathBuf,
+    shim_program: PathBuf,
     children: HashMap<String, Child>,
     ended: HashMap<String, TaskStatusReport>,
+    stopping: Arc<Mutex<HashSet<String>>>,
+    stopped: Arc<tokio::sync::Notify>,
 }
 
 impl Supervisor {
-    /// Keeps pid files and logs in `<run-dir>/tasks`.
-    pub fn new(run_dir: &Path) -> std::io::Result<Self> {
+    /// Keeps task folders in `<run-dir>/tasks`; starts tasks through
+    /// `shim_program` (the netctl binary: `netctl task-shim`).
+    pub fn new(run_dir: &Path, shim_program: PathBuf) -> std::io::Result<Self> {
         let dir = tasks_dir(run_dir);
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir, children: HashMap::new(), ended: HashMap::new() })
+        Ok(Self {
+            dir,
+            shim_program,
+            children: HashMap::new(),
+            ended: HashMap::new(),
+            stopping: Arc::default(),
+            stopped: Arc::default(),
+        })
     }
 
-    fn pid_file(&self, sandbox: &str) -> PathBuf {
-        self.dir.join(format!("{sandbox}.pid"))
+    /// Notified whenever a task finished stopping (its sandbox may go).
+    pub fn stopped(&self) -> Arc<tokio::sync::Notify> {
+        self.stopped.clone()
     }
 
-    /// The log file of a task.
-    pub fn log_file(&self, sandbox: &str) -> PathBuf {
-        self.dir.join(format!("{sandbox}.log"))
+    fn files(&self, sandbox: &str) -> TaskFiles {
+        TaskFiles::new(&self.dir, sandbox)
     }
 
     /// Makes sure `task` was started in the sandbox at `sandbox_path` and
@@ -62,33 +104,38 @@ impl Supervisor {
         if let Some(ended) = self.ended.get(sandbox) {
             return ended.clone();
         }
+        let files = self.files(sandbox);
         if let Some(child) = self.children.get_mut(sandbox) {
-            match child.try_wait() {
-                Ok(None) => return report(&task.id, "running", ""),
-                Ok(Some(status)) => {
+            return match child.try_wait() {
+                Ok(None) => report(&task.id, "running", ""),
+                Ok(Some(_)) => {
                     self.children.remove(sandbox);
-                    let ended = match status.code() {
-                        Some(0) => report(&task.id, "complete", "task exited with status 0"),
-                        Some(code) => report(&task.id, "failed", format!("task exited with status {code}")),
-                        None => report(&task.id, "failed", format!("task was killed ({status})")),
+                    let ended = match files.exit() {
+                        Some(exit) => ended_report(&task.id, Some(exit)),
+                        None => report(&task.id, "failed", "the task's shim ended without a record"),
                     };
-                    return self.record_end(sandbox, ended);
+                    self.record_end(sandbox, ended)
                 }
-                Err(err) => return report(&task.id, "failed", format!("waiting for the task: {err}")),
-            }
+                Err(err) => report(&task.id, "failed", format!("waiting for the task: {err}")),
+            };
         }
-        match read_pid_file(&self.pid_file(sandbox)) {
-            Some((pid, started)) if process_start_time(pid) == Some(started) => {
-                report(&task.id, "running", "")
+        match files.shim() {
+            Some(record) if record.alive() => report(&task.id, "running", ""),
+            Some(_) => self.record_end(sandbox, ended_report(&task.id, files.exit())),
+            None => {
+                // Processes without a record come from a start whose record
+                // was lost (the agent died right after spawning): end them.
+                if let Some(inode) = namespace_inode(sandbox_path) {
+                    let strays = signal_processes_in(&[inode], Signal::SIGKILL);
+                    if strays > 0 {
+                        tracing::warn!(task = %task.id, strays, "ended task processes that had no record");
+                    }
+                }
+                match self.start(task, sandbox, sandbox_path) {
+                    Ok(()) => report(&task.id, "running", ""),
+                    Err(error) => self.record_end(sandbox, report(&task.id, "failed", error)),
+                }
             }
-            Some(_) => {
-                let ended = report(&task.id, "failed", "task ended while the agent was away");
-                self.record_end(sandbox, ended)
-            }
-            None => match self.start(task, sandbox, sandbox_path) {
-                Ok(()) => report(&task.id, "running", ""),
-                Err(error) => self.record_end(sandbox, report(&task.id, "failed", error)),
-            },
         }
     }
 
@@ -99,46 +146,73 @@ impl Supervisor {
     }
 
     fn start(&mut self, task: &TaskSpec, sandbox: &str, sandbox_path: &Path) -> Result<(), String> {
-        let program = task.command.first().ok_or("the task has no command")?;
-        let log_path = self.log_file(sandbox);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("opening log {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| format!("opening log {}: {e}", log_path.display()))?;
+        if task.command.first().is_none_or(|c| c.is_empty()) {
+            return Err("the task has no command".into());
+        }
+        let files = self.files(sandbox);
+        files.create().map_err(|e| format!("making the task folder {}: {e}", files.dir().display()))?;
+        let runtime = task.runtime.clone().unwrap_or_default();
+        let limits = LogLimits::or_default(runtime.log_max_size, runtime.log_max_file);
+        let mut command = Command::new(&self.shim_program);
+        command
+            .arg("task-shim")
+            .arg("--task-dir")
+            .arg(files.dir())
+            .args(["--log-max-size", &limits.max_size.to_string()])
+            .args(["--log-max-file", &limits.max_file.to_string()])
+            .args(shim_flags(&runtime))
+            .arg("--")
+            .args(&task.command)
+            .env_clear()
+            .env("PATH", DEFAULT_PATH)
+            .envs(&task.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.current_dir(if task.workdir.is_empty() { "/" } else { &task.workdir });
         let namespace = std::fs::File::open(sandbox_path)
             .map_err(|e| format!("opening sandbox {}: {e}", sandbox_path.display()))?;
-        let hostname = task.name.clone();
-        let mut command = Command::new(program);
-        command.args(&task.command[1..]).envs(&task.env).stdin(Stdio::null()).stdout(log).stderr(log_err);
-        if !task.workdir.is_empty() {
-            command.current_dir(&task.workdir);
-        }
+        let hostname = task_hostname(&task.name);
         // SAFETY: only async-signal-safe system calls run between fork and exec.
         unsafe {
             command.pre_exec(move || {
                 use nix::sched::{setns, unshare, CloneFlags};
                 setns(&namespace, CloneFlags::CLONE_NEWNET)?;
-                unshare(CloneFlags::CLONE_NEWUTS)?;
+                let own = CloneFlags::CLONE_NEWUTS
+                    | CloneFlags::CLONE_NEWNS
+                    | CloneFlags::CLONE_NEWIPC
+                    | CloneFlags::CLONE_NEWPID;
+                unshare(own)?;
                 nix::unistd::sethostname(&hostname)?;
                 nix::unistd::setsid()?;
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|e| format!("starting task failed: {program}: {e}"))?;
+        let child = command.spawn().map_err(|e| format!("starting the task's shim: {e}"))?;
         let pid = child.id() as i32;
-        let started = process_start_time(pid).unwrap_or_default();
-        std::fs::write(self.pid_file(sandbox), format!("{pid} {started}\n"))
-            .map_err(|e| format!("writing pid file of {sandbox}: {e}"))?;
-        tracing::info!(task = %task.id, name = %task.name, pid, "task started");
+        let stop_grace = match runtime.stop_grace_ms {
+            0 => DEFAULT_STOP_GRACE,
+            ms => Duration::from_millis(ms),
+        };
+        let record = ShimRecord { pid, started: process_start_time(pid).unwrap_or_default(), stop_grace };
         self.children.insert(sandbox.to_string(), child);
+        files
+            .write_shim(&record)
+            .map_err(|e| format!("recording the task in {}: {e}", files.dir().display()))?;
+        tracing::info!(task = %task.id, name = %task.name, pid, "task started");
         Ok(())
     }
 
-    /// Whether a process was started for `sandbox` (and not stopped since).
+    /// Whether a task was started for `sandbox` (and not stopped since).
     pub fn started(&self, sandbox: &str) -> bool {
-        self.pid_file(sandbox).exists()
+        self.files(sandbox).shim().is_some()
+    }
+
+    /// Whether something of the task of `sandbox` may still run (it is
+    /// being stopped, or its shim lives): its sandbox must stay.
+    pub fn holds(&self, sandbox: &str) -> bool {
+        self.stopping.lock().expect("stopping set poisoned").contains(sandbox)
+            || self.files(sandbox).shim().is_some_and(|r| r.alive())
     }
 
     /// Records that the task of `sandbox` ended because of `error`.
@@ -146,11 +220,12 @@ impl Supervisor {
         self.record_end(sandbox, report(&task.id, "failed", error));
     }
 
-    /// The sandboxes that have a process (running or ended) known here.
+    /// The sandboxes that have a task (running or ended) known here.
     pub fn known(&self) -> Vec<String> {
         let from_files = std::fs::read_dir(&self.dir).into_iter().flatten().filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            name.strip_suffix(".pid").map(str::to_string)
+            let entry = entry.ok()?;
+            entry.file_type().ok()?.is_dir().then_some(())?;
+            entry.file_name().into_string().ok()
         });
         let mut known: Vec<String> = from_files.chain(self.ended.keys().cloned()).collect();
         known.sort();
@@ -158,62 +233,90 @@ impl Supervisor {
         known
     }
 
-    /// Stops the tasks of `sandboxes` together: SIGTERM to each process
-    /// group, SIGKILL to what is left after a grace period, then forgets them.
-    pub async fn stop(&mut self, sandboxes: &[String]) {
-        let mut alive: Vec<(String, i32, u64)> = sandboxes
-            .iter()
-            .filter_map(|sandbox| {
-                read_pid_file(&self.pid_file(sandbox)).map(|(pid, started)| (sandbox.clone(), pid, started))
-            })
-            .filter(|(_, pid, started)| process_start_time(*pid) == Some(*started))
-            .collect();
-        for (_, pid, _) in &alive {
-            let _ = kill(Pid::from_raw(-pid), Signal::SIGTERM);
-        }
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while !alive.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            alive.retain(|(sandbox, pid, started)| {
-                !self.reap(sandbox) && process_start_time(*pid) == Some(*started)
-            });
-        }
-        for (_, pid, _) in &alive {
-            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-        }
+    /// Starts stopping the tasks of `sandboxes` (those not being stopped
+    /// already), in the background: SIGTERM to every process of each task,
+    /// SIGKILL to what is left after its grace period, then its folder is
+    /// removed and [`Supervisor::stopped`] notified.
+    pub fn stop(&mut self, sandboxes: &[String], namespace_dir: &netlib::NamespaceDir) {
         for sandbox in sandboxes {
-            if let Some(mut child) = self.children.remove(sandbox) {
-                let _ = child.kill();
-                let _ = child.wait();
+            if !self.stopping.lock().expect("stopping set poisoned").insert(sandbox.clone()) {
+                continue;
             }
-            let _ = std::fs::remove_file(self.pid_file(sandbox));
-            let _ = std::fs::remove_file(self.log_file(sandbox));
             self.ended.remove(sandbox);
-            tracing::info!(sandbox, "task stopped");
+            let files = self.files(sandbox);
+            let record = files.shim();
+            // The shim's own namespace link still names the task's namespace
+            // when the sandbox file was deleted by hand.
+            let inode = record
+                .filter(ShimRecord::alive)
+                .and_then(|r| namespace_inode(Path::new(&format!("/proc/{}/ns/net", r.pid))))
+                .or_else(|| namespace_inode(&namespace_dir.path(sandbox)));
+            let stop = TaskStop {
+                sandbox: sandbox.clone(),
+                inode,
+                grace: record.map_or(DEFAULT_STOP_GRACE, |r| r.stop_grace),
+                child: self.children.remove(sandbox),
+                files,
+                stopping: self.stopping.clone(),
+                stopped: self.stopped.clone(),
+            };
+            tokio::spawn(stop.run());
         }
     }
-
-    /// Reaps our child of `sandbox` if it exited; whether it did.
-    fn reap(&mut self, sandbox: &str) -> bool {
-        self.children.get_mut(sandbox).is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))))
-    }
 }
 
-fn read_pid_file(path: &Path) -> Option<(i32, u64)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut fields = text.split_whitespace();
-    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+/// The shim's flags for a task's user and capabilities.
+pub fn shim_flags(runtime: &netctl_proto::TaskRuntime) -> Vec<String> {
+    let mut flags = Vec::new();
+    if !runtime.user.is_empty() {
+        flags.extend(["--user".to_string(), runtime.user.clone()]);
+    }
+    for cap in &runtime.cap_add {
+        flags.extend(["--cap-add".to_string(), cap.clone()]);
+    }
+    for cap in &runtime.cap_drop {
+        flags.extend(["--cap-drop".to_string(), cap.clone()]);
+    }
+    flags
 }
 
-/// The start time (in clock ticks since boot) of a live, non-zombie process.
-fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
+/// One task being stopped in the background.
+struct TaskStop {
+    sandbox: String,
+    inode: Option<u64>,
+    grace: Duration,
+    child: Option<Child>,
+    files: TaskFiles,
+    stopping: Arc<Mutex<HashSet<String>>>,
+    stopped: Arc<tokio::sync::Notify>,
+}
+
+impl TaskStop {
+    async fn run(mut self) {
+        let inodes: Vec<u64> = self.inode.into_iter().collect();
+        let poll = Duration::from_millis(50);
+        if signal_processes_in(&inodes, Signal::SIGTERM) > 0 {
+            let deadline = tokio::time::Instant::now() + self.grace;
+            while tokio::time::Instant::now() < deadline && !processes_in(&inodes).is_empty() {
+                tokio::time::sleep(poll).await;
+            }
+            while signal_processes_in(&inodes, Signal::SIGKILL) > 0 {
+                tokio::time::sleep(poll).await;
+            }
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            while matches!(child.try_wait(), Ok(None)) {
+                tokio::time::sleep(poll).await;
+            }
+        }
+        if let Err(err) = self.files.remove() {
+            tracing::warn!(sandbox = %self.sandbox, "removing the task folder: {err}");
+        }
+        tracing::info!(sandbox = %self.sandbox, "task stopped");
+        self.stopping.lock().expect("stopping set poisoned").remove(&self.sandbox);
+        self.stopped.notify_one();
     }
-    fields.get(19)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -221,12 +324,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn our_own_process_has_a_start_time_and_pid_files_round_trip() {
-        assert!(process_start_time(std::process::id() as i32).is_some());
-        assert_eq!(process_start_time(-1), None);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.pid");
-        std::fs::write(&path, "42 1234\n").unwrap();
-        assert_eq!(read_pid_file(&path), Some((42, 1234)));
+    fn host_names_fit_one_dns_label() {
+        assert_eq!(task_hostname("web.1"), "web.1");
+        let long = format!("{}.100000", "a".repeat(63));
+        assert_eq!(task_hostname(&long), "a".repeat(63));
+        let cut_at_dot = format!("{}.1", "b".repeat(62));
+        assert_eq!(task_hostname(&cut_at_dot), "b".repeat(62));
+    }
+
+    #[test]
+    fn exits_are_reported_in_dockers_words() {
+        assert_eq!(ended_report("t", Some(TaskExit::Exited(0))).state, "complete");
+        assert_eq!(ended_report("t", Some(TaskExit::Exited(3))).error, "task exited with status 3");
+        assert_eq!(ended_report("t", Some(TaskExit::NotStarted("x".into()))).error, "x");
+        assert_eq!(ended_report("t", None).error, "task ended while the agent was away");
     }
 }

@@ -11,6 +11,7 @@ use netctl_proto::control_server::Control;
 use netctl_proto::*;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 /// The Control service over the shared store.
@@ -161,26 +162,24 @@ impl Control for ControlService {
         Ok(Response::new(ServiceRemoveResponse { id: service.id }))
     }
 
+    type ServiceLogsStream = ReceiverStream<Result<TaskLog, Status>>;
+
     async fn service_logs(
         &self,
         request: Request<ServiceLogsRequest>,
-    ) -> Result<Response<ServiceLogsResponse>, Status> {
-        let service = services::find(&self.store, &request.get_ref().reference)?;
-        let view = self.views(vec![service])?.pop().unwrap_or_default();
-        let logs = view
-            .tasks
-            .into_iter()
-            .map(|entry| {
-                let task = entry.task.unwrap_or_default();
-                TaskLog {
-                    task_name: entry.name,
-                    data: self.reports.logs.output(&task.id),
-                    task_id: task.id,
-                    node_hostname: entry.node_hostname,
-                }
-            })
-            .collect();
-        Ok(Response::new(ServiceLogsResponse { logs }))
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let request = request.into_inner();
+        let service = services::find(&self.store, &request.reference)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let stream = LogStream {
+            store: self.store.clone(),
+            reports: self.reports.clone(),
+            service,
+            tail: u64::try_from(request.tail).ok(),
+            follow: request.follow,
+        };
+        tokio::spawn(stream.run(sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn topology(
@@ -197,5 +196,72 @@ impl Control for ControlService {
             )));
         }
         Ok(Response::new(TopologyResponse { nodes }))
+    }
+}
+
+/// One `service logs` reply: the kept output of each task of a service, in
+/// pieces of at most [`LOG_PIECE`] bytes, then (when following) what
+/// arrives later, until the client goes away or the service is removed.
+struct LogStream {
+    store: Arc<Store>,
+    reports: Arc<AgentReports>,
+    service: Service,
+    tail: Option<u64>,
+    follow: bool,
+}
+
+/// The most output one `TaskLog` message carries.
+const LOG_PIECE: usize = 64 * 1024;
+
+impl LogStream {
+    async fn run(self, sender: tokio::sync::mpsc::Sender<Result<TaskLog, Status>>) {
+        let logs = &self.reports.logs;
+        let mut appended = logs.subscribe();
+        let mut sent: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut first = true;
+        loop {
+            appended.mark_unchanged();
+            let (Ok(tasks), Ok(nodes)) = (self.store.all::<Task>(), self.store.nodes()) else { return };
+            let mut own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == self.service.id).collect();
+            if own.is_empty() && self.store.get::<Service>(&self.service.id).ok().flatten().is_none() {
+                return;
+            }
+            own.sort_by_key(|t| (t.slot, t.created_unix));
+            for task in own {
+                let from = *sent.entry(task.id.clone()).or_insert_with(|| {
+                    if first {
+                        logs.start_of_tail(&task.id, self.tail)
+                    } else {
+                        0
+                    }
+                });
+                let (data, end) = logs.since(&task.id, from);
+                sent.insert(task.id.clone(), end);
+                let node_hostname = nodes
+                    .iter()
+                    .find(|n| n.id == task.node_id)
+                    .map_or(task.node_id.clone(), |n| n.hostname.clone());
+                for piece in data.chunks(LOG_PIECE) {
+                    let log = TaskLog {
+                        task_name: services::task_name(&self.service, task),
+                        task_id: task.id.clone(),
+                        node_hostname: node_hostname.clone(),
+                        data: piece.to_vec(),
+                    };
+                    if sender.send(Ok(log)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            first = false;
+            if !self.follow {
+                return;
+            }
+            tokio::select! {
+                _ = appended.changed() => {},
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+                _ = sender.closed() => return,
+            }
+        }
     }
 }

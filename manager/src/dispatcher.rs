@@ -98,6 +98,7 @@ impl Dispatcher for DispatcherService {
         if join.hostname.is_empty() {
             return Err(Status::invalid_argument("a joining node must give its hostname"));
         }
+        let hostname = netctl_proto::printable(&join.hostname, crate::validate::MAX_NAME_LEN);
         let _writer = self.store.write_lock().await;
         let existing = match join.node_id.as_str() {
             "" => None,
@@ -112,7 +113,7 @@ impl Dispatcher for DispatcherService {
                 "" => ids::new_id(),
                 kept => kept.to_string(),
             },
-            hostname: join.hostname,
+            hostname,
             advertise_addr: join.advertise_addr,
             availability: "Active".to_string(),
             manager_host,
@@ -193,16 +194,20 @@ impl Dispatcher for DispatcherService {
         let _writer = self.store.write_lock().await;
         let mut batch = crate::store::Batch::new();
         for status in &report.tasks {
+            let error = netctl_proto::printable(&status.error, netctl_proto::MAX_REPORTED_CHARS);
             let Some(mut task) = self.store.get::<Task>(&status.task_id).map_err(ManagerError::from)? else {
                 continue;
             };
-            let changed = task.state != status.state || task.error != status.error;
+            let changed = task.state != status.state || task.error != error;
             if task.node_id != report.node_id || task.desired_state != DESIRED_RUNNING || !changed {
                 continue;
             }
-            tracing::info!(task = %task.id, state = %status.state, error = %status.error, "task status");
+            if !matches!(status.state.as_str(), "running" | "failed" | "complete") {
+                continue;
+            }
+            tracing::info!(task = %task.id, state = %status.state, %error, "task status");
             task.state = status.state.clone();
-            task.error = status.error.clone();
+            task.error = error;
             task.state_changed_unix = now_unix();
             batch.put(&task);
         }
@@ -217,14 +222,36 @@ impl Dispatcher for DispatcherService {
         request: Request<tonic::Streaming<LogChunk>>,
     ) -> Result<Response<PushLogsResponse>, Status> {
         let mut chunks = request.into_inner();
+        // The task of the last sandbox seen: chunks come in runs per task.
+        let mut owner: Option<(String, Option<String>)> = None;
         while let Some(chunk) = chunks.message().await? {
-            let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
-            let owner = tasks.iter().find(|t| t.node_id == chunk.node_id && t.id.starts_with(&chunk.sandbox));
-            if let Some(task) = owner {
-                self.reports.logs.append(&task.id, chunk.offset, &chunk.data);
+            if owner.as_ref().is_none_or(|(sandbox, _)| *sandbox != chunk.sandbox) {
+                let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
+                let task = tasks
+                    .into_iter()
+                    .find(|t| t.node_id == chunk.node_id && t.id.starts_with(&chunk.sandbox));
+                owner = Some((chunk.sandbox.clone(), task.map(|t| t.id)));
+            }
+            if let Some((_, Some(task_id))) = &owner {
+                self.reports.logs.append(task_id, chunk.offset, &chunk.data);
             }
         }
         Ok(Response::new(PushLogsResponse {}))
+    }
+
+    async fn log_offsets(
+        &self,
+        request: Request<LogOffsetsRequest>,
+    ) -> Result<Response<LogOffsetsResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        self.known_node(&node_id)?;
+        let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
+        let offsets = tasks
+            .iter()
+            .filter(|t| t.node_id == node_id)
+            .map(|t| (t.id[..t.id.len().min(12)].to_string(), self.reports.logs.received(&t.id)))
+            .collect();
+        Ok(Response::new(LogOffsetsResponse { offsets }))
     }
 
     async fn report_topology(

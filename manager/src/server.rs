@@ -75,6 +75,7 @@ impl Manager {
         // the graceful shutdown would wait for every agent forever.
         let (stop, stopping) = tokio::sync::watch::channel(false);
         tokio::spawn(crate::orchestrator::run(self.store.clone(), heartbeats.clone(), stopping.clone()));
+        tokio::spawn(forget_removed_task_logs(self.store.clone(), reports.clone(), stopping.clone()));
         let dispatcher = DispatcherService::new(
             self.store.clone(),
             heartbeats,
@@ -106,5 +107,29 @@ impl Manager {
                 context: format!("serving on {listen}"),
                 source: std::io::Error::other(err),
             })
+    }
+}
+
+/// Drops the kept output of tasks that no longer exist (removed services,
+/// history the orchestrator forgot), at most once a second.
+async fn forget_removed_task_logs(
+    store: Arc<crate::Store>,
+    reports: Arc<crate::topology::AgentReports>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut revisions = store.subscribe();
+    loop {
+        tokio::select! {
+            changed = revisions.changed() => if changed.is_err() { return },
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        match store.all::<netctl_proto::Task>() {
+            Ok(tasks) => {
+                let ids: std::collections::HashSet<String> = tasks.into_iter().map(|t| t.id).collect();
+                reports.logs.retain(|id| ids.contains(id));
+            }
+            Err(err) => tracing::warn!("reading tasks to forget their logs: {err}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

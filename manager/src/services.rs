@@ -70,6 +70,7 @@ pub async fn create(
     };
     validate::service_name(&name)?;
     validate::replicas(request.replicas)?;
+    let runtime = validate::runtime(&request.runtime.clone().unwrap_or_default())?;
     if request.command.first().is_none_or(|c| c.is_empty()) {
         return Err(ManagerError::Refused("a service needs a command to run".into()));
     }
@@ -101,6 +102,7 @@ pub async fn create(
         command: request.command.clone(),
         env: request.env.clone(),
         workdir: request.workdir.clone(),
+        runtime: Some(runtime),
         ports,
         created_unix: now_unix(),
         updated_unix: now_unix(),

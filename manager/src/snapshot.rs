@@ -115,6 +115,7 @@ pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision:
                 env: service.env.clone(),
                 workdir: service.workdir.clone(),
                 endpoints: t.endpoints.clone(),
+                runtime: service.runtime.clone(),
             }
         })
         .collect();

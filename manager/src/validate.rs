@@ -1,5 +1,6 @@
 //! Checks of operator input that need no cluster state (pure).
 
+use netctl_proto::TaskRuntime;
 use std::collections::HashMap;
 
 /// The only network driver netctl implements.
@@ -35,6 +36,17 @@ pub enum ValidationError {
     /// More replicas than a cluster can hold.
     #[error("invalid replicas {0}: at most 100000 are allowed")]
     TooManyReplicas(u32),
+    /// A capability name Linux does not have.
+    #[error(
+        "unknown capability {0:?}: expected a Linux capability such as NET_ADMIN or CAP_NET_ADMIN, or ALL"
+    )]
+    UnknownCapability(String),
+    /// A `--user` that is not UID[:GID] or NAME[:GROUP].
+    #[error("invalid user {0:?}: expected UID[:GID] or NAME[:GROUP]")]
+    InvalidUser(String),
+    /// A `--log-opt` netctl does not know or cannot keep.
+    #[error("invalid log option {0}")]
+    InvalidLogOption(String),
     /// A driver other than overlay.
     #[error("unknown network driver {0:?}: netctl supports only \"overlay\"")]
     UnknownDriver(String),
@@ -82,6 +94,62 @@ pub fn replicas(replicas: u32) -> Result<(), ValidationError> {
         return Err(ValidationError::TooManyReplicas(replicas));
     }
     Ok(())
+}
+
+/// The smallest log file a task may be given (`--log-opt max-size`).
+const MIN_LOG_FILE_BYTES: u64 = 4096;
+/// The most log files a task may keep (`--log-opt max-file`).
+const MAX_LOG_FILES: u32 = 100;
+
+/// Checks how a service's tasks run and writes capability names the one
+/// way agents read them (`CAP_NET_ADMIN`, or `ALL`).
+pub fn runtime(runtime: &TaskRuntime) -> Result<TaskRuntime, ValidationError> {
+    if !runtime.user.is_empty() {
+        let mut parts = runtime.user.splitn(2, ':');
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part.len() <= 32
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        };
+        if !parts.all(valid) {
+            return Err(ValidationError::InvalidUser(runtime.user.clone()));
+        }
+    }
+    if runtime.log_max_size != 0 && runtime.log_max_size < MIN_LOG_FILE_BYTES {
+        return Err(ValidationError::InvalidLogOption(format!(
+            "max-size={}: at least {MIN_LOG_FILE_BYTES} bytes",
+            runtime.log_max_size
+        )));
+    }
+    if runtime.log_max_file > MAX_LOG_FILES {
+        return Err(ValidationError::InvalidLogOption(format!(
+            "max-file={}: at most {MAX_LOG_FILES}",
+            runtime.log_max_file
+        )));
+    }
+    Ok(TaskRuntime {
+        cap_add: capabilities(&runtime.cap_add)?,
+        cap_drop: capabilities(&runtime.cap_drop)?,
+        ..runtime.clone()
+    })
+}
+
+/// Capability names in the form `CAP_NET_ADMIN` (or `ALL`), whatever case
+/// and prefix they were given in.
+fn capabilities(names: &[String]) -> Result<Vec<String>, ValidationError> {
+    names
+        .iter()
+        .map(|name| {
+            let upper = name.to_ascii_uppercase();
+            if upper == "ALL" {
+                return Ok(upper);
+            }
+            let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+            full.parse::<caps::Capability>()
+                .map(|cap| cap.to_string())
+                .map_err(|_| ValidationError::UnknownCapability(name.clone()))
+        })
+        .collect()
 }
 
 /// The driver to use: `overlay` when none is given.
@@ -146,6 +214,29 @@ mod tests {
     fn replicas_are_bounded() {
         assert_eq!(replicas(100_000), Ok(()));
         assert_eq!(replicas(100_001), Err(ValidationError::TooManyReplicas(100_001)));
+    }
+
+    #[test]
+    fn runtimes_are_checked_and_capabilities_normalized() {
+        let given = TaskRuntime {
+            user: "1000:1000".into(),
+            cap_add: vec!["net_admin".into(), "CAP_SYS_TIME".into(), "all".into()],
+            cap_drop: vec!["NET_RAW".into()],
+            ..Default::default()
+        };
+        let checked = runtime(&given).unwrap();
+        assert_eq!(checked.cap_add, ["CAP_NET_ADMIN", "CAP_SYS_TIME", "ALL"]);
+        assert_eq!(checked.cap_drop, ["CAP_NET_RAW"]);
+        let bad_cap = TaskRuntime { cap_add: vec!["FLY".into()], ..Default::default() };
+        assert_eq!(runtime(&bad_cap), Err(ValidationError::UnknownCapability("FLY".into())));
+        for user in ["", "nobody", "1000", "www-data:adm"] {
+            assert!(runtime(&TaskRuntime { user: user.into(), ..Default::default() }).is_ok(), "{user}");
+        }
+        for user in [":", "1000:", "a b", "x;rm"] {
+            assert!(runtime(&TaskRuntime { user: user.into(), ..Default::default() }).is_err(), "{user}");
+        }
+        assert!(runtime(&TaskRuntime { log_max_size: 10, ..Default::default() }).is_err());
+        assert!(runtime(&TaskRuntime { log_max_file: 1000, ..Default::default() }).is_err());
     }
 
     #[test]

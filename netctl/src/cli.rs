@@ -49,6 +49,9 @@ pub enum Command {
     /// A cluster of simulated hosts on this machine (namespaces).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Run a task (started by the agent; not for operators).
+    #[command(hide = true)]
+    TaskShim(TaskShimArgs),
     /// Show every node's namespaces, interfaces, veth pairs, bridges, VXLAN
     /// devices, FDB entries, routes and rules, read back from the kernel.
     Topology {
@@ -118,6 +121,34 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// `netctl task-shim` flags: how the agent (or `netctl exec`) asks for a
+/// task to run.
+#[derive(Debug, Args)]
+pub struct TaskShimArgs {
+    /// The task's folder (logs, exit record); without it, run a command in
+    /// the task whose namespaces the caller joined (`netctl exec`).
+    #[arg(long)]
+    pub task_dir: Option<PathBuf>,
+    /// Bytes per log file.
+    #[arg(long, default_value_t = 0)]
+    pub log_max_size: u64,
+    /// Log files kept.
+    #[arg(long, default_value_t = 0)]
+    pub log_max_file: u32,
+    /// UID[:GID] or NAME[:GROUP].
+    #[arg(long, default_value = "")]
+    pub user: String,
+    /// Capabilities added to Docker's default set.
+    #[arg(long)]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from it.
+    #[arg(long)]
+    pub cap_drop: Vec<String>,
+    /// The command and its arguments (after --).
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
+}
+
 /// `netctl manager` flags.
 #[derive(Debug, Args)]
 pub struct ManagerArgs {
@@ -144,9 +175,18 @@ pub struct ManagerArgs {
 /// `netctl agent` flags.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The token printed by `netctl manager` at cluster creation.
-    #[arg(long, env = "NETCTL_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: String,
+    /// The token printed by `netctl manager` at cluster creation (visible
+    /// to every user in `ps`: prefer --join-token-file).
+    #[arg(
+        long,
+        env = "NETCTL_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "join_token_file"
+    )]
+    pub join_token: Option<String>,
+    /// A file holding the join token (mode 0600).
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
     /// This node's address on the underlay (VXLAN traffic uses it).
     #[arg(long)]
     pub advertise_addr: IpAddr,
@@ -248,6 +288,21 @@ pub enum ServiceCommand {
         /// published=8080,target=80,protocol=tcp, or target=80.
         #[arg(short, long = "publish", value_parser = parse_publish)]
         publish: Vec<netctl_proto::PortConfig>,
+        /// Run the tasks as UID[:GID] or NAME[:GROUP] [default: root].
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Add a Linux capability to Docker's default set (NET_ADMIN, ALL, ...).
+        #[arg(long)]
+        cap_add: Vec<String>,
+        /// Drop a Linux capability from the default set.
+        #[arg(long)]
+        cap_drop: Vec<String>,
+        /// Time to wait after SIGTERM before a stopping task is killed.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        stop_grace_period: Duration,
+        /// Log options: max-size=10m (per file), max-file=3 (files kept).
+        #[arg(long, value_parser = parse_log_opt)]
+        log_opt: Vec<LogOpt>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -278,6 +333,12 @@ pub enum ServiceCommand {
     },
     /// Show what the tasks of a service wrote.
     Logs {
+        /// Only the last N lines of each task [default: all the manager keeps].
+        #[arg(short = 'n', long)]
+        tail: Option<u64>,
+        /// Keep printing new output until interrupted.
+        #[arg(short, long)]
+        follow: bool,
         /// Name or ID.
         service: String,
     },
@@ -342,6 +403,43 @@ pub fn parse_publish(text: &str) -> Result<netctl_proto::PortConfig, String> {
     Ok(port)
 }
 
+/// One `--log-opt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOpt {
+    /// `max-size=SIZE`: bytes per log file.
+    MaxSize(u64),
+    /// `max-file=N`: log files kept.
+    MaxFile(u32),
+}
+
+/// Parses `max-size=10m` (k, m, g suffixes as Docker takes them) or
+/// `max-file=3`.
+pub fn parse_log_opt(text: &str) -> Result<LogOpt, String> {
+    match text.split_once('=') {
+        Some(("max-size", size)) => {
+            let lower = size.to_ascii_lowercase();
+            let (digits, unit) = match lower.trim_end_matches('b').char_indices().last() {
+                Some((i, c @ ('k' | 'm' | 'g'))) => (&lower[..i], c),
+                _ => (lower.trim_end_matches('b'), ' '),
+            };
+            let factor = match unit {
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                _ => 1,
+            };
+            let number: u64 =
+                digits.parse().map_err(|_| format!("invalid log size {size:?}: expected e.g. 10m"))?;
+            Ok(LogOpt::MaxSize(number.saturating_mul(factor)))
+        }
+        Some(("max-file", count)) => match count.parse() {
+            Ok(n) if n >= 1 => Ok(LogOpt::MaxFile(n)),
+            _ => Err(format!("invalid max-file {count:?}: expected a positive integer")),
+        },
+        _ => Err(format!("unsupported log option {text:?}: expected max-size=SIZE or max-file=N")),
+    }
+}
+
 /// Parses `SERVICE=REPLICAS`.
 fn parse_scale(text: &str) -> Result<(String, u32), String> {
     let (service, replicas) =
@@ -388,6 +486,18 @@ mod tests {
             assert!(parse_publish(bad).is_err(), "{bad}");
         }
         assert!(parse_publish("published=8080").unwrap_err().contains("target port is missing"));
+    }
+
+    #[test]
+    fn log_options_take_dockers_sizes() {
+        assert_eq!(parse_log_opt("max-size=10m"), Ok(LogOpt::MaxSize(10 << 20)));
+        assert_eq!(parse_log_opt("max-size=64k"), Ok(LogOpt::MaxSize(64 << 10)));
+        assert_eq!(parse_log_opt("max-size=1G"), Ok(LogOpt::MaxSize(1 << 30)));
+        assert_eq!(parse_log_opt("max-size=5000"), Ok(LogOpt::MaxSize(5000)));
+        assert_eq!(parse_log_opt("max-file=5"), Ok(LogOpt::MaxFile(5)));
+        for bad in ["max-size=ten", "max-file=0", "compress=true", "max-size"] {
+            assert!(parse_log_opt(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ fn main() -> ExitCode {
             return if err.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
     };
+    if let cli::Command::TaskShim(args) = cli.command {
+        // Single-threaded on purpose: the shim forks the task.
+        return ExitCode::from(commands::task_shim::run(args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,8 +1,19 @@
 //! Aligned text columns, as Docker prints its lists.
 
+/// The longest cell printed.
+const MAX_CELL_CHARS: usize = 256;
+
+/// Text reported by a node, made safe for a terminal (no control
+/// characters, bounded length).
+pub fn printable(text: &str) -> String {
+    netctl_proto::printable(text, MAX_CELL_CHARS)
+}
+
 /// Renders `rows` under `headers`, each column as wide as its widest cell,
-/// separated by three spaces.
+/// separated by three spaces; every cell made [`printable`].
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows.iter().map(|row| row.iter().map(|c| printable(c)).collect()).collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -31,6 +42,16 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_cannot_carry_terminal_escapes() {
+        let rows = vec![vec!["\u{1b}]0;owned\u{7}x\nline".to_string()]];
+        let out = render(&["ERROR"], &rows);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert_eq!(out.lines().count(), 2);
+        let long = render(&["E"], &[vec!["y".repeat(10_000)]]);
+        assert!(long.len() < 300);
+    }
 
     #[test]
     fn columns_align_on_the_widest_cell() {

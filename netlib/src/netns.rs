@@ -173,19 +173,41 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
 /// SIGKILLs every process whose network namespace is one of the namespace
 /// files `namespaces` (to empty namespaces before removing them).
 pub fn kill_processes_in(namespaces: &[PathBuf]) {
+    let inodes: Vec<u64> = namespaces.iter().filter_map(|p| namespace_inode(p)).collect();
+    signal_processes_in(&inodes, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// The inode identifying the network namespace at `path` (a namespace file
+/// or `/proc/<pid>/ns/net`), if it exists.
+pub fn namespace_inode(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    let inodes: Vec<u64> =
-        namespaces.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.ino()).collect();
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// The processes whose network namespace is one of `inodes` (zombies,
+/// whose namespaces are gone, are not listed).
+pub fn processes_in(inodes: &[u64]) -> Vec<nix::unistd::Pid> {
     if inodes.is_empty() {
-        return;
+        return Vec::new();
     }
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let inside =
-            std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| inodes.contains(&ns.ino()));
-        if inside {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            namespace_inode(Path::new(&format!("/proc/{pid}/ns/net"))).is_some_and(|i| inodes.contains(&i))
+        })
+        .map(nix::unistd::Pid::from_raw)
+        .collect()
+}
+
+/// Sends `signal` to every process in the network namespaces `inodes`;
+/// how many there were.
+pub fn signal_processes_in(inodes: &[u64], signal: nix::sys::signal::Signal) -> usize {
+    let processes = processes_in(inodes);
+    for pid in &processes {
+        let _ = nix::sys::signal::kill(*pid, signal);
     }
+    processes.len()
 }

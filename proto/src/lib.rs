@@ -21,6 +21,23 @@ pub use connect::{connect, ConnectError};
 /// larger, and the agent accepts messages up to this size.
 pub const MAX_NODE_STATE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The longest text an agent may report in one field (an error, a name):
+/// longer text is cut.
+pub const MAX_REPORTED_CHARS: usize = 1024;
+
+/// `text` made safe to store and print: control characters (terminal
+/// escapes, newlines) become spaces, and it is cut to `max_chars`
+/// characters with `...` at the cut. Applied by the manager to what agents
+/// report and by the CLI to what it prints.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out: String =
+        text.chars().take(max_chars).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// gRPC metadata key carrying a bearer token (admin token or join token).
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 

@@ -65,13 +65,15 @@ fn sandbox_latency() -> Value {
     // Enter the namespace on a dedicated thread that runs the whole benchmark.
     let path = host.path();
     let run_path = run_dir.path().to_path_buf();
+    let shim = e2e::netctl_bin();
     let results = std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let mut reconciler =
-                netctl_agent::reconcile::Reconciler::new(&run_path, "192.168.10.6".parse().unwrap()).unwrap();
+                netctl_agent::reconcile::Reconciler::new(&run_path, "192.168.10.6".parse().unwrap(), shim)
+                    .unwrap();
             let mut results = serde_json::Map::new();
             for count in [1, 10, 100] {
                 let started = Instant::now();

@@ -1,13 +1,16 @@
-//! `netctl exec TASK -- CMD...`: runs a command inside a task's sandbox (its
-//! network and UTS namespaces), as `docker exec` / `nsenter --net=...` do in
-//! the walkthroughs. The task must run on this host.
+//! `netctl exec TASK -- CMD...`: runs a command inside a running task, as
+//! `docker exec` does: in the task's network, UTS, IPC, mount and PID
+//! namespaces, as the task's user, with the task's capabilities and
+//! environment (through the task shim in `--exec` mode). The task must run
+//! on this host.
 
 use crate::cli::{ClientArgs, ExecArgs};
 use crate::client::{self, rpc_error};
 use anyhow::{anyhow, bail};
-use netctl_proto::{NodeListRequest, ServiceListRequest, Task};
+use netctl_agent::task_files::{tasks_dir, ShimRecord, TaskFiles};
+use netctl_agent::tasks::{shim_flags, DEFAULT_PATH};
+use netctl_proto::{NodeListRequest, Service, ServiceListRequest, Task};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 
 /// A command that ran and exited with a non-zero code, passed on as ours.
 #[derive(Debug)]
@@ -27,8 +30,8 @@ pub async fn run(args: &ClientArgs, exec: ExecArgs) -> anyhow::Result<()> {
     let services =
         control.list_services(ServiceListRequest {}).await.map_err(rpc_error)?.into_inner().services;
     let candidates: Vec<(String, Task)> = services
-        .into_iter()
-        .flat_map(|view| view.tasks)
+        .iter()
+        .flat_map(|view| view.tasks.clone())
         .filter_map(|entry| Some((entry.name, entry.task?)))
         .filter(|(_, task)| task.desired_state == "running")
         .collect();
@@ -54,8 +57,12 @@ pub async fn run(args: &ClientArgs, exec: ExecArgs) -> anyhow::Result<()> {
             sandbox.display()
         );
     }
-    let uts = task_uts_namespace(&exec.run_dir, sandbox_name);
-    let status = enter_and_run(&sandbox, uts.as_deref(), &exec.command)?;
+    let files = TaskFiles::new(&tasks_dir(&exec.run_dir), sandbox_name);
+    let Some(shim) = files.shim().filter(ShimRecord::alive) else {
+        bail!("task {name} is not running on this host (its process has ended)");
+    };
+    let service = services.iter().filter_map(|v| v.service.as_ref()).find(|s| s.id == task.service_id);
+    let status = enter_and_run(shim.pid, service.cloned().unwrap_or_default(), &exec.command)?;
     match status.code() {
         Some(0) => Ok(()),
         Some(code) => Err(CommandExit(code).into()),
@@ -63,32 +70,43 @@ pub async fn run(args: &ClientArgs, exec: ExecArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The UTS namespace of the task's process, if it runs.
-fn task_uts_namespace(run_dir: &Path, sandbox: &str) -> Option<std::path::PathBuf> {
-    let pid_file = run_dir.join("tasks").join(format!("{sandbox}.pid"));
-    let pid = std::fs::read_to_string(pid_file).ok()?.split_whitespace().next()?.to_string();
-    let uts = std::path::PathBuf::from(format!("/proc/{pid}/ns/uts"));
-    uts.exists().then_some(uts)
-}
-
+/// Runs `command` through the task shim, in the namespaces of the task whose
+/// shim is `shim_pid` (the shim's own, and its PID namespace for children).
 fn enter_and_run(
-    sandbox: &Path,
-    uts: Option<&Path>,
+    shim_pid: i32,
+    service: Service,
     command: &[String],
 ) -> anyhow::Result<std::process::ExitStatus> {
-    let open =
-        |path: &Path| std::fs::File::open(path).map_err(|e| anyhow!("opening {}: {e}", path.display()));
-    let network = open(sandbox)?;
-    let hostname = uts.map(open).transpose()?;
-    let mut child = std::process::Command::new(&command[0]);
-    child.args(&command[1..]);
+    let open = |kind: &str| {
+        let path = format!("/proc/{shim_pid}/ns/{kind}");
+        std::fs::File::open(&path).map_err(|e| anyhow!("opening {path}: {e}"))
+    };
+    use nix::sched::CloneFlags;
+    // The mount namespace last: after it, paths are the task's.
+    let namespaces = [
+        (open("net")?, CloneFlags::CLONE_NEWNET),
+        (open("uts")?, CloneFlags::CLONE_NEWUTS),
+        (open("ipc")?, CloneFlags::CLONE_NEWIPC),
+        (open("pid_for_children")?, CloneFlags::CLONE_NEWPID),
+        (open("mnt")?, CloneFlags::CLONE_NEWNS),
+    ];
+    let program = std::env::current_exe().map_err(|e| anyhow!("finding the netctl binary: {e}"))?;
+    let runtime = service.runtime.unwrap_or_default();
+    let mut child = std::process::Command::new(program);
+    child
+        .arg("task-shim")
+        .args(shim_flags(&runtime))
+        .arg("--")
+        .args(command)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .envs(&service.env)
+        .current_dir(if service.workdir.is_empty() { "/" } else { &service.workdir });
     // SAFETY: only setns (async-signal-safe) runs between fork and exec.
     unsafe {
         child.pre_exec(move || {
-            use nix::sched::{setns, CloneFlags};
-            setns(&network, CloneFlags::CLONE_NEWNET)?;
-            if let Some(uts) = &hostname {
-                setns(uts, CloneFlags::CLONE_NEWUTS)?;
+            for (namespace, kind) in &namespaces {
+                nix::sched::setns(namespace, *kind)?;
             }
             Ok(())
         });

@@ -7,6 +7,7 @@ mod manager;
 mod network;
 mod node;
 mod service;
+pub mod task_shim;
 mod topology;
 
 use crate::cli::{Cli, Command};
@@ -22,5 +23,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Exec(exec) => exec::run(&cli.client, exec).await,
         Command::Lab(command) => lab::run(command).await,
         Command::Topology { node, format } => topology::run(&cli.client, node, format).await,
+        Command::TaskShim(_) => unreachable!("the task shim runs before the async runtime starts"),
     }
 }

@@ -1,16 +1,43 @@
 //! `netctl service create | ls | inspect | ps | scale | rm`.
 
-use crate::cli::{ClientArgs, ListFormat, ServiceCommand};
+use crate::cli::{ClientArgs, ListFormat, LogOpt, ServiceCommand};
 use crate::client::{self, rpc_error, AlreadyReported, Control};
 use crate::{inspect, table};
 use netctl_proto::*;
 use serde_json::json;
+use std::io::Write;
 
 /// Runs one `service` subcommand.
 pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<()> {
     let mut control = client::connect(args).await?;
     match command {
-        ServiceCommand::Create { name, replicas, networks, env, workdir, publish, command } => {
+        ServiceCommand::Create {
+            name,
+            replicas,
+            networks,
+            env,
+            workdir,
+            publish,
+            user,
+            cap_add,
+            cap_drop,
+            stop_grace_period,
+            log_opt,
+            command,
+        } => {
+            let mut runtime = TaskRuntime {
+                user: user.unwrap_or_default(),
+                cap_add,
+                cap_drop,
+                stop_grace_ms: stop_grace_period.as_millis().max(1) as u64,
+                ..Default::default()
+            };
+            for option in log_opt {
+                match option {
+                    LogOpt::MaxSize(bytes) => runtime.log_max_size = bytes,
+                    LogOpt::MaxFile(count) => runtime.log_max_file = count,
+                }
+            }
             let request = ServiceCreateRequest {
                 name: name.unwrap_or_default(),
                 replicas,
@@ -19,6 +46,7 @@ pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<(
                 env: env.into_iter().collect(),
                 workdir: workdir.unwrap_or_default(),
                 ports: publish,
+                runtime: Some(runtime),
             };
             let response = control.create_service(request).await.map_err(rpc_error)?.into_inner();
             println!("{}", response.service.unwrap_or_default().id);
@@ -43,7 +71,7 @@ pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<(
             outcome
         }
         ServiceCommand::Ps { service, no_trunc, format } => ps(&mut control, service, no_trunc, format).await,
-        ServiceCommand::Logs { service } => logs(&mut control, service).await,
+        ServiceCommand::Logs { service, tail, follow } => logs(&mut control, service, tail, follow).await,
         ServiceCommand::Scale { scales } => {
             for_each(
                 scales,
@@ -200,15 +228,31 @@ async fn ps(
 
 /// Prints every line each task wrote, prefixed as Docker does:
 /// `demoservice.1.zazcrztrp8no@node0    | line`.
-async fn logs(control: &mut Control, reference: String) -> anyhow::Result<()> {
-    let logs =
-        control.service_logs(ServiceLogsRequest { reference }).await.map_err(rpc_error)?.into_inner().logs;
-    for log in logs {
-        let id: String = log.task_id.chars().take(12).collect();
-        let prefix = format!("{}.{id}@{}", log.task_name, log.node_hostname);
-        for line in String::from_utf8_lossy(&log.data).lines() {
-            println!("{prefix}    | {line}");
+async fn logs(
+    control: &mut Control,
+    reference: String,
+    tail: Option<u64>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let request = ServiceLogsRequest { reference, tail: tail.map_or(-1, |n| n as i64), follow };
+    let mut stream = control.service_logs(request).await.map_err(rpc_error)?.into_inner();
+    // Output comes in pieces; a line is printed once it is whole.
+    let mut partial: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    let mut out = std::io::stdout().lock();
+    while let Some(piece) = stream.message().await.map_err(rpc_error)? {
+        let id: String = piece.task_id.chars().take(12).collect();
+        let prefix = table::printable(&format!("{}.{id}@{}", piece.task_name, piece.node_hostname));
+        let pending = partial.entry(prefix.clone()).or_default();
+        pending.extend_from_slice(&piece.data);
+        let complete = pending.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for line in String::from_utf8_lossy(&pending[..complete]).lines() {
+            writeln!(out, "{prefix}    | {line}")?;
         }
+        pending.drain(..complete);
+        out.flush()?;
+    }
+    for (prefix, rest) in partial.into_iter().filter(|(_, rest)| !rest.is_empty()) {
+        writeln!(out, "{prefix}    | {}", String::from_utf8_lossy(&rest))?;
     }
     Ok(())
 }
