@@ -10,6 +10,8 @@
 # installs under DIR instead of / and --no-start skips apt and systemd (for
 # tests and image builds).
 set -euo pipefail
+# Every file this script writes is private from its first byte (token files).
+umask 077
 
 role="" advertise="" manager="" token="" binary="" root="" start=1 token_file=""
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -80,10 +82,9 @@ if [ -z "$token" ] && [ -n "$token_file" ]; then
   for _ in $(seq 600); do [ -s "$token_file" ] && break; sleep 1; done
   token=$(cat "$token_file")
 fi
-umask 077
+printf '%s\n' "$token" > "$root/etc/netctl/join-token"
 cat > "$root/etc/netctl/agent.env" <<ENV
 NETCTL_MANAGER=$manager
-NETCTL_JOIN_TOKEN=$token
 NETCTL_ADVERTISE_ADDR=$advertise
 ENV
 if [ "$start" = 1 ]; then

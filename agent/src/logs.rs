@@ -14,24 +14,41 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// The most bytes read of one task per sweep.
 pub const MAX_PER_SWEEP: u64 = 1024 * 1024;
 
+/// What one sweep found.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// New output, as chunks for the manager.
+    pub chunks: Vec<LogChunk>,
+    /// Folders of stopped tasks whose whole output is in `chunks` or was
+    /// shipped before: to remove once `chunks` are delivered.
+    pub finished: Vec<TaskFiles>,
+}
+
 /// New bytes of every task in `tasks_dir` past `offsets` (by sandbox name;
-/// they are advanced), as chunks for the manager.
-pub fn new_output(tasks_dir: &Path, node_id: &str, offsets: &mut HashMap<String, u64>) -> Vec<LogChunk> {
-    let mut chunks = Vec::new();
-    let Ok(entries) = std::fs::read_dir(tasks_dir) else { return chunks };
+/// they are advanced).
+pub fn new_output(tasks_dir: &Path, node_id: &str, offsets: &mut HashMap<String, u64>) -> Sweep {
+    let mut sweep = Sweep::default();
+    let Ok(entries) = std::fs::read_dir(tasks_dir) else { return sweep };
     for entry in entries.flatten() {
         let Ok(sandbox) = entry.file_name().into_string() else { continue };
+        let files = TaskFiles::at(entry.path());
+        // Checked before reading: a task marked stopped writes no more.
+        let stopped = files.stopped();
         let offset = offsets.entry(sandbox.clone()).or_insert(0);
-        for (at, data) in read_from(&TaskFiles::at(entry.path()), offset, MAX_PER_SWEEP) {
-            chunks.push(LogChunk {
+        for (at, data) in read_from(&files, offset, MAX_PER_SWEEP) {
+            sweep.chunks.push(LogChunk {
                 node_id: node_id.to_string(),
                 sandbox: sandbox.clone(),
                 offset: at,
                 data,
             });
         }
+        if stopped && *offset >= files.log_end() {
+            offsets.remove(&sandbox);
+            sweep.finished.push(files);
+        }
     }
-    chunks
+    sweep
 }
 
 /// Up to `budget` bytes of a task's output from `offset` on, as (offset,
@@ -85,15 +102,29 @@ mod tests {
         files.create().unwrap();
         append(&files, 0, "one\n");
         let mut offsets = HashMap::new();
-        let first = new_output(dir.path(), "n1", &mut offsets);
+        let first = new_output(dir.path(), "n1", &mut offsets).chunks;
         assert_eq!((first.len(), first[0].data.as_slice(), first[0].offset), (1, &b"one\n"[..], 0));
-        assert!(new_output(dir.path(), "n1", &mut offsets).is_empty());
+        assert!(new_output(dir.path(), "n1", &mut offsets).chunks.is_empty());
         append(&files, 0, "two\n");
-        let second = new_output(dir.path(), "n1", &mut offsets);
+        let second = new_output(dir.path(), "n1", &mut offsets).chunks;
         assert_eq!(
             (second[0].data.as_slice(), second[0].offset, second[0].sandbox.as_str()),
             (&b"two\n"[..], 4, "abc123")
         );
+    }
+
+    #[test]
+    fn a_stopped_task_is_finished_once_all_its_output_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TaskFiles::new(dir.path(), "t");
+        files.create().unwrap();
+        append(&files, 0, "last words\n");
+        files.mark_stopped().unwrap();
+        let mut offsets = HashMap::new();
+        let sweep = new_output(dir.path(), "n1", &mut offsets);
+        assert_eq!(sweep.chunks[0].data, b"last words\n");
+        assert_eq!(sweep.finished.len(), 1);
+        assert!(offsets.is_empty());
     }
 
     #[test]

@@ -35,12 +35,11 @@ impl Reconciler {
     /// A reconciler for the node whose namespaces live under `run_dir`,
     /// starting tasks through `shim_program` (the netctl binary).
     pub fn new(run_dir: &Path, advertise_addr: IpAddr, shim_program: PathBuf) -> anyhow::Result<Self> {
-        let namespaces = NamespaceDir::new(run_dir);
-        namespaces.prepare()?;
+        NamespaceDir::new(run_dir).prepare()?;
         Ok(Self {
             advertise_addr,
             host: Netlink::host()?,
-            connections: Connections::new(namespaces),
+            connections: Connections::new(run_dir),
             supervisor: Supervisor::new(run_dir, shim_program)?,
             gwbridge_rules_written: false,
             sandbox_setup_times: Vec::new(),
@@ -259,9 +258,9 @@ impl Reconciler {
     /// sandbox name.
     async fn gateway_addresses(&mut self) -> HashMap<String, Ipv4Addr> {
         let mut addresses = HashMap::new();
-        let existing = self.connections.namespaces().list().unwrap_or_default();
+        let existing = self.connections.owned().unwrap_or_default();
         for name in existing.iter().filter(|n| !names::is_overlay_namespace(n) && *n != INGRESS_SANDBOX) {
-            let Ok(sandbox) = self.connections.ensure(name) else { continue };
+            let Some(sandbox) = self.connections.existing(name) else { continue };
             if let Ok(Some(address)) = sandbox::gateway_address(&sandbox).await {
                 addresses.insert(name.clone(), address);
             }
@@ -321,7 +320,7 @@ impl Reconciler {
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted_sandboxes.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());
-        let existing = self.connections.namespaces().list().unwrap_or_else(|err| {
+        let existing = self.connections.owned().unwrap_or_else(|err| {
             tracing::error!("{err}");
             Vec::new()
         });

@@ -110,11 +110,13 @@ impl Leg<'_> {
             }
         };
         let outer = self.outer.require_link(&self.outer_name).await?;
-        if outer.master != Some(self.bridge.index) {
+        let enslaved = outer.master == Some(self.bridge.index);
+        if !enslaved {
             self.outer.set_master(&outer, self.bridge).await?;
-            if self.isolated {
-                self.outer.isolate_bridge_port(&outer).await?;
-            }
+        }
+        // Read back every pass: isolation turned off by hand is repaired.
+        if self.isolated && (!enslaved || outer.isolated != Some(true)) {
+            self.outer.isolate_bridge_port(&outer).await?;
         }
         if !outer.up {
             self.outer.set_up(&outer).await?;

@@ -154,14 +154,22 @@ impl Session {
                 // File reads, off the async workers.
                 let (dir, node) = (tasks_dir.clone(), node_id.clone());
                 let read = tokio::task::spawn_blocking(move || {
-                    let chunks = crate::logs::new_output(&dir, &node, &mut offsets);
-                    (chunks, offsets)
+                    let sweep = crate::logs::new_output(&dir, &node, &mut offsets);
+                    (sweep, offsets)
                 });
-                let Ok((chunks, advanced)) = read.await else { return };
+                let Ok((sweep, advanced)) = read.await else { return };
                 offsets = advanced;
-                for chunk in chunks {
+                for chunk in sweep.chunks {
                     if sender.send(chunk).await.is_err() {
                         return;
+                    }
+                }
+                for files in sweep.finished {
+                    if let Err(err) = files.remove() {
+                        tracing::warn!(
+                            "removing the folder of a stopped task {}: {err}",
+                            files.dir().display()
+                        );
                     }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -5,6 +5,8 @@
 //!   and the task's stop grace period, written by the agent as soon as the
 //!   shim is spawned;
 //! - `exit`: how the task ended, written by the shim;
+//! - `stopped`: written by the agent once nothing of the task runs any more;
+//!   the folder stays until its log has been shipped, then goes;
 //! - `log.<offset>`: the task's output, in segments named by the offset of
 //!   their first byte in the task's whole output, so a reader that knows how
 //!   far it got finds its place again after a rotation.
@@ -121,6 +123,24 @@ impl TaskFiles {
     /// How the task ended, if it did and its shim recorded it.
     pub fn exit(&self) -> Option<TaskExit> {
         TaskExit::decode(&std::fs::read_to_string(self.dir.join("exit")).ok()?)
+    }
+
+    /// Marks the task as stopped: nothing of it runs any more.
+    pub fn mark_stopped(&self) -> std::io::Result<()> {
+        self.write_atomically("stopped", "")
+    }
+
+    /// Whether the task was stopped (its folder only waits for its log to
+    /// be shipped).
+    pub fn stopped(&self) -> bool {
+        self.dir.join("stopped").exists()
+    }
+
+    /// The offset after the last byte of the task's output.
+    pub fn log_end(&self) -> u64 {
+        self.log_segments()
+            .last()
+            .map_or(0, |(start, path)| start + std::fs::metadata(path).map_or(0, |m| m.len()))
     }
 
     /// The log segments, oldest first: (offset of the first byte, path).

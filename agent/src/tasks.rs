@@ -205,7 +205,8 @@ impl Supervisor {
 
     /// Whether a task was started for `sandbox` (and not stopped since).
     pub fn started(&self, sandbox: &str) -> bool {
-        self.files(sandbox).shim().is_some()
+        let files = self.files(sandbox);
+        files.shim().is_some() && !files.stopped()
     }
 
     /// Whether something of the task of `sandbox` may still run (it is
@@ -225,6 +226,7 @@ impl Supervisor {
         let from_files = std::fs::read_dir(&self.dir).into_iter().flatten().filter_map(|entry| {
             let entry = entry.ok()?;
             entry.file_type().ok()?.is_dir().then_some(())?;
+            (!TaskFiles::at(entry.path()).stopped()).then_some(())?;
             entry.file_name().into_string().ok()
         });
         let mut known: Vec<String> = from_files.chain(self.ended.keys().cloned()).collect();
@@ -236,7 +238,8 @@ impl Supervisor {
     /// Starts stopping the tasks of `sandboxes` (those not being stopped
     /// already), in the background: SIGTERM to every process of each task,
     /// SIGKILL to what is left after its grace period, then its folder is
-    /// removed and [`Supervisor::stopped`] notified.
+    /// marked stopped (the log shipper removes it once its output is
+    /// shipped) and [`Supervisor::stopped`] notified.
     pub fn stop(&mut self, sandboxes: &[String], namespace_dir: &netlib::NamespaceDir) {
         for sandbox in sandboxes {
             if !self.stopping.lock().expect("stopping set poisoned").insert(sandbox.clone()) {
@@ -310,8 +313,12 @@ impl TaskStop {
                 tokio::time::sleep(poll).await;
             }
         }
-        if let Err(err) = self.files.remove() {
-            tracing::warn!(sandbox = %self.sandbox, "removing the task folder: {err}");
+        let marked = match self.files.dir().exists() {
+            true => self.files.mark_stopped(),
+            false => Ok(()),
+        };
+        if let Err(err) = marked {
+            tracing::warn!(sandbox = %self.sandbox, "marking the task folder stopped: {err}");
         }
         tracing::info!(sandbox = %self.sandbox, "task stopped");
         self.stopping.lock().expect("stopping set poisoned").remove(&self.sandbox);

@@ -26,7 +26,7 @@ pub async fn read(host: &Netlink, connections: &mut Connections, state: &NodeSta
     let owners = owners(state);
     let names = connections.namespaces().list().unwrap_or_default();
     for name in names {
-        let Ok(netlink) = connections.ensure(&name) else { continue };
+        let Some(netlink) = connections.existing(&name) else { continue };
         let role = if name == INGRESS_SANDBOX {
             "ingress_sbox"
         } else if names::is_overlay_namespace(&name) {

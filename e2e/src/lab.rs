@@ -135,7 +135,8 @@ impl Lab {
         let host = &self.hosts[i];
         let mut command = host.namespace.command(netctl_bin());
         command
-            .args(["agent", "--manager", &self.manager_url(), "--join-token", &self.join_token])
+            .args(["agent", "--manager", &self.manager_url(), "--join-token-file"])
+            .arg(self.dir.path().join("manager").join("join-token"))
             .args(["--advertise-addr", &host.address.to_string(), "--hostname", &host.hostname])
             .arg("--run-dir")
             .arg(&host.run_dir)
@@ -164,15 +165,34 @@ impl Lab {
 
     /// Runs `netctl ARGS` on host `i`, with that host's run dir.
     pub fn netctl_on(&self, i: usize, args: &[&str]) -> Output {
-        self.hosts[i]
-            .namespace
-            .command(netctl_bin())
-            .args(args)
-            .env("NETCTL_MANAGER", self.manager_url())
-            .env("NETCTL_TOKEN", &self.admin_token)
-            .env("NETCTL_RUN_DIR", &self.hosts[i].run_dir)
-            .output()
-            .expect("run netctl")
+        let mut command = self.hosts[i].namespace.command(netctl_bin());
+        self.client_env(&mut command);
+        command.args(args).env("NETCTL_RUN_DIR", &self.hosts[i].run_dir).output().expect("run netctl")
+    }
+
+    /// Points a `netctl` client command at this lab's manager.
+    pub fn client_env(&self, command: &mut Command) {
+        command.env("NETCTL_MANAGER", self.manager_url()).env("NETCTL_TOKEN", &self.admin_token);
+    }
+
+    /// The agent of host `i`'s process ID.
+    pub fn agent_pid(&self, i: usize) -> i32 {
+        self.agents[i].as_ref().expect("agent is running").pid()
+    }
+
+    /// The cluster's join and admin tokens.
+    pub fn tokens(&self) -> [&str; 2] {
+        [&self.join_token, &self.admin_token]
+    }
+
+    /// What the manager logged.
+    pub fn manager_log(&self) -> String {
+        self.manager.as_ref().map(Daemon::log).unwrap_or_default()
+    }
+
+    /// The manager's process ID.
+    pub fn manager_pid(&self) -> i32 {
+        self.manager.as_ref().expect("manager is running").pid()
     }
 
     /// Runs `netctl ARGS`, asserts success, returns stdout.

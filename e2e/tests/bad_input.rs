@@ -76,3 +76,37 @@ fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
     assert!(stderr.contains("cannot reach manager at http://127.0.0.1:1"), "{stderr}");
     assert_eq!(cluster.networks().len(), 1);
 }
+
+#[test]
+fn names_counts_and_reserved_ports_are_bounded() {
+    let cluster = Cluster::start(&[]);
+    cluster.ok(&["network", "create", "--subnet", "192.168.200.0/24", "demonet"]);
+    let networks = cluster.networks();
+    let long = "a".repeat(64);
+    refused(&cluster, &["network", "create", &long], "64 characters, at most 63");
+    let service = |extra: &[&str]| {
+        let mut args = vec!["service", "create", "--network", "demonet"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["sleep", "100"]);
+        args.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let cases: [(Vec<String>, &str); 9] = [
+        (service(&["--name", &long]), "64 characters, at most 63"),
+        (service(&["--name", "web_1"]), "a service name is a DNS label"),
+        (service(&["--replicas", "1000000"]), "at most 100000"),
+        (service(&["--publish", "4243:80"]), "port 4243 cannot be published: it is the manager's API port"),
+        (service(&["--publish", "4789:80/udp"]), "the VXLAN data-path port"),
+        (service(&["--publish", "22:22"]), "SSH"),
+        (service(&["--cap-add", "FLY"]), "unknown capability \"FLY\""),
+        (service(&["--user", "a b"]), "invalid user"),
+        (service(&["--log-opt", "max-size=1"]), "invalid log option max-size=1"),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&cluster, &args, needle);
+    }
+    assert_eq!(cluster.networks(), networks);
+    assert_eq!(cluster.ok(&["service", "ls", "--format", "json"]).trim(), "", "a refused service was made");
+    cluster.ok(&["service", "create", "--name", "small", "--network", "demonet", "sleep", "100"]);
+    refused(&cluster, &["service", "scale", "small=1000000"], "at most 100000");
+}

@@ -70,16 +70,21 @@ fn the_install_script_installs_the_binary_units_and_agent_settings() {
         assert!(String::from_utf8_lossy(&version.stdout).starts_with("netctl "));
         let unit_count = std::fs::read_dir(node.join("etc/systemd/system")).unwrap().count();
         assert_eq!(unit_count, units);
-        let env = node.join("etc/netctl/agent.env");
-        assert_eq!(
-            std::fs::metadata(&env).unwrap().permissions().mode() & 0o777,
-            0o600,
-            "the join token is a secret"
-        );
+        for secret in ["etc/netctl/agent.env", "etc/netctl/join-token"] {
+            assert_eq!(
+                std::fs::metadata(node.join(secret)).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{secret}: the join token is a secret"
+            );
+        }
     }
     let worker_env = std::fs::read_to_string(worker_root.join("etc/netctl/agent.env")).unwrap();
     assert!(worker_env.contains("NETCTL_MANAGER=http://192.168.10.6:4243"));
-    assert!(worker_env.contains("NETCTL_JOIN_TOKEN=NETCTL-JOIN-1-x-y"));
+    let worker_token = std::fs::read_to_string(worker_root.join("etc/netctl/join-token")).unwrap();
+    assert_eq!(worker_token.trim(), "NETCTL-JOIN-1-x-y");
+    assert!(!worker_env.contains("NETCTL-JOIN-1-x-y"), "the token stays out of the environment");
+    let unit = std::fs::read_to_string(worker_root.join("etc/systemd/system/netctl-agent.service")).unwrap();
+    assert!(unit.contains("--join-token-file /etc/netctl/join-token"), "{unit}");
     assert!(worker_env.contains("NETCTL_ADVERTISE_ADDR=192.168.10.7"));
 
     let refused = Command::new("bash")

@@ -163,9 +163,9 @@ impl Lab {
         }
         self.start_manager()?;
         let token_file = self.host_dir(0).join("manager").join("join-token");
-        let join_token = wait_for_file(&token_file, Duration::from_secs(20))?;
+        wait_for_file(&token_file, Duration::from_secs(20))?;
         for node in 0..nodes {
-            self.start_agent(node, &join_token)?;
+            self.start_agent(node, &token_file)?;
         }
         Ok(())
     }
@@ -230,15 +230,15 @@ impl Lab {
         self.spawn_daemon(0, &args, &host.join("manager.log"), &self.manager_pid_file())
     }
 
-    fn start_agent(&self, node: usize, join_token: &str) -> anyhow::Result<()> {
+    fn start_agent(&self, node: usize, join_token_file: &Path) -> anyhow::Result<()> {
         let host = self.host_dir(node);
         std::fs::create_dir_all(&host)?;
         let args: Vec<String> = [
             "agent",
             "--manager",
             &self.manager_url(),
-            "--join-token",
-            join_token,
+            "--join-token-file",
+            &join_token_file.display().to_string(),
             "--advertise-addr",
             &Self::address(node).to_string(),
             "--hostname",

@@ -52,6 +52,9 @@ pub struct Link {
     pub peer_netns_id: Option<i32>,
     /// For a VXLAN device: VNI, port, local address, learning.
     pub vxlan: Option<VxlanInfo>,
+    /// Bridge port isolation (`bridge link ... isolated on`), when the link
+    /// is a bridge port.
+    pub isolated: Option<bool>,
 }
 
 /// The VXLAN attributes of a link.
@@ -273,6 +276,12 @@ fn parse_link_info(infos: &[NlLinkInfo], link: &mut Link) {
                     }
                 }
                 link.vxlan = Some(vxlan);
+            }
+            NlLinkInfo::PortData(InfoPortData::BridgePort(attributes)) => {
+                link.isolated = attributes.iter().find_map(|a| match a {
+                    InfoBridgePort::Isolated(on) => Some(*on),
+                    _ => None,
+                });
             }
             _ => {}
         }
