@@ -107,9 +107,10 @@ fn the_walkthrough_layout_and_traffic() {
         );
         let gwbridge = stdout(&lab.on_host(i, "ip", &["-o", "addr", "show", "docker_gwbridge"]));
         assert!(gwbridge.contains("172.18.0.1/16"), "{gwbridge}");
-        let pid_file =
-            lab.hosts()[i].run_dir.join("tasks").join(format!("{}.pid", &task["ID"].as_str().unwrap()[..12]));
-        let pid = std::fs::read_to_string(pid_file).unwrap().split_whitespace().next().unwrap().to_string();
+        // The task's shim (recorded in its folder) lives in the task's UTS namespace.
+        let shim_file =
+            lab.hosts()[i].run_dir.join("tasks").join(&task["ID"].as_str().unwrap()[..12]).join("shim");
+        let pid = std::fs::read_to_string(shim_file).unwrap().split_whitespace().next().unwrap().to_string();
         let uts =
             std::process::Command::new("nsenter").args(["-t", &pid, "-u", "hostname"]).output().unwrap();
         assert_eq!(stdout(&uts).trim(), task["Name"].as_str().unwrap(), "the task's hostname is its name");
@@ -206,9 +207,14 @@ fn scaling_and_removal_leave_exactly_the_expected_objects() {
             "{:?}",
             lab.agent_namespaces(i)
         );
-        let processes =
-            stdout(&lab.on_host(i, "ls", &[lab.hosts()[i].run_dir.join("tasks").to_str().unwrap()]));
-        assert!(processes.trim().is_empty(), "task files left: {processes}");
+        // A stopped task's folder goes once its last output is shipped.
+        let tasks_dir = lab.hosts()[i].run_dir.join("tasks");
+        let processes = || stdout(&lab.on_host(i, "ls", &[tasks_dir.to_str().unwrap()]));
+        assert!(
+            wait_until(Duration::from_secs(10), || processes().trim().is_empty()),
+            "task files left: {}",
+            processes()
+        );
     }
 }
 
