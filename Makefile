@@ -1,7 +1,7 @@
 # netctl: the two commands a newcomer runs are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build test e2e-vm bench bench-deps demo fmt lint
+.PHONY: all build test e2e-vm bench bench-deps demo fmt lint check-deploy
 
 all: build
 
@@ -27,10 +27,7 @@ bench: bench-deps
 
 ## What the benchmarks run, from Debian's packages.
 bench-deps:
-	@command -v iperf3 >/dev/null && command -v wrk >/dev/null && command -v curl >/dev/null && \
-		command -v ping >/dev/null && command -v iptables >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			iperf3 wrk curl iputils-ping iptables iproute2 >/dev/null)
+	./scripts/packages.sh bench
 
 ## A two-node lab and both walkthroughs with real output; the lab stays up.
 demo:
@@ -39,5 +36,12 @@ demo:
 fmt:
 	$(CARGO) fmt --all
 
+## Clippy with every warning an error.
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## The deployment files pass their own checkers: ruby -c (Vagrantfile),
+## shellcheck (every script), systemd-analyze verify (the units, pointed at
+## the netctl just built).
+check-deploy: build
+	./scripts/check-deploy.sh $(CURDIR)/target/debug/netctl

@@ -6,17 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v ip >/dev/null || need+=(iproute2)
-command -v iptables >/dev/null || need+=(iptables)
-command -v ping >/dev/null || need+=(iputils-ping)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-command -v nsenter >/dev/null || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "Installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+scripts/packages.sh demo
 if [ -z "${NETCTL_BIN:-}" ]; then
   cargo build --quiet --bin netctl
 fi

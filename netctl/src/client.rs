@@ -59,3 +59,27 @@ impl std::fmt::Display for AlreadyReported {
 }
 
 impl std::error::Error for AlreadyReported {}
+
+/// Runs `call` for each item, handing successes to `done` and printing each
+/// refusal; fails at the end if any call did, as Docker does.
+pub async fn for_each<I, T, F, Fut>(items: Vec<I>, call: F, mut done: impl FnMut(T)) -> anyhow::Result<()>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut failed = false;
+    for item in items {
+        match call(item).await {
+            Ok(value) => done(value),
+            Err(status) => {
+                eprintln!("{}", rpc_error(status));
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        Err(AlreadyReported.into())
+    } else {
+        Ok(())
+    }
+}

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod inspect;
 mod lab;
+mod syntax;
 mod table;
 mod topology_view;
 

@@ -10,15 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache=$(mkdir -p "$1" && cd "$1" && pwd)
 
-need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-[ -x /bin/busybox ] && /bin/busybox --list | grep -qx modprobe || need+=(busybox-static)
-command -v cpio >/dev/null || need+=(cpio)
-command -v depmod >/dev/null || need+=(kmod)
-command -v xtables-nft-multi >/dev/null || need+=(iptables)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+scripts/packages.sh vm
 
 # The kernel: Debian's own, extracted once.
 package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')

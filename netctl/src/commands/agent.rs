@@ -1,8 +1,39 @@
 //! `netctl agent`: joins the manager and serves this node.
 
-use crate::cli::AgentArgs;
 use anyhow::Context;
+use clap::Args;
 use netctl_agent::AgentConfig;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// `netctl agent` flags.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The token printed by `netctl manager` at cluster creation (visible
+    /// to every user in `ps`: prefer --join-token-file).
+    #[arg(
+        long,
+        env = "NETCTL_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "join_token_file"
+    )]
+    pub join_token: Option<String>,
+    /// A file holding the join token (mode 0600).
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+    /// This node's address on the underlay (VXLAN traffic uses it).
+    #[arg(long)]
+    pub advertise_addr: IpAddr,
+    /// The name this node shows in `node ls` [default: the host name].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Where namespaces are bind-mounted.
+    #[arg(long, default_value = "/var/run/netctl")]
+    pub run_dir: PathBuf,
+    /// Where the node identity is kept.
+    #[arg(long, default_value = "/var/lib/netctl/agent")]
+    pub state_dir: PathBuf,
+}
 
 /// Runs the agent until it is refused or stopped.
 pub async fn run(manager: String, args: AgentArgs) -> anyhow::Result<()> {

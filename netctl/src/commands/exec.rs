@@ -4,13 +4,15 @@
 //! environment (through the task shim in `--exec` mode). The task must run
 //! on this host.
 
-use crate::cli::{ClientArgs, ExecArgs};
+use crate::cli::ClientArgs;
 use crate::client::{self, rpc_error};
 use anyhow::{anyhow, bail};
+use clap::Args;
 use netctl_agent::task_files::{tasks_dir, ShimRecord, TaskFiles};
 use netctl_agent::tasks::{shim_flags, DEFAULT_PATH};
 use netctl_proto::{NodeListRequest, Service, ServiceListRequest, Task};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 
 /// A command that ran and exited with a non-zero code, passed on as ours.
 #[derive(Debug)]
@@ -68,6 +70,19 @@ pub async fn run(args: &ClientArgs, exec: ExecArgs) -> anyhow::Result<()> {
         Some(code) => Err(CommandExit(code).into()),
         None => Err(anyhow!("{} was killed ({status})", exec.command[0])),
     }
+}
+
+/// `netctl exec` arguments.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The agent's run dir on this host.
+    #[arg(long, env = "NETCTL_RUN_DIR", default_value = "/var/run/netctl")]
+    pub run_dir: PathBuf,
+    /// The task: its name (web.1) or a task ID prefix.
+    pub task: String,
+    /// The command and its arguments (after --).
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
 }
 
 /// Runs `command` through the task shim, in the namespaces of the task whose

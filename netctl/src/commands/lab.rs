@@ -1,10 +1,43 @@
 //! `netctl lab up | ls | exec | down`: a whole cluster of simulated hosts on
 //! this machine, for trying netctl without VMs.
 
-use crate::cli::LabCommand;
 use crate::lab::{self, Lab};
 use anyhow::{bail, Context};
+use clap::Subcommand;
 use std::time::Duration;
+
+/// `netctl lab ...`
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab and start its manager and agents (idempotent).
+    Up {
+        /// How many hosts.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// The lab's name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// List labs.
+    Ls,
+    /// Run a command on a lab host (netctl commands there reach the lab's manager).
+    Exec {
+        /// The lab's name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// node0, node1, ...
+        node: String,
+        /// The command and its arguments (after --).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Remove the lab: processes, namespaces, files (also after a crash).
+    Down {
+        /// The lab's name.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+}
 
 /// Runs one `lab` subcommand.
 pub async fn run(command: LabCommand) -> anyhow::Result<()> {

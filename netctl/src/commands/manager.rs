@@ -1,10 +1,35 @@
 //! `netctl manager`: creates or loads the cluster and serves its API.
 
-use crate::cli::ManagerArgs;
 use anyhow::Context;
+use clap::Args;
 use netctl_manager::networks::AddressPool;
 use netctl_manager::{Manager, ManagerConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `netctl manager` flags.
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "0.0.0.0:4243")]
+    pub listen: SocketAddr,
+    /// Where the state store and the tokens are kept.
+    #[arg(long, default_value = "/var/lib/netctl/manager")]
+    pub data_dir: PathBuf,
+    /// The pool overlay subnets are allocated from.
+    #[arg(long, default_value = "10.0.0.0/8")]
+    pub default_addr_pool: ipnetwork::Ipv4Network,
+    /// The prefix length of each allocated subnet.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=29))]
+    pub default_addr_pool_mask_length: u8,
+    /// UDP port of VXLAN traffic, fixed when the cluster is created [default: 4789].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub data_path_port: Option<u16>,
+    /// How often agents send heartbeats; a node is Down after 3 missed ones.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dispatcher_heartbeat: Duration,
+}
 
 /// Starts the manager and serves until SIGINT or SIGTERM.
 pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {

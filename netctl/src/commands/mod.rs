@@ -1,14 +1,14 @@
 //! One module per command group; `run` sends the parsed command to it.
 
-mod agent;
+pub mod agent;
 pub mod exec;
-mod lab;
-mod manager;
-mod network;
-mod node;
-mod service;
+pub mod lab;
+pub mod manager;
+pub mod network;
+pub mod node;
+pub mod service;
 pub mod task_shim;
-mod topology;
+pub mod topology;
 
 use crate::cli::{Cli, Command};
 
@@ -22,7 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(command) => service::run(&cli.client, command).await,
         Command::Exec(exec) => exec::run(&cli.client, exec).await,
         Command::Lab(command) => lab::run(command).await,
-        Command::Topology { node, format } => topology::run(&cli.client, node, format).await,
+        Command::Topology(args) => topology::run(&cli.client, args).await,
         Command::TaskShim(_) => unreachable!("the task shim runs before the async runtime starts"),
     }
 }

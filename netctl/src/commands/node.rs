@@ -1,10 +1,23 @@
 //! `netctl node ls`.
 
-use crate::cli::{ClientArgs, ListFormat, NodeCommand};
+use crate::cli::{ClientArgs, ListFormat};
 use crate::client::{self, rpc_error};
 use crate::table;
+use clap::Subcommand;
 use netctl_proto::NodeListRequest;
 use serde_json::json;
+
+/// `netctl node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+}
 
 /// Runs one `node` subcommand.
 pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> {

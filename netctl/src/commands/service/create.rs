@@ -1,0 +1,79 @@
+//! `netctl service create`.
+
+use crate::client::{rpc_error, Control};
+use crate::syntax::{parse_key_value, parse_log_opt, parse_publish, LogOpt};
+use clap::Args;
+use netctl_proto::{PortConfig, ServiceCreateRequest, TaskRuntime};
+use std::time::Duration;
+
+/// `netctl service create` arguments.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Service name [default: generated].
+    #[arg(long)]
+    name: Option<String>,
+    /// Number of tasks.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Overlay networks to attach, in order (eth0, eth1, ...).
+    #[arg(long = "network")]
+    networks: Vec<String>,
+    /// Environment variables, KEY=VALUE.
+    #[arg(short, long, value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Working directory of the command.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// Publish a port on every node: 8080:80, 8080:80/udp,
+    /// published=8080,target=80,protocol=tcp, or target=80.
+    #[arg(short, long = "publish", value_parser = parse_publish)]
+    publish: Vec<PortConfig>,
+    /// Run the tasks as UID[:GID] or NAME[:GROUP] [default: root].
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Add a Linux capability to Docker's default set (NET_ADMIN, ALL, ...).
+    #[arg(long)]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability from the default set.
+    #[arg(long)]
+    cap_drop: Vec<String>,
+    /// Time to wait after SIGTERM before a stopping task is killed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_grace_period: Duration,
+    /// Log options: max-size=10m (per file), max-file=3 (files kept).
+    #[arg(long, value_parser = parse_log_opt)]
+    log_opt: Vec<LogOpt>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Creates the service and prints its ID.
+pub async fn run(control: &mut Control, args: CreateArgs) -> anyhow::Result<()> {
+    let mut runtime = TaskRuntime {
+        user: args.user.unwrap_or_default(),
+        cap_add: args.cap_add,
+        cap_drop: args.cap_drop,
+        stop_grace_ms: args.stop_grace_period.as_millis().max(1) as u64,
+        ..Default::default()
+    };
+    for option in args.log_opt {
+        match option {
+            LogOpt::MaxSize(bytes) => runtime.log_max_size = bytes,
+            LogOpt::MaxFile(count) => runtime.log_max_file = count,
+        }
+    }
+    let request = ServiceCreateRequest {
+        name: args.name.unwrap_or_default(),
+        replicas: args.replicas,
+        networks: args.networks,
+        command: args.command,
+        env: args.env.into_iter().collect(),
+        workdir: args.workdir.unwrap_or_default(),
+        ports: args.publish,
+        runtime: Some(runtime),
+    };
+    let response = control.create_service(request).await.map_err(rpc_error)?.into_inner();
+    println!("{}", response.service.unwrap_or_default().id);
+    Ok(())
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The Debian packages netctl needs, in one place. `scripts/packages.sh SET...`
+# installs what this machine lacks for each SET:
+#   test    what `make test` and `make check-deploy` run
+#   demo    what `make demo` runs
+#   bench   what `make bench` runs
+#   vm      what `make e2e-vm` builds its guest image from and runs it with
+set -euo pipefail
+
+# command:package pairs per set.
+test_needs="ip:iproute2 iptables:iptables ping:iputils-ping make:make tcpdump:tcpdump nsenter:util-linux
+  unshare:util-linux python3:python3 curl:curl dot:graphviz ruby:ruby shellcheck:shellcheck
+  systemd-analyze:systemd"
+demo_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl python3:python3 nsenter:util-linux"
+bench_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl iperf3:iperf3 wrk:wrk"
+vm_needs="qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod xtables-nft-multi:iptables"
+
+[ $# -gt 0 ] || { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+missing=()
+for set in "$@"; do
+  case "$set" in
+    test) pairs=$test_needs ;;
+    demo) pairs=$demo_needs ;;
+    bench) pairs=$bench_needs ;;
+    vm)
+      pairs=$vm_needs
+      # The guest's init is busybox, with modprobe built in.
+      if ! { [ -x /bin/busybox ] && /bin/busybox --list | grep -qx modprobe; }; then
+        missing+=(busybox-static)
+      fi
+      ;;
+    *) echo "packages.sh: unknown set $set (test, demo, bench, vm)" >&2; exit 2 ;;
+  esac
+  for pair in $pairs; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "Installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
