@@ -256,7 +256,8 @@ fn a_task_writing_as_fast_as_it_can_stays_within_its_log_cap() {
     let manager = lab.manager_pid();
     let mut peak_disk = 0;
     let mut peak_rss = 0;
-    for _ in 0..30 {
+    // A minute of `yes`, as fast as it writes.
+    for _ in 0..60 {
         std::thread::sleep(Duration::from_secs(1));
         let on_disk: u64 = std::fs::read_dir(&task_dir)
             .into_iter()
