@@ -11,7 +11,7 @@ use crate::overlay::{self, Overlay, Tunnel};
 use crate::sandbox::{self, GatewayLeg};
 use crate::tasks::Supervisor;
 use crate::{gwbridge, peers};
-use netctl_proto::{NodeState, TaskStatusReport};
+use netctl_proto::{NodeState, TaskState, TaskStatusReport};
 use netlib::{NamespaceDir, Netlink};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -106,10 +106,10 @@ impl Reconciler {
                 }
                 Err(error) => {
                     tracing::error!(task = %task.id, "{error}");
-                    TaskStatusReport { task_id: task.id.clone(), state: "failed".into(), error }
+                    TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
                 }
             };
-            if status.state == "running" {
+            if status.state() == TaskState::Running {
                 let problems: Vec<&str> = [gateway.as_ref().err(), vip_problem.as_ref()]
                     .into_iter()
                     .flatten()

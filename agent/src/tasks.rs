@@ -13,7 +13,7 @@
 
 use crate::shim::LogLimits;
 use crate::task_files::{process_start_time, ShimRecord, TaskExit, TaskFiles};
-use netctl_proto::{TaskSpec, TaskStatusReport};
+use netctl_proto::{TaskSpec, TaskState, TaskStatusReport};
 use netlib::netns::{namespace_inode, processes_in, signal_processes_in};
 use nix::sys::signal::Signal;
 use std::collections::{HashMap, HashSet};
@@ -33,20 +33,22 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 const MAX_HOSTNAME: usize = 63;
 
 /// What happened to a task's process, as reported to the manager.
-fn report(task_id: &str, state: &str, error: impl Into<String>) -> TaskStatusReport {
-    TaskStatusReport { task_id: task_id.to_string(), state: state.to_string(), error: error.into() }
+fn report(task_id: &str, state: TaskState, error: impl Into<String>) -> TaskStatusReport {
+    TaskStatusReport { task_id: task_id.to_string(), state: state.into(), error: error.into() }
 }
 
 /// The report for a task that ended as its shim recorded (`None`: no record).
 fn ended_report(task_id: &str, exit: Option<TaskExit>) -> TaskStatusReport {
     match exit {
-        Some(TaskExit::Exited(0)) => report(task_id, "complete", "task exited with status 0"),
-        Some(TaskExit::Exited(code)) => report(task_id, "failed", format!("task exited with status {code}")),
-        Some(TaskExit::Killed(signal)) => {
-            report(task_id, "failed", format!("task was killed (signal {signal})"))
+        Some(TaskExit::Exited(0)) => report(task_id, TaskState::Complete, "task exited with status 0"),
+        Some(TaskExit::Exited(code)) => {
+            report(task_id, TaskState::Failed, format!("task exited with status {code}"))
         }
-        Some(TaskExit::NotStarted(reason)) => report(task_id, "failed", reason),
-        None => report(task_id, "failed", "task ended while the agent was away"),
+        Some(TaskExit::Killed(signal)) => {
+            report(task_id, TaskState::Failed, format!("task was killed (signal {signal})"))
+        }
+        Some(TaskExit::NotStarted(reason)) => report(task_id, TaskState::Failed, reason),
+        None => report(task_id, TaskState::Failed, "task ended while the agent was away"),
     }
 }
 
@@ -107,20 +109,20 @@ impl Supervisor {
         let files = self.files(sandbox);
         if let Some(child) = self.children.get_mut(sandbox) {
             return match child.try_wait() {
-                Ok(None) => report(&task.id, "running", ""),
+                Ok(None) => report(&task.id, TaskState::Running, ""),
                 Ok(Some(_)) => {
                     self.children.remove(sandbox);
                     let ended = match files.exit() {
                         Some(exit) => ended_report(&task.id, Some(exit)),
-                        None => report(&task.id, "failed", "the task's shim ended without a record"),
+                        None => report(&task.id, TaskState::Failed, "the task's shim ended without a record"),
                     };
                     self.record_end(sandbox, ended)
                 }
-                Err(err) => report(&task.id, "failed", format!("waiting for the task: {err}")),
+                Err(err) => report(&task.id, TaskState::Failed, format!("waiting for the task: {err}")),
             };
         }
         match files.shim() {
-            Some(record) if record.alive() => report(&task.id, "running", ""),
+            Some(record) if record.alive() => report(&task.id, TaskState::Running, ""),
             Some(_) => self.record_end(sandbox, ended_report(&task.id, files.exit())),
             None => {
                 // Processes without a record come from a start whose record
@@ -132,15 +134,15 @@ impl Supervisor {
                     }
                 }
                 match self.start(task, sandbox, sandbox_path) {
-                    Ok(()) => report(&task.id, "running", ""),
-                    Err(error) => self.record_end(sandbox, report(&task.id, "failed", error)),
+                    Ok(()) => report(&task.id, TaskState::Running, ""),
+                    Err(error) => self.record_end(sandbox, report(&task.id, TaskState::Failed, error)),
                 }
             }
         }
     }
 
     fn record_end(&mut self, sandbox: &str, ended: TaskStatusReport) -> TaskStatusReport {
-        tracing::info!(task = %ended.task_id, state = %ended.state, error = %ended.error, "task ended");
+        tracing::info!(task = %ended.task_id, state = ended.state().word(), error = %ended.error, "task ended");
         self.ended.insert(sandbox.to_string(), ended.clone());
         ended
     }
@@ -218,7 +220,7 @@ impl Supervisor {
 
     /// Records that the task of `sandbox` ended because of `error`.
     pub fn mark_lost(&mut self, task: &TaskSpec, sandbox: &str, error: &str) {
-        self.record_end(sandbox, report(&task.id, "failed", error));
+        self.record_end(sandbox, report(&task.id, TaskState::Failed, error));
     }
 
     /// The sandboxes that have a task (running or ended) known here.
@@ -341,7 +343,7 @@ mod tests {
 
     #[test]
     fn exits_are_reported_in_dockers_words() {
-        assert_eq!(ended_report("t", Some(TaskExit::Exited(0))).state, "complete");
+        assert_eq!(ended_report("t", Some(TaskExit::Exited(0))).state(), TaskState::Complete);
         assert_eq!(ended_report("t", Some(TaskExit::Exited(3))).error, "task exited with status 3");
         assert_eq!(ended_report("t", Some(TaskExit::NotStarted("x".into()))).error, "x");
         assert_eq!(ended_report("t", None).error, "task ended while the agent was away");

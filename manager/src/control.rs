@@ -39,7 +39,9 @@ impl ControlService {
     /// A service with its tasks, newest first per slot, and node names.
     fn view(&self, service: Service, tasks: &[Task], nodes: &[Node]) -> ServiceView {
         let mut own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == service.id).collect();
-        own.sort_by_key(|t| (t.slot, std::cmp::Reverse((t.desired_state == "running", t.created_unix))));
+        own.sort_by_key(|t| {
+            (t.slot, std::cmp::Reverse((t.desired_state() == TaskState::Running, t.created_unix)))
+        });
         let tasks = own
             .into_iter()
             .map(|task| TaskView {

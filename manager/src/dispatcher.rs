@@ -3,7 +3,6 @@
 
 use crate::liveness::Heartbeats;
 use crate::networks::now_unix;
-use crate::services::DESIRED_RUNNING;
 use crate::topology::AgentReports;
 use crate::{ids, snapshot, ManagerError, Store};
 use netctl_proto::dispatcher_server::Dispatcher;
@@ -199,14 +198,15 @@ impl Dispatcher for DispatcherService {
                 continue;
             };
             let changed = task.state != status.state || task.error != error;
-            if task.node_id != report.node_id || task.desired_state != DESIRED_RUNNING || !changed {
+            if task.node_id != report.node_id || task.desired_state() != TaskState::Running || !changed {
                 continue;
             }
-            if !matches!(status.state.as_str(), "running" | "failed" | "complete") {
+            let state = status.state();
+            if !matches!(state, TaskState::Running | TaskState::Failed | TaskState::Complete) {
                 continue;
             }
-            tracing::info!(task = %task.id, state = %status.state, %error, "task status");
-            task.state = status.state.clone();
+            tracing::info!(task = %task.id, state = state.word(), %error, "task status");
+            task.set_state(state);
             task.error = error;
             task.state_changed_unix = now_unix();
             batch.put(&task);

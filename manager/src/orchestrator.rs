@@ -8,10 +8,10 @@ use crate::addresses;
 use crate::liveness::{Heartbeats, NodeLiveness};
 use crate::networks::now_unix;
 use crate::scheduler::{self, Candidate};
-use crate::services::{taken_addresses, DESIRED_RUNNING, DESIRED_SHUTDOWN};
+use crate::services::taken_addresses;
 use crate::store::Batch;
 use crate::{ids, Store};
-use netctl_proto::{EndpointAddress, Network, Node, Service, Task};
+use netctl_proto::{EndpointAddress, Network, Node, Service, Task, TaskState};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +46,52 @@ pub struct ClusterState<'a> {
     pub now: i64,
 }
 
-fn is_terminal(state: &str) -> bool {
-    matches!(state, "failed" | "complete" | "shutdown")
+/// Why a task that should run is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// It ended (failed or completed): its state says how.
+    Ended,
+    /// Its node never said it started it.
+    NeverStarted,
+    /// Its node is Down.
+    NodeDown,
+    /// Its slot is above the replica count.
+    ScaledDown,
+}
+
+impl StopReason {
+    /// The reason a task should stop now, if any.
+    fn of(task: &Task, service: &Service, state: &ClusterState) -> Option<Self> {
+        let stuck = task.state() == TaskState::Assigned
+            && state.now - task.state_changed_unix > ASSIGNED_TIMEOUT_SECONDS;
+        if task.state().is_terminal() {
+            Some(StopReason::Ended)
+        } else if stuck {
+            Some(StopReason::NeverStarted)
+        } else if !state.ready.contains(&task.node_id) {
+            Some(StopReason::NodeDown)
+        } else if task.slot > service.replicas {
+            Some(StopReason::ScaledDown)
+        } else {
+            None
+        }
+    }
+
+    /// Marks `task` as stopped for this reason at `now`.
+    fn apply(self, task: &mut Task, now: i64) {
+        task.set_desired_state(TaskState::Shutdown);
+        let (state, error) = match self {
+            StopReason::Ended => return,
+            StopReason::NeverStarted => {
+                (TaskState::Failed, format!("its node did not start it within {ASSIGNED_TIMEOUT_SECONDS} s"))
+            }
+            StopReason::NodeDown => (TaskState::Shutdown, "node is down".to_string()),
+            StopReason::ScaledDown => (TaskState::Shutdown, String::new()),
+        };
+        task.set_state(state);
+        task.error = error;
+        task.state_changed_unix = now;
+    }
 }
 
 /// Seconds to wait before restarting a slot whose last `failures` tasks failed.
@@ -65,34 +109,13 @@ pub fn plan(state: &ClusterState) -> Batch {
     let mut tasks: Vec<Task> = state.tasks.to_vec();
 
     // Stop what should no longer run.
-    for task in tasks.iter_mut().filter(|t| t.desired_state == DESIRED_RUNNING) {
+    for task in tasks.iter_mut().filter(|t| t.desired_state() == TaskState::Running) {
         let Some(service) = services.get(task.service_id.as_str()) else {
             batch.delete::<Task>(&task.id);
             continue;
         };
-        let stuck =
-            task.state == "assigned" && state.now - task.state_changed_unix > ASSIGNED_TIMEOUT_SECONDS;
-        let reason = if is_terminal(&task.state) {
-            Some(None)
-        } else if stuck {
-            task.state = "failed".into();
-            task.error = format!("its node did not start it within {ASSIGNED_TIMEOUT_SECONDS} s");
-            task.state_changed_unix = state.now;
-            Some(None)
-        } else if !state.ready.contains(&task.node_id) {
-            Some(Some("node is down".to_string()))
-        } else if task.slot > service.replicas {
-            Some(Some(String::new()))
-        } else {
-            None
-        };
-        if let Some(error) = reason {
-            task.desired_state = DESIRED_SHUTDOWN.into();
-            if let Some(error) = error {
-                task.state = "shutdown".into();
-                task.error = error;
-                task.state_changed_unix = state.now;
-            }
+        if let Some(reason) = StopReason::of(task, service, state) {
+            reason.apply(task, state.now);
             batch.put(task);
         }
     }
@@ -102,7 +125,7 @@ pub fn plan(state: &ClusterState) -> Batch {
         for slot in 1..=service.replicas {
             let slot_tasks: Vec<&Task> =
                 tasks.iter().filter(|t| t.service_id == service.id && t.slot == slot).collect();
-            if slot_tasks.iter().any(|t| t.desired_state == DESIRED_RUNNING) {
+            if slot_tasks.iter().any(|t| t.desired_state() == TaskState::Running) {
                 continue;
             }
             if !backoff_over(&slot_tasks, state.now) {
@@ -117,7 +140,7 @@ pub fn plan(state: &ClusterState) -> Batch {
 
     // Forget old history.
     let mut finished: HashMap<(&str, u32), Vec<&Task>> = HashMap::new();
-    for task in tasks.iter().filter(|t| t.desired_state != DESIRED_RUNNING) {
+    for task in tasks.iter().filter(|t| t.desired_state() != TaskState::Running) {
         finished.entry((task.service_id.as_str(), task.slot)).or_default().push(task);
     }
     for (_, mut history) in finished {
@@ -134,8 +157,11 @@ pub fn plan(state: &ClusterState) -> Batch {
 fn backoff_over(slot_tasks: &[&Task], now: i64) -> bool {
     let mut history: Vec<&&Task> = slot_tasks.iter().collect();
     history.sort_by_key(|t| std::cmp::Reverse(t.created_unix));
-    let failures: Vec<&&Task> =
-        history.iter().copied().take_while(|t| matches!(t.state.as_str(), "failed" | "complete")).collect();
+    let failures: Vec<&&Task> = history
+        .iter()
+        .copied()
+        .take_while(|t| matches!(t.state(), TaskState::Failed | TaskState::Complete))
+        .collect();
     let last_failure = failures.iter().map(|t| t.state_changed_unix).max().unwrap_or(0);
     now >= last_failure + backoff_seconds(failures.len())
 }
@@ -144,7 +170,7 @@ fn backoff_over(slot_tasks: &[&Task], now: i64) -> bool {
 /// address in each of the service's networks; `None` when no node is Ready
 /// or a network is full.
 fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) -> Option<Task> {
-    let live = |t: &&Task| t.desired_state == DESIRED_RUNNING;
+    let live = |t: &&Task| t.desired_state() == TaskState::Running;
     let candidates: Vec<Candidate> = state
         .nodes
         .iter()
@@ -154,7 +180,7 @@ fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) 
             hostname: &n.hostname,
             recent_failures: tasks
                 .iter()
-                .filter(|t| t.node_id == n.id && t.service_id == service.id && t.state == "failed")
+                .filter(|t| t.node_id == n.id && t.service_id == service.id && t.state() == TaskState::Failed)
                 .filter(|t| state.now - t.state_changed_unix < FAILURE_MEMORY_SECONDS)
                 .count(),
             service_tasks: tasks
@@ -186,8 +212,8 @@ fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) 
         service_id: service.id.clone(),
         slot,
         node_id: node_id.to_string(),
-        desired_state: DESIRED_RUNNING.into(),
-        state: "assigned".into(),
+        desired_state: TaskState::Running.into(),
+        state: TaskState::Assigned.into(),
         error: String::new(),
         endpoints,
         created_unix: state.now,
@@ -307,7 +333,7 @@ mod tests {
     }
 
     fn live(tasks: &[Task]) -> Vec<&Task> {
-        tasks.iter().filter(|t| t.desired_state == DESIRED_RUNNING).collect()
+        tasks.iter().filter(|t| t.desired_state() == TaskState::Running).collect()
     }
 
     #[test]
@@ -349,7 +375,9 @@ mod tests {
         assert_eq!(live.len(), 2);
         assert!(live.iter().all(|t| t.node_id == "a"));
         let stopped: Vec<_> = tasks.iter().filter(|t| t.node_id == "b").collect();
-        assert!(stopped.iter().all(|t| t.desired_state == DESIRED_SHUTDOWN && t.error == "node is down"));
+        assert!(stopped
+            .iter()
+            .all(|t| t.desired_state() == TaskState::Shutdown && t.error == "node is down"));
     }
 
     #[test]
@@ -360,8 +388,8 @@ mod tests {
         settle(&[service(1)], &mut tasks, &nodes, &ready, 100);
         // Fail the slot twice: the second retry waits 2 seconds.
         for (failed_at, retry_at) in [(100, 101), (101, 103)] {
-            let task = tasks.iter_mut().find(|t| t.desired_state == DESIRED_RUNNING).unwrap();
-            task.state = "failed".into();
+            let task = tasks.iter_mut().find(|t| t.desired_state() == TaskState::Running).unwrap();
+            task.set_state(TaskState::Failed);
             task.state_changed_unix = failed_at;
             settle(&[service(1)], &mut tasks, &nodes, &ready, retry_at - 1);
             assert!(live(&tasks).is_empty(), "retried before the back-off at {}", retry_at - 1);
@@ -389,7 +417,7 @@ mod tests {
         assert_eq!(live(&tasks)[0].id, first.id, "failed before the timeout");
         settle(&[service(1)], &mut tasks, &nodes, &ready, 200 + ASSIGNED_TIMEOUT_SECONDS);
         let stuck = tasks.iter().find(|t| t.id == first.id).unwrap();
-        assert_eq!((stuck.state.as_str(), stuck.desired_state.as_str()), ("failed", DESIRED_SHUTDOWN));
+        assert_eq!((stuck.state(), stuck.desired_state()), (TaskState::Failed, TaskState::Shutdown));
         assert!(stuck.error.contains("did not start it"), "{}", stuck.error);
         settle(&[service(1)], &mut tasks, &nodes, &ready, 201 + ASSIGNED_TIMEOUT_SECONDS);
         let again = live(&tasks);
@@ -405,8 +433,8 @@ mod tests {
         let mut now = 100;
         settle(&[service(4)], &mut tasks, &nodes, &ready, now);
         for _ in 0..10 {
-            for task in tasks.iter_mut().filter(|t| t.desired_state == DESIRED_RUNNING) {
-                task.state = if task.node_id == "b" { "failed" } else { "running" }.into();
+            for task in tasks.iter_mut().filter(|t| t.desired_state() == TaskState::Running) {
+                task.set_state(if task.node_id == "b" { TaskState::Failed } else { TaskState::Running });
                 task.state_changed_unix = now;
             }
             now += 40;

@@ -7,15 +7,12 @@ use crate::networks::now_unix;
 use crate::ports::ReservedPorts;
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
-use netctl_proto::{EndpointAddress, Network, Node, Service, ServiceCreateRequest, Task, VirtualIp};
+use netctl_proto::{
+    EndpointAddress, Network, Node, Service, ServiceCreateRequest, Task, TaskState, VirtualIp,
+};
 use prost::Message;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-
-/// Task desired state: should run.
-pub const DESIRED_RUNNING: &str = "running";
-/// Task desired state: should not run (history, or being stopped).
-pub const DESIRED_SHUTDOWN: &str = "shutdown";
 
 /// Every address in use in `network`: its gateway, every service VIP in it,
 /// every endpoint of a task that should run, and on the ingress network every
@@ -29,7 +26,7 @@ pub fn taken_addresses(
     let vips = services.iter().flat_map(|s| &s.virtual_ips).filter(|v| v.network_id == network.id);
     let endpoints = tasks
         .iter()
-        .filter(|t| t.desired_state == DESIRED_RUNNING)
+        .filter(|t| t.desired_state() == TaskState::Running)
         .flat_map(|t| &t.endpoints)
         .filter(|e| e.network_id == network.id);
     let sandboxes = nodes.iter().filter(|_| network.ingress).map(|n| n.ingress_address.as_str());
@@ -204,8 +201,10 @@ pub async fn scale(store: &Store, reference: &str, replicas: u32) -> Result<Serv
     let services: Vec<Service> = store.all()?;
     let tasks: Vec<Task> = store.all()?;
     let nodes = store.nodes()?;
-    let running_here =
-        tasks.iter().filter(|t| t.service_id == service.id && t.desired_state == DESIRED_RUNNING).count();
+    let running_here = tasks
+        .iter()
+        .filter(|t| t.service_id == service.id && t.desired_state() == TaskState::Running)
+        .count();
     let more = (replicas as usize).saturating_sub(running_here);
     let ingress = store.networks()?.into_iter().filter(|n| n.ingress && !service.ports.is_empty());
     for network in

@@ -1,10 +1,9 @@
 //! The desired state of one node, as streamed to its agent by `Watch` (pure).
 
 use crate::addresses::mac_for;
-use crate::services::DESIRED_RUNNING;
 use netctl_proto::{
     Network, NetworkAttachment, Node, NodeState, PublishedPort, RemoteEndpoint, Service, ServiceVip, Task,
-    TaskSpec,
+    TaskSpec, TaskState,
 };
 use std::collections::HashMap;
 
@@ -28,10 +27,11 @@ pub struct Cluster<'a> {
 pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision: u64) -> NodeState {
     let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
     let wanted =
-        |t: &&Task| t.desired_state == DESIRED_RUNNING && services.contains_key(t.service_id.as_str());
+        |t: &&Task| t.desired_state() == TaskState::Running && services.contains_key(t.service_id.as_str());
     let local: Vec<&Task> = cluster.tasks.iter().filter(wanted).filter(|t| t.node_id == node.id).collect();
     // Balancing goes only to tasks that run (not to ones still starting).
-    let serving: Vec<&Task> = cluster.tasks.iter().filter(wanted).filter(|t| t.state == "running").collect();
+    let serving: Vec<&Task> =
+        cluster.tasks.iter().filter(wanted).filter(|t| t.state() == TaskState::Running).collect();
 
     let mut network_ids: Vec<&str> =
         cluster.networks.iter().filter(|n| n.ingress).map(|n| n.id.as_str()).collect();
@@ -171,7 +171,7 @@ mod tests {
             service_id: "svc".into(),
             slot: 1,
             node_id: node.into(),
-            desired_state: DESIRED_RUNNING.into(),
+            desired_state: TaskState::Running.into(),
             endpoints: vec![EndpointAddress {
                 network_id: "net".into(),
                 address: address.into(),
@@ -194,7 +194,7 @@ mod tests {
         ];
         let services = [Service { id: "svc".into(), name: "demoservice".into(), ..Default::default() }];
         let mut stopped = task("t3", "b", "192.168.200.5");
-        stopped.desired_state = "shutdown".into();
+        stopped.set_desired_state(TaskState::Shutdown);
         let tasks = [task("t1", "a", "192.168.200.3"), task("t2", "b", "192.168.200.4"), stopped];
         let cluster = Cluster { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
 

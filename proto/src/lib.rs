@@ -16,6 +16,25 @@ pub use v1::*;
 mod connect;
 pub use connect::{connect, ConnectError};
 
+impl TaskState {
+    /// The word Docker's CLI shows for the state (`running`, `failed` ...).
+    pub fn word(self) -> &'static str {
+        match self {
+            TaskState::Unspecified => "unknown",
+            TaskState::Assigned => "assigned",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Failed => "failed",
+            TaskState::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether a task in this state has ended for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Complete | TaskState::Failed | TaskState::Shutdown)
+    }
+}
+
 /// The largest message a Watch stream carries (one node's whole desired
 /// state). The manager refuses a change that could make a node's state
 /// larger, and the agent accepts messages up to this size.

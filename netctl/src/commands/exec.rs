@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 use netctl_agent::task_files::{tasks_dir, ShimRecord, TaskFiles};
 use netctl_agent::tasks::{shim_flags, DEFAULT_PATH};
-use netctl_proto::{NodeListRequest, Service, ServiceListRequest, Task};
+use netctl_proto::{NodeListRequest, Service, ServiceListRequest, Task, TaskState};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
@@ -35,7 +35,7 @@ pub async fn run(args: &ClientArgs, exec: ExecArgs) -> anyhow::Result<()> {
         .iter()
         .flat_map(|view| view.tasks.clone())
         .filter_map(|entry| Some((entry.name, entry.task?)))
-        .filter(|(_, task)| task.desired_state == "running")
+        .filter(|(_, task)| task.desired_state() == TaskState::Running)
         .collect();
     let matching: Vec<&(String, Task)> = candidates
         .iter()

@@ -4,7 +4,7 @@ use crate::cli::ListFormat;
 use crate::client::{rpc_error, Control};
 use crate::table;
 use clap::Args;
-use netctl_proto::{Service, ServiceListRequest, ServiceView};
+use netctl_proto::{Service, ServiceListRequest, ServiceView, TaskState};
 use serde_json::json;
 
 /// `netctl service ls` arguments.
@@ -22,7 +22,7 @@ pub async fn run(control: &mut Control, args: LsArgs) -> anyhow::Result<()> {
         view.tasks
             .iter()
             .filter_map(|t| t.task.as_ref())
-            .filter(|t| t.desired_state == "running" && t.state == "running")
+            .filter(|t| t.desired_state() == TaskState::Running && t.state() == TaskState::Running)
             .count()
     };
     match args.format {

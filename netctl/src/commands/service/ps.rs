@@ -38,7 +38,7 @@ pub async fn run(control: &mut Control, args: PsArgs) -> anyhow::Result<()> {
                 .collect();
             let line = json!({
                 "ID": task.id, "Name": entry.name, "Node": entry.node_hostname, "NodeID": task.node_id,
-                "DesiredState": task.desired_state, "CurrentState": task.state, "Error": task.error,
+                "DesiredState": task.desired_state().word(), "CurrentState": task.state().word(), "Error": task.error,
                 "Endpoints": endpoints,
             });
             println!("{line}");
@@ -64,8 +64,8 @@ pub async fn run(control: &mut Control, args: PsArgs) -> anyhow::Result<()> {
                 task.id.chars().take(id_len).collect(),
                 name,
                 entry.node_hostname.clone(),
-                capitalized(&task.desired_state),
-                format!("{} {}", capitalized(&task.state), ago(now - task.state_changed_unix)),
+                capitalized(task.desired_state().word()),
+                format!("{} {}", capitalized(task.state().word()), ago(now - task.state_changed_unix)),
                 task.error.clone(),
             ]
         })
