@@ -37,26 +37,31 @@ impl Connections {
 
     /// A connection to namespace `name`, creating the namespace if needed
     /// (and recording it as netctl's first).
-    pub fn ensure(&mut self, name: &str) -> netlib::Result<Netlink> {
+    pub async fn ensure(&mut self, name: &str) -> netlib::Result<Netlink> {
         let record = self.owned.join(name);
         if !record.exists() {
             std::fs::create_dir_all(&self.owned).and_then(|()| std::fs::write(&record, b"")).map_err(
                 |e| netlib::Error::os(format!("recording namespace {name} as netctl's"), "host", e),
             )?;
         }
-        let path = self.namespaces.create(name)?;
-        self.open_existing(name, &path)
+        let (namespaces, owned_name) = (self.namespaces.clone(), name.to_string());
+        // Creating a namespace takes a thread of its own: off the async workers.
+        let path =
+            tokio::task::spawn_blocking(move || namespaces.create(&owned_name)).await.map_err(|e| {
+                netlib::Error::other(format!("creating namespace {name}"), "host", e.to_string())
+            })??;
+        self.open_existing(name, &path).await
     }
 
     /// A connection to namespace `name` if it exists; never creates or
     /// records anything (for reading back).
-    pub fn existing(&mut self, name: &str) -> Option<Netlink> {
+    pub async fn existing(&mut self, name: &str) -> Option<Netlink> {
         let path = self.namespaces.path(name);
         self.namespaces.exists(name).then_some(())?;
-        self.open_existing(name, &path).ok()
+        self.open_existing(name, &path).await.ok()
     }
 
-    fn open_existing(&mut self, name: &str, path: &Path) -> netlib::Result<Netlink> {
+    async fn open_existing(&mut self, name: &str, path: &Path) -> netlib::Result<Netlink> {
         let inode = std::fs::metadata(path)
             .map_err(|e| netlib::Error::os(format!("reading namespace {name}"), "host", e))?
             .ino();
@@ -65,7 +70,12 @@ impl Connections {
                 return Ok(netlink.clone());
             }
         }
-        let netlink = Netlink::in_namespace(name, path)?;
+        let (owned_name, owned_path) = (name.to_string(), path.to_path_buf());
+        let netlink = tokio::task::spawn_blocking(move || Netlink::in_namespace(&owned_name, &owned_path))
+            .await
+            .map_err(|e| {
+                netlib::Error::other(format!("connecting to namespace {name}"), "host", e.to_string())
+            })??;
         self.open.insert(name.to_string(), (inode, netlink.clone()));
         Ok(netlink)
     }

@@ -27,7 +27,7 @@ pub async fn ensure(host: &Netlink, mtu: u32, write_rules: bool) -> Result<Link,
         host.set_up(&bridge).await.map_err(|e| e.to_string())?;
     }
     if write_rules {
-        write_nat(host).map_err(|e| format!("egress NAT on {GWBRIDGE}: {e}"))?;
+        write_nat(host).await.map_err(|e| format!("egress NAT on {GWBRIDGE}: {e}"))?;
     }
     Ok(bridge)
 }
@@ -36,12 +36,13 @@ pub async fn ensure(host: &Netlink, mtu: u32, write_rules: bool) -> Result<Link,
 /// out of the bridge), MASQUERADE for traffic from the bridge leaving by any
 /// other interface, for local traffic into the bridge (a published port
 /// reached from the node itself), and for hairpinned DNATed traffic.
-fn write_nat(host: &Netlink) -> Result<(), String> {
+async fn write_nat(host: &Netlink) -> Result<(), String> {
     let namespace = None;
-    sysctl::write(namespace, "net.ipv4.ip_forward", "1").map_err(|e| e.to_string())?;
+    sysctl::write(namespace, "net.ipv4.ip_forward", "1").await.map_err(|e| e.to_string())?;
     sysctl::write(namespace, &format!("net/ipv4/conf/{GWBRIDGE}/route_localnet"), "1")
+        .await
         .map_err(|e| e.to_string())?;
-    if !iptables::available() {
+    if !iptables::available().await {
         return Err(format!(
             "iptables-restore is not installed in {} (apt-get install iptables)",
             host.namespace()
@@ -54,6 +55,8 @@ fn write_nat(host: &Netlink) -> Result<(), String> {
          -A {NAT_CHAIN} -o {GWBRIDGE} -s {GWBRIDGE_SUBNET} -m conntrack --ctstate DNAT -j MASQUERADE\n\
          COMMIT\n"
     );
-    iptables::restore(namespace, &rules).map_err(|e| e.to_string())?;
-    iptables::ensure_jump(namespace, "nat", "POSTROUTING", &["-j", NAT_CHAIN]).map_err(|e| e.to_string())
+    iptables::restore(namespace, &rules).await.map_err(|e| e.to_string())?;
+    iptables::ensure_jump(namespace, "nat", "POSTROUTING", &["-j", NAT_CHAIN])
+        .await
+        .map_err(|e| e.to_string())
 }

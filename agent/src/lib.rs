@@ -47,8 +47,29 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
 }
 
-/// Runs the agent until the manager refuses it (an error) or forever.
+/// Runs the agent until the manager refuses it (an error) or it gets
+/// SIGTERM or SIGINT: then it finishes the reconcile pass under way and
+/// returns, leaving the data path and the tasks exactly as they are (the
+/// next start adopts them).
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    let (stop, stopping) = watch::channel(false);
+    let serving = serve(config, stopping);
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => return result,
+        _ = terminate.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("stopping: the data path and the tasks stay as they are");
+    let _ = stop.send(true);
+    serving.await
+}
+
+/// Joins, reconciles and serves until refused, or until `stopping` turns
+/// true (then returns once the reconcile loop has stopped).
+async fn serve(config: AgentConfig, mut stopping: watch::Receiver<bool>) -> anyhow::Result<()> {
     for dir in [&config.state_dir, &config.run_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -62,18 +83,34 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (report_sender, reports) = watch::channel(Vec::new());
     let (topology_sender, topology) = watch::channel(None);
     let hostname = config.hostname.clone();
-    tokio::spawn(reconcile_forever(reconciler, desired, report_sender, topology_sender, hostname));
+    let reconciling = tokio::spawn(reconcile_forever(
+        reconciler,
+        desired,
+        report_sender,
+        topology_sender,
+        hostname,
+        stopping.clone(),
+    ));
     let channels = Channels { desired: desired_sender, reports, topology };
     let mut backoff = Backoff::default();
-    loop {
-        match run_session(&config, &mut node_id, &mut backoff, &channels).await {
-            Err(refused @ SessionError::Refused { .. }) => return Err(refused.into()),
-            Err(lost) => {
-                let delay = backoff.next_delay();
-                tracing::warn!("{lost}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
+    let sessions = async {
+        loop {
+            match run_session(&config, &mut node_id, &mut backoff, &channels).await {
+                Err(refused @ SessionError::Refused { .. }) => return refused,
+                Err(lost) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!("{lost}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(()) => unreachable!("a session only ends with an error"),
             }
-            Ok(()) => unreachable!("a session only ends with an error"),
+        }
+    };
+    tokio::select! {
+        refused = sessions => Err(refused.into()),
+        _ = stopping.wait_for(|stop| *stop) => {
+            let _ = reconciling.await;
+            Ok(())
         }
     }
 }
@@ -96,13 +133,15 @@ struct Channels {
 const TOPOLOGY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reconciles after every new desired state and every interval, once the
-/// first desired state has arrived (nothing is torn down before that).
+/// first desired state has arrived (nothing is torn down before that),
+/// until `stopping` turns true.
 async fn reconcile_forever(
     mut reconciler: reconcile::Reconciler,
     mut desired: watch::Receiver<Option<NodeState>>,
     reports: watch::Sender<Vec<TaskStatusReport>>,
     topology: watch::Sender<Option<NodeTopology>>,
     hostname: String,
+    mut stopping: watch::Receiver<bool>,
 ) {
     let mut topology_read_at: Option<std::time::Instant> = None;
     let task_stopped = reconciler.task_stopped();
@@ -133,6 +172,7 @@ async fn reconcile_forever(
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {},
             _ = desired.changed() => {},
             _ = task_stopped.notified() => {},
+            _ = stopping.wait_for(|stop| *stop) => return,
         }
     }
 }

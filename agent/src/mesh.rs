@@ -129,13 +129,13 @@ pub struct Written {
 
 impl Written {
     /// Writes `rules` to `target` unless they are what was written last.
-    pub fn write(&mut self, key: &str, target: &Target, rules: &str) -> netlib::Result<()> {
+    pub async fn write(&mut self, key: &str, target: &Target<'_>, rules: &str) -> netlib::Result<()> {
         if self.rules.get(key).map(String::as_str) == Some(rules) {
             return Ok(());
         }
-        iptables::restore(target.namespace, rules)?;
+        iptables::restore(target.namespace, rules).await?;
         for (table, chain, rule) in target.jumps {
-            iptables::ensure_jump(target.namespace, table, chain, rule)?;
+            iptables::ensure_jump(target.namespace, table, chain, rule).await?;
         }
         self.rules.insert(key.to_string(), rules.to_string());
         Ok(())

@@ -45,7 +45,7 @@ pub async fn ensure(
     let subnet: Ipv4Network = network.subnet.parse().map_err(|_| invalid("invalid subnet"))?;
     let gateway: Ipv4Addr = network.gateway.parse().map_err(|_| invalid("invalid gateway"))?;
     let mtu = if network.mtu != 0 { network.mtu } else { tunnel.default_mtu };
-    let overlay = connections.ensure(&namespace)?;
+    let overlay = connections.ensure(&namespace).await?;
 
     let bridge = match overlay.link(OVERLAY_BRIDGE).await? {
         Some(bridge) => bridge,

@@ -96,7 +96,7 @@ impl Reconciler {
             // Without working iptables the task still runs, without its
             // VIPs; the reason goes into its ERROR column.
             let vip_problem = match &built {
-                Ok(()) => self.write_vip_rules(state, task, &sandbox_name).err(),
+                Ok(()) => self.write_vip_rules(state, task, &sandbox_name).await.err(),
                 Err(_) => None,
             };
             let mut status = match built {
@@ -161,21 +161,22 @@ impl Reconciler {
         let key = format!("{INGRESS_SANDBOX}@{inode}");
         if !self.rules.has(&key) {
             // Once per namespace: a new one (first pass, or made anew) gets it.
-            netlib::sysctl::write(namespace, "net.ipv4.ip_forward", "1").map_err(|e| e.to_string())?;
+            netlib::sysctl::write(namespace, "net.ipv4.ip_forward", "1").await.map_err(|e| e.to_string())?;
         }
         let sandbox_rules =
             mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &ingress.subnet);
         let target = mesh::Target { namespace, jumps: mesh::INGRESS_SANDBOX_JUMPS };
-        self.rules.write(&key, &target, &sandbox_rules).map_err(|e| e.to_string())?;
+        self.rules.write(&key, &target, &sandbox_rules).await.map_err(|e| e.to_string())?;
         let target = mesh::Target { namespace: None, jumps: mesh::HOST_JUMPS };
         self.rules
             .write("host", &target, &mesh::host_rules(&state.published_ports))
+            .await
             .map_err(|e| e.to_string())
     }
 
     /// The VIP rules of a task's sandbox: each service VIP of its networks
     /// balanced over that service's tasks.
-    fn write_vip_rules(
+    async fn write_vip_rules(
         &mut self,
         state: &NodeState,
         task: &netctl_proto::TaskSpec,
@@ -191,6 +192,7 @@ impl Reconciler {
         let key = format!("{sandbox}@{}", self.connections.inode(sandbox).unwrap_or_default());
         self.rules
             .write(&key, &target, &mesh::vip_rules(&vips))
+            .await
             .map_err(|e| format!("service VIP rules: {e}"))
     }
 
@@ -260,7 +262,7 @@ impl Reconciler {
         let mut addresses = HashMap::new();
         let existing = self.connections.owned().unwrap_or_default();
         for name in existing.iter().filter(|n| !names::is_overlay_namespace(n) && *n != INGRESS_SANDBOX) {
-            let Some(sandbox) = self.connections.existing(name) else { continue };
+            let Some(sandbox) = self.connections.existing(name).await else { continue };
             if let Ok(Some(address)) = sandbox::gateway_address(&sandbox).await {
                 addresses.insert(name.clone(), address);
             }

@@ -37,7 +37,7 @@ pub async fn ensure(
     gateway: Option<GatewayLeg<'_>>,
 ) -> netlib::Result<()> {
     let name = names::sandbox_namespace(task_id);
-    let sandbox = connections.ensure(&name)?;
+    let sandbox = connections.ensure(&name).await?;
     let sandbox_file = netns::open(&connections.namespaces().path(&name))?;
     let loopback = sandbox.require_link("lo").await?;
     if !loopback.up {

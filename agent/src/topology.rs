@@ -26,7 +26,7 @@ pub async fn read(host: &Netlink, connections: &mut Connections, state: &NodeSta
     let owners = owners(state);
     let names = connections.namespaces().list().unwrap_or_default();
     for name in names {
-        let Some(netlink) = connections.existing(&name) else { continue };
+        let Some(netlink) = connections.existing(&name).await else { continue };
         let role = if name == INGRESS_SANDBOX {
             "ingress_sbox"
         } else if names::is_overlay_namespace(&name) {
@@ -40,7 +40,7 @@ pub async fn read(host: &Netlink, connections: &mut Connections, state: &NodeSta
     }
     resolve_peers(&mut reads).await;
     for read in &mut reads {
-        read.namespace.rules = rules(connections, &read.namespace);
+        read.namespace.rules = rules(connections, &read.namespace).await;
     }
     NodeTopology {
         node_id: state.node_id.clone(),
@@ -165,7 +165,7 @@ async fn resolve_peers(reads: &mut [Read]) {
 /// The routing mesh's rules of the host and of ingress_sbox, as
 /// `iptables -S` lines. (Sandboxes' VIP rules are not read back: that would
 /// be one iptables-save process per task every few seconds.)
-fn rules(connections: &Connections, namespace: &TopologyNamespace) -> Vec<String> {
+async fn rules(connections: &Connections, namespace: &TopologyNamespace) -> Vec<String> {
     let path = connections.namespaces().path(&namespace.name);
     let (target, chains): (Option<(&str, &std::path::Path)>, &[&str]) = match namespace.role.as_str() {
         "host" => (None, &[crate::mesh::INGRESS_CHAIN, "NETCTL-GWBRIDGE"]),
@@ -174,7 +174,7 @@ fn rules(connections: &Connections, namespace: &TopologyNamespace) -> Vec<String
         }
         _ => return Vec::new(),
     };
-    let Ok(saved) = netlib::iptables::save(target, "nat") else { return Vec::new() };
+    let Ok(saved) = netlib::iptables::save(target, "nat").await else { return Vec::new() };
     saved
         .lines()
         .filter(|line| chains.iter().any(|c| line.starts_with(&format!("-A {c} "))))

@@ -146,11 +146,10 @@ impl Lab {
         self.agents[i] = Some(Daemon::spawn(command, log, None));
     }
 
-    /// Stops the agent of host `i` with `signal` (its tasks keep running).
-    pub fn stop_agent(&mut self, i: usize, signal: Signal) {
-        if let Some(mut agent) = self.agents[i].take() {
-            agent.stop(signal);
-        }
+    /// Stops the agent of host `i` with `signal` (its tasks keep running);
+    /// its exit code.
+    pub fn stop_agent(&mut self, i: usize, signal: Signal) -> Option<i32> {
+        self.agents[i].take().and_then(|mut agent| agent.stop(signal))
     }
 
     /// What the agent of host `i` logged.

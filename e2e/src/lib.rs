@@ -74,11 +74,12 @@ impl Daemon {
         self.child.id() as i32
     }
 
-    /// Sends `signal` and waits for the process to end.
-    pub fn stop(&mut self, signal: nix::sys::signal::Signal) {
+    /// Sends `signal` and waits for the process to end; its exit code
+    /// (`None` when a signal ended it).
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
-        let _ = self.child.wait();
+        self.child.wait().ok().and_then(|status| status.code())
     }
 }
 

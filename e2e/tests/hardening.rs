@@ -394,3 +394,24 @@ fn tokens_stay_out_of_process_lists_logs_and_tasks() {
         assert!(!task_env.contains(secret), "a token reached a task");
     }
 }
+
+#[test]
+fn sigterm_stops_the_agent_and_leaves_the_tasks_and_the_data_path() {
+    let mut lab = Lab::start(1);
+    lab.create_network("demonet", "192.168.210.0/24");
+    lab.create_service("web", 2, "demonet", &["sleep", "100000"]);
+    let tasks = lab.wait_running("web", 2);
+    let namespaces = lab.agent_namespaces(0);
+    let inodes: Vec<u64> =
+        tasks.iter().map(|t| netlib::netns::namespace_inode(&lab.sandbox_path(t)).unwrap()).collect();
+    let processes = netlib::netns::processes_in(&inodes);
+    assert_eq!(lab.stop_agent(0, Signal::SIGTERM), Some(0), "the agent did not exit cleanly on SIGTERM");
+    assert_eq!(lab.agent_namespaces(0), namespaces, "SIGTERM tore something down");
+    assert_eq!(netlib::netns::processes_in(&inodes), processes, "SIGTERM stopped tasks");
+    let peer = e2e::lab::endpoint_address(&tasks[1], 0);
+    assert!(lab.pings(&tasks[0], &peer), "the overlay stopped working without its agent");
+    lab.start_agent(0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(task_ids(&lab.wait_running("web", 2)), task_ids(&tasks), "a restart replaced tasks");
+    assert_eq!(netlib::netns::processes_in(&inodes), processes, "a restart started tasks again");
+}

@@ -1,16 +1,17 @@
 //! iptables rule sets written whole with `iptables-restore --noflush -w`:
 //! a chain declared in the input is flushed and rewritten in one call, other
-//! chains are left alone. Run inside a namespace by entering it in the child.
+//! chains are left alone. Run inside a namespace by entering it in the child,
+//! and awaited without holding an async worker (tokio's process support).
 
 use crate::error::{Error, Result};
-use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
 /// Runs `program args` in the namespace at `namespace` (or the caller's),
 /// feeding it `input`, and returns its stdout.
-fn run(namespace: Option<(&str, &Path)>, program: &str, args: &[&str], input: &str) -> Result<String> {
+async fn run(namespace: Option<(&str, &Path)>, program: &str, args: &[&str], input: &str) -> Result<String> {
     let label = namespace.map_or("host", |(name, _)| name);
     let action = format!("running {program} {}", args.join(" "));
     let mut command = Command::new(program);
@@ -26,9 +27,9 @@ fn run(namespace: Option<(&str, &Path)>, program: &str, args: &[&str], input: &s
     }
     let mut child = command.spawn().map_err(|e| Error::os(&action, label, e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).map_err(|e| Error::os(&action, label, e))?;
+        stdin.write_all(input.as_bytes()).await.map_err(|e| Error::os(&action, label, e))?;
     }
-    let output = child.wait_with_output().map_err(|e| Error::os(&action, label, e))?;
+    let output = child.wait_with_output().await.map_err(|e| Error::os(&action, label, e))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
         return Err(Error::other(action, label, format!("{}: {stderr}", output.status)));
@@ -37,34 +38,40 @@ fn run(namespace: Option<(&str, &Path)>, program: &str, args: &[&str], input: &s
 }
 
 /// Loads `rules` (iptables-save syntax, with `*table` and `COMMIT` lines).
-pub fn restore(namespace: Option<(&str, &Path)>, rules: &str) -> Result<()> {
-    run(namespace, "iptables-restore", &["-w", "--noflush"], rules).map(|_| ())
+pub async fn restore(namespace: Option<(&str, &Path)>, rules: &str) -> Result<()> {
+    run(namespace, "iptables-restore", &["-w", "--noflush"], rules).await.map(|_| ())
 }
 
 /// Adds `rule` (e.g. `-j DOCKER-INGRESS`) at the top of `chain` in `table`
 /// unless it is there already.
-pub fn ensure_jump(namespace: Option<(&str, &Path)>, table: &str, chain: &str, rule: &[&str]) -> Result<()> {
+pub async fn ensure_jump(
+    namespace: Option<(&str, &Path)>,
+    table: &str,
+    chain: &str,
+    rule: &[&str],
+) -> Result<()> {
     let mut check = vec!["-w", "-t", table, "-C", chain];
     check.extend_from_slice(rule);
-    if run(namespace, "iptables", &check, "").is_ok() {
+    if run(namespace, "iptables", &check, "").await.is_ok() {
         return Ok(());
     }
     let mut insert = vec!["-w", "-t", table, "-I", chain, "1"];
     insert.extend_from_slice(rule);
-    run(namespace, "iptables", &insert, "").map(|_| ())
+    run(namespace, "iptables", &insert, "").await.map(|_| ())
 }
 
 /// The rules of `table` (`iptables-save -t TABLE`).
-pub fn save(namespace: Option<(&str, &Path)>, table: &str) -> Result<String> {
-    run(namespace, "iptables-save", &["-t", table], "")
+pub async fn save(namespace: Option<(&str, &Path)>, table: &str) -> Result<String> {
+    run(namespace, "iptables-save", &["-t", table], "").await
 }
 
 /// Whether iptables is installed.
-pub fn available() -> bool {
+pub async fn available() -> bool {
     Command::new("iptables-restore")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
+        .await
         .is_ok()
 }

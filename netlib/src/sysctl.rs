@@ -1,5 +1,6 @@
 //! Writing sysctls of a namespace (`/proc/sys/net` shows the namespace of the
-//! thread that opens it, so the write happens on a thread inside it).
+//! thread that opens it, so the write happens on a thread inside it, off the
+//! async workers).
 
 use crate::error::{Error, Result};
 use crate::netns;
@@ -9,17 +10,23 @@ use std::path::Path;
 /// or in the caller's when `None`. The key is dotted (`net.ipv4.ip_forward`)
 /// or, when a part holds dots or underscores that matter (an interface
 /// name), a path (`net/ipv4/conf/docker_gwbridge/route_localnet`).
-pub fn write(namespace: Option<(&str, &Path)>, key: &str, value: &str) -> Result<()> {
+pub async fn write(namespace: Option<(&str, &Path)>, key: &str, value: &str) -> Result<()> {
     let path = if key.contains('/') {
         format!("/proc/sys/{key}")
     } else {
         format!("/proc/sys/{}", key.replace('.', "/"))
     };
     let label = namespace.map_or("host", |(name, _)| name);
-    let write = || std::fs::write(&path, value);
-    let written = match namespace {
-        Some((_, ns_path)) => netns::run_in(ns_path, write)?,
-        None => write(),
-    };
+    let ns_path = namespace.map(|(_, p)| p.to_path_buf());
+    let contents = value.to_string();
+    let written = tokio::task::spawn_blocking(move || {
+        let write = || std::fs::write(&path, &contents);
+        match ns_path {
+            Some(ns_path) => netns::run_in(&ns_path, write),
+            None => Ok(write()),
+        }
+    })
+    .await
+    .map_err(|e| Error::other(format!("setting {key}={value}"), label, e.to_string()))??;
     written.map_err(|e| Error::os(format!("setting {key}={value}"), label, e))
 }

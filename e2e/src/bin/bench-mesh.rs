@@ -89,12 +89,13 @@ fn rule_rewrite() -> Value {
     let host_rules = mesh::host_rules(&ports);
     let mut sandbox_ms = Vec::new();
     let mut host_ms = Vec::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     for _ in 0..5 {
         let started = Instant::now();
-        netlib::iptables::restore(target, &sandbox_rules).expect("ingress_sbox rules");
+        runtime.block_on(netlib::iptables::restore(target, &sandbox_rules)).expect("ingress_sbox rules");
         sandbox_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let started = Instant::now();
-        netlib::iptables::restore(target, &host_rules).expect("host rules");
+        runtime.block_on(netlib::iptables::restore(target, &host_rules)).expect("host rules");
         host_ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     let median = |mut v: Vec<f64>| {
