@@ -3,7 +3,8 @@
 //! MASQUERADE. Sandbox ports are isolated from each other (inter-container
 //! communication off).
 
-use crate::names::{GWBRIDGE, GWBRIDGE_GATEWAY, GWBRIDGE_PREFIX, GWBRIDGE_SUBNET, OWNER_ALIAS};
+use crate::names::{GWBRIDGE, OWNER_ALIAS};
+use netctl_proto::convention::{gateway_bridge_subnet, GATEWAY_BRIDGE_GATEWAY, GATEWAY_BRIDGE_PREFIX};
 use netlib::{iptables, sysctl, Link, Netlink};
 
 /// The nat chain holding the gateway bridge's MASQUERADE rule.
@@ -22,7 +23,9 @@ pub async fn ensure(host: &Netlink, mtu: u32, write_rules: bool) -> Result<Link,
         Some(bridge) => bridge,
         None => host.create_bridge(GWBRIDGE, mtu, OWNER_ALIAS).await.map_err(|e| e.to_string())?,
     };
-    host.add_address(&bridge, GWBRIDGE_GATEWAY, GWBRIDGE_PREFIX).await.map_err(|e| e.to_string())?;
+    host.add_address(&bridge, GATEWAY_BRIDGE_GATEWAY, GATEWAY_BRIDGE_PREFIX)
+        .await
+        .map_err(|e| e.to_string())?;
     if !bridge.up {
         host.set_up(&bridge).await.map_err(|e| e.to_string())?;
     }
@@ -48,11 +51,12 @@ async fn write_nat(host: &Netlink) -> Result<(), String> {
             host.namespace()
         ));
     }
+    let subnet = gateway_bridge_subnet();
     let rules = format!(
         "*nat\n:{NAT_CHAIN} - [0:0]\n\
-         -A {NAT_CHAIN} -s {GWBRIDGE_SUBNET} ! -o {GWBRIDGE} -j MASQUERADE\n\
+         -A {NAT_CHAIN} -s {subnet} ! -o {GWBRIDGE} -j MASQUERADE\n\
          -A {NAT_CHAIN} -o {GWBRIDGE} -m addrtype --src-type LOCAL -j MASQUERADE\n\
-         -A {NAT_CHAIN} -o {GWBRIDGE} -s {GWBRIDGE_SUBNET} -m conntrack --ctstate DNAT -j MASQUERADE\n\
+         -A {NAT_CHAIN} -o {GWBRIDGE} -s {subnet} -m conntrack --ctstate DNAT -j MASQUERADE\n\
          COMMIT\n"
     );
     iptables::restore(namespace, &rules).await.map_err(|e| e.to_string())?;

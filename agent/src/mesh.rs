@@ -11,7 +11,8 @@
 //! - sandbox nat `NETCTL-VIP` (from OUTPUT): each service VIP balanced the
 //!   same way over the service's tasks.
 
-use crate::names::{GWBRIDGE, INGRESS_SANDBOX_GATEWAY_ADDRESS};
+use crate::names::GWBRIDGE;
+use netctl_proto::convention::INGRESS_SANDBOX_GATEWAY_ADDRESS;
 use netctl_proto::{PublishedPort, ServiceVip};
 use netlib::iptables;
 use std::collections::HashMap;

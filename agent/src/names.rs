@@ -2,8 +2,6 @@
 //! every object is findable by name on the next pass or after a restart
 //! (pure).
 
-use std::net::Ipv4Addr;
-
 /// The gateway bridge in the host namespace.
 pub const GWBRIDGE: &str = "docker_gwbridge";
 /// The bridge inside an overlay namespace.
@@ -12,22 +10,11 @@ pub const OVERLAY_BRIDGE: &str = "br0";
 pub const VXLAN: &str = "vxlan0";
 /// The alias that marks a bridge as made by netctl.
 pub const OWNER_ALIAS: &str = "netctl";
-/// The gateway bridge's subnet, gateway and prefix.
-pub const GWBRIDGE_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
-/// The gateway bridge's prefix length.
-pub const GWBRIDGE_PREFIX: u8 = 16;
-/// The gateway bridge's subnet, as iptables writes it.
-pub const GWBRIDGE_SUBNET: &str = "172.18.0.0/16";
 
 /// The routing mesh's sandbox on every node.
 pub const INGRESS_SANDBOX: &str = "ingress_sbox";
-/// ingress_sbox's address on docker_gwbridge, the same on every node.
-pub const INGRESS_SANDBOX_GATEWAY_ADDRESS: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 
-/// `1-<network id[:10]>`: the namespace of an overlay network.
-pub fn overlay_namespace(network_id: &str) -> String {
-    format!("1-{}", prefix(network_id, 10))
-}
+pub use netctl_proto::convention::{endpoint_mac, overlay_namespace};
 
 /// Whether a namespace name is an overlay namespace's.
 pub fn is_overlay_namespace(name: &str) -> bool {
@@ -36,7 +23,7 @@ pub fn is_overlay_namespace(name: &str) -> bool {
 
 /// `<task id[:12]>`: the sandbox namespace of a task.
 pub fn sandbox_namespace(task_id: &str) -> String {
-    prefix(task_id, 12).to_string()
+    netctl_proto::convention::sandbox_name(task_id).to_string()
 }
 
 /// The VXLAN device's name in the host namespace, before it moves into the
@@ -61,12 +48,6 @@ pub fn sandbox_interface(index: usize) -> String {
     format!("eth{index}")
 }
 
-/// The MAC address of an endpoint: `02:42:` and the four address bytes.
-pub fn endpoint_mac(address: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = address.octets();
-    [0x02, 0x42, a, b, c, d]
-}
-
 fn prefix(id: &str, len: usize) -> &str {
     &id[..id.len().min(len)]
 }
@@ -86,6 +67,5 @@ mod tests {
         for name in [overlay_veth(id, 9), gateway_veth(id), vxlan_staging(0xffffff)] {
             assert!(name.len() <= 15, "{name} is too long for an interface name");
         }
-        assert_eq!(endpoint_mac(Ipv4Addr::new(192, 168, 200, 3)), [0x02, 0x42, 0xc0, 0xa8, 0xc8, 0x03]);
     }
 }

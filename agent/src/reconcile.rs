@@ -6,11 +6,12 @@
 
 use crate::connections::Connections;
 use crate::mesh::{self, Written};
-use crate::names::{self, GWBRIDGE_GATEWAY, INGRESS_SANDBOX, INGRESS_SANDBOX_GATEWAY_ADDRESS};
+use crate::names::{self, INGRESS_SANDBOX};
 use crate::overlay::{self, Overlay, Tunnel};
 use crate::sandbox::{self, GatewayLeg};
 use crate::tasks::Supervisor;
 use crate::{gwbridge, peers};
+use netctl_proto::convention::{GATEWAY_BRIDGE_GATEWAY, INGRESS_SANDBOX_GATEWAY_ADDRESS};
 use netctl_proto::{NodeState, TaskState, TaskStatusReport};
 use netlib::{NamespaceDir, Netlink};
 use std::collections::{HashMap, HashSet};
@@ -355,8 +356,9 @@ fn assign_gateway_addresses(
     mut held: HashMap<String, Ipv4Addr>,
 ) -> HashMap<String, Ipv4Addr> {
     let mut taken: HashSet<Ipv4Addr> = held.values().copied().collect();
-    let mut candidates =
-        (u32::from(GWBRIDGE_GATEWAY) + 2..=u32::from(Ipv4Addr::new(172, 18, 255, 254))).map(Ipv4Addr::from);
+    let mut candidates = (u32::from(GATEWAY_BRIDGE_GATEWAY) + 2
+        ..=u32::from(Ipv4Addr::new(172, 18, 255, 254)))
+        .map(Ipv4Addr::from);
     for task in &state.tasks {
         let sandbox = names::sandbox_namespace(&task.id);
         if held.contains_key(&sandbox) {

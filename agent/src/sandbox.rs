@@ -5,8 +5,9 @@
 //! already in the sandbox.
 
 use crate::connections::Connections;
-use crate::names::{self, GWBRIDGE_GATEWAY, GWBRIDGE_PREFIX};
+use crate::names;
 use crate::overlay::Overlay;
+use netctl_proto::convention::{GATEWAY_BRIDGE_GATEWAY, GATEWAY_BRIDGE_PREFIX};
 use netlib::{netns, Link, Netlink};
 use std::net::Ipv4Addr;
 
@@ -23,7 +24,7 @@ pub struct GatewayLeg<'a> {
 /// The sandbox's address on the gateway bridge, if it has one already.
 pub async fn gateway_address(sandbox: &Netlink) -> netlib::Result<Option<Ipv4Addr>> {
     let gateway_subnet =
-        ipnetwork::Ipv4Network::new(GWBRIDGE_GATEWAY, GWBRIDGE_PREFIX).expect("valid subnet");
+        ipnetwork::Ipv4Network::new(GATEWAY_BRIDGE_GATEWAY, GATEWAY_BRIDGE_PREFIX).expect("valid subnet");
     Ok(sandbox.addresses().await?.into_iter().map(|a| a.address).find(|a| gateway_subnet.contains(*a)))
 }
 
@@ -63,12 +64,12 @@ pub async fn ensure(
             bridge: gateway.bridge,
             inner_name: names::sandbox_interface(legs.len()),
             address: gateway.address,
-            prefix: GWBRIDGE_PREFIX,
+            prefix: GATEWAY_BRIDGE_PREFIX,
             mtu: gateway.mtu,
             isolated: true,
         };
         leg.ensure(&sandbox, &sandbox_file).await?;
-        sandbox.set_default_route(GWBRIDGE_GATEWAY).await?;
+        sandbox.set_default_route(GATEWAY_BRIDGE_GATEWAY).await?;
     }
     Ok(())
 }

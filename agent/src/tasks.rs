@@ -172,14 +172,13 @@ impl Supervisor {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command.current_dir(if task.workdir.is_empty() { "/" } else { &task.workdir });
-        let namespace = std::fs::File::open(sandbox_path)
-            .map_err(|e| format!("opening sandbox {}: {e}", sandbox_path.display()))?;
+        let mut enter = netlib::netns::enter_network_in_child(sandbox_path).map_err(|e| e.to_string())?;
         let hostname = task_hostname(&task.name);
         // SAFETY: only async-signal-safe system calls run between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                use nix::sched::{setns, unshare, CloneFlags};
-                setns(&namespace, CloneFlags::CLONE_NEWNET)?;
+                use nix::sched::{unshare, CloneFlags};
+                enter()?;
                 let own = CloneFlags::CLONE_NEWUTS
                     | CloneFlags::CLONE_NEWNS
                     | CloneFlags::CLONE_NEWIPC

@@ -6,6 +6,7 @@
 
 use crate::netns::{self, ip, TestNamespace};
 use crate::{json_lines, netctl_bin, wait_until, Daemon};
+use netctl_proto::convention::{overlay_namespace, sandbox_name, ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::net::Ipv4Addr;
@@ -123,10 +124,10 @@ impl Lab {
         self.manager = Some(Daemon::spawn(command, self.dir.path().join("manager.log"), None));
         let token =
             |name: &str| std::fs::read_to_string(data_dir.join(name)).ok().map(|t| t.trim().to_string());
-        assert!(wait_until(Duration::from_secs(20), || token("join-token").is_some()
-            && token("admin-token").is_some()));
-        self.join_token = token("join-token").unwrap_or_default();
-        self.admin_token = token("admin-token").unwrap_or_default();
+        assert!(wait_until(Duration::from_secs(20), || token(JOIN_TOKEN_FILE).is_some()
+            && token(ADMIN_TOKEN_FILE).is_some()));
+        self.join_token = token(JOIN_TOKEN_FILE).unwrap_or_default();
+        self.admin_token = token(ADMIN_TOKEN_FILE).unwrap_or_default();
         assert!(wait_until(Duration::from_secs(20), || self.netctl(&["node", "ls"]).status.success()));
     }
 
@@ -136,7 +137,7 @@ impl Lab {
         let mut command = host.namespace.command(netctl_bin());
         command
             .args(["agent", "--manager", &self.manager_url(), "--join-token-file"])
-            .arg(self.dir.path().join("manager").join("join-token"))
+            .arg(self.dir.path().join("manager").join(JOIN_TOKEN_FILE))
             .args(["--advertise-addr", &host.address.to_string(), "--hostname", &host.hostname])
             .arg("--run-dir")
             .arg(&host.run_dir)
@@ -261,12 +262,12 @@ impl Lab {
     /// The sandbox namespace file of a task.
     pub fn sandbox_path(&self, task: &Value) -> PathBuf {
         let id = task["ID"].as_str().expect("task ID");
-        self.hosts[self.host_of(task)].run_dir.join("netns").join(&id[..12])
+        netlib::NamespaceDir::new(&self.hosts[self.host_of(task)].run_dir).path(sandbox_name(id))
     }
 
     /// The overlay namespace file of a network on host `i`.
     pub fn overlay_path(&self, i: usize, network_id: &str) -> PathBuf {
-        self.hosts[i].run_dir.join("netns").join(format!("1-{}", &network_id[..10]))
+        netlib::NamespaceDir::new(&self.hosts[i].run_dir).path(&overlay_namespace(network_id))
     }
 
     /// Runs a command inside a task's sandbox.

@@ -8,6 +8,7 @@
 pub mod lab;
 pub mod netns;
 
+use netctl_proto::convention::{ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE};
 use netns::TestNamespace;
 
 use std::path::{Path, PathBuf};
@@ -132,12 +133,12 @@ impl Cluster {
 
     /// The admin token written by the manager.
     pub fn admin_token(&self) -> String {
-        read_token(&self.data_dir().join("admin-token"))
+        read_token(&self.data_dir().join(ADMIN_TOKEN_FILE))
     }
 
     /// The join token written by the manager.
     pub fn join_token(&self) -> String {
-        read_token(&self.data_dir().join("join-token"))
+        read_token(&self.data_dir().join(JOIN_TOKEN_FILE))
     }
 
     /// The running manager process.
@@ -170,7 +171,7 @@ impl Cluster {
         let log = self.dir.path().join(format!("manager-{}.log", self.starts));
         let stdout = self.dir.path().join(format!("manager-{}.out", self.starts));
         self.manager = Some(Daemon::spawn(command, log, Some(stdout)));
-        let token_file = self.data_dir().join("admin-token");
+        let token_file = self.data_dir().join(ADMIN_TOKEN_FILE);
         let up = wait_until(Duration::from_secs(20), || {
             token_file.exists()
                 && self.netctl_with_token(Some(&self.admin_token()), &["node", "ls"]).status.success()

@@ -61,13 +61,11 @@ impl Drop for TestNamespace {
 
 /// A command that enters the network namespace at `path` before it runs.
 pub fn command_in(path: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let enter = netlib::netns::enter_network_in_child(path).unwrap_or_else(|e| panic!("{e}"));
     let mut command = Command::new(program);
-    // SAFETY: setns is async-signal-safe.
+    // SAFETY: the hook only calls setns (async-signal-safe).
     unsafe {
-        command.pre_exec(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
+        command.pre_exec(enter);
     }
     command
 }

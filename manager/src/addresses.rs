@@ -24,12 +24,7 @@ pub fn free_count(subnet: Ipv4Network, taken: &HashSet<Ipv4Addr>) -> usize {
     usable.saturating_sub(taken_inside.count())
 }
 
-/// The MAC of an endpoint: `02:42:` followed by the four address bytes, so
-/// every node can compute any endpoint's MAC from its address.
-pub fn mac_for(address: Ipv4Addr) -> String {
-    let [a, b, c, d] = address.octets();
-    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
-}
+pub use netctl_proto::convention::endpoint_mac_text as mac_for;
 
 #[cfg(test)]
 mod tests {

@@ -8,10 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// The file holding the token agents join with.
-pub const JOIN_TOKEN_FILE: &str = "join-token";
-/// The file holding the token client commands authenticate with.
-pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+pub use netctl_proto::convention::{ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE};
 /// The folder of the sled database inside the data dir.
 const STATE_DIR: &str = "state";
 /// The setting key of the VXLAN UDP port.

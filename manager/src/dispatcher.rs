@@ -5,6 +5,7 @@ use crate::liveness::Heartbeats;
 use crate::networks::now_unix;
 use crate::topology::AgentReports;
 use crate::{ids, snapshot, ManagerError, Store};
+use netctl_proto::convention::sandbox_name;
 use netctl_proto::dispatcher_server::Dispatcher;
 use netctl_proto::*;
 use std::net::IpAddr;
@@ -229,7 +230,7 @@ impl Dispatcher for DispatcherService {
                 let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
                 let task = tasks
                     .into_iter()
-                    .find(|t| t.node_id == chunk.node_id && t.id.starts_with(&chunk.sandbox));
+                    .find(|t| t.node_id == chunk.node_id && sandbox_name(&t.id) == chunk.sandbox);
                 owner = Some((chunk.sandbox.clone(), task.map(|t| t.id)));
             }
             if let Some((_, Some(task_id))) = &owner {
@@ -249,7 +250,7 @@ impl Dispatcher for DispatcherService {
         let offsets = tasks
             .iter()
             .filter(|t| t.node_id == node_id)
-            .map(|t| (t.id[..t.id.len().min(12)].to_string(), self.reports.logs.received(&t.id)))
+            .map(|t| (sandbox_name(&t.id).to_string(), self.reports.logs.received(&t.id)))
             .collect();
         Ok(Response::new(LogOffsetsResponse { offsets }))
     }

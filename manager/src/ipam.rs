@@ -9,7 +9,10 @@ use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 
 /// The subnet of `docker_gwbridge` on every node: overlays may not overlap it.
-pub const GWBRIDGE_SUBNET: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::new(172, 18, 0, 0), 16) {
+pub const GWBRIDGE_SUBNET: Ipv4Network = match Ipv4Network::new_checked(
+    netctl_proto::convention::GATEWAY_BRIDGE_NETWORK,
+    netctl_proto::convention::GATEWAY_BRIDGE_PREFIX,
+) {
     Some(net) => net,
     None => panic!("invalid gateway bridge subnet"),
 };

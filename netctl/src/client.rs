@@ -3,12 +3,10 @@
 use crate::cli::ClientArgs;
 use anyhow::{anyhow, Context};
 use netctl_proto::control_client::ControlClient;
+use netctl_proto::convention::{ADMIN_TOKEN_FILE, DEFAULT_MANAGER_DATA_DIR};
 use netctl_proto::BearerToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-
-/// Where the manager keeps its admin token by default.
-pub const DEFAULT_ADMIN_TOKEN_FILE: &str = "/var/lib/netctl/manager/admin-token";
 
 /// A Control client that presents the admin token.
 pub type Control = ControlClient<InterceptedService<Channel, BearerToken>>;
@@ -17,13 +15,16 @@ pub type Control = ControlClient<InterceptedService<Channel, BearerToken>>;
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
     let token = match &args.token {
         Some(token) => token.clone(),
-        None => std::fs::read_to_string(DEFAULT_ADMIN_TOKEN_FILE)
-            .map(|t| t.trim().to_string())
-            .map_err(|err| {
+        None => {
+            // The manager's own host: its admin token file.
+            let path = std::path::Path::new(DEFAULT_MANAGER_DATA_DIR).join(ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|err| {
                 anyhow!(
-                    "no admin token: pass --token or set NETCTL_TOKEN (reading {DEFAULT_ADMIN_TOKEN_FILE}: {err})"
+                    "no admin token: pass --token or set NETCTL_TOKEN (reading {}: {err})",
+                    path.display()
                 )
-            })?,
+            })?
+        }
     };
     let interceptor = BearerToken::new(&token).context("admin token")?;
     let channel = netctl_proto::connect(&args.manager).await?;

@@ -7,6 +7,7 @@
 //! finds everything from the folder alone, also after a crash.
 
 use anyhow::{anyhow, bail, Context};
+use netctl_proto::convention::{ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE};
 use netlib::{netns, NamespaceDir, Netlink};
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
@@ -88,7 +89,7 @@ impl Lab {
 
     /// The admin token of the lab's manager.
     pub fn admin_token(&self) -> anyhow::Result<String> {
-        let path = self.host_dir(0).join("manager").join("admin-token");
+        let path = self.host_dir(0).join("manager").join(ADMIN_TOKEN_FILE);
         Ok(std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .trim()
@@ -162,7 +163,7 @@ impl Lab {
             host.set_up(&host.require_link("lo").await?).await?;
         }
         self.start_manager()?;
-        let token_file = self.host_dir(0).join("manager").join("join-token");
+        let token_file = self.host_dir(0).join("manager").join(JOIN_TOKEN_FILE);
         wait_for_file(&token_file, Duration::from_secs(20))?;
         for node in 0..nodes {
             self.start_agent(node, &token_file)?;
@@ -176,12 +177,12 @@ impl Lab {
         let namespace = std::fs::File::open(&path)
             .with_context(|| format!("lab {} has no host node{node}", self.name))?;
         let mut command = Command::new(program);
-        // SAFETY: only setns (async-signal-safe) runs between fork and exec.
+        // SAFETY: the hook only calls setns (async-signal-safe).
         unsafe {
-            command.pre_exec(move || {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
+            command.pre_exec(netlib::netns::enter_in_child(vec![(
+                namespace,
+                nix::sched::CloneFlags::CLONE_NEWNET,
+            )]));
         }
         command
             .env("NETCTL_MANAGER", self.manager_url())

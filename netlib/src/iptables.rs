@@ -17,12 +17,10 @@ async fn run(namespace: Option<(&str, &Path)>, program: &str, args: &[&str], inp
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some((_, path)) = namespace {
-        let file = crate::netns::open(path)?;
-        // SAFETY: setns is async-signal-safe; the closure touches nothing else.
+        let enter = crate::netns::enter_network_in_child(path)?;
+        // SAFETY: the hook only calls setns (async-signal-safe).
         unsafe {
-            command.pre_exec(move || {
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
+            command.pre_exec(enter);
         }
     }
     let mut child = command.spawn().map_err(|e| Error::os(&action, label, e))?;

@@ -170,6 +170,29 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
     })
 }
 
+/// A `pre_exec` hook that moves a child process into `namespaces` (open
+/// namespace files and their kinds, entered in order) before it execs: the
+/// one way netctl starts a program inside namespaces. Only `setns` runs in
+/// the child, which is async-signal-safe.
+pub fn enter_in_child(
+    namespaces: Vec<(File, CloneFlags)>,
+) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    move || {
+        for (namespace, kind) in &namespaces {
+            setns(namespace, *kind)?;
+        }
+        Ok(())
+    }
+}
+
+/// A `pre_exec` hook that moves a child into the network namespace at
+/// `path` (see [`enter_in_child`]).
+pub fn enter_network_in_child(
+    path: &Path,
+) -> Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static> {
+    Ok(enter_in_child(vec![(open(path)?, CloneFlags::CLONE_NEWNET)]))
+}
+
 /// SIGKILLs every process whose network namespace is one of the namespace
 /// files `namespaces` (to empty namespaces before removing them).
 pub fn kill_processes_in(namespaces: &[PathBuf]) {

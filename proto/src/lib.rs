@@ -14,6 +14,7 @@ pub mod v1 {
 pub use v1::*;
 
 mod connect;
+pub mod convention;
 pub use connect::{connect, ConnectError};
 
 impl TaskState {

@@ -28,7 +28,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub hostname: Option<String>,
     /// Where namespaces are bind-mounted.
-    #[arg(long, default_value = "/var/run/netctl")]
+    #[arg(long, default_value = netctl_proto::convention::DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
     /// Where the node identity is kept.
     #[arg(long, default_value = "/var/lib/netctl/agent")]

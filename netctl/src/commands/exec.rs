@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 use netctl_agent::task_files::{tasks_dir, ShimRecord, TaskFiles};
 use netctl_agent::tasks::{shim_flags, DEFAULT_PATH};
+use netctl_proto::convention::sandbox_name;
 use netctl_proto::{NodeListRequest, Service, ServiceListRequest, Task, TaskState};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -46,8 +47,8 @@ pub async fn run(args: &ClientArgs, exec: ExecArgs) -> anyhow::Result<()> {
         [only] => *only,
         many => bail!("task {} is ambiguous ({} matches): use more of the ID", exec.task, many.len()),
     };
-    let sandbox_name = &task.id[..task.id.len().min(12)];
-    let sandbox = exec.run_dir.join("netns").join(sandbox_name);
+    let sandbox_name = sandbox_name(&task.id);
+    let sandbox = netlib::NamespaceDir::new(&exec.run_dir).path(sandbox_name);
     if !sandbox.exists() {
         let nodes = control.list_nodes(NodeListRequest {}).await.map_err(rpc_error)?.into_inner().nodes;
         let node =
@@ -76,7 +77,7 @@ pub async fn run(args: &ClientArgs, exec: ExecArgs) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// The agent's run dir on this host.
-    #[arg(long, env = "NETCTL_RUN_DIR", default_value = "/var/run/netctl")]
+    #[arg(long, env = "NETCTL_RUN_DIR", default_value = netctl_proto::convention::DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
     /// The task: its name (web.1) or a task ID prefix.
     pub task: String,
@@ -117,14 +118,9 @@ fn enter_and_run(
         .env("PATH", DEFAULT_PATH)
         .envs(&service.env)
         .current_dir(if service.workdir.is_empty() { "/" } else { &service.workdir });
-    // SAFETY: only setns (async-signal-safe) runs between fork and exec.
+    // SAFETY: the hook only calls setns (async-signal-safe).
     unsafe {
-        child.pre_exec(move || {
-            for (namespace, kind) in &namespaces {
-                nix::sched::setns(namespace, *kind)?;
-            }
-            Ok(())
-        });
+        child.pre_exec(netlib::netns::enter_in_child(namespaces.into()));
     }
     child.status().map_err(|e| anyhow!("running {}: {e}", command[0]))
 }

@@ -15,7 +15,7 @@ pub struct ManagerArgs {
     #[arg(long, default_value = "0.0.0.0:4243")]
     pub listen: SocketAddr,
     /// Where the state store and the tokens are kept.
-    #[arg(long, default_value = "/var/lib/netctl/manager")]
+    #[arg(long, default_value = netctl_proto::convention::DEFAULT_MANAGER_DATA_DIR)]
     pub data_dir: PathBuf,
     /// The pool overlay subnets are allocated from.
     #[arg(long, default_value = "10.0.0.0/8")]
