@@ -104,11 +104,18 @@ impl Session {
         })
     }
 
-    /// Sends a heartbeat every interval, forever; failures are logged.
+    /// Sends a heartbeat every interval, forever; failures are logged, and
+    /// each send with the time since the previous one (debug level: a gap
+    /// longer than the interval means the runtime was held up).
     pub async fn heartbeat_forever(mut client_session: Session, joined: Joined) {
         let mut ticker = tokio::time::interval(joined.heartbeat_interval);
+        let mut previous: Option<tokio::time::Instant> = None;
         loop {
             ticker.tick().await;
+            let now = tokio::time::Instant::now();
+            if let Some(previous) = previous.replace(now) {
+                tracing::debug!(gap_ms = (now - previous).as_millis() as u64, "heartbeat sent");
+            }
             let request = HeartbeatRequest { node_id: joined.node_id.clone() };
             if let Err(status) = client_session.client.heartbeat(request).await {
                 tracing::warn!(manager = %client_session.manager, "heartbeat failed: {}", status.message());

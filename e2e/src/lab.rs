@@ -4,7 +4,7 @@
 //! and an agent on each, every agent with its own run and state dirs.
 //! Everything is removed on drop, also when a test fails.
 
-use crate::netns::{self, ip, TestNamespace};
+use crate::netns;
 use crate::{json_lines, netctl_bin, wait_until, Daemon};
 use netctl_proto::convention::{overlay_namespace, sandbox_name, ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE};
 use nix::sys::signal::Signal;
@@ -17,10 +17,27 @@ use std::time::Duration;
 /// The underlay namespace's own address (a server "outside" the cluster).
 pub const UNDERLAY_ADDRESS: &str = "192.168.10.1";
 
+/// A namespace of the lab (a host or the underlay), by its file.
+pub struct LabNamespace {
+    path: PathBuf,
+}
+
+impl LabNamespace {
+    /// Its file.
+    pub fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// A command that runs inside it (network namespace only).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        netns::command_in(&self.path, program)
+    }
+}
+
 /// One simulated host.
 pub struct Host {
     /// Its namespace.
-    pub namespace: TestNamespace,
+    pub namespace: LabNamespace,
     /// `node<i>`.
     pub hostname: String,
     /// Its underlay address.
@@ -35,7 +52,7 @@ pub struct Lab {
     hosts: Vec<Host>,
     agents: Vec<Option<Daemon>>,
     manager: Option<Daemon>,
-    underlay: TestNamespace,
+    underlay: LabNamespace,
     dir: tempfile::TempDir,
     admin_token: String,
     join_token: String,
@@ -45,39 +62,24 @@ impl Lab {
     /// Builds `nodes` hosts, starts the manager on the first and an agent on
     /// each, and waits until every node is Ready.
     pub fn start(nodes: usize) -> Self {
-        let prefix = netns::unique_prefix();
         let dir = tempfile::Builder::new().prefix("netctl-lab-").tempdir().expect("tempdir");
-        let underlay = TestNamespace::new(&format!("{prefix}-ul"));
-        ip(&["-n", underlay.name(), "link", "add", "ul", "type", "bridge"]);
-        ip(&["-n", underlay.name(), "addr", "add", &format!("{UNDERLAY_ADDRESS}/24"), "dev", "ul"]);
-        ip(&["-n", underlay.name(), "link", "set", "ul", "up"]);
+        // The hosts are built by the lab users run (`netctl lab up`), in
+        // this lab's own folder.
+        let namespaces = netlib::NamespaceDir::new(dir.path());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let built = runtime.block_on(netctl::lab::build_hosts(&namespaces, nodes));
+        if let Err(err) = built {
+            namespaces.remove_all();
+            panic!("building the lab's hosts: {err:#}");
+        }
+        let underlay = LabNamespace { path: namespaces.path(netctl::lab::UNDERLAY) };
         let hosts: Vec<Host> = (0..nodes)
             .map(|i| {
-                let namespace = TestNamespace::new(&format!("{prefix}-n{i}"));
-                let port = format!("n{i}");
-                ip(&[
-                    "-n",
-                    underlay.name(),
-                    "link",
-                    "add",
-                    &port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    namespace.name(),
-                ]);
-                ip(&["-n", underlay.name(), "link", "set", &port, "master", "ul", "up"]);
-                let address = Ipv4Addr::new(192, 168, 10, 6 + i as u8);
-                ip(&["-n", namespace.name(), "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
-                ip(&["-n", namespace.name(), "link", "set", "eth0", "up"]);
                 let host_dir = dir.path().join(format!("node{i}"));
                 Host {
-                    namespace,
+                    namespace: LabNamespace { path: namespaces.path(&netctl::lab::host_namespace(i)) },
                     hostname: format!("node{i}"),
-                    address,
+                    address: netctl::lab::host_address(i),
                     run_dir: host_dir.join("run"),
                     state_dir: host_dir.join("state"),
                 }
@@ -109,7 +111,7 @@ impl Lab {
     }
 
     /// The underlay namespace (its address is [`UNDERLAY_ADDRESS`]).
-    pub fn underlay(&self) -> &TestNamespace {
+    pub fn underlay(&self) -> &LabNamespace {
         &self.underlay
     }
 
@@ -325,5 +327,7 @@ impl Drop for Lab {
         for host in &self.hosts {
             netns::clean_run_dir(&host.run_dir);
         }
+        // The hosts and the underlay, with whatever still runs in them.
+        netlib::NamespaceDir::new(self.dir.path()).remove_all();
     }
 }

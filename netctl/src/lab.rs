@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The underlay namespace's name and its bridge.
-const UNDERLAY: &str = "underlay";
+/// The underlay namespace's name.
+pub const UNDERLAY: &str = "underlay";
 /// The underlay bridge inside it.
 const UNDERLAY_BRIDGE: &str = "ul";
 /// The underlay's own address.
@@ -33,6 +33,45 @@ pub struct Lab {
 /// Where labs live: `$NETCTL_LAB_ROOT` or /var/run/netctl-lab.
 pub fn root() -> PathBuf {
     std::env::var_os("NETCTL_LAB_ROOT").map_or_else(|| PathBuf::from("/var/run/netctl-lab"), PathBuf::from)
+}
+
+/// Host `node`'s address on the underlay: 192.168.10.(6 + node).
+pub fn host_address(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 10, 6 + node as u8)
+}
+
+/// The namespace of host `node`: `node<i>`.
+pub fn host_namespace(node: usize) -> String {
+    format!("node{node}")
+}
+
+/// Builds a lab's hosts in `namespaces` (a folder of bind-mounted network
+/// namespaces): the underlay namespace with a bridge at 192.168.10.1/24, and
+/// `nodes` host namespaces, each with `eth0` on that bridge at
+/// [`host_address`]. Used by `netctl lab up` and by the end-to-end tests.
+pub async fn build_hosts(namespaces: &NamespaceDir, nodes: usize) -> anyhow::Result<()> {
+    namespaces.prepare()?;
+    let underlay_path = namespaces.create(UNDERLAY)?;
+    let underlay = Netlink::in_namespace(UNDERLAY, &underlay_path)?;
+    let bridge = underlay.create_bridge(UNDERLAY_BRIDGE, 1500, "netctl-lab").await?;
+    underlay.add_address(&bridge, UNDERLAY_ADDRESS, 24).await?;
+    underlay.set_up(&bridge).await?;
+    underlay.set_up(&underlay.require_link("lo").await?).await?;
+    for node in 0..nodes {
+        let name = host_namespace(node);
+        let path = namespaces.create(&name)?;
+        let host = Netlink::in_namespace(&name, &path)?;
+        let port = format!("n{node}");
+        underlay.create_veth(&port, "eth0", &netns::open(&path)?, 1500, None).await?;
+        let port = underlay.require_link(&port).await?;
+        underlay.set_master(&port, &bridge).await?;
+        underlay.set_up(&port).await?;
+        let eth0 = host.require_link("eth0").await?;
+        host.add_address(&eth0, host_address(node), 24).await?;
+        host.set_up(&eth0).await?;
+        host.set_up(&host.require_link("lo").await?).await?;
+    }
+    Ok(())
 }
 
 /// The names of the labs that exist.
@@ -69,12 +108,12 @@ impl Lab {
     }
 
     fn host_dir(&self, node: usize) -> PathBuf {
-        self.dir.join(format!("node{node}"))
+        self.dir.join(host_namespace(node))
     }
 
     /// Host `node`'s address on the underlay.
     pub fn address(node: usize) -> Ipv4Addr {
-        Ipv4Addr::new(192, 168, 10, 6 + node as u8)
+        host_address(node)
     }
 
     /// The manager's address, as clients in the lab reach it.
@@ -140,28 +179,7 @@ impl Lab {
     }
 
     async fn build(&self, nodes: usize) -> anyhow::Result<()> {
-        let namespaces = self.namespaces();
-        namespaces.prepare()?;
-        let underlay_path = namespaces.create(UNDERLAY)?;
-        let underlay = Netlink::in_namespace(UNDERLAY, &underlay_path)?;
-        let bridge = underlay.create_bridge(UNDERLAY_BRIDGE, 1500, "netctl-lab").await?;
-        underlay.add_address(&bridge, UNDERLAY_ADDRESS, 24).await?;
-        underlay.set_up(&bridge).await?;
-        underlay.set_up(&underlay.require_link("lo").await?).await?;
-        for node in 0..nodes {
-            let name = format!("node{node}");
-            let path = namespaces.create(&name)?;
-            let host = Netlink::in_namespace(&name, &path)?;
-            let port = format!("n{node}");
-            underlay.create_veth(&port, "eth0", &netns::open(&path)?, 1500, None).await?;
-            let port = underlay.require_link(&port).await?;
-            underlay.set_master(&port, &bridge).await?;
-            underlay.set_up(&port).await?;
-            let eth0 = host.require_link("eth0").await?;
-            host.add_address(&eth0, Self::address(node), 24).await?;
-            host.set_up(&eth0).await?;
-            host.set_up(&host.require_link("lo").await?).await?;
-        }
+        build_hosts(&self.namespaces(), nodes).await?;
         self.start_manager()?;
         let token_file = self.host_dir(0).join("manager").join(JOIN_TOKEN_FILE);
         wait_for_file(&token_file, Duration::from_secs(20))?;
@@ -173,7 +191,7 @@ impl Lab {
 
     /// A command that runs inside host `node`'s namespace.
     pub fn command_on(&self, node: usize, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
-        let path = self.namespaces().path(&format!("node{node}"));
+        let path = self.namespaces().path(&host_namespace(node));
         let namespace = std::fs::File::open(&path)
             .with_context(|| format!("lab {} has no host node{node}", self.name))?;
         let mut command = Command::new(program);

@@ -6,7 +6,7 @@ mod cli;
 mod client;
 mod commands;
 mod inspect;
-mod lab;
+
 mod syntax;
 mod table;
 mod topology_view;

@@ -1,9 +1,9 @@
 //! `netctl lab up | ls | exec | down`: a whole cluster of simulated hosts on
 //! this machine, for trying netctl without VMs.
 
-use crate::lab::{self, Lab};
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use netctl::lab::{self, Lab};
 use std::time::Duration;
 
 /// `netctl lab ...`
