@@ -4,23 +4,23 @@
 //! processes to it: overlay namespaces with br0 and vxlan0, sandboxes,
 //! docker_gwbridge, remote endpoints.
 
-pub mod backoff;
-pub mod capabilities;
-pub mod connections;
-pub mod gwbridge;
-pub mod identity;
-pub mod logs;
+mod backoff;
+mod capabilities;
+mod connections;
+mod gwbridge;
+mod identity;
+mod logs;
 pub mod mesh;
-pub mod names;
-pub mod overlay;
-pub mod peers;
+mod names;
+mod overlay;
+mod peers;
+mod readback;
 pub mod reconcile;
-pub mod sandbox;
-pub mod session;
+mod sandbox;
+mod session;
 pub mod shim;
 pub mod task_files;
 pub mod tasks;
-pub mod topology;
 
 use anyhow::Context;
 use backoff::Backoff;

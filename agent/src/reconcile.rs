@@ -203,9 +203,9 @@ impl Reconciler {
         self.supervisor.stopped()
     }
 
-    /// The node's kernel objects, read back (see [`crate::topology`]).
+    /// The node's kernel objects, read back (see [`crate::readback`]).
     pub async fn topology(&mut self, state: &NodeState) -> netctl_proto::NodeTopology {
-        crate::topology::read(&self.host, &mut self.connections, state).await
+        crate::readback::read(&self.host, &mut self.connections, state).await
     }
 
     /// How long each sandbox made by the last pass took to set up (the

@@ -1,4 +1,4 @@
-//! Test harness that runs the real `netctl` binary. [`Cluster`]: a manager
+//! Test harness that runs the real `netctl` binary. [`ControlPlane`]: a manager
 //! and agents on the loopback of one private network namespace, for the
 //! control plane. [`lab::Lab`]: several hosts made of namespaces on an
 //! underlay bridge, for the data plane. Every process is killed, every
@@ -93,7 +93,7 @@ impl Drop for Daemon {
 
 /// A manager on loopback with its data dir, plus any agents started on it,
 /// all inside one private network namespace.
-pub struct Cluster {
+pub struct ControlPlane {
     namespace: TestNamespace,
     dir: tempfile::TempDir,
     port: u16,
@@ -102,7 +102,7 @@ pub struct Cluster {
     starts: usize,
 }
 
-impl Cluster {
+impl ControlPlane {
     /// Starts a manager with extra `netctl manager` flags.
     pub fn start(extra_manager_args: &[&str]) -> Self {
         let mut cluster = Self {
@@ -239,7 +239,7 @@ impl Cluster {
     }
 }
 
-impl Cluster {
+impl ControlPlane {
     /// Runs `work` on a thread inside the cluster's namespace (for clients
     /// that are not processes, such as benchmarks).
     pub fn run_inside<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
@@ -262,7 +262,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop_manager(nix::sys::signal::Signal::SIGKILL);
         netns::kill_processes_in(&[self.namespace.path()]);

@@ -1,11 +1,11 @@
 //! Agents join with the join token, keep their identity, send heartbeats,
 //! and watch their node's desired state.
 
-use e2e::{wait_until, Cluster};
+use e2e::{wait_until, ControlPlane};
 use nix::sys::signal::Signal;
 use std::time::Duration;
 
-fn node_status(cluster: &Cluster, hostname: &str) -> Option<String> {
+fn node_status(cluster: &ControlPlane, hostname: &str) -> Option<String> {
     cluster
         .nodes()
         .into_iter()
@@ -15,7 +15,7 @@ fn node_status(cluster: &Cluster, hostname: &str) -> Option<String> {
 
 #[test]
 fn a_good_token_joins_and_a_bad_one_is_refused() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     let mut bad = cluster.start_agent("intruder", "NETCTL-JOIN-1-wrong");
     assert!(
         wait_until(Duration::from_secs(10), || bad.try_exit_code().is_some()),
@@ -39,7 +39,7 @@ fn a_good_token_joins_and_a_bad_one_is_refused() {
 
 #[test]
 fn a_restarted_agent_rejoins_as_the_same_node_and_gets_its_state() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     let first = cluster.start_agent("node0", &cluster.join_token());
     assert!(wait_until(Duration::from_secs(10), || first.log().contains("desired state received")));
     let id = cluster.nodes()[0]["ID"].clone();
@@ -54,7 +54,7 @@ fn a_restarted_agent_rejoins_as_the_same_node_and_gets_its_state() {
 
 #[test]
 fn a_node_whose_heartbeats_stop_goes_down() {
-    let cluster = Cluster::start(&["--dispatcher-heartbeat", "300ms"]);
+    let cluster = ControlPlane::start(&["--dispatcher-heartbeat", "300ms"]);
     let mut agent = cluster.start_agent("node0", &cluster.join_token());
     assert!(
         wait_until(Duration::from_secs(10), || node_status(&cluster, "node0").as_deref() == Some("Ready"))

@@ -1,16 +1,16 @@
 //! Every bad input gets exit code 1, a message naming the problem, and
 //! changes nothing.
 
-use e2e::Cluster;
+use e2e::ControlPlane;
 
 /// Runs `netctl ARGS`, expects exit code 1 and `needle` in stderr.
-fn refused(cluster: &Cluster, args: &[&str], needle: &str) {
+fn refused(cluster: &ControlPlane, args: &[&str], needle: &str) {
     e2e::assert_refused(&cluster.netctl(args), args, needle);
 }
 
 #[test]
 fn bad_network_requests_change_nothing() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     cluster.ok(&["network", "create", "--subnet", "192.168.200.0/24", "demonet"]);
     let before = cluster.networks();
 
@@ -45,8 +45,12 @@ fn bad_network_requests_change_nothing() {
 
 #[test]
 fn an_exhausted_pool_is_reported() {
-    let cluster =
-        Cluster::start(&["--default-addr-pool", "10.20.0.0/23", "--default-addr-pool-mask-length", "24"]);
+    let cluster = ControlPlane::start(&[
+        "--default-addr-pool",
+        "10.20.0.0/23",
+        "--default-addr-pool-mask-length",
+        "24",
+    ]);
     cluster.ok(&["network", "create", "a"]);
     cluster.ok(&["network", "create", "b"]);
     refused(&cluster, &["network", "create", "c"], "address pool 10.20.0.0/23 is exhausted");
@@ -55,7 +59,7 @@ fn an_exhausted_pool_is_reported() {
 
 #[test]
 fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     let wrong = cluster.netctl_with_token(Some("not-the-token"), &["network", "create", "x"]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("admin token presented is not valid"));
@@ -79,7 +83,7 @@ fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
 
 #[test]
 fn names_counts_and_reserved_ports_are_bounded() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     cluster.ok(&["network", "create", "--subnet", "192.168.200.0/24", "demonet"]);
     let networks = cluster.networks();
     let long = "a".repeat(64);

@@ -1,7 +1,7 @@
 //! The manager keeps everything across restarts and loses no acknowledged
 //! change to a kill -9.
 
-use e2e::{wait_until, Cluster};
+use e2e::{wait_until, ControlPlane};
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[test]
 fn a_manager_restart_keeps_networks_nodes_and_tokens() {
-    let mut cluster = Cluster::start(&["--dispatcher-heartbeat", "300ms"]);
+    let mut cluster = ControlPlane::start(&["--dispatcher-heartbeat", "300ms"]);
     cluster.ok(&["network", "create", "--subnet", "192.168.200.0/24", "demonet"]);
     cluster.ok(&["network", "create", "other"]);
     let (join_token, admin_token) = (cluster.join_token(), cluster.admin_token());
@@ -39,7 +39,7 @@ fn a_manager_restart_keeps_networks_nodes_and_tokens() {
 
 #[test]
 fn kill_9_during_creates_loses_no_acknowledged_network() {
-    let mut cluster = Cluster::start(&[]);
+    let mut cluster = ControlPlane::start(&[]);
     let acknowledged = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {

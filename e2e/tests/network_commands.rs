@@ -1,6 +1,6 @@
 //! `netctl network create | ls | inspect | rm` against a real manager.
 
-use e2e::Cluster;
+use e2e::ControlPlane;
 use serde_json::Value;
 
 fn by_name<'a>(networks: &'a [Value], name: &str) -> &'a Value {
@@ -9,7 +9,7 @@ fn by_name<'a>(networks: &'a [Value], name: &str) -> &'a Value {
 
 #[test]
 fn first_start_makes_ingress_and_prints_the_join_command() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     let stdout = cluster.manager_stdout();
     assert!(stdout.contains(&format!("--join-token {}", cluster.join_token())), "{stdout}");
     assert!(stdout.contains("netctl agent --manager http://127.0.0.1:"), "{stdout}");
@@ -28,7 +28,7 @@ fn first_start_makes_ingress_and_prints_the_join_command() {
 
 #[test]
 fn create_list_inspect_remove() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     let id = cluster.ok(&["network", "create", "-d", "overlay", "--subnet", "192.168.200.0/24", "demonet"]);
     let id = id.trim();
     assert_eq!(id.len(), 25, "{id:?}");
@@ -77,7 +77,7 @@ fn create_list_inspect_remove() {
 
 #[test]
 fn fifty_concurrent_creates_get_distinct_subnets_and_vnis() {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     std::thread::scope(|scope| {
         let creates: Vec<_> = (0..50)
             .map(|i| {

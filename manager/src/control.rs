@@ -4,8 +4,8 @@
 use crate::liveness::Heartbeats;
 use crate::networks::{self, AddressPool};
 use crate::ports::ReservedPorts;
+use crate::reports::AgentReports;
 use crate::services;
-use crate::topology::AgentReports;
 use crate::{ManagerError, Store};
 use netctl_proto::control_server::Control;
 use netctl_proto::*;

@@ -3,7 +3,7 @@
 
 use crate::liveness::Heartbeats;
 use crate::networks::now_unix;
-use crate::topology::AgentReports;
+use crate::reports::AgentReports;
 use crate::{ids, snapshot, ManagerError, Store};
 use netctl_proto::convention::sandbox_name;
 use netctl_proto::dispatcher_server::Dispatcher;
@@ -73,7 +73,7 @@ fn desired_state(store: &Store, node_id: &str, port: u32) -> Result<NodeState, c
     let node = store.node(node_id)?.unwrap_or_default();
     let (networks, services, tasks, nodes) = (store.networks()?, store.all()?, store.all()?, store.nodes()?);
     let cluster =
-        snapshot::Cluster { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+        snapshot::ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
     Ok(snapshot::node_state(&node, &cluster, port, revision))
 }
 

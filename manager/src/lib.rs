@@ -5,28 +5,28 @@
 //!
 //! It never touches the kernel.
 
-pub mod addresses;
-pub mod auth;
-pub mod cluster;
-pub mod control;
-pub mod dispatcher;
-pub mod error;
-pub mod ids;
-pub mod ipam;
-pub mod liveness;
-pub mod logs;
+mod addresses;
+mod auth;
+mod cluster;
+mod control;
+mod dispatcher;
+mod error;
+mod ids;
+mod ipam;
+mod liveness;
+mod logs;
 pub mod networks;
-pub mod orchestrator;
-pub mod ports;
-pub mod resolve;
-pub mod scheduler;
-pub mod server;
-pub mod services;
-pub mod snapshot;
-pub mod store;
-pub mod topology;
-pub mod validate;
-pub mod vni;
+mod orchestrator;
+mod ports;
+mod reports;
+mod resolve;
+mod scheduler;
+mod server;
+mod services;
+mod snapshot;
+mod store;
+mod validate;
+mod vni;
 
 pub use error::ManagerError;
 pub use server::{Manager, ManagerConfig};

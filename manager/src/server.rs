@@ -62,7 +62,7 @@ impl Manager {
             .map_err(|source| ManagerError::Io { context: format!("listening on {listen}"), source })?;
         let known_nodes = self.store.nodes()?.into_iter().map(|n| n.id);
         let heartbeats = Arc::new(Heartbeats::new(self.config.heartbeat_interval, known_nodes));
-        let reports = Arc::new(crate::topology::AgentReports::default());
+        let reports = Arc::new(crate::reports::AgentReports::default());
         let reserved_ports = ReservedPorts::new(listen.port(), self.cluster.data_path_port);
         let control = ControlService::new(
             self.store.clone(),
@@ -114,7 +114,7 @@ impl Manager {
 /// history the orchestrator forgot), at most once a second.
 async fn forget_removed_task_logs(
     store: Arc<crate::Store>,
-    reports: Arc<crate::topology::AgentReports>,
+    reports: Arc<crate::reports::AgentReports>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut revisions = store.subscribe();

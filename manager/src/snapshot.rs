@@ -8,7 +8,7 @@ use netctl_proto::{
 use std::collections::HashMap;
 
 /// Everything a node's desired state is computed from.
-pub struct Cluster<'a> {
+pub struct ClusterView<'a> {
     /// All networks.
     pub networks: &'a [Network],
     /// All services.
@@ -24,7 +24,7 @@ pub struct Cluster<'a> {
 /// ports) and the networks its tasks attach to (an overlay exists only where
 /// it has a task), every endpoint of those networks that lives on another
 /// node, the published ports and the service VIPs with their backends.
-pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision: u64) -> NodeState {
+pub fn node_state(node: &Node, cluster: &ClusterView, data_path_port: u32, revision: u64) -> NodeState {
     let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
     let wanted =
         |t: &&Task| t.desired_state() == TaskState::Running && services.contains_key(t.service_id.as_str());
@@ -134,7 +134,7 @@ pub fn node_state(node: &Node, cluster: &Cluster, data_path_port: u32, revision:
     }
 }
 
-fn is_ingress(cluster: &Cluster, network_id: &str) -> bool {
+fn is_ingress(cluster: &ClusterView, network_id: &str) -> bool {
     cluster.networks.iter().any(|n| n.ingress && n.id == network_id)
 }
 
@@ -142,7 +142,7 @@ fn is_ingress(cluster: &Cluster, network_id: &str) -> bool {
 /// node to connections balanced there go back through them.
 fn other_ingress_sandboxes<'a>(
     node: &'a Node,
-    cluster: &'a Cluster,
+    cluster: &'a ClusterView,
 ) -> impl Iterator<Item = RemoteEndpoint> + 'a {
     let ingress = cluster.networks.iter().find(|n| n.ingress);
     cluster
@@ -196,7 +196,7 @@ mod tests {
         let mut stopped = task("t3", "b", "192.168.200.5");
         stopped.set_desired_state(TaskState::Shutdown);
         let tasks = [task("t1", "a", "192.168.200.3"), task("t2", "b", "192.168.200.4"), stopped];
-        let cluster = Cluster { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+        let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
 
         let state = node_state(&nodes[0], &cluster, 4789, 7);
         assert_eq!((state.revision, state.data_path_port), (7, 4789));

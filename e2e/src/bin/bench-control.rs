@@ -4,7 +4,7 @@
 //! durable path. Writes JSON to `bench/results/control_plane.json` (or the
 //! path given as the first argument).
 
-use e2e::Cluster;
+use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
 use netctl_proto::{BearerToken, NetworkCreateRequest};
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ where
     F: FnOnce(Target) -> Fut + Send,
     Fut: std::future::Future<Output = serde_json::Value>,
 {
-    let cluster = Cluster::start(&[]);
+    let cluster = ControlPlane::start(&[]);
     let target = Target { manager: cluster.manager_url(), token: cluster.admin_token() };
     cluster.run_inside(|| {
         let runtime =

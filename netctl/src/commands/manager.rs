@@ -64,7 +64,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         );
         println!(
             "Client commands on this host use the admin token in {}.",
-            args.data_dir.join(netctl_manager::cluster::ADMIN_TOKEN_FILE).display()
+            args.data_dir.join(netctl_proto::convention::ADMIN_TOKEN_FILE).display()
         );
     }
     manager.serve(shutdown_signal()).await?;
