@@ -44,12 +44,7 @@ impl Connections {
                 |e| netlib::Error::os(format!("recording namespace {name} as netctl's"), "host", e),
             )?;
         }
-        let (namespaces, owned_name) = (self.namespaces.clone(), name.to_string());
-        // Creating a namespace takes a thread of its own: off the async workers.
-        let path =
-            tokio::task::spawn_blocking(move || namespaces.create(&owned_name)).await.map_err(|e| {
-                netlib::Error::other(format!("creating namespace {name}"), "host", e.to_string())
-            })??;
+        let path = self.namespaces.create_async(name).await?;
         self.open_existing(name, &path).await
     }
 
@@ -70,12 +65,7 @@ impl Connections {
                 return Ok(netlink.clone());
             }
         }
-        let (owned_name, owned_path) = (name.to_string(), path.to_path_buf());
-        let netlink = tokio::task::spawn_blocking(move || Netlink::in_namespace(&owned_name, &owned_path))
-            .await
-            .map_err(|e| {
-                netlib::Error::other(format!("connecting to namespace {name}"), "host", e.to_string())
-            })??;
+        let netlink = Netlink::in_namespace_async(name, path).await?;
         self.open.insert(name.to_string(), (inode, netlink.clone()));
         Ok(netlink)
     }

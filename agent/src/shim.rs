@@ -213,7 +213,7 @@ fn isolate_mounts() -> Result<(), String> {
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(|e| format!("making the task's mounts private: {e}"))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for point in namespace_mount_points(&mountinfo).iter().rev() {
+    for point in namespace_mounts(&mountinfo).iter().rev() {
         let _ = umount2(point.as_str(), MntFlags::MNT_DETACH);
     }
     mount(
@@ -226,16 +226,38 @@ fn isolate_mounts() -> Result<(), String> {
     .map_err(|e| format!("mounting the task's /proc: {e}"))
 }
 
-/// The mount points of namespace files (`nsfs`) in a mountinfo text.
-fn namespace_mount_points(mountinfo: &str) -> Vec<String> {
-    mountinfo
+/// What to unmount so that no namespace file (`nsfs`) of a mountinfo text
+/// stays mounted: a folder that is a mount point of its own holding
+/// namespace files (a run dir's `netns/`, `/run/netns`) goes whole, in one
+/// unmount however many namespaces it holds; a namespace file elsewhere
+/// goes alone.
+fn namespace_mounts(mountinfo: &str) -> Vec<String> {
+    struct Mount {
+        id: String,
+        parent: String,
+        point: String,
+        nsfs: bool,
+    }
+    let mounts: Vec<Mount> = mountinfo
         .lines()
         .filter_map(|line| {
             let (fields, rest) = line.split_once(" - ")?;
-            (rest.split_whitespace().next()? == "nsfs").then_some(())?;
-            Some(unescape_mount_point(fields.split_whitespace().nth(4)?))
+            let mut fields = fields.split_whitespace();
+            let (id, parent) = (fields.next()?.to_string(), fields.next()?.to_string());
+            let point = unescape_mount_point(fields.nth(2)?);
+            Some(Mount { id, parent, point, nsfs: rest.split_whitespace().next()? == "nsfs" })
         })
-        .collect()
+        .collect();
+    let mut targets: Vec<String> = Vec::new();
+    for file in mounts.iter().filter(|m| m.nsfs) {
+        let folder = std::path::Path::new(&file.point).parent().map(|p| p.display().to_string());
+        let own_folder = mounts.iter().find(|m| m.id == file.parent && Some(&m.point) == folder.as_ref());
+        let target = own_folder.map_or(&file.point, |m| &m.point);
+        if !targets.contains(target) {
+            targets.push(target.clone());
+        }
+    }
+    targets
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).
@@ -397,10 +419,12 @@ mod tests {
     fn namespace_mounts_are_found_in_mountinfo() {
         let mountinfo = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+29 22 8:1 /run/netctl/netns /run/netctl/netns rw shared:5 - ext4 /dev/sda1 rw
 610 29 0:4 net:[4026532281] /run/netctl/netns/1-abc rw shared:5 - nsfs nsfs rw
-611 29 0:4 net:[4026532282] /run/my\\040dir/x rw - nsfs nsfs rw
+612 29 0:4 net:[4026532283] /run/netctl/netns/sandbox rw shared:5 - nsfs nsfs rw
+611 22 0:4 net:[4026532282] /run/my\\040dir/x rw - nsfs nsfs rw
 ";
-        assert_eq!(namespace_mount_points(mountinfo), ["/run/netctl/netns/1-abc", "/run/my dir/x"]);
+        assert_eq!(namespace_mounts(mountinfo), ["/run/netctl/netns", "/run/my dir/x"]);
     }
 
     #[test]

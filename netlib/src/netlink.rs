@@ -24,6 +24,22 @@ impl Netlink {
         Self::open(name, Some(path))
     }
 
+    /// [`Netlink::in_namespace`] for async callers: the socket is opened on
+    /// a thread of its own, awaited without holding an async worker.
+    pub async fn in_namespace_async(name: &str, path: &Path) -> Result<Self> {
+        let namespace = netns::open(path)?;
+        let runtime = tokio::runtime::Handle::current();
+        let opened = netns::on_thread(move || {
+            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let _entered = runtime.enter();
+            rtnetlink::new_connection()
+        });
+        let (connection, handle, _) =
+            opened.await.map_err(|e| Error::os("opening a netlink socket", name, e))?;
+        tokio::spawn(connection);
+        Ok(Self { handle, namespace: name.to_string() })
+    }
+
     fn open(name: &str, path: Option<&Path>) -> Result<Self> {
         let runtime = tokio::runtime::Handle::current();
         let connect = || {

@@ -57,35 +57,43 @@ impl NamespaceDir {
 
     /// Creates namespace `name` unless it exists.
     pub fn create(&self, name: &str) -> Result<PathBuf> {
+        let Some(path) = self.prepare_file(name)? else { return Ok(self.path(name)) };
+        let bound = path.clone();
+        let made = std::thread::scope(|scope| {
+            scope.spawn(move || bind_new_namespace(&bound)).join().expect("namespace thread panicked")
+        });
+        self.finish_create(name, path, made)
+    }
+
+    /// [`NamespaceDir::create`] for async callers: the namespace is made on
+    /// its own thread and awaited without holding an async worker.
+    pub async fn create_async(&self, name: &str) -> Result<PathBuf> {
+        let Some(path) = self.prepare_file(name)? else { return Ok(self.path(name)) };
+        let bound = path.clone();
+        let made = on_thread(move || bind_new_namespace(&bound)).await;
+        self.finish_create(name, path, made)
+    }
+
+    /// The empty file a new namespace is mounted on; `None` when the
+    /// namespace exists already.
+    fn prepare_file(&self, name: &str) -> Result<Option<PathBuf>> {
         let path = self.path(name);
         if is_namespace(&path) {
-            return Ok(path);
+            return Ok(None);
         }
-        let action = format!("creating namespace {name}");
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| Error::os(&action, "host", e))?;
-        let made = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    unshare(CloneFlags::CLONE_NEWNET)?;
-                    mount(
-                        Some("/proc/thread-self/ns/net"),
-                        &path,
-                        None::<&str>,
-                        MsFlags::MS_BIND,
-                        None::<&str>,
-                    )
-                })
-                .join()
-                .expect("namespace thread panicked")
-        });
+            .map_err(|e| Error::os(format!("creating namespace {name}"), "host", e))?;
+        Ok(Some(path))
+    }
+
+    fn finish_create(&self, name: &str, path: PathBuf, made: nix::Result<()>) -> Result<PathBuf> {
         if let Err(errno) = made {
             let _ = std::fs::remove_file(&path);
-            return Err(Error::os(action, "host", errno.into()));
+            return Err(Error::os(format!("creating namespace {name}"), "host", errno.into()));
         }
         Ok(path)
     }
@@ -147,6 +155,23 @@ impl NamespaceDir {
 /// Whether `path` is a mounted network namespace.
 pub fn is_namespace(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 == NSFS_MAGIC)
+}
+
+/// On the calling thread (which must be one of its own): moves it into a
+/// new network namespace and bind-mounts that namespace onto `path`.
+fn bind_new_namespace(path: &Path) -> nix::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET)?;
+    mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+}
+
+/// Runs `work` on a new thread of its own and awaits its result, so an
+/// async worker is never held while a thread changes namespace.
+pub async fn on_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(work());
+    });
+    receiver.await.expect("namespace thread panicked")
 }
 
 /// Opens a namespace file (to setns into it or to move links into it).

@@ -17,16 +17,14 @@ pub async fn write(namespace: Option<(&str, &Path)>, key: &str, value: &str) -> 
         format!("/proc/sys/{}", key.replace('.', "/"))
     };
     let label = namespace.map_or("host", |(name, _)| name);
-    let ns_path = namespace.map(|(_, p)| p.to_path_buf());
+    let target = namespace.map(|(_, p)| netns::open(p)).transpose()?;
     let contents = value.to_string();
-    let written = tokio::task::spawn_blocking(move || {
-        let write = || std::fs::write(&path, &contents);
-        match ns_path {
-            Some(ns_path) => netns::run_in(&ns_path, write),
-            None => Ok(write()),
+    let written = netns::on_thread(move || {
+        if let Some(target) = target {
+            nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)?;
         }
+        std::fs::write(&path, &contents)
     })
-    .await
-    .map_err(|e| Error::other(format!("setting {key}={value}"), label, e.to_string()))??;
+    .await;
     written.map_err(|e| Error::os(format!("setting {key}={value}"), label, e))
 }
