@@ -4,19 +4,21 @@
 //! processes to it: overlay namespaces with br0 and vxlan0, sandboxes,
 //! docker_gwbridge, remote endpoints.
 
+mod apply;
 mod backoff;
 mod capabilities;
 mod connections;
+mod desired;
 mod gwbridge;
 mod identity;
 mod logs;
 pub mod mesh;
+mod model;
 mod names;
-mod overlay;
-mod peers;
+mod observe;
+mod plan;
 mod readback;
 pub mod reconcile;
-mod sandbox;
 mod session;
 pub mod shim;
 pub mod task_files;
@@ -149,8 +151,15 @@ async fn reconcile_forever(
         let state = desired.borrow_and_update().clone();
         if let Some(state) = state {
             let started = std::time::Instant::now();
-            let statuses = reconciler.pass(&state).await;
-            tracing::debug!(revision = state.revision, elapsed = ?started.elapsed(), "reconciled");
+            let pass = reconciler.pass(&state).await;
+            let statuses = pass.reports;
+            tracing::debug!(
+                revision = state.revision,
+                actions = pass.actions,
+                applied_in = ?pass.applied_in,
+                elapsed = ?started.elapsed(),
+                "reconciled"
+            );
             reports.send_if_modified(|current| {
                 let changed = *current != statuses;
                 *current = statuses;

@@ -1,6 +1,6 @@
 //! The routing mesh's iptables rule sets, generated from the desired state
-//! (pure) and written whole with `iptables-restore --noflush`, only when they
-//! changed since the last write:
+//! (pure; `apply` writes each whole with `iptables-restore --noflush` when it
+//! changed):
 //! - host nat `DOCKER-INGRESS` (from PREROUTING and OUTPUT for local
 //!   destinations): each published port DNATed to ingress_sbox (172.18.0.2);
 //! - host filter `DOCKER-INGRESS` (from FORWARD): that traffic accepted;
@@ -14,10 +14,7 @@
 use crate::names::GWBRIDGE;
 use netctl_proto::convention::INGRESS_SANDBOX_GATEWAY_ADDRESS;
 use netctl_proto::{PublishedPort, ServiceVip};
-use netlib::iptables;
-use std::collections::HashMap;
 use std::fmt::Write;
-use std::path::Path;
 
 /// The host's and ingress_sbox's chain for published ports.
 pub const INGRESS_CHAIN: &str = "DOCKER-INGRESS";
@@ -96,15 +93,6 @@ pub fn vip_rules(vips: &[&ServiceVip]) -> String {
     nat
 }
 
-/// Where a rule set goes: a namespace (None = the host's) and the jumps into
-/// its chains.
-pub struct Target<'a> {
-    /// `(name, path)` of the namespace, or None for the host.
-    pub namespace: Option<(&'a str, &'a Path)>,
-    /// `(table, built-in chain, rule)` jumps to make sure of.
-    pub jumps: &'a [(&'a str, &'a str, &'a [&'a str])],
-}
-
 /// The host's jumps into its DOCKER-INGRESS chains.
 pub const HOST_JUMPS: &[(&str, &str, &[&str])] = &[
     ("nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", INGRESS_CHAIN]),
@@ -120,38 +108,6 @@ pub const INGRESS_SANDBOX_JUMPS: &[(&str, &str, &[&str])] = &[
 
 /// A task sandbox's jump.
 pub const SANDBOX_JUMPS: &[(&str, &str, &[&str])] = &[("nat", "OUTPUT", &["-j", VIP_CHAIN])];
-
-/// The rule sets written so far, by namespace, so that unchanged ones are
-/// not written again.
-#[derive(Default)]
-pub struct Written {
-    rules: HashMap<String, String>,
-}
-
-impl Written {
-    /// Writes `rules` to `target` unless they are what was written last.
-    pub async fn write(&mut self, key: &str, target: &Target<'_>, rules: &str) -> netlib::Result<()> {
-        if self.rules.get(key).map(String::as_str) == Some(rules) {
-            return Ok(());
-        }
-        iptables::restore(target.namespace, rules).await?;
-        for (table, chain, rule) in target.jumps {
-            iptables::ensure_jump(target.namespace, table, chain, rule).await?;
-        }
-        self.rules.insert(key.to_string(), rules.to_string());
-        Ok(())
-    }
-
-    /// Whether a rule set was written to `key` already.
-    pub fn has(&self, key: &str) -> bool {
-        self.rules.contains_key(key)
-    }
-
-    /// Forgets a namespace that was removed.
-    pub fn forget(&mut self, key: &str) {
-        self.rules.remove(key);
-    }
-}
 
 #[cfg(test)]
 mod tests {

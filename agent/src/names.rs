@@ -14,7 +14,7 @@ pub const OWNER_ALIAS: &str = "netctl";
 /// The routing mesh's sandbox on every node.
 pub const INGRESS_SANDBOX: &str = "ingress_sbox";
 
-pub use netctl_proto::convention::{endpoint_mac, overlay_namespace};
+pub use netctl_proto::convention::overlay_namespace;
 
 /// Whether a namespace name is an overlay namespace's.
 pub fn is_overlay_namespace(name: &str) -> bool {

@@ -1,25 +1,25 @@
-//! One reconcile pass: converge the node's kernel objects and task processes
-//! to the latest desired state, idempotently. Read what is there, build what
-//! is missing, remove what the desired state no longer has. Objects already
-//! right are left untouched, so a pass on a healthy node changes nothing and
-//! a restarted agent adopts what it made before.
+//! One reconcile pass, in three steps: *observe* the node's kernel once
+//! ([`crate::observe`]), *plan* what turns it into what the desired state
+//! asks for ([`crate::desired`] builds that, [`crate::plan`] compares, both
+//! pure), *apply* the plan ([`crate::apply`]), one typed error per failed
+//! object; then the task processes follow ([`crate::tasks`]). Objects
+//! already right are left untouched, so a pass on a converged node plans
+//! nothing and a restarted agent adopts what it made before.
 
+use crate::apply::{ActionError, Applier};
 use crate::connections::Connections;
-use crate::mesh::{self, Written};
-use crate::names::{self, INGRESS_SANDBOX};
-use crate::overlay::{self, Overlay, Tunnel};
-use crate::sandbox::{self, GatewayLeg};
+use crate::desired::{self, Desired, NodeFacts};
+use crate::model::HOST;
+use crate::names::{self, GWBRIDGE};
+use crate::observe::{self, Written};
+use crate::plan::{self, Action};
 use crate::tasks::Supervisor;
-use crate::{gwbridge, peers};
-use netctl_proto::convention::{GATEWAY_BRIDGE_GATEWAY, INGRESS_SANDBOX_GATEWAY_ADDRESS};
-use netctl_proto::{NodeState, TaskState, TaskStatusReport};
+use netctl_proto::{NodeState, TaskSpec, TaskState, TaskStatusReport};
 use netlib::{NamespaceDir, Netlink};
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-
-/// The overhead of VXLAN encapsulation on the underlay MTU.
-const VXLAN_OVERHEAD: u32 = 50;
+use std::time::{Duration, Instant};
 
 /// Converges one node.
 pub struct Reconciler {
@@ -27,9 +27,20 @@ pub struct Reconciler {
     host: Netlink,
     connections: Connections,
     supervisor: Supervisor,
-    gwbridge_rules_written: bool,
-    sandbox_setup_times: Vec<std::time::Duration>,
-    rules: Written,
+    written: Written,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// The status of every task of the node.
+    pub reports: Vec<TaskStatusReport>,
+    /// How many actions it planned (0 on a converged node).
+    pub actions: usize,
+    /// How many sandbox namespaces it made.
+    pub new_sandboxes: usize,
+    /// How long applying the plan took.
+    pub applied_in: Duration,
 }
 
 impl Reconciler {
@@ -42,9 +53,7 @@ impl Reconciler {
             host: Netlink::host()?,
             connections: Connections::new(run_dir),
             supervisor: Supervisor::new(run_dir, shim_program)?,
-            gwbridge_rules_written: false,
-            sandbox_setup_times: Vec::new(),
-            rules: Written::default(),
+            written: Written::default(),
         })
     }
 
@@ -60,141 +69,114 @@ impl Reconciler {
         Ok(links.iter().find(|l| l.index == address.index).map_or(1500, |l| l.mtu))
     }
 
-    /// Runs one pass and returns the status of every task of the node.
-    pub async fn pass(&mut self, state: &NodeState) -> Vec<TaskStatusReport> {
+    /// Runs one pass: observe, plan, apply, then the tasks.
+    pub async fn pass(&mut self, state: &NodeState) -> Pass {
         let underlay_mtu = self.underlay_mtu().await.unwrap_or_else(|err| {
             tracing::warn!("reading the underlay MTU: {err}");
             1500
         });
-        let gateway = gwbridge::ensure(&self.host, underlay_mtu, !self.gwbridge_rules_written).await;
-        match &gateway {
-            Ok(_) => self.gwbridge_rules_written = true,
-            Err(err) => tracing::error!("{err}"),
+        self.end_tasks_that_lost_their_sandbox(state);
+        let observed = observe::observe(&self.host, &mut self.connections, &mut self.written).await;
+        for error in &observed.errors {
+            tracing::warn!("reading the node back: {error}");
         }
-
-        let overlays = self.build_overlays(state, underlay_mtu).await;
-        if let Err(err) = self.build_routing_mesh(state, &overlays, &gateway, underlay_mtu).await {
-            tracing::error!("routing mesh: {err}");
-        }
-        let gateway_addresses = assign_gateway_addresses(state, self.gateway_addresses().await);
-        let mut reports = Vec::new();
-        self.sandbox_setup_times.clear();
-        for task in &state.tasks {
-            let sandbox_name = names::sandbox_namespace(&task.id);
-            if self.supervisor.started(&sandbox_name) && !self.connections.namespaces().exists(&sandbox_name)
-            {
-                // The sandbox was deleted under a running task: the task lost
-                // its network for good, so it ends and the manager replaces it.
-                self.supervisor.stop(std::slice::from_ref(&sandbox_name), self.connections.namespaces());
-                self.supervisor.mark_lost(task, &sandbox_name, "the task's sandbox namespace was removed");
-            }
-            let new_sandbox = !self.connections.namespaces().exists(&sandbox_name);
-            let started = std::time::Instant::now();
-            let built = self.build_sandbox(task, &overlays, &gateway, &gateway_addresses, underlay_mtu).await;
-            if new_sandbox {
-                self.sandbox_setup_times.push(started.elapsed());
-            }
-            // Without working iptables the task still runs, without its
-            // VIPs; the reason goes into its ERROR column.
-            let vip_problem = match &built {
-                Ok(()) => self.write_vip_rules(state, task, &sandbox_name).await.err(),
-                Err(_) => None,
-            };
-            let mut status = match built {
-                Ok(()) => {
-                    let path = self.connections.namespaces().path(&sandbox_name);
-                    self.supervisor.ensure_running(task, &sandbox_name, &path)
-                }
-                Err(error) => {
-                    tracing::error!(task = %task.id, "{error}");
-                    TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
-                }
-            };
-            if status.state() == TaskState::Running {
-                let problems: Vec<&str> = [gateway.as_ref().err(), vip_problem.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .map(String::as_str)
-                    .collect();
-                if !problems.is_empty() {
-                    tracing::error!(task = %task.id, "{}", problems.join("; "));
-                }
-                status.error = problems.join("; ");
-            }
-            reports.push(status);
-        }
-        self.remove_unwanted(state).await;
-        reports
-    }
-
-    /// ingress_sbox (eth0 on ingress, eth1 = 172.18.0.2 on docker_gwbridge,
-    /// forwarding on) and the published-port rules of the host and of
-    /// ingress_sbox.
-    async fn build_routing_mesh(
-        &mut self,
-        state: &NodeState,
-        overlays: &HashMap<String, Result<Overlay, String>>,
-        gateway: &Result<netlib::Link, String>,
-        underlay_mtu: u32,
-    ) -> Result<(), String> {
-        let Some(ingress) = state.networks.iter().filter_map(|a| a.network.as_ref()).find(|n| n.ingress)
-        else {
-            return Ok(());
-        };
-        let overlay = match overlays.get(&ingress.id) {
-            Some(Ok(overlay)) => overlay,
-            Some(Err(err)) => return Err(err.clone()),
-            None => return Err("the ingress overlay was not built".into()),
-        };
-        let bridge =
-            gateway.as_ref().map_err(|err| format!("no ingress_sbox without the gateway bridge: {err}"))?;
-        let address: Ipv4Addr = state
-            .ingress_address
-            .parse()
-            .map_err(|_| format!("invalid ingress address {:?}", state.ingress_address))?;
-        let leg = GatewayLeg { bridge, address: INGRESS_SANDBOX_GATEWAY_ADDRESS, mtu: underlay_mtu };
-        sandbox::ensure(&mut self.connections, &self.host, INGRESS_SANDBOX, &[(overlay, address)], Some(leg))
-            .await
-            .map_err(|e| e.to_string())?;
-        let path = self.connections.namespaces().path(INGRESS_SANDBOX);
-        let namespace = Some((INGRESS_SANDBOX, path.as_path()));
-        let inode = self.connections.inode(INGRESS_SANDBOX).unwrap_or_default();
-        let key = format!("{INGRESS_SANDBOX}@{inode}");
-        if !self.rules.has(&key) {
-            // Once per namespace: a new one (first pass, or made anew) gets it.
-            netlib::sysctl::write(namespace, "net.ipv4.ip_forward", "1").await.map_err(|e| e.to_string())?;
-        }
-        let sandbox_rules =
-            mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &ingress.subnet);
-        let target = mesh::Target { namespace, jumps: mesh::INGRESS_SANDBOX_JUMPS };
-        self.rules.write(&key, &target, &sandbox_rules).await.map_err(|e| e.to_string())?;
-        let target = mesh::Target { namespace: None, jumps: mesh::HOST_JUMPS };
-        self.rules
-            .write("host", &target, &mesh::host_rules(&state.published_ports))
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// The VIP rules of a task's sandbox: each service VIP of its networks
-    /// balanced over that service's tasks.
-    async fn write_vip_rules(
-        &mut self,
-        state: &NodeState,
-        task: &netctl_proto::TaskSpec,
-        sandbox: &str,
-    ) -> Result<(), String> {
-        let vips: Vec<_> = state
-            .service_vips
-            .iter()
-            .filter(|vip| task.endpoints.iter().any(|e| e.network_id == vip.network_id))
+        let wanted: BTreeSet<String> = state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
+        let kept: BTreeSet<String> = observed
+            .model
+            .namespaces
+            .keys()
+            .filter(|n| !wanted.contains(*n) && self.supervisor.holds(n))
+            .cloned()
             .collect();
-        let path = self.connections.namespaces().path(sandbox);
-        let target = mesh::Target { namespace: Some((sandbox, path.as_path())), jumps: mesh::SANDBOX_JUMPS };
-        let key = format!("{sandbox}@{}", self.connections.inode(sandbox).unwrap_or_default());
-        self.rules
-            .write(&key, &target, &mesh::vip_rules(&vips))
-            .await
-            .map_err(|e| format!("service VIP rules: {e}"))
+        let IpAddr::V4(local) = self.advertise_addr else {
+            let error = format!("advertise address {} is not IPv4", self.advertise_addr);
+            return Pass {
+                reports: state.tasks.iter().map(|t| failed(t, error.clone())).collect(),
+                ..Pass::default()
+            };
+        };
+        let facts = NodeFacts { local, underlay_mtu, gateway_bridge: !observed.foreign_gwbridge };
+        let desired = desired::build(state, &facts, &observed.model, &kept);
+        let actions = plan::plan(&desired.model, &observed.model);
+        let new_sandboxes =
+            actions.iter().filter(|a| matches!(a, Action::CreateNamespace(n) if wanted.contains(n))).count();
+        let started = Instant::now();
+        let mut applier =
+            Applier { host: &self.host, connections: &mut self.connections, written: &mut self.written };
+        let errors = applier.apply(&actions).await;
+        let applied_in = started.elapsed();
+        let unwanted: Vec<String> =
+            self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
+        self.supervisor.stop(&unwanted, self.connections.namespaces());
+        let problems = self.node_problems(&observed.foreign_gwbridge, &errors);
+        let reports =
+            state.tasks.iter().map(|task| self.task_status(task, &desired, &errors, &problems)).collect();
+        Pass { reports, actions: actions.len(), new_sandboxes, applied_in }
+    }
+
+    /// A sandbox deleted under a running task: the task lost its network for
+    /// good, so it ends and the manager replaces it.
+    fn end_tasks_that_lost_their_sandbox(&mut self, state: &NodeState) {
+        for task in &state.tasks {
+            let sandbox = names::sandbox_namespace(&task.id);
+            if self.supervisor.started(&sandbox) && !self.connections.namespaces().exists(&sandbox) {
+                self.supervisor.stop(std::slice::from_ref(&sandbox), self.connections.namespaces());
+                self.supervisor.mark_lost(task, &sandbox, "the task's sandbox namespace was removed");
+            }
+        }
+    }
+
+    /// What keeps every task of the node from working fully while it runs:
+    /// a foreign docker_gwbridge, or egress NAT that could not be written.
+    fn node_problems(&self, foreign_gwbridge: &bool, errors: &[ActionError]) -> Vec<String> {
+        let mut problems = Vec::new();
+        if *foreign_gwbridge {
+            let problem = format!(
+                "{GWBRIDGE} exists and was not made by netctl (is Docker running on this host?): tasks get no egress leg"
+            );
+            tracing::error!("{problem}");
+            problems.push(problem);
+        }
+        let host_errors = errors.iter().filter(|e| e.namespace == HOST && !e.object.starts_with("gw"));
+        problems.extend(host_errors.map(|e| format!("egress NAT on {GWBRIDGE}: {e}")));
+        problems
+    }
+
+    /// How `task` is doing: refused or broken sandbox → failed; otherwise
+    /// its process's state, with what works only partly in ERROR.
+    fn task_status(
+        &mut self,
+        task: &TaskSpec,
+        desired: &Desired,
+        errors: &[ActionError],
+        problems: &[String],
+    ) -> TaskStatusReport {
+        if let Some(reason) = desired.refused.get(&task.id) {
+            return failed(task, format!("setting up the sandbox: {reason}"));
+        }
+        let sandbox = names::sandbox_namespace(&task.id);
+        let overlays: Vec<String> =
+            task.endpoints.iter().map(|e| names::overlay_namespace(&e.network_id)).collect();
+        let gateway_leg = names::gateway_veth(&task.id);
+        let mine = |e: &&ActionError| {
+            e.namespace == sandbox
+                || overlays.contains(&e.namespace)
+                || (e.namespace == HOST && e.object.starts_with(&gateway_leg))
+                || e.object.contains(&format!(" in {sandbox})"))
+        };
+        let (partial, fatal): (Vec<&ActionError>, Vec<&ActionError>) =
+            errors.iter().filter(mine).partition(|e| e.what == "writing rules");
+        if let Some(error) = fatal.first() {
+            return failed(task, format!("setting up the sandbox: {error}"));
+        }
+        let path = self.connections.namespaces().path(&sandbox);
+        let mut status = self.supervisor.ensure_running(task, &sandbox, &path);
+        if status.state() == TaskState::Running {
+            let vip_problems = partial.iter().map(|e| format!("service VIP rules: {}", e.source));
+            let all: Vec<String> = problems.iter().cloned().chain(vip_problems).collect();
+            status.error = all.join("; ");
+        }
+        status
     }
 
     /// Notified when a task finished stopping, so that its sandbox can be
@@ -207,201 +189,10 @@ impl Reconciler {
     pub async fn topology(&mut self, state: &NodeState) -> netctl_proto::NodeTopology {
         crate::readback::read(&self.host, &mut self.connections, state).await
     }
-
-    /// How long each sandbox made by the last pass took to set up (the
-    /// namespace, its veth pairs, addresses and routes).
-    pub fn sandbox_setup_times(&self) -> &[std::time::Duration] {
-        &self.sandbox_setup_times
-    }
-
-    /// Builds every overlay of the desired state and writes its remote
-    /// endpoints; the error of each that failed, by network ID.
-    async fn build_overlays(
-        &mut self,
-        state: &NodeState,
-        underlay_mtu: u32,
-    ) -> HashMap<String, Result<Overlay, String>> {
-        let IpAddr::V4(local) = self.advertise_addr else {
-            let error = format!("advertise address {} is not IPv4", self.advertise_addr);
-            return state
-                .networks
-                .iter()
-                .filter_map(|a| a.network.as_ref())
-                .map(|n| (n.id.clone(), Err(error.clone())))
-                .collect();
-        };
-        let tunnel = Tunnel {
-            local,
-            port: state.data_path_port as u16,
-            default_mtu: underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
-        };
-        let mut overlays = HashMap::new();
-        for network in state.networks.iter().filter_map(|a| a.network.as_ref()) {
-            let built = match overlay::ensure(&mut self.connections, &self.host, network, &tunnel).await {
-                Ok(built) => {
-                    let endpoints: Vec<_> =
-                        state.remote_endpoints.iter().filter(|e| e.network_id == network.id).collect();
-                    match peers::sync(&built.netlink, &endpoints).await {
-                        Ok(()) => Ok(built),
-                        Err(err) => Err(format!("writing remote endpoints of {}: {err}", network.name)),
-                    }
-                }
-                Err(err) => Err(format!("building overlay {}: {err}", network.name)),
-            };
-            if let Err(err) = &built {
-                tracing::error!("{err}");
-            }
-            overlays.insert(network.id.clone(), built);
-        }
-        overlays
-    }
-
-    /// The gateway-bridge address held by every existing sandbox (wanted or
-    /// not: one about to be removed still holds its address this pass), by
-    /// sandbox name.
-    async fn gateway_addresses(&mut self) -> HashMap<String, Ipv4Addr> {
-        let mut addresses = HashMap::new();
-        let existing = self.connections.owned().unwrap_or_default();
-        for name in existing.iter().filter(|n| !names::is_overlay_namespace(n) && *n != INGRESS_SANDBOX) {
-            let Some(sandbox) = self.connections.existing(name).await else { continue };
-            if let Ok(Some(address)) = sandbox::gateway_address(&sandbox).await {
-                addresses.insert(name.clone(), address);
-            }
-        }
-        addresses
-    }
-
-    async fn build_sandbox(
-        &mut self,
-        task: &netctl_proto::TaskSpec,
-        overlays: &HashMap<String, Result<Overlay, String>>,
-        gateway: &Result<netlib::Link, String>,
-        gateway_addresses: &HashMap<String, Ipv4Addr>,
-        underlay_mtu: u32,
-    ) -> Result<(), String> {
-        let mut legs = Vec::new();
-        for endpoint in &task.endpoints {
-            let overlay = match overlays.get(&endpoint.network_id) {
-                Some(Ok(overlay)) => overlay,
-                Some(Err(err)) => return Err(err.clone()),
-                None => return Err(format!("network {} is not in the desired state", endpoint.network_id)),
-            };
-            let address: Ipv4Addr = endpoint
-                .address
-                .parse()
-                .map_err(|_| format!("invalid endpoint address {}", endpoint.address))?;
-            legs.push((overlay, address));
-        }
-        let gateway_leg = match gateway {
-            Ok(bridge) => {
-                let address = *gateway_addresses
-                    .get(&names::sandbox_namespace(&task.id))
-                    .ok_or("docker_gwbridge has no free address")?;
-                Some(GatewayLeg { bridge, address, mtu: underlay_mtu })
-            }
-            Err(_) => None,
-        };
-        sandbox::ensure(&mut self.connections, &self.host, &task.id, &legs, gateway_leg)
-            .await
-            .map_err(|err| format!("setting up the sandbox: {err}"))
-    }
-
-    /// Removes sandboxes, processes and overlays the desired state no longer
-    /// has. Every removal is tried, whatever failed before it.
-    async fn remove_unwanted(&mut self, state: &NodeState) {
-        let mut wanted_sandboxes: HashSet<String> =
-            state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
-        if !state.ingress_address.is_empty() {
-            wanted_sandboxes.insert(INGRESS_SANDBOX.to_string());
-        }
-        let wanted_overlays: HashSet<String> = state
-            .networks
-            .iter()
-            .filter_map(|a| a.network.as_ref())
-            .map(|n| names::overlay_namespace(&n.id))
-            .collect();
-        let unwanted: Vec<String> =
-            self.supervisor.known().into_iter().filter(|s| !wanted_sandboxes.contains(s)).collect();
-        self.supervisor.stop(&unwanted, self.connections.namespaces());
-        let existing = self.connections.owned().unwrap_or_else(|err| {
-            tracing::error!("{err}");
-            Vec::new()
-        });
-        for namespace in existing {
-            let wanted = if names::is_overlay_namespace(&namespace) {
-                wanted_overlays.contains(&namespace)
-            } else {
-                wanted_sandboxes.contains(&namespace)
-            };
-            // A sandbox stays until nothing of its task is left.
-            if !wanted && !self.supervisor.holds(&namespace) {
-                if let Some(inode) = self.connections.inode(&namespace) {
-                    self.rules.forget(&format!("{namespace}@{inode}"));
-                }
-                match self.connections.delete(&namespace) {
-                    Ok(()) => tracing::info!(namespace, "namespace removed"),
-                    Err(err) => tracing::error!("{err}"),
-                }
-            }
-        }
-    }
 }
 
-/// The gateway-bridge address of every task's sandbox, by sandbox name:
-/// the one it holds already (`held`, which also lists sandboxes on their way
-/// out), or else the lowest address after 172.18.0.2 (ingress_sbox's) that
-/// no sandbox holds and no other task of this pass was given (pure).
-fn assign_gateway_addresses(
-    state: &NodeState,
-    mut held: HashMap<String, Ipv4Addr>,
-) -> HashMap<String, Ipv4Addr> {
-    let mut taken: HashSet<Ipv4Addr> = held.values().copied().collect();
-    let mut candidates = (u32::from(GATEWAY_BRIDGE_GATEWAY) + 2
-        ..=u32::from(Ipv4Addr::new(172, 18, 255, 254)))
-        .map(Ipv4Addr::from);
-    for task in &state.tasks {
-        let sandbox = names::sandbox_namespace(&task.id);
-        if held.contains_key(&sandbox) {
-            continue;
-        }
-        if let Some(address) = candidates.by_ref().find(|a| !taken.contains(a)) {
-            taken.insert(address);
-            held.insert(sandbox, address);
-        }
-    }
-    held
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state_with_tasks(ids: &[&str]) -> NodeState {
-        let tasks = ids.iter().map(|id| netctl_proto::TaskSpec { id: id.to_string(), ..Default::default() });
-        NodeState { tasks: tasks.collect(), ..Default::default() }
-    }
-
-    #[test]
-    fn gateway_addresses_start_at_3_and_skip_taken_ones() {
-        let state = state_with_tasks(&["aaaaaaaaaaaa", "bbbbbbbbbbbb"]);
-        let assigned = assign_gateway_addresses(&state, HashMap::new());
-        assert_eq!(assigned["aaaaaaaaaaaa"], Ipv4Addr::new(172, 18, 0, 3));
-        assert_eq!(assigned["bbbbbbbbbbbb"], Ipv4Addr::new(172, 18, 0, 4));
-    }
-
-    #[test]
-    fn gateway_addresses_are_distinct_within_a_pass_and_kept_across_passes() {
-        let ids: Vec<String> = (0..10).map(|i| format!("task{i:08}")).collect();
-        let state = state_with_tasks(&ids.iter().map(String::as_str).collect::<Vec<_>>());
-        // task00000003 holds .3 already; a sandbox on its way out holds .5.
-        let held = HashMap::from([
-            ("task00000003".to_string(), Ipv4Addr::new(172, 18, 0, 3)),
-            ("leaving00000".to_string(), Ipv4Addr::new(172, 18, 0, 5)),
-        ]);
-        let assigned = assign_gateway_addresses(&state, held);
-        assert_eq!(assigned["task00000003"], Ipv4Addr::new(172, 18, 0, 3));
-        let addresses: HashSet<Ipv4Addr> = assigned.values().copied().collect();
-        assert_eq!(addresses.len(), assigned.len(), "an address was given twice: {assigned:?}");
-        assert!(ids.iter().all(|id| assigned.contains_key(id)));
-    }
+/// A failed task's report.
+fn failed(task: &TaskSpec, error: String) -> TaskStatusReport {
+    tracing::error!(task = %task.id, "{error}");
+    TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
 }

@@ -1,7 +1,9 @@
 //! Data-plane benchmarks, written to `bench/results/data_plane.json` (or the
 //! path given as the first argument):
-//! - sandbox setup latency (p50, p99) with 1, 10 and 100 tasks on a node,
-//!   measured inside the agent's reconcile pass in a throwaway namespace;
+//! - sandbox setup with 1, 10 and 100 tasks on a node, measured inside the
+//!   agent's reconcile pass in a throwaway namespace: the kernel work (the
+//!   plan applied) per new sandbox, the whole first pass (task starts
+//!   included), a steady pass and the actions it plans (0: converged);
 //! - the time from `service create --replicas 10` to all tasks running and
 //!   answering a ping across the overlay, on a two-node lab;
 //! - iperf3 TCP throughput task-to-task over the overlay divided by
@@ -16,11 +18,6 @@ use e2e::wait_until;
 use netctl_proto::{EndpointAddress, Network, NetworkAttachment, NodeState, TaskSpec};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index].as_secs_f64() * 1000.0
-}
 
 /// A node state with `count` tasks on one /16 overlay.
 fn node_state(count: usize) -> NodeState {
@@ -39,6 +36,8 @@ fn node_state(count: usize) -> NodeState {
                 id: format!("{i:09}benchtaskxxxxxxx"),
                 name: format!("bench.{i}"),
                 command: vec!["sleep".into(), "600".into()],
+                // Stopped at once between rounds (sleep ignores SIGTERM as PID 1).
+                runtime: Some(netctl_proto::TaskRuntime { stop_grace_ms: 1, ..Default::default() }),
                 endpoints: vec![EndpointAddress {
                     network_id: network.id.clone(),
                     address: address.to_string(),
@@ -80,24 +79,36 @@ fn sandbox_latency() -> Value {
             let mut results = serde_json::Map::new();
             for count in [1, 10, 100] {
                 let started = Instant::now();
-                reconciler.pass(&node_state(count)).await;
+                let first = reconciler.pass(&node_state(count)).await;
                 let total = started.elapsed();
-                let mut times = reconciler.sandbox_setup_times().to_vec();
-                times.sort();
                 let idle = Instant::now();
-                reconciler.pass(&node_state(count)).await;
+                let steady = reconciler.pass(&node_state(count)).await;
                 let idle = idle.elapsed();
                 let teardown = Instant::now();
                 reconciler.pass(&NodeState { revision: 2, ..node_state(0) }).await;
                 let teardown = teardown.elapsed();
+                // Tasks stop in the background: wait until their sandboxes
+                // are gone (and the kernel has cleaned up after them)
+                // before the next round.
+                let namespaces = netlib::NamespaceDir::new(&run_path);
+                for _ in 0..300 {
+                    let left = namespaces.list().unwrap_or_default();
+                    if left.iter().all(|n| n.starts_with("1-")) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    reconciler.pass(&NodeState { revision: 2, ..node_state(0) }).await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let per_sandbox = first.applied_in.as_secs_f64() * 1000.0 / first.new_sandboxes.max(1) as f64;
                 results.insert(
                     format!("tasks_{count}"),
                     json!({
-                        "sandboxes": times.len(),
-                        "setup_ms_p50": percentile(&times, 0.5),
-                        "setup_ms_p99": percentile(&times, 0.99),
+                        "sandboxes": first.new_sandboxes,
+                        "kernel_ms_per_sandbox": per_sandbox,
                         "first_pass_ms": total.as_secs_f64() * 1000.0,
                         "steady_pass_ms": idle.as_secs_f64() * 1000.0,
+                        "steady_pass_actions": steady.actions,
                         "teardown_pass_ms": teardown.as_secs_f64() * 1000.0,
                     }),
                 );
@@ -211,8 +222,8 @@ fn main() {
     // The agents log every heartbeat (read back by heartbeats_under_load);
     // set before any thread starts.
     std::env::set_var("RUST_LOG", "info,netlink_packet_route=error,netctl_agent::session=debug");
-    let heartbeats = heartbeats_under_load();
     let sandbox = sandbox_latency();
+    let heartbeats = heartbeats_under_load();
     let lab = Lab::start(2);
     let ten = ten_replicas(&lab);
     let perf = throughput(&lab);

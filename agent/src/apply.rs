@@ -1,0 +1,225 @@
+//! Applying a plan: each [`Action`] carried out through netlib, in order,
+//! with namespace work on threads of its own and iptables as awaited
+//! processes, so the async workers are never held. Every action is tried,
+//! whatever failed before it, and each failure is kept with the object it
+//! concerns (netavark's error-list style).
+
+use crate::connections::Connections;
+use crate::model::{RuleSet, HOST};
+use crate::names::{self, OWNER_ALIAS};
+use crate::observe::Written;
+use crate::plan::Action;
+use netlib::neigh::Neighbour;
+use netlib::{iptables, netns, sysctl, Netlink, VxlanSpec};
+
+/// An action that failed: what, on which object, in which namespace, and
+/// what the kernel (or iptables) said.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {object} in {namespace}: {source}")]
+pub struct ActionError {
+    /// What was being done (`creating bridge` ...).
+    pub what: &'static str,
+    /// The object (a link, an entry, a rule set).
+    pub object: String,
+    /// The namespace it lives in.
+    pub namespace: String,
+    /// Why it failed.
+    #[source]
+    pub source: netlib::Error,
+}
+
+/// Carries out actions on this node.
+pub struct Applier<'a> {
+    /// The host namespace.
+    pub host: &'a Netlink,
+    /// Connections to the namespaces under the run dir.
+    pub connections: &'a mut Connections,
+    /// Sysctls and rule sets written, for the next observation.
+    pub written: &'a mut Written,
+}
+
+impl Applier<'_> {
+    /// Applies every action; the failures.
+    pub async fn apply(&mut self, actions: &[Action]) -> Vec<ActionError> {
+        let mut errors = Vec::new();
+        for action in actions {
+            if let Err(source) = self.apply_one(action).await {
+                let (what, object) = describe(action);
+                let error = ActionError { what, object, namespace: action.namespace().to_string(), source };
+                tracing::error!("{error}");
+                errors.push(error);
+            }
+        }
+        errors
+    }
+
+    /// A connection to an existing namespace (or the host's).
+    async fn netlink(&mut self, namespace: &str) -> netlib::Result<Netlink> {
+        if namespace == HOST {
+            return Ok(self.host.clone());
+        }
+        self.connections.existing(namespace).await.ok_or_else(|| {
+            netlib::Error::other("connecting", namespace, "the namespace does not exist".to_string())
+        })
+    }
+
+    async fn apply_one(&mut self, action: &Action) -> netlib::Result<()> {
+        match action {
+            Action::CreateNamespace(name) => self.connections.ensure(name).await.map(|_| ()),
+            Action::DeleteNamespace(name) => {
+                let result = self.connections.delete(name);
+                if result.is_ok() {
+                    tracing::info!(namespace = %name, "namespace removed");
+                }
+                result
+            }
+            Action::CreateBridge { namespace, name, mtu } => {
+                self.netlink(namespace).await?.create_bridge(name, *mtu, OWNER_ALIAS).await.map(|_| ())
+            }
+            Action::CreateVxlan { namespace, name, vni, port, local, mtu } => {
+                let spec = VxlanSpec {
+                    name: names::vxlan_staging(*vni),
+                    vni: *vni,
+                    port: *port,
+                    local: *local,
+                    mtu: *mtu,
+                };
+                self.create_vxlan(namespace, name, &spec).await
+            }
+            Action::CreateVeth { namespace, name, inner_namespace, inner, mtu, inner_mac } => {
+                let outer = self.netlink(namespace).await?;
+                let target = netns::open(&self.connections.namespaces().path(inner_namespace))?;
+                outer.create_veth(name, inner, &target, *mtu, *inner_mac).await
+            }
+            Action::DeleteLink { namespace, name } => {
+                let netlink = self.netlink(namespace).await?;
+                // Gone already (with the other end of its pair) is fine.
+                match netlink.link(name).await? {
+                    Some(link) => netlink.delete_link(&link).await,
+                    None => Ok(()),
+                }
+            }
+            Action::SetMtu { namespace, name, mtu } => {
+                let netlink = self.netlink(namespace).await?;
+                netlink.set_mtu(&netlink.require_link(name).await?, *mtu).await
+            }
+            Action::SetMaster { namespace, name, bridge } => {
+                let netlink = self.netlink(namespace).await?;
+                let (link, bridge) = (netlink.require_link(name).await?, netlink.require_link(bridge).await?);
+                netlink.set_master(&link, &bridge).await
+            }
+            Action::Isolate { namespace, name } => {
+                let netlink = self.netlink(namespace).await?;
+                netlink.isolate_bridge_port(&netlink.require_link(name).await?).await
+            }
+            Action::AddAddress { namespace, name, address, prefix } => {
+                let netlink = self.netlink(namespace).await?;
+                netlink.add_address(&netlink.require_link(name).await?, *address, *prefix).await
+            }
+            Action::SetUp { namespace, name } => {
+                let netlink = self.netlink(namespace).await?;
+                netlink.set_up(&netlink.require_link(name).await?).await
+            }
+            Action::SetDefaultRoute { namespace, gateway } => {
+                self.netlink(namespace).await?.set_default_route(*gateway).await
+            }
+            Action::ReplaceNeighbour { namespace, address, mac } => {
+                let netlink = self.netlink(namespace).await?;
+                netlink.replace_neighbour(&netlink.require_link(names::VXLAN).await?, *address, *mac).await
+            }
+            Action::ReplaceFdb { namespace, mac, node } => {
+                let netlink = self.netlink(namespace).await?;
+                netlink.replace_fdb(&netlink.require_link(names::VXLAN).await?, *mac, *node).await
+            }
+            Action::DeleteNeighbour { namespace, address, mac } => {
+                let netlink = self.netlink(namespace).await?;
+                let entry = self.entry(&netlink, *address, *mac).await?;
+                netlink.delete_neighbour(&entry).await
+            }
+            Action::DeleteFdb { namespace, mac, node } => {
+                let netlink = self.netlink(namespace).await?;
+                let entry = self.entry(&netlink, *node, *mac).await?;
+                netlink.delete_fdb(&entry).await
+            }
+            Action::SetSysctl { namespace, key, value } => {
+                let path = self.connections.namespaces().path(namespace);
+                let target = (namespace != HOST).then_some((namespace.as_str(), path.as_path()));
+                sysctl::write(target, key, value).await?;
+                self.written.sysctl(self.connections, namespace, key, value);
+                Ok(())
+            }
+            Action::WriteRules { namespace, purpose, rules } => {
+                self.write_rules(namespace, rules).await?;
+                self.written.rules(self.connections, namespace, purpose, rules);
+                Ok(())
+            }
+        }
+    }
+
+    /// A neighbour or FDB entry on vxlan0.
+    async fn entry(
+        &self,
+        netlink: &Netlink,
+        address: std::net::Ipv4Addr,
+        mac: [u8; 6],
+    ) -> netlib::Result<Neighbour> {
+        let vxlan = netlink.require_link(names::VXLAN).await?;
+        Ok(Neighbour { index: vxlan.index, address: Some(address), mac: netlib::link::format_mac(&mac) })
+    }
+
+    /// Creates the VXLAN device in the host namespace (its UDP socket lives
+    /// there), moves it into `namespace` and renames it `name`.
+    async fn create_vxlan(&mut self, namespace: &str, name: &str, spec: &VxlanSpec) -> netlib::Result<()> {
+        let overlay = self.netlink(namespace).await?;
+        if let Some(leftover) = self.host.link(&spec.name).await? {
+            self.host.delete_link(&leftover).await?;
+        }
+        self.host.create_vxlan(spec).await?;
+        let staged = self.host.require_link(&spec.name).await?;
+        let target = netns::open(&self.connections.namespaces().path(namespace))?;
+        self.host.move_to(&staged, &target, namespace).await?;
+        let moved = overlay.require_link(&spec.name).await?;
+        overlay.rename(&moved, name).await
+    }
+
+    /// Writes a rule set whole, then the jumps into its chains.
+    async fn write_rules(&self, namespace: &str, rules: &RuleSet) -> netlib::Result<()> {
+        let path = self.connections.namespaces().path(namespace);
+        let target = (namespace != HOST).then_some((namespace, path.as_path()));
+        iptables::restore(target, &rules.text).await?;
+        for (table, chain, rule) in rules.jumps {
+            iptables::ensure_jump(target, table, chain, rule).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What an action does and to which object, for its error.
+fn describe(action: &Action) -> (&'static str, String) {
+    match action {
+        Action::CreateNamespace(name) => ("creating namespace", name.clone()),
+        Action::DeleteNamespace(name) => ("removing namespace", name.clone()),
+        Action::CreateBridge { name, .. } => ("creating bridge", name.clone()),
+        Action::CreateVxlan { name, vni, .. } => ("creating", format!("{name} (VNI {vni})")),
+        Action::CreateVeth { name, inner, inner_namespace, .. } => {
+            ("creating veth pair", format!("{name} (other end {inner} in {inner_namespace})"))
+        }
+        Action::DeleteLink { name, .. } => ("deleting", name.clone()),
+        Action::SetMtu { name, mtu, .. } => ("setting MTU", format!("{mtu} on {name}")),
+        Action::SetMaster { name, bridge, .. } => ("enslaving", format!("{name} to {bridge}")),
+        Action::Isolate { name, .. } => ("isolating bridge port", name.clone()),
+        Action::AddAddress { name, address, prefix, .. } => {
+            ("adding address", format!("{address}/{prefix} to {name}"))
+        }
+        Action::SetUp { name, .. } => ("bringing up", name.clone()),
+        Action::SetDefaultRoute { gateway, .. } => ("setting the default route via", gateway.to_string()),
+        Action::ReplaceNeighbour { address, .. } | Action::DeleteNeighbour { address, .. } => {
+            ("writing neighbour entry", address.to_string())
+        }
+        Action::ReplaceFdb { node, .. } | Action::DeleteFdb { node, .. } => {
+            ("writing FDB entry to", node.to_string())
+        }
+        Action::SetSysctl { key, value, .. } => ("setting", format!("{key}={value}")),
+        Action::WriteRules { purpose, .. } => ("writing rules", purpose.clone()),
+    }
+}
