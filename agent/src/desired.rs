@@ -82,7 +82,7 @@ pub fn build(
                     .iter()
                     .filter(|vip| task.endpoints.iter().any(|e| e.network_id == vip.network_id))
                     .collect();
-                let rules = RuleSet { text: mesh::vip_rules(&vips), jumps: mesh::SANDBOX_JUMPS };
+                let rules = RuleSet::new(mesh::vip_rules(&vips), mesh::SANDBOX_JUMPS);
                 let namespace = model.namespaces.entry(names::sandbox_namespace(&task.id)).or_default();
                 namespace.rules.insert("vip".into(), rules);
             }
@@ -256,10 +256,10 @@ fn ingress(desired: &mut Desired, state: &NodeState, networks: &BTreeMap<&str, &
     let namespace = desired.model.namespaces.entry(INGRESS_SANDBOX.to_string()).or_default();
     namespace.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
     let text = mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &network.subnet);
-    namespace.rules.insert("mesh".into(), RuleSet { text, jumps: mesh::INGRESS_SANDBOX_JUMPS });
+    namespace.rules.insert("mesh".into(), RuleSet::new(text, mesh::INGRESS_SANDBOX_JUMPS));
     let host = desired.model.namespaces.entry(HOST.to_string()).or_default();
     let text = mesh::host_rules(&state.published_ports);
-    host.rules.insert("mesh".into(), RuleSet { text, jumps: mesh::HOST_JUMPS });
+    host.rules.insert("mesh".into(), RuleSet::new(text, mesh::HOST_JUMPS));
 }
 
 /// The docker_gwbridge address every sandbox holds now, by sandbox name

@@ -103,11 +103,69 @@ pub enum LinkKind {
     Other,
 }
 
-/// An iptables rule set written whole, and the jumps into its chains.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The jumps into a rule set's chains: `(table, built-in chain, rule)`.
+pub type Jumps = &'static [(&'static str, &'static str, &'static [&'static str])];
+
+/// An iptables rule set written whole, and the jumps into its chains. Two
+/// rule sets are the same when their fingerprints are: what the agent wrote
+/// is remembered by fingerprint only (across restarts too), since reading
+/// rules back from every namespace each pass would cost a process each.
+#[derive(Debug, Clone)]
 pub struct RuleSet {
-    /// iptables-save text (`*table` ... `COMMIT`).
+    /// iptables-save text (`*table` ... `COMMIT`); empty when only
+    /// remembered.
     pub text: String,
-    /// `(table, built-in chain, rule)` jumps that must exist.
-    pub jumps: &'static [(&'static str, &'static str, &'static [&'static str])],
+    /// The jumps that must exist.
+    pub jumps: Jumps,
+    fingerprint: u64,
+}
+
+impl RuleSet {
+    /// A rule set to write.
+    pub fn new(text: String, jumps: Jumps) -> Self {
+        let mut hash = Fnv::default();
+        hash.write(text.as_bytes());
+        for (table, chain, rule) in jumps {
+            hash.write(table.as_bytes());
+            hash.write(chain.as_bytes());
+            rule.iter().for_each(|part| hash.write(part.as_bytes()));
+        }
+        Self { text, jumps, fingerprint: hash.0 }
+    }
+
+    /// A rule set known only by the fingerprint of what was written.
+    pub fn written(fingerprint: u64) -> Self {
+        Self { text: String::new(), jumps: &[], fingerprint }
+    }
+
+    /// The fingerprint of its text and jumps (stable across runs).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+}
+
+impl PartialEq for RuleSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for RuleSet {}
+
+/// FNV-1a, 64 bits: a fingerprint that stays the same from one build and
+/// run of the agent to the next (unlike std's hasher).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes.iter().chain(&[0xff]) {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }

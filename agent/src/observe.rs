@@ -12,15 +12,60 @@ use crate::names::{GWBRIDGE, OWNER_ALIAS};
 use netlib::neigh::parse_mac;
 use netlib::Netlink;
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 /// What the agent wrote that the kernel is not asked for again: sysctls and
-/// rule sets, per namespace instance (`name@inode`).
-#[derive(Debug, Default)]
+/// rule sets (by fingerprint), per namespace instance (`name@inode`), kept
+/// in `<run-dir>/written` so that a restarted agent knows them too.
+#[derive(Debug)]
 pub struct Written {
-    instances: HashMap<String, (BTreeMap<String, String>, BTreeMap<String, RuleSet>)>,
+    file: PathBuf,
+    instances: BTreeMap<String, InstanceWrites>,
 }
 
+/// What was written into one namespace instance: sysctls (key → value) and
+/// rule sets (purpose → fingerprint).
+type InstanceWrites = (BTreeMap<String, String>, BTreeMap<String, u64>);
+
 impl Written {
+    /// What was written before, as kept in `<run-dir>/written`.
+    pub fn load(run_dir: &Path) -> Self {
+        let file = run_dir.join("written");
+        let mut written = Self { file, instances: BTreeMap::new() };
+        let text = std::fs::read_to_string(&written.file).unwrap_or_default();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let [instance, kind, key, value] = fields[..] else { continue };
+            let entry = written.instances.entry(instance.to_string()).or_default();
+            match (kind, value.parse::<u64>()) {
+                ("sysctl", _) => {
+                    entry.0.insert(key.to_string(), value.to_string());
+                }
+                ("rules", Ok(fingerprint)) => {
+                    entry.1.insert(key.to_string(), fingerprint);
+                }
+                _ => {}
+            }
+        }
+        written
+    }
+
+    /// Keeps what was written in `<run-dir>/written` (atomically).
+    pub fn save(&self) -> std::io::Result<()> {
+        let mut text = String::new();
+        for (instance, (sysctls, rules)) in &self.instances {
+            for (key, value) in sysctls {
+                text.push_str(&format!("{instance}\tsysctl\t{key}\t{value}\n"));
+            }
+            for (purpose, fingerprint) in rules {
+                text.push_str(&format!("{instance}\trules\t{purpose}\t{fingerprint}\n"));
+            }
+        }
+        let temporary = self.file.with_extension("new");
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, &self.file)
+    }
+
     fn instance(connections: &Connections, namespace: &str) -> String {
         match namespace {
             HOST => HOST.to_string(),
@@ -37,7 +82,7 @@ impl Written {
     /// Records a rule set written into `namespace`.
     pub fn rules(&mut self, connections: &Connections, namespace: &str, purpose: &str, rules: &RuleSet) {
         let entry = self.instances.entry(Self::instance(connections, namespace)).or_default();
-        entry.1.insert(purpose.to_string(), rules.clone());
+        entry.1.insert(purpose.to_string(), rules.fingerprint());
     }
 
     /// Forgets the instances of namespaces that are gone.
@@ -86,7 +131,7 @@ pub async fn observe(host: &Netlink, connections: &mut Connections, written: &mu
     for (name, namespace) in observed.model.namespaces.iter_mut() {
         if let Some((sysctls, rules)) = written.instances.get(&Written::instance(connections, name)) {
             namespace.sysctls = sysctls.clone();
-            namespace.rules = rules.clone();
+            namespace.rules = rules.iter().map(|(p, f)| (p.clone(), RuleSet::written(*f))).collect();
         }
     }
     observed
@@ -171,5 +216,24 @@ fn link_model(
             .collect(),
         isolated: link.isolated == Some(true),
         mac: parse_mac(&link.mac),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_was_written_is_kept_across_a_restart() {
+        let run_dir = tempfile::tempdir().unwrap();
+        let connections = Connections::new(run_dir.path());
+        let mut written = Written::load(run_dir.path());
+        let rules = RuleSet::new("*nat\nCOMMIT\n".into(), &[]);
+        written.rules(&connections, HOST, "gwbridge", &rules);
+        written.sysctl(&connections, HOST, "net.ipv4.ip_forward", "1");
+        written.save().unwrap();
+        let again = Written::load(run_dir.path());
+        assert_eq!(again.instances, written.instances);
+        assert_eq!(RuleSet::written(again.instances[HOST].1["gwbridge"]), rules);
     }
 }

@@ -537,7 +537,8 @@ mod tests {
         for namespace in restarted.namespaces.values_mut() {
             for link in namespace.links.values_mut() {
                 if let LinkKind::Veth { peer_namespace, peer } = &mut link.kind {
-                    (peer_namespace.clear(), peer.clear());
+                    peer_namespace.clear();
+                    peer.clear();
                 }
             }
         }
@@ -557,7 +558,10 @@ mod tests {
         assert_eq!(gone.len(), 2, "the task's sandbox and net2's overlay: {actions:#?}");
         // web.2 left net2: its eth1 is now the gateway leg, made anew.
         let web2 = names::sandbox_namespace(&task(2, &[1]).id);
-        assert!(actions.contains(&Action::DeleteLink { namespace: web2, name: "eth1".into() }), "{actions:#?}");
+        assert!(
+            actions.contains(&Action::DeleteLink { namespace: web2, name: "eth1".into() }),
+            "{actions:#?}"
+        );
         simulated::apply(&mut kernel, &actions);
         assert_eq!(plan(&desired_for(&smaller, &kernel), &kernel), []);
     }
@@ -600,7 +604,6 @@ mod tests {
         assert!(actions.contains(&Action::DeleteLink { namespace: overlay.clone(), name: "vxlan0".into() }));
         assert!(actions.iter().any(|a| matches!(a, Action::CreateVxlan { .. })));
         assert!(actions.iter().any(|a| matches!(a, Action::CreateVeth { inner_namespace, inner, .. } if *inner_namespace == sandbox && inner == "eth0")));
-        let mut kernel = kernel;
         // The simulated kernel removes the stale outer end with its peer gone.
         kernel
             .namespaces

@@ -53,7 +53,7 @@ impl Reconciler {
             host: Netlink::host()?,
             connections: Connections::new(run_dir),
             supervisor: Supervisor::new(run_dir, shim_program)?,
-            written: Written::default(),
+            written: Written::load(run_dir),
         })
     }
 
@@ -105,6 +105,12 @@ impl Reconciler {
             Applier { host: &self.host, connections: &mut self.connections, written: &mut self.written };
         let errors = applier.apply(&actions).await;
         let applied_in = started.elapsed();
+        let wrote = actions.iter().any(|a| matches!(a, Action::SetSysctl { .. } | Action::WriteRules { .. }));
+        if wrote || actions.iter().any(|a| matches!(a, Action::DeleteNamespace(_))) {
+            if let Err(err) = self.written.save() {
+                tracing::warn!("keeping what was written in the run dir: {err}");
+            }
+        }
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());
