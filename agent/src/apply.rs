@@ -39,18 +39,26 @@ pub struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    /// Applies every action; the failures.
-    pub async fn apply(&mut self, actions: &[Action]) -> Vec<ActionError> {
+    /// Applies every action; the failures, and how long rule sets and
+    /// sysctls took (processes and threads) beside links, addresses and
+    /// entries (netlink).
+    pub async fn apply(&mut self, actions: &[Action]) -> (Vec<ActionError>, std::time::Duration) {
         let mut errors = Vec::new();
+        let mut writing = std::time::Duration::ZERO;
         for action in actions {
-            if let Err(source) = self.apply_one(action).await {
+            let started = std::time::Instant::now();
+            let result = self.apply_one(action).await;
+            if matches!(action, Action::WriteRules { .. } | Action::SetSysctl { .. }) {
+                writing += started.elapsed();
+            }
+            if let Err(source) = result {
                 let (what, object) = describe(action);
                 let error = ActionError { what, object, namespace: action.namespace().to_string(), source };
                 tracing::error!("{error}");
                 errors.push(error);
             }
         }
-        errors
+        (errors, writing)
     }
 
     /// A connection to an existing namespace (or the host's).

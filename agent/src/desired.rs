@@ -53,9 +53,7 @@ pub fn build(
     let mut desired = Desired::default();
     let model = &mut desired.model;
     model.keep = kept.clone();
-    for sandbox in kept {
-        model.keep_links.insert((HOST.to_string(), names::gateway_veth(sandbox)));
-    }
+    keep_legs_of_leaving_sandboxes(model, state, observed);
     let mut host = NamespaceModel::default();
     if facts.gateway_bridge {
         crate::gwbridge::model(&mut host, facts.underlay_mtu);
@@ -93,6 +91,29 @@ pub fn build(
     }
     ingress(&mut desired, state, &networks, facts);
     desired
+}
+
+/// The legs (overlay and docker_gwbridge ends) of every sandbox that is no
+/// longer wanted are left alone: a task being stopped keeps its network
+/// through its grace period, and the kernel removes them with the sandbox
+/// (far cheaper than deleting each veth).
+fn keep_legs_of_leaving_sandboxes(model: &mut KernelModel, state: &NodeState, observed: &KernelModel) {
+    let wanted: BTreeSet<String> = state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
+    let leaving = observed.namespaces.keys().filter(|name| {
+        *name != HOST
+            && *name != INGRESS_SANDBOX
+            && !names::is_overlay_namespace(name)
+            && !wanted.contains(*name)
+    });
+    for sandbox in leaving {
+        model.keep_links.insert((HOST.to_string(), names::gateway_veth(sandbox)));
+        let prefix = names::overlay_veth_prefix(sandbox);
+        for (namespace, found) in observed.namespaces.iter().filter(|(n, _)| names::is_overlay_namespace(n)) {
+            for link in found.links.keys().filter(|l| l.starts_with(&prefix)) {
+                model.keep_links.insert((namespace.clone(), link.clone()));
+            }
+        }
+    }
 }
 
 /// An overlay's namespace: br0 with the gateway, vxlan0 enslaved to it.

@@ -35,7 +35,12 @@ pub fn vxlan_staging(vni: u32) -> String {
 /// The overlay end of a task's veth on network `index` (the sandbox end is
 /// `eth<index>`).
 pub fn overlay_veth(task_id: &str, index: usize) -> String {
-    format!("veth{}{index}", prefix(task_id, 9))
+    format!("{}{index}", overlay_veth_prefix(task_id))
+}
+
+/// What every overlay end of a task's veths starts with.
+pub fn overlay_veth_prefix(task_id: &str) -> String {
+    format!("veth{}", prefix(task_id, 9))
 }
 
 /// The host end of a task's veth on the gateway bridge.

@@ -41,6 +41,8 @@ pub struct Pass {
     pub new_sandboxes: usize,
     /// How long applying the plan took.
     pub applied_in: Duration,
+    /// Of that, how long writing rule sets and sysctls took.
+    pub rules_in: Duration,
 }
 
 impl Reconciler {
@@ -103,7 +105,7 @@ impl Reconciler {
         let started = Instant::now();
         let mut applier =
             Applier { host: &self.host, connections: &mut self.connections, written: &mut self.written };
-        let errors = applier.apply(&actions).await;
+        let (errors, rules_in) = applier.apply(&actions).await;
         let applied_in = started.elapsed();
         let wrote = actions.iter().any(|a| matches!(a, Action::SetSysctl { .. } | Action::WriteRules { .. }));
         if wrote || actions.iter().any(|a| matches!(a, Action::DeleteNamespace(_))) {
@@ -115,9 +117,11 @@ impl Reconciler {
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());
         let problems = self.node_problems(&observed.foreign_gwbridge, &errors);
-        let reports =
-            state.tasks.iter().map(|task| self.task_status(task, &desired, &errors, &problems)).collect();
-        Pass { reports, actions: actions.len(), new_sandboxes, applied_in }
+        let mut reports = Vec::with_capacity(state.tasks.len());
+        for task in &state.tasks {
+            reports.push(self.task_status(task, &desired, &errors, &problems).await);
+        }
+        Pass { reports, actions: actions.len(), new_sandboxes, applied_in, rules_in }
     }
 
     /// A sandbox deleted under a running task: the task lost its network for
@@ -150,7 +154,7 @@ impl Reconciler {
 
     /// How `task` is doing: refused or broken sandbox → failed; otherwise
     /// its process's state, with what works only partly in ERROR.
-    fn task_status(
+    async fn task_status(
         &mut self,
         task: &TaskSpec,
         desired: &Desired,
@@ -176,7 +180,7 @@ impl Reconciler {
             return failed(task, format!("setting up the sandbox: {error}"));
         }
         let path = self.connections.namespaces().path(&sandbox);
-        let mut status = self.supervisor.ensure_running(task, &sandbox, &path);
+        let mut status = self.supervisor.ensure_running(task, &sandbox, &path).await;
         if status.state() == TaskState::Running {
             let vip_problems = partial.iter().map(|e| format!("service VIP rules: {}", e.source));
             let all: Vec<String> = problems.iter().cloned().chain(vip_problems).collect();

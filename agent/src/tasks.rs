@@ -97,7 +97,7 @@ impl Supervisor {
     /// Makes sure `task` was started in the sandbox at `sandbox_path` and
     /// says how it is doing. A task that ended is not started again: the
     /// manager replaces it.
-    pub fn ensure_running(
+    pub async fn ensure_running(
         &mut self,
         task: &TaskSpec,
         sandbox: &str,
@@ -133,7 +133,7 @@ impl Supervisor {
                         tracing::warn!(task = %task.id, strays, "ended task processes that had no record");
                     }
                 }
-                match self.start(task, sandbox, sandbox_path) {
+                match self.start(task, sandbox, sandbox_path).await {
                     Ok(()) => report(&task.id, TaskState::Running, ""),
                     Err(error) => self.record_end(sandbox, report(&task.id, TaskState::Failed, error)),
                 }
@@ -147,7 +147,7 @@ impl Supervisor {
         ended
     }
 
-    fn start(&mut self, task: &TaskSpec, sandbox: &str, sandbox_path: &Path) -> Result<(), String> {
+    async fn start(&mut self, task: &TaskSpec, sandbox: &str, sandbox_path: &Path) -> Result<(), String> {
         if task.command.first().is_none_or(|c| c.is_empty()) {
             return Err("the task has no command".into());
         }
@@ -189,7 +189,11 @@ impl Supervisor {
                 Ok(())
             });
         }
-        let child = command.spawn().map_err(|e| format!("starting the task's shim: {e}"))?;
+        // Forking and exec'ing take a while: off the async workers.
+        let spawned = tokio::task::spawn_blocking(move || command.spawn())
+            .await
+            .map_err(|e| format!("starting the task's shim: {e}"))?;
+        let child = spawned.map_err(|e| format!("starting the task's shim: {e}"))?;
         let pid = child.id() as i32;
         let stop_grace = match runtime.stop_grace_ms {
             0 => DEFAULT_STOP_GRACE,
