@@ -12,17 +12,13 @@ use crate::plan::Action;
 use netlib::neigh::Neighbour;
 use netlib::{iptables, netns, sysctl, Netlink, VxlanSpec};
 
-/// An action that failed: what, on which object, in which namespace, and
-/// what the kernel (or iptables) said.
+/// An action that failed, and what the kernel (or iptables) said; shown as
+/// what was being done, on which object, in which namespace.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {object} in {namespace}: {source}")]
+#[error("{} in {}: {source}", describe(action), action.namespace())]
 pub struct ActionError {
-    /// What was being done (`creating bridge` ...).
-    pub what: &'static str,
-    /// The object (a link, an entry, a rule set).
-    pub object: String,
-    /// The namespace it lives in.
-    pub namespace: String,
+    /// The action.
+    pub action: Action,
     /// Why it failed.
     #[source]
     pub source: netlib::Error,
@@ -52,8 +48,7 @@ impl Applier<'_> {
                 writing += started.elapsed();
             }
             if let Err(source) = result {
-                let (what, object) = describe(action);
-                let error = ActionError { what, object, namespace: action.namespace().to_string(), source };
+                let error = ActionError { action: action.clone(), source };
                 tracing::error!("{error}");
                 errors.push(error);
             }
@@ -202,32 +197,32 @@ impl Applier<'_> {
     }
 }
 
-/// What an action does and to which object, for its error.
-fn describe(action: &Action) -> (&'static str, String) {
+/// What an action does, to which object, for its error.
+fn describe(action: &Action) -> String {
     match action {
-        Action::CreateNamespace(name) => ("creating namespace", name.clone()),
-        Action::DeleteNamespace(name) => ("removing namespace", name.clone()),
-        Action::CreateBridge { name, .. } => ("creating bridge", name.clone()),
-        Action::CreateVxlan { name, vni, .. } => ("creating", format!("{name} (VNI {vni})")),
+        Action::CreateNamespace(name) => format!("creating namespace {name}"),
+        Action::DeleteNamespace(name) => format!("removing namespace {name}"),
+        Action::CreateBridge { name, .. } => format!("creating bridge {name}"),
+        Action::CreateVxlan { name, vni, .. } => format!("creating {name} (VNI {vni})"),
         Action::CreateVeth { name, inner, inner_namespace, .. } => {
-            ("creating veth pair", format!("{name} (other end {inner} in {inner_namespace})"))
+            format!("creating veth pair {name} (other end {inner} in {inner_namespace})")
         }
-        Action::DeleteLink { name, .. } => ("deleting", name.clone()),
-        Action::SetMtu { name, mtu, .. } => ("setting MTU", format!("{mtu} on {name}")),
-        Action::SetMaster { name, bridge, .. } => ("enslaving", format!("{name} to {bridge}")),
-        Action::Isolate { name, .. } => ("isolating bridge port", name.clone()),
+        Action::DeleteLink { name, .. } => format!("deleting {name}"),
+        Action::SetMtu { name, mtu, .. } => format!("setting MTU {mtu} on {name}"),
+        Action::SetMaster { name, bridge, .. } => format!("enslaving {name} to {bridge}"),
+        Action::Isolate { name, .. } => format!("isolating bridge port {name}"),
         Action::AddAddress { name, address, prefix, .. } => {
-            ("adding address", format!("{address}/{prefix} to {name}"))
+            format!("adding address {address}/{prefix} to {name}")
         }
-        Action::SetUp { name, .. } => ("bringing up", name.clone()),
-        Action::SetDefaultRoute { gateway, .. } => ("setting the default route via", gateway.to_string()),
+        Action::SetUp { name, .. } => format!("bringing up {name}"),
+        Action::SetDefaultRoute { gateway, .. } => format!("setting the default route via {gateway}"),
         Action::ReplaceNeighbour { address, .. } | Action::DeleteNeighbour { address, .. } => {
-            ("writing neighbour entry", address.to_string())
+            format!("writing neighbour entry {address}")
         }
         Action::ReplaceFdb { node, .. } | Action::DeleteFdb { node, .. } => {
-            ("writing FDB entry to", node.to_string())
+            format!("writing FDB entry to {node}")
         }
-        Action::SetSysctl { key, value, .. } => ("setting", format!("{key}={value}")),
-        Action::WriteRules { purpose, .. } => ("writing rules", purpose.clone()),
+        Action::SetSysctl { key, value, .. } => format!("setting {key}={value}"),
+        Action::WriteRules { purpose, .. } => format!("writing rules {purpose}"),
     }
 }

@@ -43,6 +43,11 @@ pub fn overlay_veth_prefix(task_id: &str) -> String {
     format!("veth{}", prefix(task_id, 9))
 }
 
+/// Whether a link is the host end of a sandbox's gateway-bridge veth.
+pub fn is_gateway_veth(name: &str) -> bool {
+    name.starts_with("gw")
+}
+
 /// The host end of a task's veth on the gateway bridge.
 pub fn gateway_veth(task_id: &str) -> String {
     format!("gw{}", prefix(task_id, 12))

@@ -58,7 +58,31 @@ pub enum Action {
 }
 
 impl Action {
-    /// The namespace the action changes.
+    /// Every namespace the action changes (a veth pair: both).
+    pub fn namespaces(&self) -> Vec<&str> {
+        match self {
+            Action::CreateVeth { namespace, inner_namespace, .. } => vec![namespace, inner_namespace],
+            other => vec![other.namespace()],
+        }
+    }
+
+    /// The link the action is about, if it is about one.
+    pub fn link(&self) -> Option<&str> {
+        match self {
+            Action::CreateBridge { name, .. }
+            | Action::CreateVxlan { name, .. }
+            | Action::CreateVeth { name, .. }
+            | Action::DeleteLink { name, .. }
+            | Action::SetMtu { name, .. }
+            | Action::SetMaster { name, .. }
+            | Action::Isolate { name, .. }
+            | Action::AddAddress { name, .. }
+            | Action::SetUp { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The namespace the action changes (a veth pair: its outer end's).
     pub fn namespace(&self) -> &str {
         match self {
             Action::CreateNamespace(namespace) | Action::DeleteNamespace(namespace) => namespace,

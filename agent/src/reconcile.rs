@@ -116,7 +116,7 @@ impl Reconciler {
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());
-        let problems = self.node_problems(&observed.foreign_gwbridge, &errors);
+        let problems = self.node_problems(observed.foreign_gwbridge, &errors);
         let mut reports = Vec::with_capacity(state.tasks.len());
         for task in &state.tasks {
             reports.push(self.task_status(task, &desired, &errors, &problems).await);
@@ -138,16 +138,18 @@ impl Reconciler {
 
     /// What keeps every task of the node from working fully while it runs:
     /// a foreign docker_gwbridge, or egress NAT that could not be written.
-    fn node_problems(&self, foreign_gwbridge: &bool, errors: &[ActionError]) -> Vec<String> {
+    fn node_problems(&self, foreign_gwbridge: bool, errors: &[ActionError]) -> Vec<String> {
         let mut problems = Vec::new();
-        if *foreign_gwbridge {
+        if foreign_gwbridge {
             let problem = format!(
                 "{GWBRIDGE} exists and was not made by netctl (is Docker running on this host?): tasks get no egress leg"
             );
             tracing::error!("{problem}");
             problems.push(problem);
         }
-        let host_errors = errors.iter().filter(|e| e.namespace == HOST && !e.object.starts_with("gw"));
+        let host_errors = errors
+            .iter()
+            .filter(|e| e.action.namespace() == HOST && !e.action.link().is_some_and(names::is_gateway_veth));
         problems.extend(host_errors.map(|e| format!("egress NAT on {GWBRIDGE}: {e}")));
         problems
     }
@@ -169,13 +171,13 @@ impl Reconciler {
             task.endpoints.iter().map(|e| names::overlay_namespace(&e.network_id)).collect();
         let gateway_leg = names::gateway_veth(&task.id);
         let mine = |e: &&ActionError| {
-            e.namespace == sandbox
-                || overlays.contains(&e.namespace)
-                || (e.namespace == HOST && e.object.starts_with(&gateway_leg))
-                || e.object.contains(&format!(" in {sandbox})"))
+            let touched = e.action.namespaces();
+            touched.contains(&sandbox.as_str())
+                || overlays.iter().any(|o| touched.contains(&o.as_str()))
+                || (touched.contains(&HOST) && e.action.link() == Some(gateway_leg.as_str()))
         };
         let (partial, fatal): (Vec<&ActionError>, Vec<&ActionError>) =
-            errors.iter().filter(mine).partition(|e| e.what == "writing rules");
+            errors.iter().filter(mine).partition(|e| matches!(e.action, Action::WriteRules { .. }));
         if let Some(error) = fatal.first() {
             return failed(task, format!("setting up the sandbox: {error}"));
         }
