@@ -156,7 +156,9 @@ async fn reconcile_forever(
             tracing::debug!(
                 revision = state.revision,
                 actions = pass.actions,
+                new_sandboxes = pass.new_sandboxes,
                 applied_in = ?pass.applied_in,
+                rules_in = ?pass.rules_in,
                 elapsed = ?started.elapsed(),
                 "reconciled"
             );
