@@ -11,6 +11,7 @@ use crate::observe::Written;
 use crate::plan::Action;
 use netlib::neigh::Neighbour;
 use netlib::{iptables, netns, sysctl, Netlink, VxlanSpec};
+use std::collections::HashMap;
 
 /// An action that failed, and what the kernel (or iptables) said; shown as
 /// what was being done, on which object, in which namespace.
@@ -32,6 +33,16 @@ pub struct Applier<'a> {
     pub connections: &'a mut Connections,
     /// Sysctls and rule sets written, for the next observation.
     pub written: &'a mut Written,
+    /// Links looked up during this apply, by (namespace, name): each is
+    /// asked of the kernel once, not once per action on it.
+    links: HashMap<(String, String), netlib::Link>,
+}
+
+impl<'a> Applier<'a> {
+    /// An applier for one pass.
+    pub fn new(host: &'a Netlink, connections: &'a mut Connections, written: &'a mut Written) -> Self {
+        Self { host, connections, written, links: HashMap::new() }
+    }
 }
 
 impl Applier<'_> {
@@ -66,7 +77,39 @@ impl Applier<'_> {
         })
     }
 
+    /// A link by name, from this apply's lookups or the kernel.
+    async fn link(&mut self, namespace: &str, name: &str) -> netlib::Result<netlib::Link> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(link) = self.links.get(&key) {
+            return Ok(link.clone());
+        }
+        let link = self.netlink(namespace).await?.require_link(name).await?;
+        self.links.insert(key, link.clone());
+        Ok(link)
+    }
+
+    /// Forgets lookups an action makes stale: the links it makes or
+    /// deletes, and every link of a namespace made or removed.
+    fn forget_links(&mut self, action: &Action) {
+        match action {
+            Action::CreateNamespace(namespace) | Action::DeleteNamespace(namespace) => {
+                self.links.retain(|(ns, _), _| ns != namespace);
+            }
+            Action::CreateVeth { namespace, name, inner_namespace, inner, .. } => {
+                self.links.remove(&(namespace.clone(), name.clone()));
+                self.links.remove(&(inner_namespace.clone(), inner.clone()));
+            }
+            Action::CreateBridge { namespace, name, .. }
+            | Action::CreateVxlan { namespace, name, .. }
+            | Action::DeleteLink { namespace, name } => {
+                self.links.remove(&(namespace.clone(), name.clone()));
+            }
+            _ => {}
+        }
+    }
+
     async fn apply_one(&mut self, action: &Action) -> netlib::Result<()> {
+        self.forget_links(action);
         match action {
             Action::CreateNamespace(name) => self.connections.ensure(name).await.map(|_| ()),
             Action::DeleteNamespace(name) => {
@@ -103,36 +146,35 @@ impl Applier<'_> {
                 }
             }
             Action::SetMtu { namespace, name, mtu } => {
-                let netlink = self.netlink(namespace).await?;
-                netlink.set_mtu(&netlink.require_link(name).await?, *mtu).await
+                let link = self.link(namespace, name).await?;
+                self.netlink(namespace).await?.set_mtu(&link, *mtu).await
             }
             Action::SetMaster { namespace, name, bridge } => {
-                let netlink = self.netlink(namespace).await?;
-                let (link, bridge) = (netlink.require_link(name).await?, netlink.require_link(bridge).await?);
-                netlink.set_master(&link, &bridge).await
+                let (link, bridge) = (self.link(namespace, name).await?, self.link(namespace, bridge).await?);
+                self.netlink(namespace).await?.set_master(&link, &bridge).await
             }
             Action::Isolate { namespace, name } => {
-                let netlink = self.netlink(namespace).await?;
-                netlink.isolate_bridge_port(&netlink.require_link(name).await?).await
+                let link = self.link(namespace, name).await?;
+                self.netlink(namespace).await?.isolate_bridge_port(&link).await
             }
             Action::AddAddress { namespace, name, address, prefix } => {
-                let netlink = self.netlink(namespace).await?;
-                netlink.add_address(&netlink.require_link(name).await?, *address, *prefix).await
+                let link = self.link(namespace, name).await?;
+                self.netlink(namespace).await?.add_address(&link, *address, *prefix).await
             }
             Action::SetUp { namespace, name } => {
-                let netlink = self.netlink(namespace).await?;
-                netlink.set_up(&netlink.require_link(name).await?).await
+                let link = self.link(namespace, name).await?;
+                self.netlink(namespace).await?.set_up(&link).await
             }
             Action::SetDefaultRoute { namespace, gateway } => {
                 self.netlink(namespace).await?.set_default_route(*gateway).await
             }
             Action::ReplaceNeighbour { namespace, address, mac } => {
-                let netlink = self.netlink(namespace).await?;
-                netlink.replace_neighbour(&netlink.require_link(names::VXLAN).await?, *address, *mac).await
+                let vxlan = self.link(namespace, names::VXLAN).await?;
+                self.netlink(namespace).await?.replace_neighbour(&vxlan, *address, *mac).await
             }
             Action::ReplaceFdb { namespace, mac, node } => {
-                let netlink = self.netlink(namespace).await?;
-                netlink.replace_fdb(&netlink.require_link(names::VXLAN).await?, *mac, *node).await
+                let vxlan = self.link(namespace, names::VXLAN).await?;
+                self.netlink(namespace).await?.replace_fdb(&vxlan, *mac, *node).await
             }
             Action::DeleteNeighbour { namespace, address, mac } => {
                 let netlink = self.netlink(namespace).await?;

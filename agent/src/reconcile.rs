@@ -103,8 +103,7 @@ impl Reconciler {
         let new_sandboxes =
             actions.iter().filter(|a| matches!(a, Action::CreateNamespace(n) if wanted.contains(n))).count();
         let started = Instant::now();
-        let mut applier =
-            Applier { host: &self.host, connections: &mut self.connections, written: &mut self.written };
+        let mut applier = Applier::new(&self.host, &mut self.connections, &mut self.written);
         let (errors, rules_in) = applier.apply(&actions).await;
         let applied_in = started.elapsed();
         let wrote = actions.iter().any(|a| matches!(a, Action::SetSysctl { .. } | Action::WriteRules { .. }));
