@@ -12,6 +12,7 @@ use crate::names::{GWBRIDGE, OWNER_ALIAS};
 use netlib::neigh::parse_mac;
 use netlib::Netlink;
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 /// What the agent wrote that the kernel is not asked for again: sysctls and
@@ -98,18 +99,28 @@ pub struct Observed {
     pub model: KernelModel,
     /// A docker_gwbridge exists that netctl did not make.
     pub foreign_gwbridge: bool,
+    /// The MTU of the host interface holding the advertise address, if one
+    /// does.
+    pub underlay_mtu: Option<u32>,
     /// What could not be read (the pass goes on with the rest).
     pub errors: Vec<netlib::Error>,
 }
 
-/// Reads the node: the host's netctl objects and every namespace netctl made.
-pub async fn observe(host: &Netlink, connections: &mut Connections, written: &mut Written) -> Observed {
+/// Reads the node: the host's netctl objects (and the MTU of the interface
+/// holding `advertise`) and every namespace netctl made.
+pub async fn observe(
+    host: &Netlink,
+    advertise: Ipv4Addr,
+    connections: &mut Connections,
+    written: &mut Written,
+) -> Observed {
     let mut observed = Observed::default();
     let mut instances = vec![HOST.to_string()];
-    match read_host(host).await {
-        Ok((namespace, foreign)) => {
-            observed.model.namespaces.insert(HOST.to_string(), namespace);
-            observed.foreign_gwbridge = foreign;
+    match read_host(host, advertise).await {
+        Ok(read) => {
+            observed.model.namespaces.insert(HOST.to_string(), read.namespace);
+            observed.foreign_gwbridge = read.foreign_gwbridge;
+            observed.underlay_mtu = read.underlay_mtu;
         }
         Err(err) => observed.errors.push(err),
     }
@@ -137,10 +148,17 @@ pub async fn observe(host: &Netlink, connections: &mut Connections, written: &mu
     observed
 }
 
+/// What one dump of the host's links and addresses tells.
+struct HostRead {
+    namespace: NamespaceModel,
+    foreign_gwbridge: bool,
+    underlay_mtu: Option<u32>,
+}
+
 /// The host's netctl objects: docker_gwbridge (when netctl made it), its
-/// ports, and VXLAN devices not yet moved; and whether a foreign
-/// docker_gwbridge is in the way.
-async fn read_host(host: &Netlink) -> netlib::Result<(NamespaceModel, bool)> {
+/// ports, and VXLAN devices not yet moved; whether a foreign docker_gwbridge
+/// is in the way; the MTU of the interface holding `advertise`.
+async fn read_host(host: &Netlink, advertise: Ipv4Addr) -> netlib::Result<HostRead> {
     let links = host.links().await?;
     let bridge = links.iter().find(|l| l.name == GWBRIDGE);
     let foreign = bridge.is_some_and(|b| b.alias != OWNER_ALIAS);
@@ -154,7 +172,9 @@ async fn read_host(host: &Netlink) -> netlib::Result<(NamespaceModel, bool)> {
     for link in netctl_links {
         namespace.links.insert(link.name.clone(), link_model(link, &names, &addresses));
     }
-    Ok((namespace, foreign))
+    let underlay = addresses.iter().find(|a| a.address == advertise);
+    let underlay_mtu = underlay.and_then(|a| links.iter().find(|l| l.index == a.index)).map(|l| l.mtu);
+    Ok(HostRead { namespace, foreign_gwbridge: foreign, underlay_mtu })
 }
 
 /// Every object of a namespace netctl made.

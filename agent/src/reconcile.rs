@@ -59,29 +59,24 @@ impl Reconciler {
         })
     }
 
-    /// The MTU of the interface that carries the advertise address.
-    async fn underlay_mtu(&self) -> netlib::Result<u32> {
-        let IpAddr::V4(advertise) = self.advertise_addr else { return Ok(1500) };
-        let addresses = self.host.addresses().await?;
-        let Some(address) = addresses.iter().find(|a| a.address == advertise) else {
-            tracing::warn!(%advertise, "no interface holds the advertise address: assuming MTU 1500");
-            return Ok(1500);
-        };
-        let links = self.host.links().await?;
-        Ok(links.iter().find(|l| l.index == address.index).map_or(1500, |l| l.mtu))
-    }
-
     /// Runs one pass: observe, plan, apply, then the tasks.
     pub async fn pass(&mut self, state: &NodeState) -> Pass {
-        let underlay_mtu = self.underlay_mtu().await.unwrap_or_else(|err| {
-            tracing::warn!("reading the underlay MTU: {err}");
-            1500
-        });
         self.end_tasks_that_lost_their_sandbox(state);
-        let observed = observe::observe(&self.host, &mut self.connections, &mut self.written).await;
+        let IpAddr::V4(local) = self.advertise_addr else {
+            let error = format!("advertise address {} is not IPv4", self.advertise_addr);
+            return Pass {
+                reports: state.tasks.iter().map(|t| failed(t, error.clone())).collect(),
+                ..Pass::default()
+            };
+        };
+        let observed = observe::observe(&self.host, local, &mut self.connections, &mut self.written).await;
         for error in &observed.errors {
             tracing::warn!("reading the node back: {error}");
         }
+        let underlay_mtu = observed.underlay_mtu.unwrap_or_else(|| {
+            tracing::warn!(advertise = %local, "no interface holds the advertise address: assuming MTU 1500");
+            1500
+        });
         let wanted: BTreeSet<String> = state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
         let kept: BTreeSet<String> = observed
             .model
@@ -90,13 +85,6 @@ impl Reconciler {
             .filter(|n| !wanted.contains(*n) && self.supervisor.holds(n))
             .cloned()
             .collect();
-        let IpAddr::V4(local) = self.advertise_addr else {
-            let error = format!("advertise address {} is not IPv4", self.advertise_addr);
-            return Pass {
-                reports: state.tasks.iter().map(|t| failed(t, error.clone())).collect(),
-                ..Pass::default()
-            };
-        };
         let facts = NodeFacts { local, underlay_mtu, gateway_bridge: !observed.foreign_gwbridge };
         let desired = desired::build(state, &facts, &observed.model, &kept);
         let actions = plan::plan(&desired.model, &observed.model);
