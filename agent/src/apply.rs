@@ -5,13 +5,13 @@
 //! concerns (netavark's error-list style).
 
 use crate::connections::Connections;
-use crate::model::{RuleSet, HOST};
+use crate::model::{RuleScope, RuleSet, HOST};
 use crate::names::{self, OWNER_ALIAS};
 use crate::observe::Written;
 use crate::plan::Action;
 use netlib::neigh::Neighbour;
 use netlib::{iptables, netns, sysctl, Netlink, VxlanSpec};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// An action that failed, and what the kernel (or iptables) said; shown as
 /// what was being done, on which object, in which namespace.
@@ -24,6 +24,18 @@ pub struct ActionError {
     #[source]
     pub source: netlib::Error,
 }
+
+impl ActionError {
+    /// The error of `action`, logged.
+    fn logged(action: &Action, source: netlib::Error) -> Self {
+        let error = ActionError { action: action.clone(), source };
+        tracing::error!("{error}");
+        error
+    }
+}
+
+/// How many namespaces get their rule sets written at the same time.
+const RULE_WRITERS: usize = 16;
 
 /// Carries out actions on this node.
 pub struct Applier<'a> {
@@ -48,23 +60,54 @@ impl<'a> Applier<'a> {
 impl Applier<'_> {
     /// Applies every action; the failures, and how long rule sets and
     /// sysctls took (processes and threads) beside links, addresses and
-    /// entries (netlink).
+    /// entries (netlink). Rule sets come last, those of different
+    /// namespaces side by side: each is an `iptables-restore` that spends
+    /// most of its life waiting for the kernel (an RCU grace period as its
+    /// nftables socket closes), not computing.
     pub async fn apply(&mut self, actions: &[Action]) -> (Vec<ActionError>, std::time::Duration) {
         let mut errors = Vec::new();
         let mut writing = std::time::Duration::ZERO;
-        for action in actions {
+        let (rule_sets, others): (Vec<&Action>, Vec<&Action>) =
+            actions.iter().partition(|a| matches!(a, Action::WriteRules { .. }));
+        for action in others {
             let started = std::time::Instant::now();
             let result = self.apply_one(action).await;
-            if matches!(action, Action::WriteRules { .. } | Action::SetSysctl { .. }) {
+            if matches!(action, Action::SetSysctl { .. }) {
                 writing += started.elapsed();
             }
             if let Err(source) = result {
-                let error = ActionError { action: action.clone(), source };
-                tracing::error!("{error}");
-                errors.push(error);
+                errors.push(ActionError::logged(action, source));
             }
         }
-        (errors, writing)
+        let started = std::time::Instant::now();
+        errors.extend(self.write_all_rules(&rule_sets).await);
+        (errors, writing + started.elapsed())
+    }
+
+    /// Writes rule sets, at most [`RULE_WRITERS`] namespaces at a time and
+    /// one rule set at a time in each.
+    async fn write_all_rules(&mut self, rule_sets: &[&Action]) -> Vec<ActionError> {
+        let mut by_namespace: BTreeMap<&str, Vec<&Action>> = BTreeMap::new();
+        for action in rule_sets {
+            by_namespace.entry(action.namespace()).or_default().push(action);
+        }
+        let groups: Vec<Vec<&Action>> = by_namespace.into_values().collect();
+        let mut results = Vec::with_capacity(rule_sets.len());
+        for chunk in groups.chunks(RULE_WRITERS) {
+            let writing = chunk.iter().map(|group| self.write_group(group));
+            results.extend(futures::future::join_all(writing).await.into_iter().flatten());
+        }
+        let mut errors = Vec::new();
+        for (action, result) in results {
+            match (action, result) {
+                (Action::WriteRules { namespace, purpose, rules }, Ok(())) => {
+                    self.written.rules(self.connections, namespace, purpose, rules);
+                }
+                (_, Err(source)) => errors.push(ActionError::logged(action, source)),
+                _ => {}
+            }
+        }
+        errors
     }
 
     /// A connection to an existing namespace (or the host's).
@@ -193,11 +236,7 @@ impl Applier<'_> {
                 self.written.sysctl(self.connections, namespace, key, value);
                 Ok(())
             }
-            Action::WriteRules { namespace, purpose, rules } => {
-                self.write_rules(namespace, rules).await?;
-                self.written.rules(self.connections, namespace, purpose, rules);
-                Ok(())
-            }
+            Action::WriteRules { .. } => unreachable!("rule sets are written by write_all_rules"),
         }
     }
 
@@ -227,15 +266,32 @@ impl Applier<'_> {
         overlay.rename(&moved, name).await
     }
 
-    /// Writes a rule set whole, then the jumps into its chains.
+    /// Writes the rule sets of one namespace, one after the other.
+    async fn write_group<'a>(&self, group: &[&'a Action]) -> Vec<(&'a Action, netlib::Result<()>)> {
+        let mut results = Vec::with_capacity(group.len());
+        for action in group {
+            if let Action::WriteRules { namespace, rules, .. } = action {
+                results.push((*action, self.write_rules(namespace, rules).await));
+            }
+        }
+        results
+    }
+
+    /// Writes a rule set: tables of netctl's own whole, in one process;
+    /// chains in the host's tables, then the jumps into them.
     async fn write_rules(&self, namespace: &str, rules: &RuleSet) -> netlib::Result<()> {
         let path = self.connections.namespaces().path(namespace);
         let target = (namespace != HOST).then_some((namespace, path.as_path()));
-        iptables::restore(target, &rules.text).await?;
-        for (table, chain, rule) in rules.jumps {
-            iptables::ensure_jump(target, table, chain, rule).await?;
+        match rules.scope {
+            RuleScope::Tables => iptables::replace_tables(target, &rules.text).await,
+            RuleScope::Chains(jumps) => {
+                iptables::restore(target, &rules.text).await?;
+                for (table, chain, rule) in jumps {
+                    iptables::ensure_jump(target, table, chain, rule).await?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 

@@ -74,15 +74,9 @@ pub fn build(
             .flatten();
         match sandbox_legs(task, &networks) {
             Ok(legs) => {
-                sandbox(model, &names::sandbox_namespace(&task.id), &task.id, &legs, gateway.copied(), facts);
-                let vips: Vec<_> = state
-                    .service_vips
-                    .iter()
-                    .filter(|vip| task.endpoints.iter().any(|e| e.network_id == vip.network_id))
-                    .collect();
-                let rules = RuleSet::new(mesh::vip_rules(&vips), mesh::SANDBOX_JUMPS);
-                let namespace = model.namespaces.entry(names::sandbox_namespace(&task.id)).or_default();
-                namespace.rules.insert("vip".into(), rules);
+                let name = names::sandbox_namespace(&task.id);
+                sandbox(model, &name, &task.id, &legs, gateway.copied(), facts);
+                vip(model, state, task, &name, observed);
             }
             Err(reason) => {
                 desired.refused.insert(task.id.clone(), reason);
@@ -91,6 +85,25 @@ pub fn build(
     }
     ingress(&mut desired, state, &networks, facts);
     desired
+}
+
+/// The `vip` rules of a sandbox: each service VIP of its networks
+/// balanced over the service's tasks. A sandbox with nothing to balance
+/// gets no rules (no process to run for it), unless it had some: then its
+/// table is emptied.
+fn vip(model: &mut KernelModel, state: &NodeState, task: &TaskSpec, name: &str, observed: &KernelModel) {
+    let vips: Vec<_> = state
+        .service_vips
+        .iter()
+        .filter(|vip| !vip.backends.is_empty())
+        .filter(|vip| task.endpoints.iter().any(|e| e.network_id == vip.network_id))
+        .collect();
+    let had_rules = observed.namespaces.get(name).is_some_and(|n| n.rules.contains_key("vip"));
+    if vips.is_empty() && !had_rules {
+        return;
+    }
+    let namespace = model.namespaces.entry(name.to_string()).or_default();
+    namespace.rules.insert("vip".into(), RuleSet::tables(mesh::vip_rules(&vips)));
 }
 
 /// The legs (overlay and docker_gwbridge ends) of every sandbox that is no
@@ -277,10 +290,10 @@ fn ingress(desired: &mut Desired, state: &NodeState, networks: &BTreeMap<&str, &
     let namespace = desired.model.namespaces.entry(INGRESS_SANDBOX.to_string()).or_default();
     namespace.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
     let text = mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &network.subnet);
-    namespace.rules.insert("mesh".into(), RuleSet::new(text, mesh::INGRESS_SANDBOX_JUMPS));
+    namespace.rules.insert("mesh".into(), RuleSet::tables(text));
     let host = desired.model.namespaces.entry(HOST.to_string()).or_default();
     let text = mesh::host_rules(&state.published_ports);
-    host.rules.insert("mesh".into(), RuleSet::new(text, mesh::HOST_JUMPS));
+    host.rules.insert("mesh".into(), RuleSet::chains(text, mesh::HOST_JUMPS));
 }
 
 /// The docker_gwbridge address every sandbox holds now, by sandbox name

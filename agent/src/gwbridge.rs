@@ -35,5 +35,5 @@ pub fn model(host: &mut NamespaceModel, mtu: u32) {
          -A {NAT_CHAIN} -o {GWBRIDGE} -s {subnet} -m conntrack --ctstate DNAT -j MASQUERADE\n\
          COMMIT\n"
     );
-    host.rules.insert("gwbridge".into(), RuleSet::new(text, NAT_JUMPS));
+    host.rules.insert("gwbridge".into(), RuleSet::chains(text, NAT_JUMPS));
 }

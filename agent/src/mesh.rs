@@ -1,6 +1,8 @@
 //! The routing mesh's iptables rule sets, generated from the desired state
-//! (pure; `apply` writes each whole with `iptables-restore --noflush` when it
-//! changed):
+//! (pure; `apply` writes each whole with one `iptables-restore` when it
+//! changed: the host's chains with `--noflush` beside everyone else's, a
+//! sandbox's nat table whole, its jumps included, since it is netctl's
+//! alone):
 //! - host nat `DOCKER-INGRESS` (from PREROUTING and OUTPUT for local
 //!   destinations): each published port DNATed to ingress_sbox (172.18.0.2);
 //! - host filter `DOCKER-INGRESS` (from FORWARD): that traffic accepted;
@@ -65,7 +67,11 @@ pub fn host_rules(ports: &[PublishedPort]) -> String {
 
 /// ingress_sbox's nat rules: balancing of `ports`, SNAT to `own_address`.
 pub fn ingress_sandbox_rules(ports: &[PublishedPort], own_address: &str, ingress_subnet: &str) -> String {
-    let mut nat = format!("*nat\n:{SANDBOX_INGRESS_CHAIN} - [0:0]\n:{SANDBOX_SNAT_CHAIN} - [0:0]\n");
+    let mut nat = format!(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+         :{SANDBOX_INGRESS_CHAIN} - [0:0]\n:{SANDBOX_SNAT_CHAIN} - [0:0]\n\
+         -A PREROUTING -j {SANDBOX_INGRESS_CHAIN}\n-A POSTROUTING -j {SANDBOX_SNAT_CHAIN}\n"
+    );
     for port in ports {
         let matching = format!("-p {} --dport {}", port.protocol, port.published_port);
         let backends: Vec<String> =
@@ -83,10 +89,10 @@ pub fn ingress_sandbox_rules(ports: &[PublishedPort], own_address: &str, ingress
     nat
 }
 
-/// A sandbox's nat rules balancing each of `vips` over its backends.
+/// A sandbox's nat table: each of `vips` balanced over its backends.
 pub fn vip_rules(vips: &[&ServiceVip]) -> String {
-    let mut nat = format!("*nat\n:{VIP_CHAIN} - [0:0]\n");
-    for vip in vips.iter().filter(|v| !v.backends.is_empty()) {
+    let mut nat = format!("*nat\n:OUTPUT ACCEPT [0:0]\n:{VIP_CHAIN} - [0:0]\n-A OUTPUT -j {VIP_CHAIN}\n");
+    for vip in vips {
         nat.push_str(&balance(VIP_CHAIN, &format!("-d {}/32", vip.address), &vip.backends));
     }
     nat.push_str("COMMIT\n");
@@ -99,15 +105,6 @@ pub const HOST_JUMPS: &[(&str, &str, &[&str])] = &[
     ("nat", "OUTPUT", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", INGRESS_CHAIN]),
     ("filter", "FORWARD", &["-j", INGRESS_CHAIN]),
 ];
-
-/// ingress_sbox's jumps.
-pub const INGRESS_SANDBOX_JUMPS: &[(&str, &str, &[&str])] = &[
-    ("nat", "PREROUTING", &["-j", SANDBOX_INGRESS_CHAIN]),
-    ("nat", "POSTROUTING", &["-j", SANDBOX_SNAT_CHAIN]),
-];
-
-/// A task sandbox's jump.
-pub const SANDBOX_JUMPS: &[(&str, &str, &[&str])] = &[("nat", "OUTPUT", &["-j", VIP_CHAIN])];
 
 #[cfg(test)]
 mod tests {
@@ -163,6 +160,7 @@ mod tests {
             rules.contains("-A NETCTL-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 10.255.0.6:80")
         );
         assert!(rules.contains("-A NETCTL-INGRESS-SNAT -d 10.255.0.0/16 -j SNAT --to-source 10.255.0.2"));
+        assert!(rules.contains("-A PREROUTING -j NETCTL-INGRESS\n-A POSTROUTING -j NETCTL-INGRESS-SNAT\n"));
     }
 
     #[test]
@@ -176,6 +174,9 @@ mod tests {
         assert!(
             rules.contains("-A NETCTL-VIP -d 192.168.200.2/32 -j DNAT --to-destination 192.168.200.3"),
             "{rules}"
+        );
+        assert!(
+            rules.starts_with("*nat\n:OUTPUT ACCEPT [0:0]\n:NETCTL-VIP - [0:0]\n-A OUTPUT -j NETCTL-VIP\n")
         );
     }
 }

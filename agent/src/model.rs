@@ -106,36 +106,61 @@ pub enum LinkKind {
 /// The jumps into a rule set's chains: `(table, built-in chain, rule)`.
 pub type Jumps = &'static [(&'static str, &'static str, &'static [&'static str])];
 
-/// An iptables rule set written whole, and the jumps into its chains. Two
-/// rule sets are the same when their fingerprints are: what the agent wrote
-/// is remembered by fingerprint only (across restarts too), since reading
-/// rules back from every namespace each pass would cost a process each.
+/// Where a rule set's text goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleScope {
+    /// The tables the text names are netctl's alone (a sandbox's,
+    /// ingress_sbox's): each is written whole, flushing anything else in
+    /// it, with the jumps into its chains in the text. One process, and
+    /// nothing to check first.
+    Tables,
+    /// The host's tables, shared with everyone else's rules: only the
+    /// chains the text declares are rewritten (`--noflush`), then each of
+    /// these jumps is added unless it is there.
+    Chains(Jumps),
+}
+
+/// An iptables rule set written whole. Two rule sets are the same when
+/// their fingerprints are: what the agent wrote is remembered by
+/// fingerprint only (across restarts too), since reading rules back from
+/// every namespace each pass would cost a process each.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     /// iptables-save text (`*table` ... `COMMIT`); empty when only
     /// remembered.
     pub text: String,
-    /// The jumps that must exist.
-    pub jumps: Jumps,
+    /// Where the text goes.
+    pub scope: RuleScope,
     fingerprint: u64,
 }
 
 impl RuleSet {
-    /// A rule set to write.
-    pub fn new(text: String, jumps: Jumps) -> Self {
+    /// Tables of netctl's own, written whole.
+    pub fn tables(text: String) -> Self {
+        Self::new(text, RuleScope::Tables)
+    }
+
+    /// Chains in the host's tables, and the jumps into them.
+    pub fn chains(text: String, jumps: Jumps) -> Self {
+        Self::new(text, RuleScope::Chains(jumps))
+    }
+
+    fn new(text: String, scope: RuleScope) -> Self {
         let mut hash = Fnv::default();
         hash.write(text.as_bytes());
-        for (table, chain, rule) in jumps {
-            hash.write(table.as_bytes());
-            hash.write(chain.as_bytes());
-            rule.iter().for_each(|part| hash.write(part.as_bytes()));
+        if let RuleScope::Chains(jumps) = scope {
+            for (table, chain, rule) in jumps {
+                hash.write(table.as_bytes());
+                hash.write(chain.as_bytes());
+                rule.iter().for_each(|part| hash.write(part.as_bytes()));
+            }
         }
-        Self { text, jumps, fingerprint: hash.0 }
+        Self { text, scope, fingerprint: hash.0 }
     }
 
     /// A rule set known only by the fingerprint of what was written.
     pub fn written(fingerprint: u64) -> Self {
-        Self { text: String::new(), jumps: &[], fingerprint }
+        Self { text: String::new(), scope: RuleScope::Tables, fingerprint }
     }
 
     /// The fingerprint of its text and jumps (stable across runs).

@@ -248,7 +248,7 @@ mod tests {
         let run_dir = tempfile::tempdir().unwrap();
         let connections = Connections::new(run_dir.path());
         let mut written = Written::load(run_dir.path());
-        let rules = RuleSet::new("*nat\nCOMMIT\n".into(), &[]);
+        let rules = RuleSet::chains("*nat\nCOMMIT\n".into(), &[]);
         written.rules(&connections, HOST, "gwbridge", &rules);
         written.sysctl(&connections, HOST, "net.ipv4.ip_forward", "1");
         written.save().unwrap();

@@ -591,6 +591,45 @@ mod tests {
     }
 
     #[test]
+    fn vip_rules_go_only_where_a_vip_has_backends_and_are_emptied_when_it_goes() {
+        let vip_writes = |actions: &[Action]| -> Vec<String> {
+            actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::WriteRules { namespace, purpose, rules } if purpose == "vip" => {
+                        Some(format!("{namespace} {}", rules.text))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // No VIP: no rule process for any sandbox.
+        let mut kernel = converge(&state(), bare());
+        let mut with_vip = state();
+        with_vip.service_vips.push(netctl_proto::ServiceVip {
+            network_id: network(2).id,
+            address: "10.2.0.2".into(),
+            backends: vec!["10.2.0.13".into()],
+        });
+        // A VIP on net2: written in the two sandboxes on net2, whole.
+        let actions = plan(&desired_for(&with_vip, &kernel), &kernel);
+        let writes = vip_writes(&actions);
+        assert_eq!(writes.len(), 2, "{writes:#?}");
+        assert!(writes.iter().all(|w| w.contains("-A OUTPUT -j NETCTL-VIP\n")), "{writes:#?}");
+        assert!(actions.iter().all(|a| !matches!(a, Action::WriteRules { rules, .. } if rules.text.contains("NETCTL-VIP") && rules.scope != crate::model::RuleScope::Tables)));
+        simulated::apply(&mut kernel, &actions);
+        assert_eq!(plan(&desired_for(&with_vip, &kernel), &kernel), []);
+        // Its last backend gone: those two tables are emptied, once.
+        with_vip.service_vips[0].backends.clear();
+        let actions = plan(&desired_for(&with_vip, &kernel), &kernel);
+        let writes = vip_writes(&actions);
+        assert_eq!(writes.len(), 2, "{writes:#?}");
+        assert!(writes.iter().all(|w| !w.contains("DNAT")), "{writes:#?}");
+        simulated::apply(&mut kernel, &actions);
+        assert_eq!(plan(&desired_for(&with_vip, &kernel), &kernel), []);
+    }
+
+    #[test]
     fn changed_objects_are_fixed_in_place() {
         let mut kernel = converge(&state(), bare());
         let overlay = names::overlay_namespace(&network(1).id);

@@ -376,15 +376,17 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Drops the oldest segments first, then opens the next one: at no
+    /// moment are more than `max_file` segments on disk.
     fn rotate(&mut self) -> std::io::Result<()> {
+        let segments = self.files.log_segments();
+        let excess = (segments.len() + 1).saturating_sub(self.limits.max_file as usize);
+        for (_, old) in &segments[..excess.min(segments.len())] {
+            std::fs::remove_file(old)?;
+        }
         self.start += self.len;
         self.len = 0;
         self.file = private_file(&self.files.log_segment(self.start), true)?;
-        let segments = self.files.log_segments();
-        let excess = segments.len().saturating_sub(self.limits.max_file as usize);
-        for (_, old) in &segments[..excess] {
-            std::fs::remove_file(old)?;
-        }
         Ok(())
     }
 }

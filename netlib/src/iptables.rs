@@ -35,9 +35,16 @@ async fn run(namespace: Option<(&str, &Path)>, program: &str, args: &[&str], inp
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Loads `rules` (iptables-save syntax, with `*table` and `COMMIT` lines).
+/// Loads `rules` (iptables-save syntax, with `*table` and `COMMIT` lines)
+/// beside what the tables hold: only the chains it declares are flushed.
 pub async fn restore(namespace: Option<(&str, &Path)>, rules: &str) -> Result<()> {
     run(namespace, "iptables-restore", &["-w", "--noflush"], rules).await.map(|_| ())
+}
+
+/// Replaces every table `rules` names with its content: whatever else they
+/// held is gone. For tables of a namespace of one's own.
+pub async fn replace_tables(namespace: Option<(&str, &Path)>, rules: &str) -> Result<()> {
+    run(namespace, "iptables-restore", &["-w"], rules).await.map(|_| ())
 }
 
 /// Adds `rule` (e.g. `-j DOCKER-INGRESS`) at the top of `chain` in `table`

@@ -2,8 +2,10 @@
 //! path given as the first argument):
 //! - sandbox setup with 1, 10 and 100 tasks on a node, measured inside the
 //!   agent's reconcile pass in a throwaway namespace: the kernel work (the
-//!   plan applied) per new sandbox, the whole first pass (task starts
-//!   included), a steady pass and the actions it plans (0: converged);
+//!   plan applied) per new sandbox, split into netlink (links, addresses,
+//!   routes) and its VIP rule set (one `iptables-restore`), the whole first
+//!   pass (task starts included), a steady pass and the actions it plans
+//!   (0: converged);
 //! - the time from `service create --replicas 10` to all tasks running and
 //!   answering a ping across the overlay, on a two-node lab;
 //! - iperf3 TCP throughput task-to-task over the overlay divided by
@@ -15,11 +17,12 @@
 use e2e::lab::Lab;
 use e2e::netns::{command_in, TestNamespace};
 use e2e::wait_until;
-use netctl_proto::{EndpointAddress, Network, NetworkAttachment, NodeState, TaskSpec};
+use netctl_proto::{EndpointAddress, Network, NetworkAttachment, NodeState, ServiceVip, TaskSpec};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// A node state with `count` tasks on one /16 overlay.
+/// A node state with `count` tasks of one service on one /16 overlay; the
+/// service's VIP balances over all of them.
 fn node_state(count: usize) -> NodeState {
     let network = Network {
         id: "benchnet0123456789abcdefg".into(),
@@ -46,9 +49,15 @@ fn node_state(count: usize) -> NodeState {
                 ..Default::default()
             }
         })
-        .collect();
+        .collect::<Vec<TaskSpec>>();
+    let vip = ServiceVip {
+        network_id: network.id.clone(),
+        address: "10.200.255.254".into(),
+        backends: tasks.iter().map(|t| t.endpoints[0].address.clone()).collect(),
+    };
     NodeState {
         revision: 1,
+        service_vips: if count == 0 { Vec::new() } else { vec![vip] },
         advertise_addr: "192.168.10.6".into(),
         data_path_port: 4789,
         networks: vec![NetworkAttachment { network: Some(network) }],
