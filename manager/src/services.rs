@@ -8,7 +8,8 @@ use crate::ports::ReservedPorts;
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
 use netctl_proto::{
-    EndpointAddress, Network, Node, Service, ServiceCreateRequest, Task, TaskState, VirtualIp,
+    EndpointAddress, EndpointMode, Network, NetworkAlias, Node, Service, ServiceCreateRequest, Task, TaskState,
+    VirtualIp,
 };
 use prost::Message;
 use std::collections::HashSet;
@@ -72,6 +73,15 @@ pub async fn create(
         return Err(ManagerError::Refused("a service needs a command to run".into()));
     }
 
+    let endpoint_mode = EndpointMode::try_from(request.endpoint_mode).map_err(|_| {
+        ManagerError::Refused(format!("invalid endpoint mode {}: expected vip or dnsrr", request.endpoint_mode))
+    })?;
+    if endpoint_mode == EndpointMode::Dnsrr && !request.ports.is_empty() {
+        return Err(ManagerError::Refused(
+            "a port published in ingress mode can't be used with endpoint mode dnsrr (no VIP to balance over)".into(),
+        ));
+    }
+
     let _writer = store.write_lock().await;
     let mut services: Vec<Service> = store.all()?;
     if services.iter().any(|s| s.name == name) {
@@ -103,6 +113,7 @@ pub async fn create(
         ports,
         created_unix: now_unix(),
         updated_unix: now_unix(),
+        endpoint_mode: endpoint_mode.into(),
         ..Default::default()
     };
     for reference in &request.networks {
@@ -121,16 +132,74 @@ pub async fn create(
             continue;
         }
         let taken = taken_addresses(network, &services, &tasks, &nodes);
+        service.network_ids.push(network.id.clone());
+        if endpoint_mode == EndpointMode::Dnsrr {
+            ensure_room(network, &taken, request.replicas as usize)?;
+            continue;
+        }
         ensure_room(network, &taken, request.replicas as usize + 1)?;
         let vip = addresses::lowest_free(subnet_of(network)?, &taken).expect("room was checked");
-        service.network_ids.push(network.id.clone());
         service.virtual_ips.push(VirtualIp { network_id: network.id.clone(), address: vip.to_string() });
         services.push(service.clone());
     }
     services.retain(|s| s.id != service.id);
+    service.aliases = aliases(&service, &request.aliases, &networks, &services)?;
     ensure_state_fits(&service, &services, &networks)?;
     store.put(&service).await?;
     Ok(service)
+}
+
+/// The network aliases of a new `service`, by network ID: each a DNS label,
+/// on a network the service is attached to, and taken there by no other
+/// service's name or alias (nor is the service's own name taken there by
+/// another's alias).
+fn aliases(
+    service: &Service,
+    requested: &[NetworkAlias],
+    networks: &[Network],
+    others: &[Service],
+) -> Result<Vec<NetworkAlias>, ManagerError> {
+    let mut stored: Vec<NetworkAlias> = Vec::new();
+    for request in requested {
+        let network = &networks[resolve::resolve(
+            "network",
+            &request.network,
+            networks.iter().map(|n| (n.id.as_str(), n.name.as_str())),
+        )?];
+        if !service.network_ids.contains(&network.id) {
+            return Err(ManagerError::Refused(format!(
+                "alias for network {}, which the service is not attached to (add --network {})",
+                network.name, network.name
+            )));
+        }
+        for alias in &request.aliases {
+            validate::alias(alias)?;
+        }
+        match stored.iter_mut().find(|a| a.network == network.id) {
+            Some(entry) => entry.aliases.extend(request.aliases.iter().cloned()),
+            None => stored.push(NetworkAlias { network: network.id.clone(), aliases: request.aliases.clone() }),
+        }
+    }
+    for network_id in &service.network_ids {
+        let network_name = networks.iter().find(|n| n.id == *network_id).map_or("?", |n| n.name.as_str());
+        let mine: Vec<&String> = stored.iter().filter(|a| a.network == *network_id).flat_map(|a| &a.aliases).collect();
+        for other in others.iter().filter(|o| o.network_ids.contains(network_id)) {
+            let theirs: Vec<&String> =
+                other.aliases.iter().filter(|a| a.network == *network_id).flat_map(|a| &a.aliases).collect();
+            let clash = mine
+                .iter()
+                .find(|alias| other.name.eq_ignore_ascii_case(alias) || theirs.iter().any(|t| t.eq_ignore_ascii_case(alias)))
+                .map(|alias| alias.as_str())
+                .or_else(|| theirs.iter().find(|t| t.eq_ignore_ascii_case(&service.name)).map(|t| t.as_str()));
+            if let Some(name) = clash {
+                return Err(ManagerError::Refused(format!(
+                    "name {name} is taken on network {network_name} by service {} (a service name or alias there)",
+                    other.name
+                )));
+            }
+        }
+    }
+    Ok(stored)
 }
 
 /// The most bytes one task can add to a node's desired state: its
@@ -307,6 +376,47 @@ mod tests {
         let clash =
             create(&store, &ServiceCreateRequest { ports: vec![port(8080)], ..request("other", 1) }).await;
         assert!(clash.unwrap_err().to_string().contains("already published by service web"));
+    }
+
+    #[tokio::test]
+    async fn dnsrr_services_get_no_vip_and_publish_no_port() {
+        let (_dir, store) = store_with_network("192.168.200.0/24").await;
+        let dnsrr = ServiceCreateRequest { endpoint_mode: EndpointMode::Dnsrr.into(), ..request("db", 2) };
+        let db = create(&store, &dnsrr).await.unwrap();
+        assert!(db.virtual_ips.is_empty());
+        assert_eq!(db.network_ids.len(), 1);
+        let port = netctl_proto::PortConfig { protocol: "tcp".into(), published_port: 8080, target_port: 80 };
+        let published = ServiceCreateRequest { ports: vec![port], ..dnsrr.clone() };
+        let refused = create(&store, &ServiceCreateRequest { name: "db2".into(), ..published }).await;
+        assert!(refused.unwrap_err().to_string().contains("dnsrr"));
+        let odd = ServiceCreateRequest { endpoint_mode: 7, ..request("db3", 1) };
+        assert!(create(&store, &odd).await.unwrap_err().to_string().contains("invalid endpoint mode 7"));
+        assert_eq!(store.all::<Service>().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn aliases_are_dns_labels_on_the_services_networks_and_unique_there() {
+        let (_dir, store) = store_with_network("192.168.200.0/24").await;
+        let alias = |network: &str, name: &str| NetworkAlias { network: network.into(), aliases: vec![name.into()] };
+        let web = ServiceCreateRequest { aliases: vec![alias("demonet", "www")], ..request("web", 1) };
+        let web = create(&store, &web).await.unwrap();
+        assert_eq!(web.aliases, [alias(&web.network_ids[0], "www")]);
+        let cases = [
+            (alias("demonet", "web"), "taken on network demonet by service web"),
+            (alias("demonet", "WWW"), "taken on network demonet by service web"),
+            (alias("demonet", "bad_label"), "invalid alias"),
+            (alias("ingress", "x"), "not attached"),
+            (alias("nonet", "x"), "network nonet not found"),
+        ];
+        for (bad, expected) in cases {
+            let request = ServiceCreateRequest { aliases: vec![bad], ..request("api", 1) };
+            let error = create(&store, &request).await.unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        // A new service named like an existing alias on the same network.
+        let error = create(&store, &request("www", 1)).await.unwrap_err().to_string();
+        assert!(error.contains("name www is taken on network demonet"), "{error}");
+        assert_eq!(store.all::<Service>().unwrap().len(), 1);
     }
 
     #[tokio::test]

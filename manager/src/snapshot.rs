@@ -2,8 +2,8 @@
 
 use crate::addresses::mac_for;
 use netctl_proto::{
-    Network, NetworkAttachment, Node, NodeState, PublishedPort, RemoteEndpoint, Service, ServiceVip, Task,
-    TaskSpec, TaskState,
+    Network, NetworkAttachment, Node, NodeState, PublishedPort, RemoteEndpoint, Service, ServiceNames,
+    ServiceVip, Task, TaskName, TaskSpec, TaskState,
 };
 use std::collections::HashMap;
 
@@ -103,6 +103,8 @@ pub fn node_state(node: &Node, cluster: &ClusterView, data_path_port: u32, revis
         })
         .collect();
 
+    let names = service_names(cluster, &network_ids, &serving);
+
     let tasks = local
         .iter()
         .map(|t| {
@@ -131,7 +133,52 @@ pub fn node_state(node: &Node, cluster: &ClusterView, data_path_port: u32, revis
         published_ports,
         ingress_address: node.ingress_address.clone(),
         service_vips,
+        names,
     }
+}
+
+/// What the node's resolver answers on each overlay it has (ingress aside,
+/// as in Swarm): every service on it, with its VIP, aliases and running
+/// tasks there.
+fn service_names(cluster: &ClusterView, network_ids: &[&str], serving: &[&Task]) -> Vec<ServiceNames> {
+    let mut names = Vec::new();
+    for service in cluster.services {
+        for network_id in &service.network_ids {
+            if !network_ids.contains(&network_id.as_str()) || is_ingress(cluster, network_id) {
+                continue;
+            }
+            let tasks = serving
+                .iter()
+                .filter(|t| t.service_id == service.id)
+                .filter_map(|t| {
+                    let endpoint = t.endpoints.iter().find(|e| e.network_id == *network_id)?;
+                    Some(TaskName {
+                        id: t.id.clone(),
+                        name: crate::services::task_name(service, t),
+                        address: endpoint.address.clone(),
+                    })
+                })
+                .collect();
+            names.push(ServiceNames {
+                network_id: network_id.clone(),
+                service: service.name.clone(),
+                aliases: service
+                    .aliases
+                    .iter()
+                    .filter(|a| a.network == *network_id)
+                    .flat_map(|a| a.aliases.clone())
+                    .collect(),
+                vip: service
+                    .virtual_ips
+                    .iter()
+                    .find(|v| v.network_id == *network_id)
+                    .map(|v| v.address.clone())
+                    .unwrap_or_default(),
+                tasks,
+            });
+        }
+    }
+    names
 }
 
 fn is_ingress(cluster: &ClusterView, network_id: &str) -> bool {
@@ -192,7 +239,12 @@ mod tests {
             Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
             Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
         ];
-        let services = [Service { id: "svc".into(), name: "demoservice".into(), ..Default::default() }];
+        let services = [Service {
+            id: "svc".into(),
+            name: "demoservice".into(),
+            network_ids: vec!["net".into()],
+            ..Default::default()
+        }];
         let mut stopped = task("t3", "b", "192.168.200.5");
         stopped.set_desired_state(TaskState::Shutdown);
         let tasks = [task("t1", "a", "192.168.200.3"), task("t2", "b", "192.168.200.4"), stopped];
@@ -209,8 +261,43 @@ mod tests {
         assert_eq!(state.remote_endpoints[0].address, "192.168.200.4");
         assert_eq!(state.remote_endpoints[0].node_addr, "192.168.10.7");
 
+        // Names: the service on demonet with only its running task.
+        assert_eq!(state.names.len(), 1, "{:?}", state.names);
+        assert_eq!(state.names[0].service, "demoservice");
+        assert!(state.names[0].tasks.is_empty(), "no task reports Running yet");
+
         let idle = node_state(&nodes[2], &cluster, 4789, 7);
         assert_eq!(idle.networks.len(), 1, "only ingress");
         assert!(idle.tasks.is_empty() && idle.remote_endpoints.is_empty());
+        assert!(idle.names.is_empty(), "no overlay, no names");
+    }
+
+    #[test]
+    fn names_hold_the_vip_the_aliases_and_only_running_tasks() {
+        let nodes = [Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() }];
+        let networks = [
+            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
+            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
+        ];
+        let services = [Service {
+            id: "svc".into(),
+            name: "web".into(),
+            network_ids: vec!["net".into(), "ing".into()],
+            virtual_ips: vec![netctl_proto::VirtualIp { network_id: "net".into(), address: "192.168.200.2".into() }],
+            aliases: vec![netctl_proto::NetworkAlias { network: "net".into(), aliases: vec!["www".into()] }],
+            ..Default::default()
+        }];
+        let mut running = task("t1", "a", "192.168.200.3");
+        running.set_state(TaskState::Running);
+        let starting = task("t2", "a", "192.168.200.4");
+        let tasks = [running, starting];
+        let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+        let state = node_state(&nodes[0], &cluster, 4789, 1);
+        assert_eq!(state.names.len(), 1, "ingress has no names: {:?}", state.names);
+        let names = &state.names[0];
+        assert_eq!((names.vip.as_str(), names.aliases.as_slice()), ("192.168.200.2", &["www".to_string()][..]));
+        let addresses: Vec<&str> = names.tasks.iter().map(|t| t.address.as_str()).collect();
+        assert_eq!(addresses, ["192.168.200.3"]);
+        assert_eq!(names.tasks[0].name, "web.1");
     }
 }

@@ -1,6 +1,6 @@
 //! Checks of operator input that need no cluster state (pure).
 
-use netctl_proto::TaskRuntime;
+use netctl_proto::{printable, TaskRuntime};
 use std::collections::HashMap;
 
 /// The only network driver netctl implements.
@@ -33,6 +33,9 @@ pub enum ValidationError {
     /// A service name that is not a DNS label (tasks are found by it).
     #[error("invalid service name {0:?}: a service name is a DNS label: letters, digits and '-', not starting or ending with '-'")]
     NotDnsLabel(String),
+    /// A network alias that is not a DNS label.
+    #[error("invalid alias {0:?}: an alias is a DNS label: letters, digits and '-', not starting or ending with '-', at most 63")]
+    InvalidAlias(String),
     /// More replicas than a cluster can hold.
     #[error("invalid replicas {0}: at most 100000 are allowed")]
     TooManyReplicas(u32),
@@ -80,12 +83,29 @@ pub fn name(name: &str) -> Result<(), ValidationError> {
 /// tasks' host names and (later) DNS names are made from it.
 pub fn service_name(service: &str) -> Result<(), ValidationError> {
     name(service)?;
-    let label = service.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !service.ends_with('-');
-    if label {
+    if is_dns_label(service) {
         Ok(())
     } else {
         Err(ValidationError::NotDnsLabel(service.to_string()))
     }
+}
+
+/// Checks a network alias: a DNS label, like a service name.
+pub fn alias(alias: &str) -> Result<(), ValidationError> {
+    if alias.chars().count() <= MAX_NAME_LEN && is_dns_label(alias) {
+        Ok(())
+    } else {
+        Err(ValidationError::InvalidAlias(printable(alias, MAX_NAME_LEN)))
+    }
+}
+
+/// Letters, digits and '-', at least one character, neither starting nor
+/// ending with '-'.
+fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 /// Checks a replica count.

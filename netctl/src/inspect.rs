@@ -45,7 +45,24 @@ pub fn service(view: &ServiceView) -> Value {
         humantime::format_rfc3339_seconds(at).to_string()
     };
     let env: Vec<String> = service.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let networks: Vec<Value> = service.network_ids.iter().map(|id| json!({ "Target": id })).collect();
+    // Docker's shape: `{"Target": id, "Aliases": [...]}` per network.
+    let networks: Vec<Value> = service
+        .network_ids
+        .iter()
+        .map(|id| {
+            let aliases: Vec<&String> =
+                service.aliases.iter().filter(|a| a.network == *id).flat_map(|a| &a.aliases).collect();
+            if aliases.is_empty() {
+                json!({ "Target": id })
+            } else {
+                json!({ "Target": id, "Aliases": aliases })
+            }
+        })
+        .collect();
+    let mode = match service.endpoint_mode() {
+        netctl_proto::EndpointMode::Vip => "vip",
+        netctl_proto::EndpointMode::Dnsrr => "dnsrr",
+    };
     let vips: Vec<Value> =
         service.virtual_ips.iter().map(|v| json!({ "NetworkID": v.network_id, "Addr": v.address })).collect();
     let ports: Vec<Value> = service
@@ -66,7 +83,7 @@ pub fn service(view: &ServiceView) -> Value {
                 "Networks": networks,
             },
             "Mode": { "Replicated": { "Replicas": service.replicas } },
-            "EndpointSpec": { "Mode": "vip", "Ports": ports },
+            "EndpointSpec": { "Mode": mode, "Ports": ports },
         },
         "Endpoint": { "Ports": ports, "VirtualIPs": vips },
     })
@@ -94,5 +111,21 @@ mod tests {
         assert_eq!(value["IPAM"]["Config"][0]["Gateway"], "192.168.200.1");
         assert_eq!(value["Options"][VXLANID_OPTION], "4097");
         assert_eq!(value["Created"], "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn endpoint_mode_and_aliases_are_where_docker_puts_them() {
+        let value = service(&ServiceView {
+            service: Some(netctl_proto::Service {
+                network_ids: vec!["n1".into(), "n2".into()],
+                endpoint_mode: netctl_proto::EndpointMode::Dnsrr.into(),
+                aliases: vec![netctl_proto::NetworkAlias { network: "n2".into(), aliases: vec!["db".into()] }],
+                ..Default::default()
+            }),
+            tasks: vec![],
+        });
+        assert_eq!(value["Spec"]["EndpointSpec"]["Mode"], "dnsrr");
+        assert_eq!(value["Spec"]["TaskTemplate"]["Networks"][0], json!({ "Target": "n1" }));
+        assert_eq!(value["Spec"]["TaskTemplate"]["Networks"][1]["Aliases"], json!(["db"]));
     }
 }

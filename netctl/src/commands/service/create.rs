@@ -1,9 +1,9 @@
 //! `netctl service create`.
 
 use crate::client::{rpc_error, Control};
-use crate::syntax::{parse_key_value, parse_log_opt, parse_publish, LogOpt};
+use crate::syntax::{parse_key_value, parse_log_opt, parse_network, parse_publish, LogOpt, NetworkFlag};
 use clap::Args;
-use netctl_proto::{PortConfig, ServiceCreateRequest, TaskRuntime};
+use netctl_proto::{EndpointMode, NetworkAlias, PortConfig, ServiceCreateRequest, TaskRuntime};
 use std::time::Duration;
 
 /// `netctl service create` arguments.
@@ -15,9 +15,14 @@ pub struct CreateArgs {
     /// Number of tasks.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
-    /// Overlay networks to attach, in order (eth0, eth1, ...).
-    #[arg(long = "network")]
-    networks: Vec<String>,
+    /// Overlay networks to attach, in order (eth0, eth1, ...): NET, or
+    /// name=NET,alias=NAME to give the service more names on it.
+    #[arg(long = "network", value_parser = parse_network)]
+    networks: Vec<NetworkFlag>,
+    /// How other tasks reach the service by name: vip (one virtual IP,
+    /// balanced) or dnsrr (the name answers the tasks' addresses).
+    #[arg(long, default_value = "vip", value_parser = parse_endpoint_mode)]
+    endpoint_mode: EndpointMode,
     /// Environment variables, KEY=VALUE.
     #[arg(short, long, value_parser = parse_key_value)]
     env: Vec<(String, String)>,
@@ -48,6 +53,15 @@ pub struct CreateArgs {
     command: Vec<String>,
 }
 
+/// `vip` or `dnsrr`.
+fn parse_endpoint_mode(text: &str) -> Result<EndpointMode, String> {
+    match text {
+        "vip" => Ok(EndpointMode::Vip),
+        "dnsrr" => Ok(EndpointMode::Dnsrr),
+        other => Err(format!("invalid endpoint mode {other:?}: expected vip or dnsrr")),
+    }
+}
+
 /// Creates the service and prints its ID.
 pub async fn run(control: &mut Control, args: CreateArgs) -> anyhow::Result<()> {
     let mut runtime = TaskRuntime {
@@ -63,10 +77,18 @@ pub async fn run(control: &mut Control, args: CreateArgs) -> anyhow::Result<()> 
             LogOpt::MaxFile(count) => runtime.log_max_file = count,
         }
     }
+    let aliases = args
+        .networks
+        .iter()
+        .filter(|n| !n.aliases.is_empty())
+        .map(|n| NetworkAlias { network: n.network.clone(), aliases: n.aliases.clone() })
+        .collect();
     let request = ServiceCreateRequest {
         name: args.name.unwrap_or_default(),
         replicas: args.replicas,
-        networks: args.networks,
+        networks: args.networks.into_iter().map(|n| n.network).collect(),
+        endpoint_mode: args.endpoint_mode.into(),
+        aliases,
         command: args.command,
         env: args.env.into_iter().collect(),
         workdir: args.workdir.unwrap_or_default(),
