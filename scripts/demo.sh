@@ -79,6 +79,18 @@ run "$netctl" lab exec --name "$lab" node0 -- iptables -t nat -S DOCKER-INGRESS
 netns0="$(on node0 sh -c 'echo $NETCTL_RUN_DIR')/netns"
 run nsenter --net="$netns0/ingress_sbox" iptables -t nat -S NETCTL-INGRESS
 
+say "Service discovery: a client on nginxnet asks the resolver at 127.0.0.11 for web by name."
+run "$netctl" lab exec --name "$lab" node0 -- netctl service create --network nginxnet --name client sleep 10000
+client_node=""
+for _ in $(seq 100); do
+  client_node=$(on node0 netctl service ps --format json client | python3 -c 'import json,sys; t=[json.loads(l) for l in sys.stdin]; print(next((x["Node"] for x in t if x["CurrentState"].lower().startswith("running")), ""))')
+  [ -n "$client_node" ] && break
+  sleep 0.2
+done
+run "$netctl" lab exec --name "$lab" "$client_node" -- netctl exec client.1 -- cat /etc/resolv.conf
+run "$netctl" lab exec --name "$lab" "$client_node" -- netctl exec client.1 -- getent hosts web tasks.web
+run "$netctl" lab exec --name "$lab" "$client_node" -- netctl exec client.1 -- curl -s -m 2 http://web/
+
 cat <<TXT
 
 The lab is still up. Explore it:

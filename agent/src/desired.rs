@@ -2,7 +2,7 @@
 //! from the node's [`NodeState`], piece by piece in the walkthrough's words:
 //! the `network` (overlay namespace, br0, vxlan0), its `peer` entries, each
 //! task's `sandbox` with its `endpoint` legs, `docker_gwbridge`, the
-//! `ingress` sandbox and the `vip` rules. Node-local choices are made here
+//! `ingress` sandbox and each sandbox's `nat` table (resolver port, VIPs). Node-local choices are made here
 //! too: each sandbox's docker_gwbridge address, against what the kernel
 //! holds.
 
@@ -76,7 +76,7 @@ pub fn build(
             Ok(legs) => {
                 let name = names::sandbox_namespace(&task.id);
                 sandbox(model, &name, &task.id, &legs, gateway.copied(), facts);
-                vip(model, state, task, &name, observed);
+                nat(model, state, task, &name);
             }
             Err(reason) => {
                 desired.refused.insert(task.id.clone(), reason);
@@ -87,23 +87,17 @@ pub fn build(
     desired
 }
 
-/// The `vip` rules of a sandbox: each service VIP of its networks
-/// balanced over the service's tasks. A sandbox with nothing to balance
-/// gets no rules (no process to run for it), unless it had some: then its
-/// table is emptied.
-fn vip(model: &mut KernelModel, state: &NodeState, task: &TaskSpec, name: &str, observed: &KernelModel) {
+/// The nat table of a sandbox: its resolver's port, and each service VIP
+/// of its networks balanced over the service's running tasks.
+fn nat(model: &mut KernelModel, state: &NodeState, task: &TaskSpec, name: &str) {
     let vips: Vec<_> = state
         .service_vips
         .iter()
         .filter(|vip| !vip.backends.is_empty())
         .filter(|vip| task.endpoints.iter().any(|e| e.network_id == vip.network_id))
         .collect();
-    let had_rules = observed.namespaces.get(name).is_some_and(|n| n.rules.contains_key("vip"));
-    if vips.is_empty() && !had_rules {
-        return;
-    }
     let namespace = model.namespaces.entry(name.to_string()).or_default();
-    namespace.rules.insert("vip".into(), RuleSet::tables(mesh::vip_rules(&vips)));
+    namespace.rules.insert("nat".into(), RuleSet::tables(mesh::sandbox_rules(&vips)));
 }
 
 /// The legs (overlay and docker_gwbridge ends) of every sandbox that is no

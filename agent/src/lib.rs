@@ -9,6 +9,7 @@ mod backoff;
 mod capabilities;
 mod connections;
 mod desired;
+pub mod dns;
 mod gwbridge;
 mod identity;
 mod logs;
@@ -47,6 +48,9 @@ pub struct AgentConfig {
     pub run_dir: PathBuf,
     /// Where the node identity is kept.
     pub state_dir: PathBuf,
+    /// Where the sandboxes' resolver forwards names that are not the
+    /// cluster's; empty: the nameservers of the host's /etc/resolv.conf.
+    pub dns_forward: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the agent until the manager refuses it (an error) or it gets
@@ -79,8 +83,13 @@ async fn serve(config: AgentConfig, mut stopping: watch::Receiver<bool>) -> anyh
         .with_context(|| format!("reading the node identity in {}", config.state_dir.display()))?;
     // Tasks are started through this very binary (`netctl task-shim`).
     let shim_program = PathBuf::from("/proc/self/exe");
-    let reconciler = reconcile::Reconciler::new(&config.run_dir, config.advertise_addr, shim_program)
-        .with_context(|| format!("preparing the run dir {}", config.run_dir.display()))?;
+    let upstreams = match config.dns_forward.as_slice() {
+        [] => dns::upstream::Upstreams::host(),
+        servers => dns::upstream::Upstreams::Fixed(servers.to_vec()),
+    };
+    let reconciler =
+        reconcile::Reconciler::new(&config.run_dir, config.advertise_addr, shim_program, upstreams)
+            .with_context(|| format!("preparing the run dir {}", config.run_dir.display()))?;
     let (desired_sender, desired) = watch::channel(None);
     let (report_sender, reports) = watch::channel(Vec::new());
     let (topology_sender, topology) = watch::channel(None);

@@ -10,9 +10,11 @@
 //!   balanced over every replica's ingress address, endpoint i of n taken
 //!   with probability 1/(n−i); `NETCTL-INGRESS-SNAT` (from POSTROUTING): SNAT
 //!   to the sandbox's own ingress address so replies come back through it;
-//! - sandbox nat `NETCTL-VIP` (from OUTPUT): each service VIP balanced the
-//!   same way over the service's tasks.
+//! - sandbox nat `NETCTL-DNS` (from OUTPUT, to 127.0.0.11): port 53 sent
+//!   to the node's resolver ([`crate::dns`]); `NETCTL-VIP` (from OUTPUT):
+//!   each service VIP balanced the same way over the service's tasks.
 
+use crate::dns::{RESOLVER_ADDRESS, RESOLVER_PORT};
 use crate::names::GWBRIDGE;
 use netctl_proto::convention::INGRESS_SANDBOX_GATEWAY_ADDRESS;
 use netctl_proto::{PublishedPort, ServiceVip};
@@ -23,6 +25,7 @@ pub const INGRESS_CHAIN: &str = "DOCKER-INGRESS";
 const SANDBOX_INGRESS_CHAIN: &str = "NETCTL-INGRESS";
 const SANDBOX_SNAT_CHAIN: &str = "NETCTL-INGRESS-SNAT";
 const VIP_CHAIN: &str = "NETCTL-VIP";
+const DNS_CHAIN: &str = "NETCTL-DNS";
 
 /// `-m statistic` DNAT lines spreading `matching` traffic over `backends`
 /// (`address` or `address:port`): endpoint i of n with probability 1/(n−i),
@@ -89,9 +92,17 @@ pub fn ingress_sandbox_rules(ports: &[PublishedPort], own_address: &str, ingress
     nat
 }
 
-/// A sandbox's nat table: each of `vips` balanced over its backends.
-pub fn vip_rules(vips: &[&ServiceVip]) -> String {
-    let mut nat = format!("*nat\n:OUTPUT ACCEPT [0:0]\n:{VIP_CHAIN} - [0:0]\n-A OUTPUT -j {VIP_CHAIN}\n");
+/// A task sandbox's nat table: 127.0.0.11:53 (UDP and TCP) sent to the
+/// node's resolver on its real port, then each of `vips` balanced over its
+/// backends.
+pub fn sandbox_rules(vips: &[&ServiceVip]) -> String {
+    let (resolver, port) = (RESOLVER_ADDRESS, RESOLVER_PORT);
+    let mut nat = format!(
+        "*nat\n:OUTPUT ACCEPT [0:0]\n:{DNS_CHAIN} - [0:0]\n:{VIP_CHAIN} - [0:0]\n\
+         -A OUTPUT -d {resolver}/32 -j {DNS_CHAIN}\n-A OUTPUT -j {VIP_CHAIN}\n\
+         -A {DNS_CHAIN} -p udp --dport 53 -j DNAT --to-destination {resolver}:{port}\n\
+         -A {DNS_CHAIN} -p tcp --dport 53 -j DNAT --to-destination {resolver}:{port}\n"
+    );
     for vip in vips {
         nat.push_str(&balance(VIP_CHAIN, &format!("-d {}/32", vip.address), &vip.backends));
     }
@@ -164,19 +175,18 @@ mod tests {
     }
 
     #[test]
-    fn vips_are_balanced_over_their_backends() {
+    fn sandboxes_send_dns_to_the_resolver_and_balance_vips() {
         let vip = ServiceVip {
             network_id: "n".into(),
             address: "192.168.200.2".into(),
             backends: vec!["192.168.200.3".into()],
         };
-        let rules = vip_rules(&[&vip]);
+        let rules = sandbox_rules(&[&vip]);
         assert!(
             rules.contains("-A NETCTL-VIP -d 192.168.200.2/32 -j DNAT --to-destination 192.168.200.3"),
             "{rules}"
         );
-        assert!(
-            rules.starts_with("*nat\n:OUTPUT ACCEPT [0:0]\n:NETCTL-VIP - [0:0]\n-A OUTPUT -j NETCTL-VIP\n")
-        );
+        assert!(rules.contains("-A OUTPUT -d 127.0.0.11/32 -j NETCTL-DNS\n-A OUTPUT -j NETCTL-VIP\n"));
+        assert!(rules.contains("-A NETCTL-DNS -p udp --dport 53 -j DNAT --to-destination 127.0.0.11:63053\n"));
     }
 }

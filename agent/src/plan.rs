@@ -591,19 +591,28 @@ mod tests {
     }
 
     #[test]
-    fn vip_rules_go_only_where_a_vip_has_backends_and_are_emptied_when_it_goes() {
-        let vip_writes = |actions: &[Action]| -> Vec<String> {
+    fn each_sandbox_nat_table_sends_dns_to_the_resolver_and_balances_its_vips() {
+        let nat_writes = |actions: &[Action]| -> Vec<(String, String)> {
             actions
                 .iter()
                 .filter_map(|a| match a {
-                    Action::WriteRules { namespace, purpose, rules } if purpose == "vip" => {
-                        Some(format!("{namespace} {}", rules.text))
+                    Action::WriteRules { namespace, purpose, rules } if purpose == "nat" => {
+                        assert_eq!(
+                            rules.scope,
+                            crate::model::RuleScope::Tables,
+                            "a sandbox's table is its own"
+                        );
+                        Some((namespace.clone(), rules.text.clone()))
                     }
                     _ => None,
                 })
                 .collect()
         };
-        // No VIP: no rule process for any sandbox.
+        let writes = nat_writes(&plan(&desired_for(&state(), &bare()), &bare()));
+        assert_eq!(writes.len(), 3, "one table per task sandbox: {writes:#?}");
+        assert!(writes
+            .iter()
+            .all(|(_, text)| text.contains("-j NETCTL-DNS") && !text.contains("-A NETCTL-VIP")));
         let mut kernel = converge(&state(), bare());
         let mut with_vip = state();
         with_vip.service_vips.push(netctl_proto::ServiceVip {
@@ -611,20 +620,21 @@ mod tests {
             address: "10.2.0.2".into(),
             backends: vec!["10.2.0.13".into()],
         });
-        // A VIP on net2: written in the two sandboxes on net2, whole.
+        // A VIP on net2: rewritten in the two sandboxes on net2 only.
         let actions = plan(&desired_for(&with_vip, &kernel), &kernel);
-        let writes = vip_writes(&actions);
-        assert_eq!(writes.len(), 2, "{writes:#?}");
-        assert!(writes.iter().all(|w| w.contains("-A OUTPUT -j NETCTL-VIP\n")), "{writes:#?}");
-        assert!(actions.iter().all(|a| !matches!(a, Action::WriteRules { rules, .. } if rules.text.contains("NETCTL-VIP") && rules.scope != crate::model::RuleScope::Tables)));
+        let writes = nat_writes(&actions);
+        let on_net2: Vec<String> =
+            [task(2, &[1, 2]), task(3, &[2])].iter().map(|t| names::sandbox_namespace(&t.id)).collect();
+        assert_eq!(writes.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), on_net2, "{writes:#?}");
+        assert!(writes.iter().all(|(_, text)| text.contains("-A NETCTL-VIP -d 10.2.0.2/32")), "{writes:#?}");
         simulated::apply(&mut kernel, &actions);
         assert_eq!(plan(&desired_for(&with_vip, &kernel), &kernel), []);
-        // Its last backend gone: those two tables are emptied, once.
+        // Its last backend gone: those two tables lose the VIP, once.
         with_vip.service_vips[0].backends.clear();
         let actions = plan(&desired_for(&with_vip, &kernel), &kernel);
-        let writes = vip_writes(&actions);
+        let writes = nat_writes(&actions);
         assert_eq!(writes.len(), 2, "{writes:#?}");
-        assert!(writes.iter().all(|w| !w.contains("DNAT")), "{writes:#?}");
+        assert!(writes.iter().all(|(_, text)| !text.contains("-A NETCTL-VIP")), "{writes:#?}");
         simulated::apply(&mut kernel, &actions);
         assert_eq!(plan(&desired_for(&with_vip, &kernel), &kernel), []);
     }

@@ -9,6 +9,8 @@
 use crate::apply::{ActionError, Applier};
 use crate::connections::Connections;
 use crate::desired::{self, Desired, NodeFacts};
+use crate::dns::upstream::Upstreams;
+use crate::dns::Resolver;
 use crate::model::HOST;
 use crate::names::{self, GWBRIDGE};
 use crate::observe::{self, Written};
@@ -28,6 +30,7 @@ pub struct Reconciler {
     connections: Connections,
     supervisor: Supervisor,
     written: Written,
+    resolver: Resolver,
 }
 
 /// What one pass did.
@@ -47,8 +50,14 @@ pub struct Pass {
 
 impl Reconciler {
     /// A reconciler for the node whose namespaces live under `run_dir`,
-    /// starting tasks through `shim_program` (the netctl binary).
-    pub fn new(run_dir: &Path, advertise_addr: IpAddr, shim_program: PathBuf) -> anyhow::Result<Self> {
+    /// starting tasks through `shim_program` (the netctl binary), its
+    /// sandboxes' resolver forwarding to `upstreams`.
+    pub fn new(
+        run_dir: &Path,
+        advertise_addr: IpAddr,
+        shim_program: PathBuf,
+        upstreams: Upstreams,
+    ) -> anyhow::Result<Self> {
         NamespaceDir::new(run_dir).prepare()?;
         Ok(Self {
             advertise_addr,
@@ -56,11 +65,13 @@ impl Reconciler {
             connections: Connections::new(run_dir),
             supervisor: Supervisor::new(run_dir, shim_program)?,
             written: Written::load(run_dir),
+            resolver: Resolver::new(upstreams),
         })
     }
 
     /// Runs one pass: observe, plan, apply, then the tasks.
     pub async fn pass(&mut self, state: &NodeState) -> Pass {
+        self.resolver.update(state);
         self.end_tasks_that_lost_their_sandbox(state);
         let IpAddr::V4(local) = self.advertise_addr else {
             let error = format!("advertise address {} is not IPv4", self.advertise_addr);
@@ -108,6 +119,7 @@ impl Reconciler {
         for task in &state.tasks {
             reports.push(self.task_status(task, &desired, &errors, &problems).await);
         }
+        self.resolver.retain(|sandbox| wanted.contains(sandbox));
         Pass { reports, actions: actions.len(), new_sandboxes, applied_in, rules_in }
     }
 
@@ -169,10 +181,14 @@ impl Reconciler {
             return failed(task, format!("setting up the sandbox: {error}"));
         }
         let path = self.connections.namespaces().path(&sandbox);
+        let networks: Vec<String> = task.endpoints.iter().map(|e| e.network_id.clone()).collect();
+        let resolver = self.resolver.serve(&sandbox, &path, &networks).await.err();
         let mut status = self.supervisor.ensure_running(task, &sandbox, &path).await;
         if status.state() == TaskState::Running {
-            let vip_problems = partial.iter().map(|e| format!("service VIP rules: {}", e.source));
-            let all: Vec<String> = problems.iter().cloned().chain(vip_problems).collect();
+            let rule_problems = partial.iter().map(|e| format!("service VIP and DNS rules: {}", e.source));
+            let resolver_problem = resolver.map(|e| format!("name resolution: {e}"));
+            let all: Vec<String> =
+                problems.iter().cloned().chain(rule_problems).chain(resolver_problem).collect();
             status.error = all.join("; ");
         }
         status

@@ -176,6 +176,9 @@ fn start_command(config: &ShimConfig, output: Option<OwnedFd>) -> String {
             }
             isolate_mounts()?;
         }
+        if let Some((dir, _)) = &config.task {
+            bind_name_files(&TaskFiles::at(dir.clone()))?;
+        }
         let keep = capabilities::task_set(&config.cap_add, &config.cap_drop).map_err(|e| e.to_string())?;
         capabilities::limit_bounding_set(&keep).map_err(|e| format!("limiting capabilities: {e}"))?;
         let user = resolve_user(&config.user)?;
@@ -203,6 +206,17 @@ fn start_command(config: &ShimConfig, output: Option<OwnedFd>) -> String {
         Err(reason) => reason,
         Ok(never) => match never {},
     }
+}
+
+/// Binds the task's `resolv.conf` and `hosts` over the host's, in the
+/// task's own mount namespace.
+fn bind_name_files(files: &TaskFiles) -> Result<(), String> {
+    let none = None::<&str>;
+    for (source, target) in files.name_files() {
+        mount(Some(&source), target, none, MsFlags::MS_BIND, none)
+            .map_err(|e| format!("binding {} over {target}: {e}", source.display()))?;
+    }
+    Ok(())
 }
 
 /// Makes the mount namespace private, unmounts every namespace file it

@@ -9,12 +9,18 @@
 //!   the folder stays until its log has been shipped, then goes;
 //! - `log.<offset>`: the task's output, in segments named by the offset of
 //!   their first byte in the task's whole output, so a reader that knows how
-//!   far it got finds its place again after a rotation.
+//!   far it got finds its place again after a rotation;
+//! - `resolv.conf` and `hosts` (mode 0644, the task reads them): bound over
+//!   `/etc/resolv.conf` and `/etc/hosts` in the task's mount namespace, as
+//!   `ip netns exec` does with `/etc/netns/NAME`.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The resolver every task is given.
+const RESOLVER: std::net::Ipv4Addr = crate::dns::RESOLVER_ADDRESS;
 
 /// Where the files of every task live: `<run-dir>/tasks`.
 pub fn tasks_dir(run_dir: &Path) -> PathBuf {
@@ -96,6 +102,33 @@ impl TaskFiles {
     /// Makes the task's folder (mode 0700).
     pub fn create(&self) -> std::io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)
+    }
+
+    /// Writes the task's `resolv.conf` (the node's resolver, Docker's
+    /// `ndots:0`) and `hosts` (its own name and address).
+    pub fn write_name_files(&self, hostname: &str, address: Option<&str>) -> std::io::Result<()> {
+        let resolv = format!("nameserver {RESOLVER}\noptions ndots:0\n");
+        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        if let Some(address) = address {
+            hosts.push_str(&format!("{address}\t{hostname}\n"));
+        }
+        for (name, text) in [("resolv.conf", resolv), ("hosts", hosts)] {
+            let temporary = self.dir.join(format!(".{name}.new"));
+            std::fs::write(&temporary, text)?;
+            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644))?;
+            std::fs::rename(&temporary, self.dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// The task's name files that exist, and where they go in its mount
+    /// namespace.
+    pub fn name_files(&self) -> Vec<(PathBuf, &'static str)> {
+        [("resolv.conf", "/etc/resolv.conf"), ("hosts", "/etc/hosts")]
+            .into_iter()
+            .map(|(name, target)| (self.dir.join(name), target))
+            .filter(|(source, _)| source.exists())
+            .collect()
     }
 
     /// Records the task's shim (atomically: a reader sees all or nothing).

@@ -153,6 +153,11 @@ impl Supervisor {
         }
         let files = self.files(sandbox);
         files.create().map_err(|e| format!("making the task folder {}: {e}", files.dir().display()))?;
+        let hostname = task_hostname(&task.name);
+        let address = task.endpoints.first().map(|e| e.address.as_str());
+        files
+            .write_name_files(&hostname, address)
+            .map_err(|e| format!("writing resolv.conf and hosts in {}: {e}", files.dir().display()))?;
         let runtime = task.runtime.clone().unwrap_or_default();
         let limits = LogLimits::or_default(runtime.log_max_size, runtime.log_max_file);
         let mut command = Command::new(&self.shim_program);
@@ -173,7 +178,6 @@ impl Supervisor {
             .stderr(Stdio::null());
         command.current_dir(if task.workdir.is_empty() { "/" } else { &task.workdir });
         let mut enter = netlib::netns::enter_network_in_child(sandbox_path).map_err(|e| e.to_string())?;
-        let hostname = task_hostname(&task.name);
         // SAFETY: only async-signal-safe system calls run between fork and exec.
         unsafe {
             command.pre_exec(move || {

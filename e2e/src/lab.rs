@@ -56,12 +56,18 @@ pub struct Lab {
     dir: tempfile::TempDir,
     admin_token: String,
     join_token: String,
+    agent_args: Vec<String>,
 }
 
 impl Lab {
     /// Builds `nodes` hosts, starts the manager on the first and an agent on
     /// each, and waits until every node is Ready.
     pub fn start(nodes: usize) -> Self {
+        Self::start_with(nodes, &[])
+    }
+
+    /// As [`Lab::start`], every agent started with `agent_args` too.
+    pub fn start_with(nodes: usize, agent_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("netctl-lab-").tempdir().expect("tempdir");
         // The hosts are built by the lab users run (`netctl lab up`), in
         // this lab's own folder.
@@ -93,6 +99,7 @@ impl Lab {
             dir,
             admin_token: String::new(),
             join_token: String::new(),
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         };
         lab.start_manager();
         for i in 0..nodes {
@@ -144,7 +151,8 @@ impl Lab {
             .arg("--run-dir")
             .arg(&host.run_dir)
             .arg("--state-dir")
-            .arg(&host.state_dir);
+            .arg(&host.state_dir)
+            .args(&self.agent_args);
         let log = self.dir.path().join(format!("agent-{i}-{}.log", crate::unique_suffix()));
         self.agents[i] = Some(Daemon::spawn(command, log, None));
     }

@@ -85,6 +85,7 @@ fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
 fn names_counts_and_reserved_ports_are_bounded() {
     let cluster = ControlPlane::start(&[]);
     cluster.ok(&["network", "create", "--subnet", "192.168.200.0/24", "demonet"]);
+    cluster.ok(&["service", "create", "--name", "taken", "--network", "demonet", "sleep", "100"]);
     let networks = cluster.networks();
     let long = "a".repeat(64);
     refused(&cluster, &["network", "create", &long], "64 characters, at most 63");
@@ -94,7 +95,7 @@ fn names_counts_and_reserved_ports_are_bounded() {
         args.extend_from_slice(&["sleep", "100"]);
         args.into_iter().map(str::to_string).collect::<Vec<_>>()
     };
-    let cases: [(Vec<String>, &str); 9] = [
+    let cases: [(Vec<String>, &str); 14] = [
         (service(&["--name", &long]), "64 characters, at most 63"),
         (service(&["--name", "web_1"]), "a service name is a DNS label"),
         (service(&["--replicas", "1000000"]), "at most 100000"),
@@ -104,13 +105,28 @@ fn names_counts_and_reserved_ports_are_bounded() {
         (service(&["--cap-add", "FLY"]), "unknown capability \"FLY\""),
         (service(&["--user", "a b"]), "invalid user"),
         (service(&["--log-opt", "max-size=1"]), "invalid log option max-size=1"),
+        (service(&["--endpoint-mode", "rr"]), "invalid endpoint mode \"rr\": expected vip or dnsrr"),
+        (
+            service(&["--endpoint-mode", "dnsrr", "--publish", "8080:80"]),
+            "can't be used with endpoint mode dnsrr",
+        ),
+        (service(&["--network", "name=demonet,alias=no_label"]), "invalid alias \"no_label\""),
+        (service(&["--network", "name=demonet,colour=red"]), "invalid network field \"colour=red\""),
+        (
+            service(&["--name", "api", "--network", "name=demonet,alias=taken"]),
+            "name taken is taken on network demonet",
+        ),
     ];
     for (args, needle) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         refused(&cluster, &args, needle);
     }
     assert_eq!(cluster.networks(), networks);
-    assert_eq!(cluster.ok(&["service", "ls", "--format", "json"]).trim(), "", "a refused service was made");
+    let services = cluster.ok(&["service", "ls", "--format", "json"]);
+    assert_eq!(services.lines().count(), 1, "a refused service was made: {services}");
     cluster.ok(&["service", "create", "--name", "small", "--network", "demonet", "sleep", "100"]);
     refused(&cluster, &["service", "scale", "small=1000000"], "at most 100000");
+    let agent =
+        ["agent", "--advertise-addr", "10.0.0.1", "--join-token", "x", "--dns-forward", "10.0.0.1,bogus"];
+    refused(&cluster, &agent, "invalid DNS server \"bogus\"");
 }

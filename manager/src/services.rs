@@ -8,8 +8,8 @@ use crate::ports::ReservedPorts;
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
 use netctl_proto::{
-    EndpointAddress, EndpointMode, Network, NetworkAlias, Node, Service, ServiceCreateRequest, Task, TaskState,
-    VirtualIp,
+    EndpointAddress, EndpointMode, Network, NetworkAlias, Node, Service, ServiceCreateRequest, Task,
+    TaskState, VirtualIp,
 };
 use prost::Message;
 use std::collections::HashSet;
@@ -74,7 +74,10 @@ pub async fn create(
     }
 
     let endpoint_mode = EndpointMode::try_from(request.endpoint_mode).map_err(|_| {
-        ManagerError::Refused(format!("invalid endpoint mode {}: expected vip or dnsrr", request.endpoint_mode))
+        ManagerError::Refused(format!(
+            "invalid endpoint mode {}: expected vip or dnsrr",
+            request.endpoint_mode
+        ))
     })?;
     if endpoint_mode == EndpointMode::Dnsrr && !request.ports.is_empty() {
         return Err(ManagerError::Refused(
@@ -177,20 +180,28 @@ fn aliases(
         }
         match stored.iter_mut().find(|a| a.network == network.id) {
             Some(entry) => entry.aliases.extend(request.aliases.iter().cloned()),
-            None => stored.push(NetworkAlias { network: network.id.clone(), aliases: request.aliases.clone() }),
+            None => {
+                stored.push(NetworkAlias { network: network.id.clone(), aliases: request.aliases.clone() })
+            }
         }
     }
     for network_id in &service.network_ids {
         let network_name = networks.iter().find(|n| n.id == *network_id).map_or("?", |n| n.name.as_str());
-        let mine: Vec<&String> = stored.iter().filter(|a| a.network == *network_id).flat_map(|a| &a.aliases).collect();
+        let mine: Vec<&String> =
+            stored.iter().filter(|a| a.network == *network_id).flat_map(|a| &a.aliases).collect();
         for other in others.iter().filter(|o| o.network_ids.contains(network_id)) {
             let theirs: Vec<&String> =
                 other.aliases.iter().filter(|a| a.network == *network_id).flat_map(|a| &a.aliases).collect();
             let clash = mine
                 .iter()
-                .find(|alias| other.name.eq_ignore_ascii_case(alias) || theirs.iter().any(|t| t.eq_ignore_ascii_case(alias)))
+                .find(|alias| {
+                    other.name.eq_ignore_ascii_case(alias)
+                        || theirs.iter().any(|t| t.eq_ignore_ascii_case(alias))
+                })
                 .map(|alias| alias.as_str())
-                .or_else(|| theirs.iter().find(|t| t.eq_ignore_ascii_case(&service.name)).map(|t| t.as_str()));
+                .or_else(|| {
+                    theirs.iter().find(|t| t.eq_ignore_ascii_case(&service.name)).map(|t| t.as_str())
+                });
             if let Some(name) = clash {
                 return Err(ManagerError::Refused(format!(
                     "name {name} is taken on network {network_name} by service {} (a service name or alias there)",
@@ -397,7 +408,8 @@ mod tests {
     #[tokio::test]
     async fn aliases_are_dns_labels_on_the_services_networks_and_unique_there() {
         let (_dir, store) = store_with_network("192.168.200.0/24").await;
-        let alias = |network: &str, name: &str| NetworkAlias { network: network.into(), aliases: vec![name.into()] };
+        let alias =
+            |network: &str, name: &str| NetworkAlias { network: network.into(), aliases: vec![name.into()] };
         let web = ServiceCreateRequest { aliases: vec![alias("demonet", "www")], ..request("web", 1) };
         let web = create(&store, &web).await.unwrap();
         assert_eq!(web.aliases, [alias(&web.network_ids[0], "www")]);

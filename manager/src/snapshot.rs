@@ -283,7 +283,10 @@ mod tests {
             id: "svc".into(),
             name: "web".into(),
             network_ids: vec!["net".into(), "ing".into()],
-            virtual_ips: vec![netctl_proto::VirtualIp { network_id: "net".into(), address: "192.168.200.2".into() }],
+            virtual_ips: vec![netctl_proto::VirtualIp {
+                network_id: "net".into(),
+                address: "192.168.200.2".into(),
+            }],
             aliases: vec![netctl_proto::NetworkAlias { network: "net".into(), aliases: vec!["www".into()] }],
             ..Default::default()
         }];
@@ -295,7 +298,10 @@ mod tests {
         let state = node_state(&nodes[0], &cluster, 4789, 1);
         assert_eq!(state.names.len(), 1, "ingress has no names: {:?}", state.names);
         let names = &state.names[0];
-        assert_eq!((names.vip.as_str(), names.aliases.as_slice()), ("192.168.200.2", &["www".to_string()][..]));
+        assert_eq!(
+            (names.vip.as_str(), names.aliases.as_slice()),
+            ("192.168.200.2", &["www".to_string()][..])
+        );
         let addresses: Vec<&str> = names.tasks.iter().map(|t| t.address.as_str()).collect();
         assert_eq!(addresses, ["192.168.200.3"]);
         assert_eq!(names.tasks[0].name, "web.1");

@@ -119,7 +119,10 @@ mod tests {
             service: Some(netctl_proto::Service {
                 network_ids: vec!["n1".into(), "n2".into()],
                 endpoint_mode: netctl_proto::EndpointMode::Dnsrr.into(),
-                aliases: vec![netctl_proto::NetworkAlias { network: "n2".into(), aliases: vec!["db".into()] }],
+                aliases: vec![netctl_proto::NetworkAlias {
+                    network: "n2".into(),
+                    aliases: vec!["db".into()],
+                }],
                 ..Default::default()
             }),
             tasks: vec![],

@@ -174,6 +174,23 @@ pub async fn on_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'sta
     receiver.await.expect("namespace thread panicked")
 }
 
+/// Runs `work` on a thread of its own that has entered the namespace at
+/// `path`, and awaits its result: sockets opened there stay in that
+/// namespace wherever they are used afterwards.
+pub async fn run_in_async<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let namespace = open(path)?;
+    let label = path.display().to_string();
+    on_thread(move || {
+        setns(&namespace, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::os("entering namespace", &label, e.into()))?;
+        Ok(work())
+    })
+    .await
+}
+
 /// Opens a namespace file (to setns into it or to move links into it).
 pub fn open(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| Error::os(format!("opening namespace {}", path.display()), "host", e))

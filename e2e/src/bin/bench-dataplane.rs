@@ -82,9 +82,13 @@ fn sandbox_latency() -> Value {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let mut reconciler =
-                netctl_agent::reconcile::Reconciler::new(&run_path, "192.168.10.6".parse().unwrap(), shim)
-                    .unwrap();
+            let mut reconciler = netctl_agent::reconcile::Reconciler::new(
+                &run_path,
+                "192.168.10.6".parse().unwrap(),
+                shim,
+                netctl_agent::dns::upstream::Upstreams::Fixed(Vec::new()),
+            )
+            .unwrap();
             let mut results = serde_json::Map::new();
             for count in [1, 10, 100] {
                 let started = Instant::now();

@@ -33,6 +33,11 @@ pub struct AgentArgs {
     /// Where the node identity is kept.
     #[arg(long, default_value = "/var/lib/netctl/agent")]
     pub state_dir: PathBuf,
+    /// DNS servers (ADDR[:PORT],...) for names that are not the cluster's
+    /// [default: the nameservers of /etc/resolv.conf, read again when it
+    /// changes].
+    #[arg(long, value_delimiter = ',', value_parser = netctl_agent::dns::upstream::parse_server)]
+    pub dns_forward: Vec<std::net::SocketAddr>,
 }
 
 /// Runs the agent until it is refused or stopped.
@@ -57,6 +62,7 @@ pub async fn run(manager: String, args: AgentArgs) -> anyhow::Result<()> {
         hostname,
         run_dir: args.run_dir,
         state_dir: args.state_dir,
+        dns_forward: args.dns_forward,
     })
     .await
 }
