@@ -202,7 +202,14 @@ impl Reconciler {
 
     /// The node's kernel objects, read back (see [`crate::readback`]).
     pub async fn topology(&mut self, state: &NodeState) -> netctl_proto::NodeTopology {
-        crate::readback::read(&self.host, &mut self.connections, state).await
+        let mut topology = crate::readback::read(&self.host, &mut self.connections, state).await;
+        for namespace in &mut topology.namespaces {
+            if let Some(names) = self.resolver.names(&namespace.name) {
+                namespace.resolver = format!("{}:53", crate::dns::RESOLVER_ADDRESS);
+                namespace.names = names;
+            }
+        }
+        topology
     }
 }
 

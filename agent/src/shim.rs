@@ -209,10 +209,15 @@ fn start_command(config: &ShimConfig, output: Option<OwnedFd>) -> String {
 }
 
 /// Binds the task's `resolv.conf` and `hosts` over the host's, in the
-/// task's own mount namespace.
+/// task's own mount namespace. A host without one of them (a minimal
+/// image; a dangling link to a stopped systemd-resolved) keeps it so: the
+/// shim does not create files in the host's `/etc`.
 fn bind_name_files(files: &TaskFiles) -> Result<(), String> {
     let none = None::<&str>;
     for (source, target) in files.name_files() {
+        if !std::path::Path::new(target).exists() {
+            continue;
+        }
         mount(Some(&source), target, none, MsFlags::MS_BIND, none)
             .map_err(|e| format!("binding {} over {target}: {e}", source.display()))?;
     }

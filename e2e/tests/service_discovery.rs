@@ -117,6 +117,19 @@ fn services_resolve_by_name_on_their_networks() {
     );
     assert_eq!(String::from_utf8_lossy(&sent.stdout).trim(), "ping");
 
+    // `netctl topology` shows each sandbox's resolver and what it answers.
+    let client_sandbox = &client["ID"].as_str().unwrap()[..12];
+    let shown = wait_until(Duration::from_secs(10), || {
+        let topology: Value = serde_json::from_str(&lab.ok(&["topology", "--format", "json"])).unwrap();
+        let namespaces =
+            topology.as_array().unwrap().iter().flat_map(|n| n["Namespaces"].as_array().unwrap().clone());
+        namespaces.filter(|n| n["Name"] == client_sandbox).any(|n| {
+            let names: Vec<&str> = n["Names"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+            n["Resolver"] == "127.0.0.11:53"
+                && ["web", "tasks.web", "www", "db"].iter().all(|x| names.contains(x))
+        })
+    });
+    assert!(shown, "topology does not show the client's resolver and names");
     // Scaling: tasks.web follows, and never names a task that stopped.
     for replicas in [1, 3] {
         let started = Instant::now();

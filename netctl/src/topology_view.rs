@@ -28,6 +28,8 @@ fn namespace_json(n: &TopologyNamespace) -> Value {
         "FDB": n.fdb.iter().map(|e| json!({ "Device": e.device, "MAC": e.mac, "Remote": e.address })).collect::<Vec<_>>(),
         "Neighbours": n.neighbours.iter().map(|e| json!({ "Device": e.device, "Address": e.address, "MAC": e.mac })).collect::<Vec<_>>(),
         "Rules": n.rules,
+        "Resolver": n.resolver,
+        "Names": n.names,
     })
 }
 
@@ -87,6 +89,14 @@ pub fn text(nodes: &[NodeTopology]) -> String {
             }
             for rule in &namespace.rules {
                 let _ = writeln!(out, "    rule  {rule}");
+            }
+            if !namespace.resolver.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    resolver  {} answers: {}",
+                    namespace.resolver,
+                    namespace.names.join(" ")
+                );
             }
         }
     }

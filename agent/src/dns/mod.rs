@@ -62,6 +62,7 @@ pub struct Resolver {
 
 /// One sandbox's servers; they stop when this is dropped.
 struct Serving {
+    networks: Vec<String>,
     tasks: [JoinHandle<()>; 2],
 }
 
@@ -97,9 +98,10 @@ impl Resolver {
         self.records.send_replace(Arc::new(Records::build(state)));
     }
 
-    /// Whether `sandbox` is served.
-    pub fn serves(&self, sandbox: &str) -> bool {
-        self.serving.contains_key(sandbox)
+    /// The names `sandbox` resolves, if it is served.
+    pub fn names(&self, sandbox: &str) -> Option<Vec<String>> {
+        let serving = self.serving.get(sandbox)?;
+        Some(self.records.borrow().names(&serving.networks))
     }
 
     /// Serves `sandbox` (its namespace at `path`, its task on `networks`)
@@ -134,7 +136,7 @@ impl Resolver {
             upstreams: self.upstreams.clone(),
         });
         let tasks = [tokio::spawn(serve_udp(udp, context.clone())), tokio::spawn(serve_tcp(tcp, context))];
-        self.serving.insert(sandbox.to_string(), Serving { tasks });
+        self.serving.insert(sandbox.to_string(), Serving { networks: networks.to_vec(), tasks });
         Ok(())
     }
 

@@ -102,6 +102,18 @@ impl Records {
         }
     }
 
+    /// Every name a sandbox on `networks` resolves, sorted.
+    pub fn names(&self, networks: &[String]) -> Vec<String> {
+        let mut names: Vec<String> = networks
+            .iter()
+            .filter_map(|id| self.networks.get(id))
+            .flat_map(|network| network.forward.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The name of `address` for a sandbox on `networks`.
     pub fn reverse(&self, networks: &[String], address: Ipv4Addr) -> Option<&str> {
         networks
@@ -200,6 +212,7 @@ mod tests {
         assert_eq!(records.lookup(&front, "web.2.T2"), Lookup::Found(&one("10.1.0.4")));
         assert_eq!(records.lookup(&front, "tasks.nosuch"), Lookup::NoSuchName);
         assert_eq!(records.lookup(&front, "example.com"), Lookup::Elsewhere);
+        assert_eq!(records.names(&back), ["db", "tasks.db", "tasks.web", "web", "web.1", "web.1.t1"]);
         let both = ["n1".to_string(), "n2".to_string()];
         assert_eq!(records.lookup(&both, "db"), Lookup::Found(&tasks(&["10.2.0.3", "10.2.0.4"])));
     }
