@@ -56,6 +56,7 @@ fn latency(path: &Path, from: Ipv4Addr, server: SocketAddr) -> Value {
                     }
                 }
                 times.sort();
+                assert!(!times.is_empty(), "no answer from {server} in {}", path.display());
                 let at = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
                 json!({
                     "answered": times.len(),
