@@ -10,7 +10,7 @@ set -euo pipefail
 # command:package pairs per set.
 test_needs="ip:iproute2 iptables:iptables ping:iputils-ping make:make tcpdump:tcpdump nsenter:util-linux
   unshare:util-linux python3:python3 curl:curl dot:graphviz ruby:ruby shellcheck:shellcheck
-  systemd-analyze:systemd dig:dnsutils"
+  systemd-analyze:systemd dig:dnsutils dnsperf:dnsperf"
 demo_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl python3:python3 nsenter:util-linux"
 bench_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl iperf3:iperf3 wrk:wrk
   dig:dnsutils dnsperf:dnsperf /usr/lib/podman/aardvark-dns:aardvark-dns"

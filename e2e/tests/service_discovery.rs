@@ -188,6 +188,25 @@ fn other_names_are_forwarded_and_the_resolver_comes_back_after_a_crash() {
     assert!(lab.in_task(&client, "python3", &["-c", garbage]).status.success());
     assert_eq!(status(&lab, &client, &["big"]), ("NOERROR".to_string(), 40));
 
+    // A flood from one task (names whose upstream never answers, and the
+    // cluster's) leaves the other tasks served.
+    let tasks = lab.running_tasks("big");
+    let (flooder, other) = (&tasks[1], &tasks[2]);
+    let queries = std::env::temp_dir().join(format!("flood-{}", e2e::unique_suffix()));
+    std::fs::write(&queries, "slow.example A\nbig A\n").unwrap();
+    let mut flood = e2e::netns::command_in(&lab.sandbox_path(flooder), "dnsperf")
+        .args(["-s", "127.0.0.11", "-l", "5", "-c", "8", "-q", "1000", "-d"])
+        .arg(&queries)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("dnsperf");
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..10 {
+        assert_eq!(dig(&lab, other, &["big"]).len(), 40, "a flood from another task starved this one");
+    }
+    let _ = flood.wait();
+    let _ = std::fs::remove_file(&queries);
+
     // kill -9 and restart: answers again, tasks untouched.
     lab.stop_agent(0, Signal::SIGKILL);
     assert!(dig(&lab, &client, &["big"]).is_empty(), "nobody answers while the agent is down");

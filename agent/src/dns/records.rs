@@ -212,7 +212,9 @@ mod tests {
         assert_eq!(records.lookup(&front, "web.2.T2"), Lookup::Found(&one("10.1.0.4")));
         assert_eq!(records.lookup(&front, "tasks.nosuch"), Lookup::NoSuchName);
         assert_eq!(records.lookup(&front, "example.com"), Lookup::Elsewhere);
-        assert_eq!(records.names(&back), ["db", "tasks.db", "tasks.web", "web", "web.1", "web.1.t1"]);
+        let expected =
+            ["db", "db.1", "db.1.t3", "db.2", "db.2.t4", "tasks.db", "tasks.web", "web", "web.1", "web.1.t1"];
+        assert_eq!(records.names(&back), expected);
         let both = ["n1".to_string(), "n2".to_string()];
         assert_eq!(records.lookup(&both, "db"), Lookup::Found(&tasks(&["10.2.0.3", "10.2.0.4"])));
     }
