@@ -56,6 +56,8 @@ pub enum ResolverError {
 /// The resolver of every sandbox of the node.
 pub struct Resolver {
     records: watch::Sender<Arc<Records>>,
+    /// The names and networks the records were built from.
+    built_from: Option<(Vec<netctl_proto::ServiceNames>, Vec<netctl_proto::NetworkAttachment>)>,
     upstreams: Arc<Upstreams>,
     serving: HashMap<String, Serving>,
 }
@@ -84,18 +86,33 @@ impl Context {
     fn answer(&self, query: &[u8], transport: Transport) -> Reply {
         answer(query, &self.records.borrow(), &self.networks, transport)
     }
+
+    /// After a socket error: says so and waits a moment, so that an error
+    /// that lasts neither stops the server nor spins it.
+    async fn pause_after(&self, error: &std::io::Error, doing: &str) {
+        tracing::warn!(sandbox = %self.sandbox, "resolver {doing}: {error}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 impl Resolver {
     /// A resolver forwarding to `upstreams`, with no names yet.
     pub fn new(upstreams: Upstreams) -> Self {
         let (records, _) = watch::channel(Arc::new(Records::default()));
-        Self { records, upstreams: Arc::new(upstreams), serving: HashMap::new() }
+        Self { records, built_from: None, upstreams: Arc::new(upstreams), serving: HashMap::new() }
     }
 
-    /// Answers from the names in `state` from now on, in every sandbox.
-    pub fn update(&self, state: &netctl_proto::NodeState) {
+    /// Answers from the names in `state` from now on, in every sandbox
+    /// (the table is rebuilt only when they changed: a pass on an unchanged
+    /// state costs a comparison).
+    pub fn update(&mut self, state: &netctl_proto::NodeState) {
+        if let Some((names, networks)) = &self.built_from {
+            if *names == state.names && *networks == state.networks {
+                return;
+            }
+        }
         self.records.send_replace(Arc::new(Records::build(state)));
+        self.built_from = Some((state.names.clone(), state.networks.clone()));
     }
 
     /// The names `sandbox` resolves, if it is served.
@@ -146,8 +163,8 @@ impl Resolver {
     }
 }
 
-/// Answers datagrams until the socket fails; forwarded ones on tasks of
-/// their own, at most [`FORWARDS_PER_SANDBOX`] at a time.
+/// Answers datagrams for as long as the sandbox is served; forwarded ones
+/// on tasks of their own, at most [`FORWARDS_PER_SANDBOX`] at a time.
 async fn serve_udp(socket: UdpSocket, context: Arc<Context>) {
     let socket = Arc::new(socket);
     let forwards = Arc::new(Semaphore::new(FORWARDS_PER_SANDBOX));
@@ -156,8 +173,8 @@ async fn serve_udp(socket: UdpSocket, context: Arc<Context>) {
         let (len, peer) = match socket.recv_from(&mut buffer).await {
             Ok(received) => received,
             Err(err) => {
-                tracing::warn!(sandbox = %context.sandbox, "resolver stopped reading UDP: {err}");
-                return;
+                context.pause_after(&err, "reading UDP").await;
+                continue;
             }
         };
         let query = &buffer[..len];
@@ -192,8 +209,9 @@ async fn serve_tcp(listener: TcpListener, context: Arc<Context>) {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
-                tracing::warn!(sandbox = %context.sandbox, "resolver stopped accepting TCP: {err}");
-                return;
+                // Out of descriptors, say: the server waits and goes on.
+                context.pause_after(&err, "accepting TCP").await;
+                continue;
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
