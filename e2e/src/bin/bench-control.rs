@@ -1,17 +1,26 @@
-//! Control-plane benchmark: network create throughput against a real
-//! `netctl manager` on loopback, sequential and with 16 concurrent clients.
-//! Each create is flushed to disk before it is answered, so this measures the
-//! durable path. Writes JSON to `bench/results/control_plane.json` (or the
-//! path given as the first argument).
+//! Control-plane benchmark against a real `netctl manager` on loopback:
+//! network create throughput, sequential and with 16 concurrent clients
+//! (each create is flushed to disk before it is answered: the durable path),
+//! and Watch fan-out: how long after a `service create` each of 50 watching
+//! nodes receives its task. Writes JSON to `bench/results/control_plane.json`
+//! (or the path given as the first argument).
 
 use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
-use netctl_proto::{BearerToken, NetworkCreateRequest};
+use netctl_proto::dispatcher_client::DispatcherClient;
+use netctl_proto::{
+    BearerToken, HeartbeatRequest, JoinRequest, NetworkCreateRequest, ServiceCreateRequest,
+    ServiceRemoveRequest, WatchRequest,
+};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 const SEQUENTIAL_CREATES: usize = 300;
 const CONCURRENT_CLIENTS: usize = 16;
 const CREATES_PER_CLIENT: usize = 40;
+const FAN_OUT_NODES: usize = 50;
+const FAN_OUT_ROUNDS: usize = 10;
 
 type Control =
     ControlClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>>;
@@ -21,6 +30,7 @@ type Control =
 struct Target {
     manager: String,
     token: String,
+    join_token: String,
 }
 
 async fn client(target: &Target) -> Control {
@@ -40,19 +50,21 @@ async fn create_many(mut control: Control, prefix: String, count: usize) -> Vec<
     latencies
 }
 
+/// The `p` quantile of sorted `latencies`, in milliseconds.
+fn percentile_ms(latencies: &[Duration], p: f64) -> f64 {
+    let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+    latencies[index].as_secs_f64() * 1000.0
+}
+
 /// Throughput and latency percentiles of one run.
 fn summary(latencies: &mut [Duration], wall: Duration) -> serde_json::Value {
     latencies.sort();
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[index].as_secs_f64() * 1000.0
-    };
     serde_json::json!({
         "creates": latencies.len(),
         "wall_seconds": wall.as_secs_f64(),
         "creates_per_second": latencies.len() as f64 / wall.as_secs_f64(),
-        "latency_ms_p50": percentile(0.50),
-        "latency_ms_p99": percentile(0.99),
+        "latency_ms_p50": percentile_ms(latencies, 0.50),
+        "latency_ms_p99": percentile_ms(latencies, 0.99),
     })
 }
 
@@ -63,7 +75,11 @@ where
     Fut: std::future::Future<Output = serde_json::Value>,
 {
     let cluster = ControlPlane::start(&[]);
-    let target = Target { manager: cluster.manager_url(), token: cluster.admin_token() };
+    let target = Target {
+        manager: cluster.manager_url(),
+        token: cluster.admin_token(),
+        join_token: cluster.join_token(),
+    };
     cluster.run_inside(|| {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -95,14 +111,98 @@ async fn concurrent(target: Target) -> serde_json::Value {
     summary(&mut latencies, started.elapsed())
 }
 
+/// Joins a node named `fan-<index>` that heartbeats every 200 ms and sends
+/// `(service id, when)` on `seen` the first time its desired state holds a
+/// task of a service.
+async fn watching_node(target: &Target, index: usize, seen: mpsc::UnboundedSender<(String, Instant)>) {
+    let channel = netctl_proto::connect(&target.manager).await.expect("connect");
+    let token = BearerToken::new(&target.join_token).expect("join token");
+    let mut dispatcher = DispatcherClient::with_interceptor(channel, token);
+    let join = JoinRequest {
+        hostname: format!("fan-{index}"),
+        advertise_addr: format!("10.77.{}.{}", index / 200, index % 200 + 1),
+        ..Default::default()
+    };
+    let node_id = dispatcher.join(join).await.expect("join").into_inner().node_id;
+    let mut heartbeats = dispatcher.clone();
+    let id = node_id.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = heartbeats.heartbeat(HeartbeatRequest { node_id: id.clone() }).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let request = WatchRequest { node_id };
+    let mut states = dispatcher.watch(request).await.expect("watch").into_inner();
+    tokio::spawn(async move {
+        let mut known = std::collections::HashSet::new();
+        while let Ok(Some(state)) = states.message().await {
+            let now = Instant::now();
+            for task in state.tasks {
+                if known.insert(task.service_id.clone()) {
+                    let _ = seen.send((task.service_id, now));
+                }
+            }
+        }
+    });
+}
+
+/// 50 nodes watch their desired state; each round creates a service with
+/// one task per node and times, from the create call, when each node has
+/// received its task.
+async fn fan_out(target: Target) -> serde_json::Value {
+    let (seen_sender, mut seen) = mpsc::unbounded_channel();
+    for index in 0..FAN_OUT_NODES {
+        watching_node(&target, index, seen_sender.clone()).await;
+    }
+    let mut control = client(&target).await;
+    let network = NetworkCreateRequest { name: "fan".into(), ..Default::default() };
+    control.create_network(network).await.expect("create network");
+    let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
+    let (mut latencies, mut last_node) = (Vec::new(), Vec::new());
+    for round in 0..FAN_OUT_ROUNDS {
+        let request = ServiceCreateRequest {
+            name: format!("fan{round}"),
+            replicas: FAN_OUT_NODES as u32,
+            networks: vec!["fan".into()],
+            command: vec!["sleep".into(), "1000".into()],
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let service = control.create_service(request).await.expect("create service").into_inner();
+        let id = service.service.expect("service").id;
+        while arrivals.get(&id).map_or(0, Vec::len) < FAN_OUT_NODES {
+            let (service, at) =
+                tokio::time::timeout(Duration::from_secs(30), seen.recv()).await.expect("fan-out").unwrap();
+            arrivals.entry(service).or_default().push(at);
+        }
+        let round_latencies: Vec<Duration> = arrivals[&id].iter().map(|at| *at - started).collect();
+        last_node.push(*round_latencies.iter().max().expect("arrivals"));
+        latencies.extend(round_latencies);
+        control.remove_service(ServiceRemoveRequest { reference: id }).await.expect("remove service");
+    }
+    latencies.sort();
+    last_node.sort();
+    serde_json::json!({
+        "nodes": FAN_OUT_NODES,
+        "rounds": FAN_OUT_ROUNDS,
+        "delivery_ms_p50": percentile_ms(&latencies, 0.50),
+        "delivery_ms_p99": percentile_ms(&latencies, 0.99),
+        "last_node_ms_p50": percentile_ms(&last_node, 0.50),
+        "last_node_ms_max": percentile_ms(&last_node, 1.0),
+    })
+}
+
 fn main() {
     let output = std::env::args().nth(1).unwrap_or_else(|| "bench/results/control_plane.json".into());
     let sequential = on_fresh_cluster(sequential);
     let concurrent = on_fresh_cluster(concurrent);
+    let fan_out = on_fresh_cluster(fan_out);
     let report = serde_json::json!({
-        "benchmark": "network create (gRPC, durable: flushed before the answer)",
+        "benchmark": "network create (gRPC, durable: flushed before the answer); Watch fan-out",
         "sequential": sequential,
         "concurrent_16_clients": concurrent,
+        "watch_fan_out_50_nodes": fan_out,
     });
     e2e::write_report(&output, report);
 }
