@@ -3,7 +3,7 @@
 #
 #   install.sh --role manager --advertise-addr 192.168.10.6
 #   install.sh --role worker  --advertise-addr 192.168.10.7 \
-#              --manager http://192.168.10.6:4243 --join-token NETCTL-JOIN-1-...
+#              --manager https://192.168.10.6:4243 --join-token NETCTL-JOIN-1-...
 #
 # The manager host also runs an agent (it is a node like the others). The
 # binary is built from this checkout unless --binary gives one. --root DIR

@@ -9,12 +9,12 @@ set -euo pipefail
 
 # command:package pairs per set.
 test_needs="ip:iproute2 iptables:iptables ping:iputils-ping make:make tcpdump:tcpdump nsenter:util-linux
-  unshare:util-linux python3:python3 curl:curl dot:graphviz ruby:ruby shellcheck:shellcheck
+  unshare:util-linux python3:python3 curl:curl openssl:openssl dot:graphviz ruby:ruby shellcheck:shellcheck
   systemd-analyze:systemd dig:dnsutils dnsperf:dnsperf"
 demo_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl python3:python3 nsenter:util-linux"
 bench_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl iperf3:iperf3 wrk:wrk
   dig:dnsutils dnsperf:dnsperf /usr/lib/podman/aardvark-dns:aardvark-dns"
-vm_needs="qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod xtables-nft-multi:iptables"
+vm_needs="qemu-system-x86_64:qemu-system-x86 cpio:cpio openssl:openssl depmod:kmod xtables-nft-multi:iptables"
 
 [ $# -gt 0 ] || { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 missing=()

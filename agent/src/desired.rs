@@ -58,6 +58,7 @@ pub fn build(
     if facts.gateway_bridge {
         crate::gwbridge::model(&mut host, facts.underlay_mtu);
     }
+    crate::datapath::model(&mut host, data_path_port(state), &state.cluster_nodes);
     model.namespaces.insert(HOST.to_string(), host);
     let networks: BTreeMap<&str, &Network> =
         state.networks.iter().filter_map(|a| a.network.as_ref()).map(|n| (n.id.as_str(), n)).collect();

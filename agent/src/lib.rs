@@ -8,6 +8,7 @@ mod apply;
 mod backoff;
 mod capabilities;
 mod connections;
+mod datapath;
 mod desired;
 pub mod dns;
 mod gwbridge;
@@ -46,7 +47,7 @@ pub struct AgentConfig {
     pub hostname: String,
     /// Where namespaces are bind-mounted.
     pub run_dir: PathBuf,
-    /// Where the node identity is kept.
+    /// Where the node's certificate, key and the cluster CA are kept.
     pub state_dir: PathBuf,
     /// Where the sandboxes' resolver forwards names that are not the
     /// cluster's; empty: the nameservers of the host's /etc/resolv.conf.
@@ -79,8 +80,7 @@ async fn serve(config: AgentConfig, mut stopping: watch::Receiver<bool>) -> anyh
     for dir in [&config.state_dir, &config.run_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut node_id = identity::load(&config.state_dir)
-        .with_context(|| format!("reading the node identity in {}", config.state_dir.display()))?;
+    let mut credentials = identity::load(&config.state_dir).map_err(anyhow::Error::msg)?;
     // Tasks are started through this very binary (`netctl task-shim`).
     let shim_program = PathBuf::from("/proc/self/exe");
     let upstreams = match config.dns_forward.as_slice() {
@@ -106,14 +106,14 @@ async fn serve(config: AgentConfig, mut stopping: watch::Receiver<bool>) -> anyh
     let mut backoff = Backoff::default();
     let sessions = async {
         loop {
-            match run_session(&config, &mut node_id, &mut backoff, &channels).await {
+            match run_session(&config, &mut credentials, &mut backoff, &channels).await {
                 Err(refused @ SessionError::Refused { .. }) => return refused,
                 Err(lost) => {
                     let delay = backoff.next_delay();
                     tracing::warn!("{lost}; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                 }
-                Ok(()) => unreachable!("a session only ends with an error"),
+                Ok(()) => tracing::info!("node certificate renewed; reconnecting with it"),
             }
         }
     };
@@ -197,23 +197,50 @@ async fn reconcile_forever(
     }
 }
 
-/// Joins, then heartbeats, reports and watches until the session breaks.
+/// Joins for the first time: the join token admits a certificate request,
+/// and the certificate, its key and the CA are kept in the state dir.
+async fn first_join(config: &AgentConfig) -> Result<identity::Credentials, SessionError> {
+    let refused = |message: String| SessionError::Refused { manager: config.manager.clone(), message };
+    let (mut session, token) = Session::connect_with_token(config).await?;
+    let key = netctl_proto::pki::NodeKey::generate().map_err(refused)?;
+    let joined = session.join(config, Some(&key)).await?;
+    let credentials = identity::Credentials::from_pem(joined.certificate_pem, key.key_pem, joined.ca_pem)
+        .map_err(|err| refused(format!("the certificate the manager sent is not usable: {err}")))?;
+    if credentials.ca_digest != token.ca_digest {
+        return Err(refused(format!(
+            "the manager sent CA {}, but the join token pins {}",
+            credentials.ca_digest, token.ca_digest
+        )));
+    }
+    keep(config, &credentials)?;
+    tracing::info!(node = %credentials.node_id, "joined the cluster with the join token; certificate kept");
+    Ok(credentials)
+}
+
+/// Writes `credentials` to the state dir.
+fn keep(config: &AgentConfig, credentials: &identity::Credentials) -> Result<(), SessionError> {
+    identity::save(&config.state_dir, credentials).map_err(|err| SessionError::Refused {
+        manager: config.manager.clone(),
+        message: format!("cannot keep the node certificate in {}: {err}", config.state_dir.display()),
+    })
+}
+
+/// Joins (the first time with the join token), then heartbeats, reports and
+/// watches until the session breaks (an error) or the certificate was
+/// renewed (`Ok`: reconnect with the new one at once).
 async fn run_session(
     config: &AgentConfig,
-    node_id: &mut Option<String>,
+    credentials: &mut Option<identity::Credentials>,
     backoff: &mut Backoff,
     channels: &Channels,
 ) -> Result<(), SessionError> {
-    let mut session = Session::connect(config).await?;
-    let joined = session.join(config, node_id.as_deref()).await?;
-    if node_id.as_deref() != Some(joined.node_id.as_str()) {
-        identity::save(&config.state_dir, &joined.node_id).map_err(|err| SessionError::Refused {
-            manager: config.manager.clone(),
-            message: format!("cannot keep node identity in {}: {err}", config.state_dir.display()),
-        })?;
-        *node_id = Some(joined.node_id.clone());
-    }
-    tracing::info!(node = %joined.node_id, manager = %config.manager, "joined the cluster");
+    let current = match credentials.clone() {
+        Some(kept) => kept,
+        None => credentials.insert(first_join(config).await?).clone(),
+    };
+    let mut session = Session::connect(config, &current).await?;
+    let joined = session.join(config, None).await?;
+    tracing::info!(node = %joined.node_id, manager = %config.manager, "connected with the node certificate");
     backoff.reset();
     let heartbeat = tokio::spawn(Session::heartbeat_forever(session.clone(), joined.clone()));
     let _stop_heartbeat = AbortOnDrop(heartbeat);
@@ -225,12 +252,20 @@ async fn run_session(
     let _stop_shipper = AbortOnDrop(shipper);
     let topology = tokio::spawn(session.clone().report_topology_forever(channels.topology.clone()));
     let _stop_topology = AbortOnDrop(topology);
-    session
-        .watch(&joined.node_id, |state| {
-            log_desired_state(&state);
-            channels.desired.send_replace(Some(state));
-        })
-        .await
+    let renewal = session.clone().renew_when_due(config, &current);
+    let watching = session.watch(&joined.node_id, |state| {
+        log_desired_state(&state);
+        channels.desired.send_replace(Some(state));
+    });
+    tokio::select! {
+        watched = watching => watched,
+        renewed = renewal => {
+            let renewed = renewed?;
+            keep(config, &renewed)?;
+            *credentials = Some(renewed);
+            Ok(())
+        }
+    }
 }
 
 /// Logs a desired state received from the manager.

@@ -162,22 +162,31 @@ async fn resolve_peers(reads: &mut [Read]) {
     }
 }
 
-/// The routing mesh's rules of the host and of ingress_sbox, as
-/// `iptables -S` lines. (Sandboxes' VIP rules are not read back: that would
-/// be one iptables-save process per task every few seconds.)
+/// netctl's rules of the host (routing mesh, gateway bridge, data-path
+/// filter) and of ingress_sbox, as `<table>: -A ...` lines. (Sandboxes' VIP
+/// rules are not read back: that would be one iptables-save process per
+/// task every few seconds.)
 async fn rules(connections: &Connections, namespace: &TopologyNamespace) -> Vec<String> {
     let path = connections.namespaces().path(&namespace.name);
-    let (target, chains): (Option<(&str, &std::path::Path)>, &[&str]) = match namespace.role.as_str() {
-        "host" => (None, &[crate::mesh::INGRESS_CHAIN, "NETCTL-GWBRIDGE"]),
-        "ingress_sbox" => {
-            (Some((namespace.name.as_str(), path.as_path())), &["NETCTL-INGRESS", "NETCTL-INGRESS-SNAT"])
-        }
-        _ => return Vec::new(),
-    };
-    let Ok(saved) = netlib::iptables::save(target, "nat").await else { return Vec::new() };
-    saved
-        .lines()
-        .filter(|line| chains.iter().any(|c| line.starts_with(&format!("-A {c} "))))
-        .map(str::to_string)
-        .collect()
+    let (target, tables, chains): (Option<(&str, &std::path::Path)>, &[&str], &[&str]) =
+        match namespace.role.as_str() {
+            "host" => (
+                None,
+                &["nat", "filter"],
+                &[crate::mesh::INGRESS_CHAIN, crate::gwbridge::NAT_CHAIN, crate::datapath::CHAIN],
+            ),
+            "ingress_sbox" => (
+                Some((namespace.name.as_str(), path.as_path())),
+                &["nat"],
+                &["NETCTL-INGRESS", "NETCTL-INGRESS-SNAT"],
+            ),
+            _ => return Vec::new(),
+        };
+    let mut rules = Vec::new();
+    for table in tables {
+        let Ok(saved) = netlib::iptables::save(target, table).await else { continue };
+        let kept = saved.lines().filter(|line| chains.iter().any(|c| line.starts_with(&format!("-A {c} "))));
+        rules.extend(kept.map(|line| format!("{table}: {line}")));
+    }
+    rules
 }

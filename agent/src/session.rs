@@ -1,8 +1,12 @@
-//! One session with the manager: join, then heartbeat and watch the node's
-//! desired state until the connection is lost.
+//! One session with the manager over TLS: join (the first time with the
+//! join token and a certificate request, later with the node's
+//! certificate), then heartbeat and watch the node's desired state until the
+//! connection is lost or the certificate is renewed.
 
+use crate::identity::Credentials;
 use crate::AgentConfig;
 use netctl_proto::dispatcher_client::DispatcherClient;
+use netctl_proto::pki::{NodeKey, Token, TokenKind};
 use netctl_proto::{
     BearerToken, HeartbeatRequest, JoinRequest, LogOffsetsRequest, NodeState, NodeTopology,
     ReportStatusRequest, TaskStatusReport, WatchRequest,
@@ -12,11 +16,25 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A connection failure: retried unless the manager is not the cluster's.
+fn connect_error(manager: &str, err: netctl_proto::ConnectError) -> SessionError {
+    if err.untrusted {
+        SessionError::Refused { manager: manager.to_string(), message: err.reason }
+    } else {
+        SessionError::Lost { manager: manager.to_string(), during: "connecting", message: err.reason }
+    }
+}
+
 /// How a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The manager refused this node: retrying will not help.
-    #[error("manager at {manager} refused to let this node join: {message}")]
+    #[error("manager at {manager} refused this node: {message}")]
     Refused {
         /// The manager's address.
         manager: String,
@@ -42,6 +60,10 @@ pub struct Joined {
     pub node_id: String,
     /// How often to send heartbeats.
     pub heartbeat_interval: Duration,
+    /// The certificate signed for the request sent, PEM.
+    pub certificate_pem: String,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
 }
 
 /// An open connection to the manager's Dispatcher.
@@ -52,20 +74,47 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects to the manager named in `config`.
-    pub async fn connect(config: &AgentConfig) -> Result<Self, SessionError> {
+    /// Connects with the node's certificate, trusting only the cluster CA.
+    pub async fn connect(config: &AgentConfig, credentials: &Credentials) -> Result<Self, SessionError> {
+        let manager = config.manager.clone();
+        let expiry = credentials.certificate.not_after_unix;
+        if expiry <= unix_now() {
+            return Err(SessionError::Refused {
+                manager,
+                message: format!(
+                    "this node's certificate expired (at {expiry} seconds since the epoch) before it could be renewed; \
+                     remove node.crt from {} and start the agent again to join anew with the join token",
+                    config.state_dir.display()
+                ),
+            });
+        }
+        let channel = netctl_proto::connect(&manager, &credentials.ca_pem, Some(&credentials.identity))
+            .await
+            .map_err(|err| connect_error(&manager, err))?;
+        Ok(Self::over(manager, channel, BearerToken::none()))
+    }
+
+    /// Connects with only the join token: the manager's CA is trusted once
+    /// its digest is the one the token pins.
+    pub async fn connect_with_token(config: &AgentConfig) -> Result<(Self, Token), SessionError> {
         let manager = config.manager.clone();
         let refused = |message: String| SessionError::Refused { manager: manager.clone(), message };
+        let token = Token::parse(&config.join_token).map_err(|err| refused(format!("join token: {err}")))?;
+        if token.kind != TokenKind::Join {
+            return Err(refused("the token given is an admin token, not a join token".into()));
+        }
         let interceptor =
             BearerToken::new(&config.join_token).map_err(|err| refused(format!("join token: {err}")))?;
-        let channel = netctl_proto::connect(&manager).await.map_err(|err| SessionError::Lost {
-            manager: manager.clone(),
-            during: "connecting",
-            message: err.reason,
-        })?;
+        let (channel, _) = netctl_proto::connect_with_token(&manager, &token)
+            .await
+            .map_err(|err| connect_error(&manager, err))?;
+        Ok((Self::over(manager.clone(), channel, interceptor), token))
+    }
+
+    fn over(manager: String, channel: Channel, interceptor: BearerToken) -> Self {
         let client = DispatcherClient::with_interceptor(channel, interceptor)
             .max_decoding_message_size(netctl_proto::MAX_NODE_STATE_BYTES);
-        Ok(Self { manager, client })
+        Self { manager, client }
     }
 
     fn status_error(&self, during: &'static str, status: tonic::Status) -> SessionError {
@@ -81,16 +130,18 @@ impl Session {
         }
     }
 
-    /// Joins as `node_id` (or as a new node when `None`).
+    /// Joins: as a new node over a token session, as the certificate's node
+    /// over a certificate session; `key`'s request is signed when given.
     pub async fn join(
         &mut self,
         config: &AgentConfig,
-        node_id: Option<&str>,
+        key: Option<&NodeKey>,
     ) -> Result<Joined, SessionError> {
         let request = JoinRequest {
-            node_id: node_id.unwrap_or_default().to_string(),
+            node_id: String::new(),
             hostname: config.hostname.clone(),
             advertise_addr: config.advertise_addr.to_string(),
+            csr: key.map(|k| k.csr_der.clone()).unwrap_or_default(),
         };
         let response = self
             .client
@@ -101,7 +152,26 @@ impl Session {
         Ok(Joined {
             node_id: response.node_id,
             heartbeat_interval: Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(100))),
+            certificate_pem: response.certificate,
+            ca_pem: response.ca_certificate,
         })
+    }
+
+    /// Sends a new key's certificate request once the certificate of
+    /// `credentials` is half way through its lifetime; the renewed
+    /// credentials (not yet saved).
+    pub async fn renew_when_due(
+        mut self,
+        config: &AgentConfig,
+        credentials: &Credentials,
+    ) -> Result<Credentials, SessionError> {
+        let wait = credentials.certificate.renew_at_unix() - unix_now();
+        tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
+        let refused = |message: String| SessionError::Refused { manager: self.manager.clone(), message };
+        let key = NodeKey::generate().map_err(refused)?;
+        let joined = self.join(config, Some(&key)).await?;
+        Credentials::from_pem(joined.certificate_pem, key.key_pem, joined.ca_pem)
+            .map_err(|err| SessionError::Refused { manager: self.manager.clone(), message: err })
     }
 
     /// Sends a heartbeat every interval, forever; failures are logged, and

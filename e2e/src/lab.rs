@@ -44,7 +44,8 @@ pub struct Host {
     pub address: Ipv4Addr,
     /// The agent's run dir (namespaces under `netns/`, tasks under `tasks/`).
     pub run_dir: PathBuf,
-    state_dir: PathBuf,
+    /// The agent's state dir (its certificate, key and the cluster CA).
+    pub state_dir: PathBuf,
 }
 
 /// A running multi-host cluster.
@@ -57,6 +58,7 @@ pub struct Lab {
     admin_token: String,
     join_token: String,
     agent_args: Vec<String>,
+    manager_args: Vec<String>,
 }
 
 impl Lab {
@@ -68,6 +70,12 @@ impl Lab {
 
     /// As [`Lab::start`], every agent started with `agent_args` too.
     pub fn start_with(nodes: usize, agent_args: &[&str]) -> Self {
+        Self::start_configured(nodes, &[], agent_args)
+    }
+
+    /// As [`Lab::start`], the manager started with `manager_args` and every
+    /// agent with `agent_args` too.
+    pub fn start_configured(nodes: usize, manager_args: &[&str], agent_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("netctl-lab-").tempdir().expect("tempdir");
         // The hosts are built by the lab users run (`netctl lab up`), in
         // this lab's own folder.
@@ -100,6 +108,7 @@ impl Lab {
             admin_token: String::new(),
             join_token: String::new(),
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+            manager_args: manager_args.iter().map(|a| a.to_string()).collect(),
         };
         lab.start_manager();
         for i in 0..nodes {
@@ -122,7 +131,8 @@ impl Lab {
         &self.underlay
     }
 
-    fn manager_url(&self) -> String {
+    /// The manager's address as agents and clients are given it.
+    pub fn manager_url(&self) -> String {
         format!("http://{}:4243", self.hosts[0].address)
     }
 
@@ -130,6 +140,7 @@ impl Lab {
         let data_dir = self.dir.path().join("manager");
         let mut command = self.hosts[0].namespace.command(netctl_bin());
         command.args(["manager", "--dispatcher-heartbeat", "500ms", "--data-dir"]).arg(&data_dir);
+        command.args(&self.manager_args);
         self.manager = Some(Daemon::spawn(command, self.dir.path().join("manager.log"), None));
         let token =
             |name: &str| std::fs::read_to_string(data_dir.join(name)).ok().map(|t| t.trim().to_string());

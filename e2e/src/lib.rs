@@ -84,6 +84,19 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Waits until this agent has connected with its node certificate twice
+    /// (it reconnected after a manager restart) and asserts it joined with
+    /// the join token only once: no rejoin, the same node.
+    pub fn assert_reconnected_with_its_certificate(&self) {
+        let connected = wait_until(Duration::from_secs(15), || {
+            self.log().matches("connected with the node certificate").count() >= 2
+        });
+        assert!(connected, "the agent did not reconnect: {}", self.log());
+        assert_eq!(self.log().matches("with the join token").count(), 1, "a rejoin: {}", self.log());
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();

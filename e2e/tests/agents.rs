@@ -16,13 +16,23 @@ fn node_status(cluster: &ControlPlane, hostname: &str) -> Option<String> {
 #[test]
 fn a_good_token_joins_and_a_bad_one_is_refused() {
     let cluster = ControlPlane::start(&[]);
-    let mut bad = cluster.start_agent("intruder", "NETCTL-JOIN-1-wrong");
-    assert!(
-        wait_until(Duration::from_secs(10), || bad.try_exit_code().is_some()),
-        "a refused agent must exit"
-    );
-    assert_eq!(bad.try_exit_code(), Some(1));
-    assert!(bad.log().contains("join token presented is not valid"), "{}", bad.log());
+    let malformed = cluster.start_agent("intruder", "NETCTL-JOIN-1-wrong");
+    let mut wrong_secret = cluster.join_token();
+    wrong_secret.pop();
+    wrong_secret.push('0');
+    let wrong = cluster.start_agent("intruder", &wrong_secret);
+    for (mut bad, expected) in [
+        (malformed, "join token: the token is not NETCTL-<KIND>-1-<CA digest>-<secret>"),
+        (wrong, "join token presented is not valid"),
+    ] {
+        assert!(
+            wait_until(Duration::from_secs(10), || bad.try_exit_code().is_some()),
+            "a refused agent must exit"
+        );
+        assert_eq!(bad.try_exit_code(), Some(1));
+        assert!(bad.log().contains(expected), "{}", bad.log());
+        assert!(!bad.log().contains(&wrong_secret), "the token stays out of the log");
+    }
 
     let _agent = cluster.start_agent("node0", &cluster.join_token());
     assert!(
@@ -46,7 +56,10 @@ fn a_restarted_agent_rejoins_as_the_same_node_and_gets_its_state() {
     drop(first);
 
     let second = cluster.start_agent("node0", &cluster.join_token());
-    assert!(wait_until(Duration::from_secs(10), || second.log().contains("joined the cluster")));
+    assert!(wait_until(Duration::from_secs(10), || second
+        .log()
+        .contains("connected with the node certificate")));
+    assert!(!second.log().contains("with the join token"), "a restart needs no join token: {}", second.log());
     let nodes = cluster.nodes();
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     assert_eq!(nodes[0]["ID"], id);

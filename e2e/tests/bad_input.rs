@@ -60,9 +60,20 @@ fn an_exhausted_pool_is_reported() {
 #[test]
 fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
     let cluster = ControlPlane::start(&[]);
-    let wrong = cluster.netctl_with_token(Some("not-the-token"), &["network", "create", "x"]);
+    let malformed = cluster.netctl_with_token(Some("not-the-token"), &["network", "create", "x"]);
+    assert_eq!(malformed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert!(stderr.contains("admin token: the token is not NETCTL-"), "{stderr}");
+    let mut wrong_secret = cluster.admin_token();
+    wrong_secret.pop();
+    wrong_secret.push('0');
+    let wrong = cluster.netctl_with_token(Some(&wrong_secret), &["network", "create", "x"]);
     assert_eq!(wrong.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("admin token presented is not valid"));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("admin token presented is not valid"), "{stderr}");
+    assert!(!stderr.contains(&wrong_secret), "the token stays out of errors");
+    let join = cluster.netctl_with_token(Some(&cluster.join_token()), &["network", "ls"]);
+    assert!(String::from_utf8_lossy(&join.stderr).contains("is a join token"));
 
     // Without a token the client falls back to the default token file, which
     // is absent or belongs to another cluster: refused either way.
@@ -72,7 +83,8 @@ fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
 
     let unreachable = cluster
         .command(e2e::netctl_bin())
-        .args(["--manager", "http://127.0.0.1:1", "--token", "x", "network", "ls"])
+        .args(["--manager", "http://127.0.0.1:1", "network", "ls"])
+        .env("NETCTL_TOKEN", cluster.admin_token())
         .output()
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(1));

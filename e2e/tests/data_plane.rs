@@ -242,7 +242,9 @@ fn a_ping_survives_an_agent_restart() {
         .find_map(|part| part.strip_suffix(" received").and_then(|n| n.parse().ok()))
         .expect("ping summary");
     assert!(received >= 59, "lost more than one packet: {summary}");
-    assert!(wait_until(Duration::from_secs(10), || lab.agent_log(restarted).contains("joined the cluster")));
+    assert!(wait_until(Duration::from_secs(10), || lab
+        .agent_log(restarted)
+        .contains("connected with the node certificate")));
 }
 
 #[test]

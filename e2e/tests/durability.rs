@@ -34,7 +34,7 @@ fn a_manager_restart_keeps_networks_nodes_and_tokens() {
         "{}",
         agent.log()
     );
-    assert!(wait_until(Duration::from_secs(5), || agent.log().matches("joined the cluster").count() >= 2));
+    agent.assert_reconnected_with_its_certificate();
 }
 
 #[test]

@@ -11,8 +11,11 @@ fn by_name<'a>(networks: &'a [Value], name: &str) -> &'a Value {
 fn first_start_makes_ingress_and_prints_the_join_command() {
     let cluster = ControlPlane::start(&[]);
     let stdout = cluster.manager_stdout();
-    assert!(stdout.contains(&format!("--join-token {}", cluster.join_token())), "{stdout}");
-    assert!(stdout.contains("netctl agent --manager http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("--join-token-file <FILE>"), "{stdout}");
+    assert!(stdout.contains("netctl agent --manager https://127.0.0.1:"), "{stdout}");
+    assert!(!stdout.contains(&cluster.join_token()), "no token on stdout: {stdout}");
+    let digest = cluster.join_token().split('-').nth(3).unwrap().to_string();
+    assert!(stdout.contains(&format!("Cluster CA: sha256 {digest}")), "{stdout}");
     let networks = cluster.networks();
     let ingress = by_name(&networks, "ingress");
     assert_eq!((ingress["Subnet"].as_str(), ingress["VNI"].as_u64()), (Some("10.255.0.0/16"), Some(4096)));

@@ -1,31 +1,44 @@
-//! Bearer-token checks on incoming gRPC requests.
+//! Who is calling: the admin token on Control calls, the node certificate
+//! (or, for a first join, the join token) on Dispatcher calls.
 
+use crate::tokens::ClusterTokens;
+use netctl_proto::pki::{CertificateInfo, TokenKind, WORKER_ROLE};
 use netctl_proto::AUTHORIZATION_HEADER;
 use std::sync::Arc;
 use tonic::{Request, Status};
 
-/// An interceptor that admits only requests carrying `Bearer <token>`.
-/// `what` names the token in the refusal ("admin token", "join token").
-pub fn require_token(
-    token: String,
-    what: &'static str,
+/// An interceptor that admits only requests carrying `Bearer <admin token>`.
+pub fn require_admin_token(
+    tokens: Arc<ClusterTokens>,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    let expected: Arc<str> = format!("Bearer {token}").into();
-    move |request: Request<()>| {
-        let presented = request.metadata().get(AUTHORIZATION_HEADER).map(|v| v.as_bytes());
-        match presented {
-            Some(value) if constant_time_eq(value, expected.as_bytes()) => Ok(request),
-            Some(_) => {
-                Err(Status::unauthenticated(format!("the {what} presented is not valid for this cluster")))
-            }
-            None => Err(Status::unauthenticated(format!("no {what} presented"))),
-        }
+    move |request: Request<()>| match presented_token(&request) {
+        Some(token) if tokens.accepts(TokenKind::Admin, token) => Ok(request),
+        Some(_) => Err(Status::unauthenticated("the admin token presented is not valid for this cluster")),
+        None => Err(Status::unauthenticated(
+            "no admin token presented (a node certificate gives no access to Control)",
+        )),
     }
 }
 
-/// Compares two byte strings in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token after `Bearer ` in the request's authorization header.
+pub fn presented_token<T>(request: &Request<T>) -> Option<&[u8]> {
+    let value = request.metadata().get(AUTHORIZATION_HEADER)?.as_bytes();
+    Some(value.strip_prefix(b"Bearer ").unwrap_or(value))
+}
+
+/// The worker node named by the client certificate of the request's TLS
+/// connection (verified against the cluster CA by the handshake), if any.
+pub fn certificate_node<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+    let Some(chain) = request.peer_certs() else { return Ok(None) };
+    let Some(leaf) = chain.first() else { return Ok(None) };
+    let info = CertificateInfo::parse(leaf).map_err(Status::unauthenticated)?;
+    if info.role != WORKER_ROLE || info.common_name.is_empty() {
+        return Err(Status::permission_denied(format!(
+            "the certificate {} is not a worker node's",
+            info.subject
+        )));
+    }
+    Ok(Some(info.common_name))
 }
 
 #[cfg(test)]
@@ -41,12 +54,18 @@ mod tests {
     }
 
     #[test]
-    fn only_the_right_bearer_token_passes() {
-        let check = require_token("s3cret".into(), "admin token");
-        assert!(check(with_header(Some("Bearer s3cret"))).is_ok());
-        let wrong = check(with_header(Some("Bearer nope"))).unwrap_err();
+    fn only_the_current_admin_token_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = "ab".repeat(32);
+        let tokens = Arc::new(ClusterTokens::load_or_create(dir.path(), &digest).unwrap());
+        let check = require_admin_token(tokens.clone());
+        let admin = tokens.current(TokenKind::Admin).reveal();
+        assert!(check(with_header(Some(&format!("Bearer {admin}")))).is_ok());
+        let join = tokens.current(TokenKind::Join).reveal();
+        let wrong = check(with_header(Some(&format!("Bearer {join}")))).unwrap_err();
         assert!(wrong.message().contains("not valid"), "{wrong}");
         let missing = check(with_header(None)).unwrap_err();
         assert!(missing.message().contains("no admin token"), "{missing}");
+        assert!(certificate_node(&with_header(None)).unwrap().is_none());
     }
 }

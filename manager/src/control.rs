@@ -3,9 +3,11 @@
 
 use crate::liveness::Heartbeats;
 use crate::networks::{self, AddressPool};
+use crate::pki::ClusterCa;
 use crate::ports::ReservedPorts;
 use crate::reports::AgentReports;
 use crate::services;
+use crate::tokens::ClusterTokens;
 use crate::{ManagerError, Store};
 use netctl_proto::control_server::Control;
 use netctl_proto::*;
@@ -21,19 +23,32 @@ pub struct ControlService {
     pool: AddressPool,
     reports: Arc<AgentReports>,
     reserved_ports: ReservedPorts,
+    security: ClusterSecurity,
+}
+
+/// What `cluster info` and `cluster join-token` show and change.
+pub struct ClusterSecurity {
+    /// The root CA.
+    pub ca: Arc<ClusterCa>,
+    /// The join and admin tokens.
+    pub tokens: Arc<ClusterTokens>,
+    /// The VXLAN UDP port.
+    pub data_path_port: u16,
 }
 
 impl ControlService {
     /// A Control service allocating from `pool`, serving what agents
-    /// reported (`reports`) and refusing to publish `reserved_ports`.
+    /// reported (`reports`), refusing to publish `reserved_ports`, and
+    /// showing or rotating the cluster's `security`.
     pub fn new(
         store: Arc<Store>,
         heartbeats: Arc<Heartbeats>,
         pool: AddressPool,
         reports: Arc<AgentReports>,
         reserved_ports: ReservedPorts,
+        security: ClusterSecurity,
     ) -> Self {
-        Self { store, heartbeats, pool, reports, reserved_ports }
+        Self { store, heartbeats, pool, reports, reserved_ports, security }
     }
 
     /// A service with its tasks, newest first per slot, and node names.
@@ -116,6 +131,48 @@ impl Control for ControlService {
             })
             .collect();
         Ok(Response::new(NodeListResponse { nodes }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<NodeRemoveRequest>,
+    ) -> Result<Response<NodeRemoveResponse>, Status> {
+        let NodeRemoveRequest { reference, force } = request.into_inner();
+        let node = crate::nodes::remove(&self.store, &self.heartbeats, &reference, force).await?;
+        tracing::info!(node = %node.id, hostname = %node.hostname, force, "node removed");
+        Ok(Response::new(NodeRemoveResponse { id: node.id }))
+    }
+
+    async fn cluster_info(
+        &self,
+        _request: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        let ca = &self.security.ca;
+        Ok(Response::new(ClusterInfoResponse {
+            ca_digest: ca.digest.clone(),
+            cert_expiry_seconds: ca.node_cert_lifetime.as_secs(),
+            data_path_port: u32::from(self.security.data_path_port),
+            ca_not_after_unix: ca.not_after_unix,
+        }))
+    }
+
+    async fn join_token(
+        &self,
+        request: Request<JoinTokenRequest>,
+    ) -> Result<Response<JoinTokenResponse>, Status> {
+        let request = request.into_inner();
+        let kind = match request.role() {
+            TokenRole::Worker => netctl_proto::pki::TokenKind::Join,
+            TokenRole::Admin => netctl_proto::pki::TokenKind::Admin,
+        };
+        let token = if request.rotate {
+            let token = self.security.tokens.rotate(kind)?;
+            tracing::info!(?kind, "token rotated");
+            token
+        } else {
+            self.security.tokens.current(kind)
+        };
+        Ok(Response::new(JoinTokenResponse { token: token.reveal() }))
     }
 
     async fn create_service(

@@ -1,18 +1,23 @@
 //! The `Dispatcher` gRPC service: what agents call to join, to say they are
-//! alive, and to watch their node's desired state.
+//! alive, and to watch their node's desired state. A node is the one its
+//! TLS client certificate names: it can watch, heartbeat and report only for
+//! itself. The join token alone admits only a first Join.
 
+use crate::auth::{certificate_node, presented_token};
 use crate::liveness::Heartbeats;
 use crate::networks::now_unix;
+use crate::pki::ClusterCa;
 use crate::reports::AgentReports;
-use crate::{ids, snapshot, ManagerError, Store};
+use crate::tokens::ClusterTokens;
+use crate::{ids, nodes, snapshot, ManagerError, Store};
 use netctl_proto::convention::sandbox_name;
 use netctl_proto::dispatcher_server::Dispatcher;
+use netctl_proto::pki::TokenKind;
 use netctl_proto::*;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status};
 
 /// The Dispatcher service over the shared store.
@@ -22,20 +27,25 @@ pub struct DispatcherService {
     data_path_port: u16,
     stopping: watch::Receiver<bool>,
     reports: Arc<AgentReports>,
+    ca: Arc<ClusterCa>,
+    tokens: Arc<ClusterTokens>,
 }
 
 impl DispatcherService {
-    /// A Dispatcher telling agents to use `data_path_port` for VXLAN. Its
-    /// watch streams end when `stopping` turns true, so that the server can
-    /// shut down gracefully.
+    /// A Dispatcher telling agents to use `data_path_port` for VXLAN,
+    /// signing node certificates with `ca` and admitting first joins with
+    /// the join token of `tokens`. Its watch streams end when `stopping`
+    /// turns true, so that the server can shut down gracefully.
     pub fn new(
         store: Arc<Store>,
         heartbeats: Arc<Heartbeats>,
         data_path_port: u16,
         stopping: watch::Receiver<bool>,
         reports: Arc<AgentReports>,
+        ca: Arc<ClusterCa>,
+        tokens: Arc<ClusterTokens>,
     ) -> Self {
-        Self { store, heartbeats, data_path_port, stopping, reports }
+        Self { store, heartbeats, data_path_port, stopping, reports, ca, tokens }
     }
 
     fn heartbeat_interval_ms(&self) -> u32 {
@@ -59,19 +69,58 @@ impl DispatcherService {
         })
     }
 
-    fn known_node(&self, node_id: &str) -> Result<Node, Status> {
-        self.store
-            .node(node_id)
-            .map_err(ManagerError::from)?
-            .ok_or_else(|| Status::not_found(format!("node {node_id} has not joined this cluster")))
+    /// The member node the request's certificate names. `claimed` (a node
+    /// ID field of the request, may be empty) must be that node: a node
+    /// cannot `acting` for another.
+    fn caller<T>(&self, request: &Request<T>, claimed: &str, acting: &str) -> Result<Node, Status> {
+        let Some(node_id) = certificate_node(request)? else {
+            return Err(Status::unauthenticated(format!(
+                "only a node can {acting}: present the node certificate the manager signed at join"
+            )));
+        };
+        if !claimed.is_empty() && claimed != node_id {
+            return Err(Status::permission_denied(format!(
+                "this connection is node {node_id}'s (its certificate says so); it cannot {acting} for node {claimed}"
+            )));
+        }
+        nodes::member(&self.store, &node_id)
+    }
+
+    /// The node ID a Join is for: the certificate's on a rejoin or renewal;
+    /// a new one for a first join, which needs the join token and may not
+    /// choose its ID.
+    fn joining_node_id(&self, request: &Request<JoinRequest>) -> Result<String, Status> {
+        let claimed = &request.get_ref().node_id;
+        if certificate_node(request)?.is_some() {
+            return self.caller(request, claimed, "join").map(|node| node.id);
+        }
+        match presented_token(request) {
+            Some(token) if self.tokens.accepts(TokenKind::Join, token) => {}
+            Some(_) => {
+                return Err(Status::unauthenticated("the join token presented is not valid for this cluster"))
+            }
+            None => return Err(Status::unauthenticated("no join token presented")),
+        }
+        if !claimed.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "the join token cannot act as node {claimed}: a node rejoins with its own certificate"
+            )));
+        }
+        if request.get_ref().csr.is_empty() {
+            return Err(Status::invalid_argument("a joining node must send a certificate request"));
+        }
+        Ok(ids::new_id())
     }
 }
 
-/// The node's desired state now.
-fn desired_state(store: &Store, node_id: &str, port: u32) -> Result<NodeState, crate::store::StoreError> {
+/// The node's desired state now; refused once the node is removed.
+fn desired_state(store: &Store, node_id: &str, port: u32) -> Result<NodeState, Status> {
     let revision = store.revision();
-    let node = store.node(node_id)?.unwrap_or_default();
-    let (networks, services, tasks, nodes) = (store.networks()?, store.all()?, store.all()?, store.nodes()?);
+    let node = nodes::member(store, node_id)?;
+    let read = || -> Result<_, crate::store::StoreError> {
+        Ok((store.networks()?, store.all()?, store.all()?, store.nodes()?))
+    };
+    let (networks, services, tasks, nodes) = read().map_err(ManagerError::from)?;
     let cluster =
         snapshot::ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
     Ok(snapshot::node_state(&node, &cluster, port, revision))
@@ -80,9 +129,8 @@ fn desired_state(store: &Store, node_id: &str, port: u32) -> Result<NodeState, c
 /// Whether the request came from the manager's own host (the connection's
 /// two ends share an address).
 fn from_manager_host<T>(request: &Request<T>) -> bool {
-    let info = request.extensions().get::<TcpConnectInfo>();
-    match info.map(|i| (i.local_addr(), i.remote_addr())) {
-        Some((Some(local), Some(remote))) => local.ip() == remote.ip(),
+    match (request.local_addr(), request.remote_addr()) {
+        (Some(local), Some(remote)) => local.ip() == remote.ip(),
         _ => false,
     }
 }
@@ -91,6 +139,7 @@ fn from_manager_host<T>(request: &Request<T>) -> bool {
 impl Dispatcher for DispatcherService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let manager_host = from_manager_host(&request);
+        let node_id = self.joining_node_id(&request)?;
         let join = request.into_inner();
         join.advertise_addr.parse::<IpAddr>().map_err(|_| {
             Status::invalid_argument(format!("invalid advertise address {:?}", join.advertise_addr))
@@ -99,37 +148,44 @@ impl Dispatcher for DispatcherService {
             return Err(Status::invalid_argument("a joining node must give its hostname"));
         }
         let hostname = netctl_proto::printable(&join.hostname, crate::validate::MAX_NAME_LEN);
-        let _writer = self.store.write_lock().await;
-        let existing = match join.node_id.as_str() {
-            "" => None,
-            id => self.store.node(id).map_err(ManagerError::from)?,
+        let signed = match join.csr.as_slice() {
+            [] => None,
+            csr => Some(
+                self.ca.sign_node(csr, &node_id).map_err(|err| Status::invalid_argument(err.to_string()))?,
+            ),
         };
+        let _writer = self.store.write_lock().await;
+        let existing = self.store.node(&node_id).map_err(ManagerError::from)?;
         let ingress_address = match existing.as_ref().map(|n| n.ingress_address.clone()) {
             Some(kept) if !kept.is_empty() => kept,
             _ => self.free_ingress_address()?,
         };
+        let certificate = match &signed {
+            Some(signed) => Some(nodes::certificate_record(signed, &self.ca.digest)),
+            None => existing.as_ref().and_then(|n| n.certificate.clone()),
+        };
         let node = Node {
-            id: match join.node_id.as_str() {
-                "" => ids::new_id(),
-                kept => kept.to_string(),
-            },
+            id: node_id,
             hostname,
             advertise_addr: join.advertise_addr,
             availability: "Active".to_string(),
             manager_host,
             created_unix: existing.as_ref().map_or_else(now_unix, |n| n.created_unix),
             ingress_address,
+            certificate,
         };
         let unchanged = existing.as_ref().is_some_and(|old| *old == node);
         if !unchanged {
             self.store.put(&node).await.map_err(ManagerError::from)?;
         }
         self.heartbeats.record(&node.id);
-        tracing::info!(node = %node.id, hostname = %node.hostname, addr = %node.advertise_addr, rejoin = existing.is_some(), "node joined");
+        tracing::info!(node = %node.id, hostname = %node.hostname, addr = %node.advertise_addr, rejoin = existing.is_some(), certificate_signed = signed.is_some(), "node joined");
         Ok(Response::new(JoinResponse {
             node_id: node.id,
             heartbeat_interval_ms: self.heartbeat_interval_ms(),
             data_path_port: u32::from(self.data_path_port),
+            certificate: signed.map(|s| s.pem).unwrap_or_default(),
+            ca_certificate: self.ca.ca_pem.clone(),
         }))
     }
 
@@ -137,17 +193,15 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let node_id = &request.get_ref().node_id;
-        self.known_node(node_id)?;
-        self.heartbeats.record(node_id);
+        let node = self.caller(&request, &request.get_ref().node_id, "send heartbeats")?;
+        self.heartbeats.record(&node.id);
         Ok(Response::new(HeartbeatResponse { heartbeat_interval_ms: self.heartbeat_interval_ms() }))
     }
 
     type WatchStream = ReceiverStream<Result<NodeState, Status>>;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let node_id = request.into_inner().node_id;
-        self.known_node(&node_id)?;
+        let node_id = self.caller(&request, &request.get_ref().node_id, "watch the desired state")?.id;
         let (sender, receiver) = mpsc::channel(4);
         let store = self.store.clone();
         let port = u32::from(self.data_path_port);
@@ -170,8 +224,8 @@ impl Dispatcher for DispatcherService {
                             last_sent = Some(state);
                         }
                     }
-                    Err(err) => {
-                        let _ = sender.send(Err(ManagerError::from(err).into())).await;
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
                         break;
                     }
                 }
@@ -189,8 +243,8 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<ReportStatusRequest>,
     ) -> Result<Response<ReportStatusResponse>, Status> {
+        let node = self.caller(&request, &request.get_ref().node_id, "report task status")?;
         let report = request.into_inner();
-        self.known_node(&report.node_id)?;
         let _writer = self.store.write_lock().await;
         let mut batch = crate::store::Batch::new();
         for status in &report.tasks {
@@ -198,8 +252,14 @@ impl Dispatcher for DispatcherService {
             let Some(mut task) = self.store.get::<Task>(&status.task_id).map_err(ManagerError::from)? else {
                 continue;
             };
+            if task.node_id != node.id {
+                return Err(Status::permission_denied(format!(
+                    "task {} is not node {}'s: a node reports only its own tasks",
+                    task.id, node.id
+                )));
+            }
             let changed = task.state != status.state || task.error != error;
-            if task.node_id != report.node_id || task.desired_state() != TaskState::Running || !changed {
+            if task.desired_state() != TaskState::Running || !changed {
                 continue;
             }
             let state = status.state();
@@ -222,15 +282,21 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<tonic::Streaming<LogChunk>>,
     ) -> Result<Response<PushLogsResponse>, Status> {
+        let node = self.caller(&request, "", "ship task logs")?;
         let mut chunks = request.into_inner();
         // The task of the last sandbox seen: chunks come in runs per task.
         let mut owner: Option<(String, Option<String>)> = None;
         while let Some(chunk) = chunks.message().await? {
+            if !chunk.node_id.is_empty() && chunk.node_id != node.id {
+                return Err(Status::permission_denied(format!(
+                    "this connection is node {}'s; it cannot ship logs for node {}",
+                    node.id, chunk.node_id
+                )));
+            }
             if owner.as_ref().is_none_or(|(sandbox, _)| *sandbox != chunk.sandbox) {
                 let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
-                let task = tasks
-                    .into_iter()
-                    .find(|t| t.node_id == chunk.node_id && sandbox_name(&t.id) == chunk.sandbox);
+                let task =
+                    tasks.into_iter().find(|t| t.node_id == node.id && sandbox_name(&t.id) == chunk.sandbox);
                 owner = Some((chunk.sandbox.clone(), task.map(|t| t.id)));
             }
             if let Some((_, Some(task_id))) = &owner {
@@ -244,8 +310,7 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<LogOffsetsRequest>,
     ) -> Result<Response<LogOffsetsResponse>, Status> {
-        let node_id = request.into_inner().node_id;
-        self.known_node(&node_id)?;
+        let node_id = self.caller(&request, &request.get_ref().node_id, "read log offsets")?.id;
         let tasks: Vec<Task> = self.store.all().map_err(ManagerError::from)?;
         let offsets = tasks
             .iter()
@@ -259,8 +324,9 @@ impl Dispatcher for DispatcherService {
         &self,
         request: Request<NodeTopology>,
     ) -> Result<Response<ReportTopologyResponse>, Status> {
-        let topology = request.into_inner();
-        self.known_node(&topology.node_id)?;
+        let node = self.caller(&request, &request.get_ref().node_id, "report the topology")?;
+        let mut topology = request.into_inner();
+        topology.node_id = node.id;
         self.reports.topologies.record(topology);
         Ok(Response::new(ReportTopologyResponse {}))
     }

@@ -1,6 +1,7 @@
-//! Starting the manager: open the store, bootstrap the cluster, serve gRPC.
+//! Starting the manager: open the store, bootstrap the cluster, serve gRPC
+//! over TLS only.
 
-use crate::auth::require_token;
+use crate::auth::require_admin_token;
 use crate::cluster::{self, Cluster};
 use crate::control::ControlService;
 use crate::dispatcher::DispatcherService;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// How a manager is started (the `netctl manager` flags).
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct ManagerConfig {
     pub data_path_port: Option<u16>,
     /// How often agents send heartbeats.
     pub heartbeat_interval: Duration,
+    /// How long the node certificates it signs are valid.
+    pub cert_expiry: Duration,
 }
 
 /// A bootstrapped manager, ready to serve.
@@ -42,7 +46,8 @@ impl Manager {
     /// Opens the store and creates or loads the cluster.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
         let store = Arc::new(cluster::open_store(&config.data_dir)?);
-        let cluster = cluster::bootstrap(&store, &config.data_dir, config.data_path_port).await?;
+        let cluster =
+            cluster::bootstrap(&store, &config.data_dir, config.data_path_port, config.cert_expiry).await?;
         Ok(Self { config, cluster, store })
     }
 
@@ -70,6 +75,11 @@ impl Manager {
             self.config.pool,
             reports.clone(),
             reserved_ports,
+            crate::control::ClusterSecurity {
+                ca: self.cluster.ca.clone(),
+                tokens: self.cluster.tokens.clone(),
+                data_path_port: self.cluster.data_path_port,
+            },
         );
         // Watch streams never end by themselves: close them when stopping, or
         // the graceful shutdown would wait for every agent forever.
@@ -82,6 +92,8 @@ impl Manager {
             self.cluster.data_path_port,
             stopping.clone(),
             reports,
+            self.cluster.ca.clone(),
+            self.cluster.tokens.clone(),
         );
         tokio::spawn(async move {
             shutdown.await;
@@ -91,22 +103,25 @@ impl Manager {
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        tracing::info!(%listen, "manager serving");
+        let identity = &self.cluster.identity;
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.cluster.ca.ca_pem))
+            .client_auth_optional(true);
+        let io_error =
+            |context: String| move |err| ManagerError::Io { context, source: std::io::Error::other(err) };
+        tracing::info!(%listen, ca = %self.cluster.ca.digest, "manager serving (TLS)");
         tonic::transport::Server::builder()
+            .tls_config(tls)
+            .map_err(io_error("setting up TLS".to_string()))?
             .add_service(ControlServer::with_interceptor(
                 control,
-                require_token(self.cluster.admin_token.clone(), "admin token"),
+                require_admin_token(self.cluster.tokens.clone()),
             ))
-            .add_service(DispatcherServer::with_interceptor(
-                dispatcher,
-                require_token(self.cluster.join_token.clone(), "join token"),
-            ))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .add_service(DispatcherServer::new(dispatcher))
+            .serve_with_incoming_shutdown(crate::plaintext::tls_connections(listener), shutdown)
             .await
-            .map_err(|err| ManagerError::Io {
-                context: format!("serving on {listen}"),
-                source: std::io::Error::other(err),
-            })
+            .map_err(io_error(format!("serving on {listen}")))
     }
 }
 

@@ -19,6 +19,14 @@ pub struct ClusterView<'a> {
     pub nodes: &'a [Node],
 }
 
+/// Every node's data-path address, sorted and without repeats: the only
+/// senders whose VXLAN packets a node accepts.
+fn cluster_node_addresses(nodes: &[Node]) -> Vec<String> {
+    let addresses: std::collections::BTreeSet<&str> =
+        nodes.iter().map(|n| n.advertise_addr.as_str()).collect();
+    addresses.into_iter().map(str::to_string).collect()
+}
+
 /// Builds `node`'s whole desired state at `revision`: the tasks it runs, the
 /// ingress network (on every node, so that every node answers published
 /// ports) and the networks its tasks attach to (an overlay exists only where
@@ -134,6 +142,7 @@ pub fn node_state(node: &Node, cluster: &ClusterView, data_path_port: u32, revis
         ingress_address: node.ingress_address.clone(),
         service_vips,
         names,
+        cluster_nodes: cluster_node_addresses(cluster.nodes),
     }
 }
 

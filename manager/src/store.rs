@@ -1,13 +1,14 @@
 //! The cluster state on disk: the only module that touches sled.
 //!
-//! One tree per kind (`networks`, `nodes`, `services`, `tasks`) holding
+//! One tree per kind (`networks`, `nodes`, `services`, `tasks`,
+//! `removed_nodes`) holding
 //! prost-encoded records keyed by ID, and a `meta` tree with the revision counter and cluster settings.
 //! Every change (one record or a [`Batch`]) bumps the revision in the same
 //! transaction and is flushed to disk before the call returns, so an acknowledged change
 //! survives a crash. Writers that read, decide and write (allocation) hold
 //! [`Store::write_lock`] so that no value is handed out twice.
 
-use netctl_proto::{Network, Node, Service, Task};
+use netctl_proto::{Network, Node, RemovedNode, Service, Task};
 use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::path::Path;
@@ -49,10 +50,12 @@ pub enum Kind {
     Service,
     /// Tasks (replicas), current and recent history.
     Task,
+    /// Nodes removed from the cluster (their certificates are refused).
+    RemovedNode,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Network, Kind::Node, Kind::Service, Kind::Task];
+    const ALL: [Kind; 5] = [Kind::Network, Kind::Node, Kind::Service, Kind::Task, Kind::RemovedNode];
 
     fn name(self) -> &'static str {
         match self {
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Node => "node",
             Kind::Service => "service",
             Kind::Task => "task",
+            Kind::RemovedNode => "removed_node",
         }
     }
 
@@ -90,6 +94,7 @@ record!(Network, Kind::Network);
 record!(Node, Kind::Node);
 record!(Service, Kind::Service);
 record!(Task, Kind::Task);
+record!(RemovedNode, Kind::RemovedNode);
 
 /// Changes committed together: all or none.
 #[derive(Debug, Default)]

@@ -1,6 +1,7 @@
 //! The command line, in Docker's style.
 
 use crate::commands::agent::AgentArgs;
+use crate::commands::cluster::ClusterCommand;
 use crate::commands::exec::ExecArgs;
 use crate::commands::lab::LabCommand;
 use crate::commands::manager::ManagerArgs;
@@ -26,7 +27,7 @@ pub struct Cli {
 /// How client commands reach the manager.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The manager's gRPC address.
+    /// The manager's gRPC address (always TLS: http://, https:// or none).
     #[arg(long, global = true, env = "NETCTL_MANAGER", default_value = "http://127.0.0.1:4243")]
     pub manager: String,
     /// The admin token (default: read from the manager's default data dir).
@@ -41,10 +42,13 @@ pub enum Command {
     Manager(ManagerArgs),
     /// Run the agent of this node: join the manager and build what it asks.
     Agent(AgentArgs),
+    /// The cluster's CA, certificate lifetime and tokens.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
-    /// List the nodes of the cluster.
+    /// List, inspect and remove the nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
     /// Manage replicated services.

@@ -1,9 +1,11 @@
-//! Connecting to the manager's Control service with the admin token.
+//! Connecting to the manager's Control service with the admin token, over
+//! TLS trusting only the CA the token pins.
 
 use crate::cli::ClientArgs;
 use anyhow::{anyhow, Context};
 use netctl_proto::control_client::ControlClient;
 use netctl_proto::convention::{ADMIN_TOKEN_FILE, DEFAULT_MANAGER_DATA_DIR};
+use netctl_proto::pki::{Token, TokenKind};
 use netctl_proto::BearerToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -26,8 +28,12 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
             })?
         }
     };
+    let parsed = Token::parse(&token).map_err(|err| anyhow!("admin token: {err}"))?;
+    if parsed.kind != TokenKind::Admin {
+        anyhow::bail!("the token given is a join token: client commands need the admin token");
+    }
     let interceptor = BearerToken::new(&token).context("admin token")?;
-    let channel = netctl_proto::connect(&args.manager).await?;
+    let (channel, _) = netctl_proto::connect_with_token(&args.manager, &parsed).await?;
     Ok(ControlClient::with_interceptor(channel, interceptor))
 }
 

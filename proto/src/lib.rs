@@ -3,7 +3,8 @@
 //!
 //! The messages and services are generated from `proto/netctl.proto` at build
 //! time; beside them live the two wire conventions every client shares: the
-//! bearer token header and how a channel to the manager is opened.
+//! bearer token header, the cluster's PKI, and how a TLS channel to the
+//! manager is opened.
 
 /// Package `netctl.v1`.
 pub mod v1 {
@@ -15,7 +16,10 @@ pub use v1::*;
 
 mod connect;
 pub mod convention;
-pub use connect::{connect, ConnectError};
+pub mod pki;
+pub use connect::{
+    connect, connect_with_token, error_chain, fetch_ca, https_uri, ConnectError, NodeIdentity,
+};
 
 impl TaskState {
     /// The word Docker's CLI shows for the state (`running`, `failed` ...).
@@ -62,20 +66,37 @@ pub fn printable(text: &str, max_chars: usize) -> String {
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// A client interceptor that presents a token as `Bearer <token>` on every
-/// request, the way the manager's services expect it.
-#[derive(Debug, Clone)]
-pub struct BearerToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+/// request, the way the manager's services expect it (or nothing, for a
+/// node that proves itself with its certificate).
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl BearerToken {
     /// Fails when the token cannot be sent in a header.
     pub fn new(token: &str) -> Result<Self, InvalidToken> {
-        format!("Bearer {token}").parse().map(Self).map_err(|_| InvalidToken)
+        let mut value: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {token}").parse().map_err(|_| InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+
+    /// Presents no token.
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "BearerToken(hidden)" } else { "BearerToken(none)" })
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert(AUTHORIZATION_HEADER, self.0.clone());
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert(AUTHORIZATION_HEADER, value.clone());
+        }
         Ok(request)
     }
 }

@@ -19,16 +19,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
-secret() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-join="NETCTL-JOIN-1-vmtest-$(secret)"
-admin="NETCTL-ADMIN-1-vmtest-$(secret)"
+# The cluster CA is made here (openssl, P-256) so that the tokens, which pin
+# its digest, are known before the guests boot: the worker joins by itself.
+# The manager guest finds the CA in a second cpio archive appended to the
+# initramfs (the kernel unpacks both); the tokens travel on the command line.
+mkdir -p "$work/seed/seed"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/seed/seed/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$work/seed/seed/ca.key" -subj "/CN=netctl root CA/O=netctl" -days 2 \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature \
+  -out "$work/seed/seed/ca.crt"
+digest=$(openssl x509 -in "$work/seed/seed/ca.crt" -outform der | sha256sum | cut -d' ' -f1)
+join_secret=$(openssl rand -hex 20)
+join="NETCTL-JOIN-1-$digest-$join_secret"
+admin="NETCTL-ADMIN-1-$digest-$(openssl rand -hex 20)"
+(cd "$work/seed" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/seed.cpio.gz"
+cat "$cache/initramfs.gz" "$work/seed.cpio.gz" > "$work/initrd.gz"
 port0=$((20000 + RANDOM % 20000)); port1=$((port0 + 1))
 
 # guest NAME ACCEL SERIAL_LOG EXTRA_CMDLINE NETDEV...: starts a guest in the background.
 guest() {
   local name=$1 accel=$2 log=$3 cmdline=$4; shift 4
   qemu-system-x86_64 -accel "$accel" -m 512 -smp 1 -nodefaults -display none -no-reboot \
-    -kernel "$cache/vmlinuz" -initrd "$cache/initramfs.gz" \
+    -kernel "$cache/vmlinuz" -initrd "$work/initrd.gz" \
     -append "console=ttyS0 quiet panic=-1 netctl.name=$name $cmdline" \
     -serial "file:$log" "$@" &
   pids+=($!)
@@ -78,6 +90,9 @@ if command -v tcpdump >/dev/null; then
   if [ "$vxlan" -gt 0 ]; then verdict_line PASS wire "$vxlan VXLAN (udp/4789) packets between 192.168.10.6 and 192.168.10.7 on the link"
   else verdict_line FAIL wire "no VXLAN packet on the link"; fi
 fi
+# The control plane is TLS: the join token never crosses the link in clear.
+if grep -aq "$join_secret" "$work/link.pcap"; then verdict_line FAIL tls "the join token crossed the link in clear"
+else verdict_line PASS tls "no token in clear on the link ($(stat -c %s "$work/link.pcap") bytes captured)"; fi
 if [ "$failed" != 0 ]; then
   echo "--- node0 console"; grep -av "^RESULT" "$work/node0.log" | tail -30
   echo "--- node1 console"; tail -30 "$work/node1.log"

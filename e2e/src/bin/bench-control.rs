@@ -8,8 +8,9 @@
 use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
 use netctl_proto::dispatcher_client::DispatcherClient;
+use netctl_proto::pki::{NodeKey, Token};
 use netctl_proto::{
-    BearerToken, HeartbeatRequest, JoinRequest, NetworkCreateRequest, ServiceCreateRequest,
+    BearerToken, HeartbeatRequest, JoinRequest, NetworkCreateRequest, NodeIdentity, ServiceCreateRequest,
     ServiceRemoveRequest, WatchRequest,
 };
 use std::collections::HashMap;
@@ -34,7 +35,8 @@ struct Target {
 }
 
 async fn client(target: &Target) -> Control {
-    let channel = netctl_proto::connect(&target.manager).await.expect("connect");
+    let token = Token::parse(&target.token).expect("admin token");
+    let (channel, _) = netctl_proto::connect_with_token(&target.manager, &token).await.expect("connect");
     ControlClient::with_interceptor(channel, BearerToken::new(&target.token).expect("token"))
 }
 
@@ -115,15 +117,22 @@ async fn concurrent(target: Target) -> serde_json::Value {
 /// `(service id, when)` on `seen` the first time its desired state holds a
 /// task of a service.
 async fn watching_node(target: &Target, index: usize, seen: mpsc::UnboundedSender<(String, Instant)>) {
-    let channel = netctl_proto::connect(&target.manager).await.expect("connect");
-    let token = BearerToken::new(&target.join_token).expect("join token");
-    let mut dispatcher = DispatcherClient::with_interceptor(channel, token);
+    let token = Token::parse(&target.join_token).expect("join token");
+    let (channel, ca_pem) = netctl_proto::connect_with_token(&target.manager, &token).await.expect("connect");
+    let mut joining =
+        DispatcherClient::with_interceptor(channel, BearerToken::new(&target.join_token).unwrap());
+    let key = NodeKey::generate().expect("node key");
     let join = JoinRequest {
         hostname: format!("fan-{index}"),
         advertise_addr: format!("10.77.{}.{}", index / 200, index % 200 + 1),
+        csr: key.csr_der,
         ..Default::default()
     };
-    let node_id = dispatcher.join(join).await.expect("join").into_inner().node_id;
+    let joined = joining.join(join).await.expect("join").into_inner();
+    let identity = NodeIdentity { certificate_pem: joined.certificate, key_pem: key.key_pem };
+    let channel = netctl_proto::connect(&target.manager, &ca_pem, Some(&identity)).await.expect("connect");
+    let mut dispatcher = DispatcherClient::new(channel);
+    let node_id = joined.node_id;
     let mut heartbeats = dispatcher.clone();
     let id = node_id.clone();
     tokio::spawn(async move {

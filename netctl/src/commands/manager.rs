@@ -29,6 +29,20 @@ pub struct ManagerArgs {
     /// How often agents send heartbeats; a node is Down after 3 missed ones.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub dispatcher_heartbeat: Duration,
+    /// How long node certificates are valid; agents renew them at half
+    /// their lifetime (at least 10s).
+    #[arg(long, default_value = "90d", value_parser = parse_cert_expiry)]
+    pub cert_expiry: Duration,
+}
+
+/// A certificate lifetime: a duration of at least 10 seconds.
+fn parse_cert_expiry(text: &str) -> Result<Duration, String> {
+    let lifetime =
+        humantime::parse_duration(text).map_err(|err| format!("{text:?} is not a duration: {err}"))?;
+    if lifetime < Duration::from_secs(10) {
+        return Err(format!("{text} is too short: node certificates must live at least 10s"));
+    }
+    Ok(lifetime)
 }
 
 /// Starts the manager and serves until SIGINT or SIGTERM.
@@ -46,6 +60,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         pool: AddressPool { pool: args.default_addr_pool, mask_length: args.default_addr_pool_mask_length },
         data_path_port: args.data_path_port,
         heartbeat_interval: args.dispatcher_heartbeat,
+        cert_expiry: args.cert_expiry,
     };
     let manager = Manager::start(config)
         .await
@@ -56,11 +71,14 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             "Cluster created: ingress network 10.255.0.0/16 (VNI 4096), data-path port {}.",
             cluster.data_path_port
         );
-        println!("To add a node to this cluster, run on it:\n");
+        println!("Cluster CA: sha256 {} (every token pins it).", cluster.ca.digest);
         println!(
-            "    netctl agent --manager http://{} --join-token {} --advertise-addr <NODE-ADDRESS>\n",
+            "To add a node, copy the join token ({}, or `netctl cluster join-token -q`) into a file only root can read on it, and run:\n",
+            args.data_dir.join(netctl_proto::convention::JOIN_TOKEN_FILE).display()
+        );
+        println!(
+            "    netctl agent --manager https://{} --join-token-file <FILE> --advertise-addr <NODE-ADDRESS>\n",
             reachable_address(args.listen),
-            cluster.join_token
         );
         println!(
             "Client commands on this host use the admin token in {}.",

@@ -1,6 +1,7 @@
 //! One module per command group; `run` sends the parsed command to it.
 
 pub mod agent;
+pub mod cluster;
 pub mod exec;
 pub mod lab;
 pub mod manager;
@@ -17,6 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Manager(args) => manager::run(args).await,
         Command::Agent(args) => agent::run(cli.client.manager, args).await,
+        Command::Cluster(command) => cluster::run(&cli.client, command).await,
         Command::Network(command) => network::run(&cli.client, command).await,
         Command::Node(command) => node::run(&cli.client, command).await,
         Command::Service(command) => service::run(&cli.client, command).await,

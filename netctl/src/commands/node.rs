@@ -1,11 +1,11 @@
-//! `netctl node ls`.
+//! `netctl node ls`, `netctl node inspect`, `netctl node rm`.
 
 use crate::cli::{ClientArgs, ListFormat};
-use crate::client::{self, rpc_error};
+use crate::client::{self, for_each, rpc_error};
 use crate::table;
 use clap::Subcommand;
-use netctl_proto::NodeListRequest;
-use serde_json::json;
+use netctl_proto::{NodeListRequest, NodeRemoveRequest, NodeStatus};
+use serde_json::{json, Value};
 
 /// `netctl node ...`
 #[derive(Debug, Subcommand)]
@@ -17,14 +17,83 @@ pub enum NodeCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
+    /// Show nodes in detail, their certificates included (JSON).
+    Inspect {
+        /// Hostnames or IDs (or unique ID prefixes).
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster: their certificates are refused from
+    /// then on, their tasks are placed elsewhere, their agents stop.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node even while it is Ready.
+        #[arg(short, long)]
+        force: bool,
+        /// Hostnames or IDs (or unique ID prefixes).
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 /// Runs one `node` subcommand.
 pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> {
-    let NodeCommand::Ls { format } = command;
     let mut control = client::connect(args).await?;
-    let nodes = control.list_nodes(NodeListRequest {}).await.map_err(rpc_error)?.into_inner().nodes;
-    let manager_status = |manager_host: bool| if manager_host { "Leader" } else { "" };
+    match command {
+        NodeCommand::Ls { format } => {
+            let nodes = control.list_nodes(NodeListRequest {}).await.map_err(rpc_error)?.into_inner().nodes;
+            list(&nodes, format);
+            Ok(())
+        }
+        NodeCommand::Inspect { nodes: references } => {
+            let nodes = control.list_nodes(NodeListRequest {}).await.map_err(rpc_error)?.into_inner().nodes;
+            let mut shown = Vec::new();
+            for reference in &references {
+                let candidates = nodes.iter().map(|s| {
+                    let node = s.node.as_ref();
+                    (node.map_or("", |n| n.id.as_str()), node.map_or("", |n| n.hostname.as_str()))
+                });
+                match netctl_manager::resolve::resolve("node", reference, candidates) {
+                    Ok(index) => shown.push(inspect(&nodes[index])),
+                    Err(err) => {
+                        println!("{}", serde_json::to_string_pretty(&shown)?);
+                        anyhow::bail!("{err}");
+                    }
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        NodeCommand::Rm { force, nodes } => {
+            for_each(
+                nodes,
+                |reference| {
+                    let mut control = control.clone();
+                    async move {
+                        control
+                            .remove_node(NodeRemoveRequest { reference: reference.clone(), force })
+                            .await?;
+                        Ok(reference)
+                    }
+                },
+                |reference| println!("{reference}"),
+            )
+            .await
+        }
+    }
+}
+
+/// The word `node ls` shows for the node running on the manager's host.
+fn manager_status(manager_host: bool) -> &'static str {
+    if manager_host {
+        "Leader"
+    } else {
+        ""
+    }
+}
+
+/// `node ls` in `format`.
+fn list(nodes: &[NodeStatus], format: ListFormat) {
     match format {
         ListFormat::Table => {
             let rows: Vec<Vec<String>> = nodes
@@ -45,7 +114,7 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
             print!("{}", table::render(&headers, &rows));
         }
         ListFormat::Json => {
-            for status in &nodes {
+            for status in nodes {
                 let node = status.node.clone().unwrap_or_default();
                 let line = json!({
                     "ID": node.id, "Hostname": node.hostname, "Status": status.status,
@@ -57,5 +126,31 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
             }
         }
     }
-    Ok(())
+}
+
+/// One node as `node inspect` shows it, with what its certificate says.
+fn inspect(status: &NodeStatus) -> Value {
+    let node = status.node.clone().unwrap_or_default();
+    let certificate = node.certificate.unwrap_or_default();
+    json!({
+        "ID": node.id,
+        "CreatedAt": rfc3339(node.created_unix),
+        "Description": { "Hostname": node.hostname },
+        "Spec": { "Role": "worker", "Availability": node.availability.to_lowercase() },
+        "Status": { "State": status.status.to_lowercase(), "Addr": node.advertise_addr },
+        "ManagerStatus": if node.manager_host { json!({ "Leader": true }) } else { Value::Null },
+        "IngressAddress": node.ingress_address,
+        "Certificate": {
+            "Subject": certificate.subject,
+            "IssuerDigest": format!("sha256:{}", certificate.issuer_digest),
+            "NotAfter": rfc3339(certificate.not_after_unix),
+            "Serial": certificate.serial,
+        },
+    })
+}
+
+/// Seconds since the epoch as RFC 3339.
+pub fn rfc3339(unix: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }

@@ -1,0 +1,70 @@
+//! Node membership: who may act as which node. A node is what its
+//! certificate names; a removed node's certificate is refused from then on.
+
+use crate::liveness::{Heartbeats, NodeLiveness};
+use crate::networks::now_unix;
+use crate::pki::SignedCertificate;
+use crate::{resolve, ManagerError, Store};
+use netctl_proto::{Node, NodeCertificate, RemovedNode};
+use tonic::Status;
+
+/// The node `node_id` as stored, refusing a removed or unknown one with a
+/// message its agent can show.
+pub fn member(store: &Store, node_id: &str) -> Result<Node, Status> {
+    if let Some(node) = store.node(node_id).map_err(ManagerError::from)? {
+        return Ok(node);
+    }
+    match store.get::<RemovedNode>(node_id).map_err(ManagerError::from)? {
+        Some(removed) => Err(Status::permission_denied(format!(
+            "node {} ({}) was removed from the cluster; its certificate is no longer accepted",
+            removed.id, removed.hostname
+        ))),
+        None => Err(Status::permission_denied(format!("node {node_id} is not a member of this cluster"))),
+    }
+}
+
+/// What the manager records of a certificate it signed.
+pub fn certificate_record(signed: &SignedCertificate, issuer_digest: &str) -> NodeCertificate {
+    NodeCertificate {
+        subject: signed.info.subject.clone(),
+        issuer_digest: issuer_digest.to_string(),
+        not_after_unix: signed.info.not_after_unix,
+        serial: signed.info.serial.clone(),
+    }
+}
+
+/// The node a name, ID or unique ID prefix designates.
+pub fn find(store: &Store, reference: &str) -> Result<Node, ManagerError> {
+    let mut nodes = store.nodes()?;
+    let index =
+        resolve::resolve("node", reference, nodes.iter().map(|n| (n.id.as_str(), n.hostname.as_str())))?;
+    Ok(nodes.swap_remove(index))
+}
+
+/// Removes a node: its record goes, a tombstone refuses its certificate,
+/// and the orchestrator places its tasks elsewhere (they are on no Ready
+/// node any more). A Ready node is removed only with `force`.
+pub async fn remove(
+    store: &Store,
+    heartbeats: &Heartbeats,
+    reference: &str,
+    force: bool,
+) -> Result<Node, ManagerError> {
+    let _writer = store.write_lock().await;
+    let node = find(store, reference)?;
+    if !force && heartbeats.status(&node.id).0 == NodeLiveness::Ready {
+        return Err(ManagerError::Refused(format!(
+            "node {} ({}) is Ready: stop its agent first, or remove it anyway with --force",
+            node.id, node.hostname
+        )));
+    }
+    let mut batch = crate::store::Batch::new();
+    batch.delete::<Node>(&node.id);
+    batch.put(&RemovedNode {
+        id: node.id.clone(),
+        hostname: node.hostname.clone(),
+        removed_unix: now_unix(),
+    });
+    store.commit(batch).await?;
+    Ok(node)
+}
