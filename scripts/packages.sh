@@ -10,11 +10,13 @@ set -euo pipefail
 # command:package pairs per set.
 test_needs="ip:iproute2 iptables:iptables ping:iputils-ping make:make tcpdump:tcpdump nsenter:util-linux
   unshare:util-linux python3:python3 curl:curl openssl:openssl dot:graphviz ruby:ruby shellcheck:shellcheck
-  systemd-analyze:systemd dig:dnsutils dnsperf:dnsperf"
-demo_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl python3:python3 nsenter:util-linux"
-bench_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl iperf3:iperf3 wrk:wrk
+  systemd-analyze:systemd dig:dnsutils dnsperf:dnsperf protoc:protobuf-compiler etcd:etcd-server"
+demo_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl python3:python3 nsenter:util-linux
+  protoc:protobuf-compiler"
+bench_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl iperf3:iperf3 wrk:wrk etcd:etcd-server
   dig:dnsutils dnsperf:dnsperf /usr/lib/podman/aardvark-dns:aardvark-dns"
-vm_needs="qemu-system-x86_64:qemu-system-x86 cpio:cpio openssl:openssl depmod:kmod xtables-nft-multi:iptables"
+vm_needs="qemu-system-x86_64:qemu-system-x86 cpio:cpio openssl:openssl depmod:kmod xtables-nft-multi:iptables
+  protoc:protobuf-compiler"
 
 [ $# -gt 0 ] || { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 missing=()

@@ -66,6 +66,14 @@ pub struct Joined {
     pub ca_pem: String,
 }
 
+/// The managers of `--manager` in a random order: agents spread over the
+/// managers, and one that died is not always tried first.
+fn spread(managers: &str) -> String {
+    let mut addresses = netctl_proto::manager_addresses(managers);
+    fastrand::shuffle(&mut addresses);
+    addresses.join(",")
+}
+
 /// An open connection to the manager's Dispatcher.
 #[derive(Clone)]
 pub struct Session {
@@ -76,7 +84,7 @@ pub struct Session {
 impl Session {
     /// Connects with the node's certificate, trusting only the cluster CA.
     pub async fn connect(config: &AgentConfig, credentials: &Credentials) -> Result<Self, SessionError> {
-        let manager = config.manager.clone();
+        let manager = spread(&config.manager);
         let expiry = credentials.certificate.not_after_unix;
         if expiry <= unix_now() {
             return Err(SessionError::Refused {
@@ -97,7 +105,7 @@ impl Session {
     /// Connects with only the join token: the manager's CA is trusted once
     /// its digest is the one the token pins.
     pub async fn connect_with_token(config: &AgentConfig) -> Result<(Self, Token), SessionError> {
-        let manager = config.manager.clone();
+        let manager = spread(&config.manager);
         let refused = |message: String| SessionError::Refused { manager: manager.clone(), message };
         let token = Token::parse(&config.join_token).map_err(|err| refused(format!("join token: {err}")))?;
         if token.kind != TokenKind::Join {

@@ -5,6 +5,7 @@
 
 use crate::error::ManagerError;
 use crate::pki::{ClusterCa, ManagerIdentity};
+use crate::store::etcd::{EtcdBackend, EtcdConfig};
 use crate::tokens::ClusterTokens;
 use crate::{networks, Store};
 use std::os::unix::fs::DirBuilderExt;
@@ -32,12 +33,89 @@ pub struct Cluster {
     pub created: bool,
 }
 
-/// Opens the state store in `data_dir`, creating the folder (mode 0700).
-pub fn open_store(data_dir: &Path) -> Result<Store, ManagerError> {
+/// The file in the data dir that says which backend this manager's state
+/// lives in, so that a start on the other one is refused rather than begin
+/// an empty cluster beside the old one.
+const BACKEND_MARKER: &str = "store-backend";
+
+/// Opens the state store: sled in `data_dir`, or etcd when `etcd` is given
+/// (with its backend, for coordinating managers). Creates the data dir
+/// (mode 0700).
+pub async fn open_store(
+    data_dir: &Path,
+    etcd: Option<&EtcdConfig>,
+) -> Result<(Store, Option<Arc<EtcdBackend>>), ManagerError> {
+    create_data_dir(data_dir)?;
+    let marker_path = data_dir.join(BACKEND_MARKER);
+    let marker = std::fs::read_to_string(&marker_path).unwrap_or_default();
+    let sled_exists = data_dir.join(STATE_DIR).exists();
+    let opened = match etcd {
+        None if marker.starts_with("etcd") => {
+            return Err(ManagerError::Refused(format!(
+                "{} keeps its state in {}: start the manager with --etcd-endpoints",
+                data_dir.display(),
+                marker.trim()
+            )))
+        }
+        None => (Store::open(&data_dir.join(STATE_DIR))?, None),
+        Some(config) if sled_exists && !marker.starts_with("etcd") => {
+            return Err(ManagerError::Refused(format!(
+                "{} holds a sled store: copy it into etcd with `netctl manager --migrate-to-etcd \
+                 --etcd-endpoints {}`, or start without --etcd-endpoints",
+                data_dir.display(),
+                config.endpoints.join(",")
+            )))
+        }
+        Some(config) => {
+            let (store, backend) = Store::open_etcd(config).await?;
+            (store, Some(backend))
+        }
+    };
+    let location = opened.0.location();
+    crate::pki::write_file(&marker_path, &format!("{location}\n"), 0o644)?;
+    Ok(opened)
+}
+
+/// The file in the data dir holding this manager's ID.
+const MANAGER_ID_FILE: &str = "manager-id";
+
+/// This manager's ID: kept in the data dir, made at the first start.
+pub fn manager_id(data_dir: &Path) -> Result<String, ManagerError> {
+    let path = data_dir.join(MANAGER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = crate::ids::new_id();
+            crate::pki::write_file(&path, &format!("{id}\n"), 0o644)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Creates the data dir (mode 0700) when missing.
+pub fn create_data_dir(data_dir: &Path) -> Result<(), ManagerError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir).map_err(|source| {
         ManagerError::Io { context: format!("creating data dir {}", data_dir.display()), source }
-    })?;
-    Ok(Store::open(&data_dir.join(STATE_DIR))?)
+    })
+}
+
+/// Copies the sled store of `data_dir` into an empty etcd prefix, then
+/// marks the data dir as kept in etcd. Refused when the prefix holds
+/// anything. Returns how many entries were copied.
+pub async fn migrate_to_etcd(data_dir: &Path, etcd: &EtcdConfig) -> Result<usize, ManagerError> {
+    let state = data_dir.join(STATE_DIR);
+    if !state.exists() {
+        return Err(ManagerError::Refused(format!("{} holds no sled store to migrate", data_dir.display())));
+    }
+    let sled = Store::open(&state)?;
+    crate::secrets::share(&sled, data_dir).await?;
+    let entries = sled.dump()?;
+    let revision = sled.revision();
+    let (_, backend) = Store::open_etcd(etcd).await?;
+    backend.import(&entries, revision).await?;
+    let marker = format!("etcd {} (prefix {})\n", etcd.endpoints.join(","), etcd.normalized_prefix());
+    crate::pki::write_file(&data_dir.join(BACKEND_MARKER), &marker, 0o644)?;
+    Ok(entries.len())
 }
 
 /// Loads the cluster from `data_dir`, creating what is missing; node
@@ -49,6 +127,7 @@ pub async fn bootstrap(
     requested_port: Option<u16>,
     cert_expiry: Duration,
 ) -> Result<Cluster, ManagerError> {
+    crate::secrets::share(store, data_dir).await?;
     let ca = ClusterCa::load_or_create(data_dir, cert_expiry)?;
     let identity = ca.manager_identity(data_dir)?;
     let tokens = ClusterTokens::load_or_create(data_dir, &ca.digest)?;
@@ -59,14 +138,24 @@ pub async fn bootstrap(
             )))
         }
         (Some(stored), _) => stored as u16,
-        (None, asked) => {
-            let port = asked.unwrap_or(DEFAULT_DATA_PATH_PORT);
-            store.put_setting(DATA_PATH_PORT_KEY, u64::from(port)).await?;
-            port
-        }
+        (None, asked) => fix_data_path_port(store, asked.unwrap_or(DEFAULT_DATA_PATH_PORT)).await?,
     };
     let created = networks::ensure_ingress(store).await?;
     Ok(Cluster { ca: Arc::new(ca), identity, tokens: Arc::new(tokens), data_path_port, created })
+}
+
+/// Stores the data-path port unless another manager stored one first;
+/// the port in effect.
+async fn fix_data_path_port(store: &Store, port: u16) -> Result<u16, ManagerError> {
+    crate::store::retrying(|| async {
+        let mut writer = store.write_lock().await;
+        if let Some(stored) = store.setting(DATA_PATH_PORT_KEY)? {
+            return Ok(stored as u16);
+        }
+        writer.put_setting(DATA_PATH_PORT_KEY, u64::from(port)).await?;
+        Ok(port)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -79,14 +168,14 @@ mod tests {
     async fn first_start_creates_and_later_starts_reuse() {
         let dir = tempfile::tempdir().unwrap();
         let first = {
-            let store = open_store(dir.path()).unwrap();
+            let (store, _) = open_store(dir.path(), None).await.unwrap();
             bootstrap(&store, dir.path(), None, DEFAULT_CERT_EXPIRY).await.unwrap()
         };
         assert!(first.created);
         assert_eq!(first.data_path_port, 4789);
         assert_eq!(first.tokens.current(TokenKind::Join).ca_digest, first.ca.digest);
 
-        let store = open_store(dir.path()).unwrap();
+        let (store, _) = open_store(dir.path(), None).await.unwrap();
         let second = bootstrap(&store, dir.path(), Some(4789), DEFAULT_CERT_EXPIRY).await.unwrap();
         assert!(!second.created);
         assert_eq!(second.ca.digest, first.ca.digest);

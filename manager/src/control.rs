@@ -1,6 +1,7 @@
 //! The `Control` gRPC service: what `netctl network ...` and `netctl node ...`
 //! call. Each handler validates, calls one store operation, answers.
 
+use crate::coordination::Coordination;
 use crate::liveness::Heartbeats;
 use crate::networks::{self, AddressPool};
 use crate::pki::ClusterCa;
@@ -24,6 +25,7 @@ pub struct ControlService {
     reports: Arc<AgentReports>,
     reserved_ports: ReservedPorts,
     security: ClusterSecurity,
+    coordination: Coordination,
 }
 
 /// What `cluster info` and `cluster join-token` show and change.
@@ -47,8 +49,9 @@ impl ControlService {
         reports: Arc<AgentReports>,
         reserved_ports: ReservedPorts,
         security: ClusterSecurity,
+        coordination: Coordination,
     ) -> Self {
-        Self { store, heartbeats, pool, reports, reserved_ports, security }
+        Self { store, heartbeats, pool, reports, reserved_ports, security, coordination }
     }
 
     /// A service with its tasks, newest first per slot, and node names.
@@ -121,13 +124,20 @@ impl Control for ControlService {
     ) -> Result<Response<NodeListResponse>, Status> {
         let mut nodes = self.store.nodes().map_err(ManagerError::from)?;
         nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+        let managers = self.coordination.managers(&self.store)?;
         let nodes = nodes
             .into_iter()
             .map(|node| {
                 let (liveness, last) = self.heartbeats.status(&node.id);
                 let last_heartbeat_unix =
                     last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
-                NodeStatus { node: Some(node), status: liveness.as_str().to_string(), last_heartbeat_unix }
+                let manager_status = crate::coordination::status_of_node(&node, &managers).to_string();
+                NodeStatus {
+                    node: Some(node),
+                    status: liveness.as_str().to_string(),
+                    last_heartbeat_unix,
+                    manager_status,
+                }
             })
             .collect();
         Ok(Response::new(NodeListResponse { nodes }))
@@ -148,11 +158,20 @@ impl Control for ControlService {
         _request: Request<ClusterInfoRequest>,
     ) -> Result<Response<ClusterInfoResponse>, Status> {
         let ca = &self.security.ca;
+        let managers = self.coordination.managers(&self.store)?;
         Ok(Response::new(ClusterInfoResponse {
             ca_digest: ca.digest.clone(),
             cert_expiry_seconds: ca.node_cert_lifetime.as_secs(),
             data_path_port: u32::from(self.security.data_path_port),
             ca_not_after_unix: ca.not_after_unix,
+            store: self.store.location(),
+            managers: managers
+                .into_iter()
+                .map(|m| netctl_proto::ManagerStatus {
+                    manager: Some(m.record),
+                    status: m.status.to_string(),
+                })
+                .collect(),
         }))
     }
 
@@ -166,7 +185,7 @@ impl Control for ControlService {
             TokenRole::Admin => netctl_proto::pki::TokenKind::Admin,
         };
         let token = if request.rotate {
-            let token = self.security.tokens.rotate(kind)?;
+            let token = self.security.tokens.rotate(kind, &self.store).await?;
             tracing::info!(?kind, "token rotated");
             token
         } else {

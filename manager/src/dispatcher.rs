@@ -89,6 +89,76 @@ impl DispatcherService {
     /// The node ID a Join is for: the certificate's on a rejoin or renewal;
     /// a new one for a first join, which needs the join token and may not
     /// choose its ID.
+    /// Writes the record of a node that joined (or joined again): its
+    /// ingress address and certificate are kept unless a new one was signed.
+    /// Returns the record and whether the node was known.
+    async fn record_join(
+        &self,
+        joining: Node,
+        signed: Option<&crate::pki::SignedCertificate>,
+    ) -> Result<(Node, bool), Status> {
+        let mut writer = self.store.write_lock().await;
+        let existing = self.store.node(&joining.id).map_err(ManagerError::from)?;
+        let ingress_address = match existing.as_ref().map(|n| n.ingress_address.clone()) {
+            Some(kept) if !kept.is_empty() => kept,
+            _ => self.free_ingress_address()?,
+        };
+        let certificate = match signed {
+            Some(signed) => Some(nodes::certificate_record(signed, &self.ca.digest)),
+            None => existing.as_ref().and_then(|n| n.certificate.clone()),
+        };
+        let node = Node {
+            created_unix: existing.as_ref().map_or_else(now_unix, |n| n.created_unix),
+            ingress_address,
+            certificate,
+            ..joining
+        };
+        if existing.as_ref() != Some(&node) {
+            writer.put(&node).await.map_err(ManagerError::from)?;
+        }
+        Ok((node, existing.is_some()))
+    }
+
+    /// Applies a node's task reports: Running, Failed and Complete of tasks
+    /// still meant to run.
+    async fn apply_reports(
+        &self,
+        node: &Node,
+        reports: &[netctl_proto::TaskStatusReport],
+    ) -> Result<(), Status> {
+        let mut writer = self.store.write_lock().await;
+        let mut batch = crate::store::Batch::new();
+        for status in reports {
+            let error = netctl_proto::printable(&status.error, netctl_proto::MAX_REPORTED_CHARS);
+            let Some(mut task) = self.store.get::<Task>(&status.task_id).map_err(ManagerError::from)? else {
+                continue;
+            };
+            if task.node_id != node.id {
+                return Err(Status::permission_denied(format!(
+                    "task {} is not node {}'s: a node reports only its own tasks",
+                    task.id, node.id
+                )));
+            }
+            let changed = task.state != status.state || task.error != error;
+            if task.desired_state() != TaskState::Running || !changed {
+                continue;
+            }
+            let state = status.state();
+            if !matches!(state, TaskState::Running | TaskState::Failed | TaskState::Complete) {
+                continue;
+            }
+            tracing::info!(task = %task.id, state = state.word(), %error, "task status");
+            task.set_state(state);
+            task.error = error;
+            task.state_changed_unix = now_unix();
+            batch.put(&task);
+        }
+        if !batch.is_empty() {
+            writer.commit(batch).await.map_err(ManagerError::from)?;
+        }
+        Ok(())
+    }
+
     fn joining_node_id(&self, request: &Request<JoinRequest>) -> Result<String, Status> {
         let claimed = &request.get_ref().node_id;
         if certificate_node(request)?.is_some() {
@@ -154,32 +224,18 @@ impl Dispatcher for DispatcherService {
                 self.ca.sign_node(csr, &node_id).map_err(|err| Status::invalid_argument(err.to_string()))?,
             ),
         };
-        let _writer = self.store.write_lock().await;
-        let existing = self.store.node(&node_id).map_err(ManagerError::from)?;
-        let ingress_address = match existing.as_ref().map(|n| n.ingress_address.clone()) {
-            Some(kept) if !kept.is_empty() => kept,
-            _ => self.free_ingress_address()?,
-        };
-        let certificate = match &signed {
-            Some(signed) => Some(nodes::certificate_record(signed, &self.ca.digest)),
-            None => existing.as_ref().and_then(|n| n.certificate.clone()),
-        };
-        let node = Node {
+        let joining = Node {
             id: node_id,
             hostname,
             advertise_addr: join.advertise_addr,
             availability: "Active".to_string(),
             manager_host,
-            created_unix: existing.as_ref().map_or_else(now_unix, |n| n.created_unix),
-            ingress_address,
-            certificate,
+            ..Default::default()
         };
-        let unchanged = existing.as_ref().is_some_and(|old| *old == node);
-        if !unchanged {
-            self.store.put(&node).await.map_err(ManagerError::from)?;
-        }
+        let (node, rejoin) =
+            crate::store::retrying(|| self.record_join(joining.clone(), signed.as_ref())).await?;
         self.heartbeats.record(&node.id);
-        tracing::info!(node = %node.id, hostname = %node.hostname, addr = %node.advertise_addr, rejoin = existing.is_some(), certificate_signed = signed.is_some(), "node joined");
+        tracing::info!(node = %node.id, hostname = %node.hostname, addr = %node.advertise_addr, rejoin, certificate_signed = signed.is_some(), "node joined");
         Ok(Response::new(JoinResponse {
             node_id: node.id,
             heartbeat_interval_ms: self.heartbeat_interval_ms(),
@@ -245,36 +301,7 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<ReportStatusResponse>, Status> {
         let node = self.caller(&request, &request.get_ref().node_id, "report task status")?;
         let report = request.into_inner();
-        let _writer = self.store.write_lock().await;
-        let mut batch = crate::store::Batch::new();
-        for status in &report.tasks {
-            let error = netctl_proto::printable(&status.error, netctl_proto::MAX_REPORTED_CHARS);
-            let Some(mut task) = self.store.get::<Task>(&status.task_id).map_err(ManagerError::from)? else {
-                continue;
-            };
-            if task.node_id != node.id {
-                return Err(Status::permission_denied(format!(
-                    "task {} is not node {}'s: a node reports only its own tasks",
-                    task.id, node.id
-                )));
-            }
-            let changed = task.state != status.state || task.error != error;
-            if task.desired_state() != TaskState::Running || !changed {
-                continue;
-            }
-            let state = status.state();
-            if !matches!(state, TaskState::Running | TaskState::Failed | TaskState::Complete) {
-                continue;
-            }
-            tracing::info!(task = %task.id, state = state.word(), %error, "task status");
-            task.set_state(state);
-            task.error = error;
-            task.state_changed_unix = now_unix();
-            batch.put(&task);
-        }
-        if !batch.is_empty() {
-            self.store.commit(batch).await.map_err(ManagerError::from)?;
-        }
+        crate::store::retrying(|| self.apply_reports(&node, &report.tasks)).await?;
         Ok(Response::new(ReportStatusResponse {}))
     }
 

@@ -3,7 +3,7 @@
 use crate::ipam::IpamError;
 use crate::ports::PortError;
 use crate::resolve::ResolveError;
-use crate::store::StoreError;
+use crate::store::{AsConflict, StoreError};
 use crate::validate::ValidationError;
 use tonic::{Code, Status};
 
@@ -49,6 +49,12 @@ pub enum ManagerError {
     },
 }
 
+impl AsConflict for ManagerError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, ManagerError::Store(err) if err.is_conflict())
+    }
+}
+
 impl From<ManagerError> for Status {
     fn from(err: ManagerError) -> Self {
         let code = match &err {
@@ -65,8 +71,18 @@ impl From<ManagerError> for Status {
             ManagerError::Resolve(ResolveError::Ambiguous { .. }) => Code::InvalidArgument,
             ManagerError::NameTaken { .. } => Code::AlreadyExists,
             ManagerError::Refused(_) => Code::FailedPrecondition,
+            ManagerError::Store(StoreError::Unavailable { .. }) => Code::Unavailable,
+            ManagerError::Store(StoreError::Conflict { .. }) => Code::Aborted,
+            ManagerError::Store(StoreError::NotEmpty { .. }) => Code::FailedPrecondition,
             ManagerError::Store(_) | ManagerError::Io { .. } => Code::Internal,
         };
         Status::new(code, err.to_string())
+    }
+}
+
+/// A conflict that reached a gRPC status (see [`From<ManagerError>`]).
+impl AsConflict for Status {
+    fn is_conflict(&self) -> bool {
+        self.code() == Code::Aborted
     }
 }

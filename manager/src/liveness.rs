@@ -44,6 +44,8 @@ pub struct Heartbeats {
     interval: Duration,
     last_seen: Mutex<HashMap<String, SystemTime>>,
     heard: Mutex<std::collections::HashSet<String>>,
+    /// Heartbeats this manager received itself (shared with the others).
+    here: Mutex<HashMap<String, SystemTime>>,
 }
 
 impl Heartbeats {
@@ -51,7 +53,7 @@ impl Heartbeats {
     pub fn new(interval: Duration, known: impl IntoIterator<Item = String>) -> Self {
         let now = SystemTime::now();
         let last_seen = known.into_iter().map(|id| (id, now)).collect();
-        Self { interval, last_seen: Mutex::new(last_seen), heard: Mutex::default() }
+        Self { interval, last_seen: Mutex::new(last_seen), heard: Mutex::default(), here: Mutex::default() }
     }
 
     /// The interval agents are told to use.
@@ -61,9 +63,33 @@ impl Heartbeats {
 
     /// Records a heartbeat from `node_id` now.
     pub fn record(&self, node_id: &str) {
+        let now = SystemTime::now();
+        self.here.lock().expect("heartbeat table poisoned").insert(node_id.to_string(), now);
+        self.merge(node_id, now);
+    }
+
+    /// Takes in a heartbeat another manager received at `at`.
+    pub fn merge(&self, node_id: &str, at: SystemTime) {
         let mut last_seen = self.last_seen.lock().expect("heartbeat table poisoned");
-        last_seen.insert(node_id.to_string(), SystemTime::now());
-        self.heard.lock().expect("heartbeat table poisoned").insert(node_id.to_string());
+        let last = last_seen.entry(node_id.to_string()).or_insert(at);
+        *last = (*last).max(at);
+        if liveness(Some(at), SystemTime::now(), self.interval) == NodeLiveness::Ready {
+            self.heard.lock().expect("heartbeat table poisoned").insert(node_id.to_string());
+        }
+    }
+
+    /// The heartbeats this manager received itself, by node.
+    pub fn heard_here(&self) -> HashMap<String, SystemTime> {
+        self.here.lock().expect("heartbeat table poisoned").clone()
+    }
+
+    /// Counts `nodes` as seen now (a new leader's grace, as after a start).
+    pub fn grant_grace(&self, nodes: impl IntoIterator<Item = String>) {
+        let now = SystemTime::now();
+        let mut last_seen = self.last_seen.lock().expect("heartbeat table poisoned");
+        for node in nodes {
+            last_seen.insert(node, now);
+        }
     }
 
     /// Whether `node_id` sent a heartbeat (or joined) since this manager
@@ -103,5 +129,20 @@ mod tests {
         assert_eq!(heartbeats.status("n1").0, NodeLiveness::Ready);
         assert_eq!(heartbeats.status("known").0, NodeLiveness::Ready);
         assert!(heartbeats.heard_from("n1") && !heartbeats.heard_from("known"));
+    }
+
+    #[test]
+    fn heartbeats_heard_elsewhere_count_but_are_not_shared_again() {
+        let heartbeats = Heartbeats::new(Duration::from_secs(5), []);
+        heartbeats.merge("far", SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(heartbeats.status("far").0, NodeLiveness::Down);
+        assert!(!heartbeats.heard_from("far"));
+        heartbeats.merge("far", SystemTime::now());
+        assert_eq!(heartbeats.status("far").0, NodeLiveness::Ready);
+        assert!(heartbeats.heard_from("far"));
+        assert!(heartbeats.heard_here().is_empty());
+        heartbeats.grant_grace(["gone".to_string()]);
+        assert_eq!(heartbeats.status("gone").0, NodeLiveness::Ready);
+        assert!(!heartbeats.heard_from("gone"));
     }
 }

@@ -27,6 +27,14 @@ pub async fn create(
     pool: AddressPool,
     request: &NetworkCreateRequest,
 ) -> Result<Network, ManagerError> {
+    crate::store::retrying(|| create_once(store, pool, request)).await
+}
+
+async fn create_once(
+    store: &Store,
+    pool: AddressPool,
+    request: &NetworkCreateRequest,
+) -> Result<Network, ManagerError> {
     validate::name(&request.name)?;
     let driver = validate::driver(&request.driver)?;
     let mtu = validate::mtu_option(&request.options)?;
@@ -42,7 +50,7 @@ pub async fn create(
         ipam::gateway(subnet, requested_gateway)?;
     }
 
-    let _writer = store.write_lock().await;
+    let mut writer = store.write_lock().await;
     let existing = store.networks()?;
     if existing.iter().any(|n| n.name == request.name) {
         return Err(ManagerError::NameTaken { kind: "network", name: request.name.clone() });
@@ -73,7 +81,7 @@ pub async fn create(
         ingress: false,
         created_unix: now_unix(),
     };
-    store.put(&network).await?;
+    writer.put(&network).await?;
     Ok(network)
 }
 
@@ -87,7 +95,11 @@ pub fn find(store: &Store, reference: &str) -> Result<Network, ManagerError> {
 
 /// Removes a network, freeing its subnet and VNI. The ingress network stays.
 pub async fn remove(store: &Store, reference: &str) -> Result<Network, ManagerError> {
-    let _writer = store.write_lock().await;
+    crate::store::retrying(|| remove_once(store, reference)).await
+}
+
+async fn remove_once(store: &Store, reference: &str) -> Result<Network, ManagerError> {
+    let mut writer = store.write_lock().await;
     let network = find(store, reference)?;
     if network.ingress {
         return Err(ManagerError::Refused(format!(
@@ -102,14 +114,18 @@ pub async fn remove(store: &Store, reference: &str) -> Result<Network, ManagerEr
             network.name, user.name
         )));
     }
-    store.delete::<Network>(&network.id).await?;
+    writer.delete::<Network>(&network.id).await?;
     Ok(network)
 }
 
 /// Creates the cluster-wide ingress network unless it exists. Returns whether
 /// it was created (the cluster's first start).
 pub async fn ensure_ingress(store: &Store) -> Result<bool, ManagerError> {
-    let _writer = store.write_lock().await;
+    crate::store::retrying(|| ensure_ingress_once(store)).await
+}
+
+async fn ensure_ingress_once(store: &Store) -> Result<bool, ManagerError> {
+    let mut writer = store.write_lock().await;
     if store.networks()?.iter().any(|n| n.ingress) {
         return Ok(false);
     }
@@ -125,7 +141,7 @@ pub async fn ensure_ingress(store: &Store) -> Result<bool, ManagerError> {
         ingress: true,
         created_unix: now_unix(),
     };
-    store.put(&network).await?;
+    writer.put(&network).await?;
     Ok(true)
 }
 

@@ -50,7 +50,16 @@ pub async fn remove(
     reference: &str,
     force: bool,
 ) -> Result<Node, ManagerError> {
-    let _writer = store.write_lock().await;
+    crate::store::retrying(|| remove_once(store, heartbeats, reference, force)).await
+}
+
+async fn remove_once(
+    store: &Store,
+    heartbeats: &Heartbeats,
+    reference: &str,
+    force: bool,
+) -> Result<Node, ManagerError> {
+    let mut writer = store.write_lock().await;
     let node = find(store, reference)?;
     if !force && heartbeats.status(&node.id).0 == NodeLiveness::Ready {
         return Err(ManagerError::Refused(format!(
@@ -65,6 +74,6 @@ pub async fn remove(
         hostname: node.hostname.clone(),
         removed_unix: now_unix(),
     });
-    store.commit(batch).await?;
+    writer.commit(batch).await?;
     Ok(node)
 }

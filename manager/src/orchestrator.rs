@@ -9,7 +9,7 @@ use crate::liveness::{Heartbeats, NodeLiveness};
 use crate::networks::now_unix;
 use crate::scheduler::{self, Candidate};
 use crate::services::taken_addresses;
-use crate::store::Batch;
+use crate::store::{AsConflict, Batch};
 use crate::{ids, Store};
 use netctl_proto::{EndpointAddress, Network, Node, Service, Task, TaskState};
 use std::collections::{HashMap, HashSet};
@@ -221,11 +221,12 @@ fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) 
     })
 }
 
-/// Applies [`plan`] after every store change and every second, until
-/// `stopping` turns true.
+/// Applies [`plan`] after every store change and every second while this
+/// manager leads, until `stopping` turns true.
 pub async fn run(
     store: Arc<Store>,
     heartbeats: Arc<Heartbeats>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut revisions = store.subscribe();
@@ -234,16 +235,22 @@ pub async fn run(
         tokio::select! {
             _ = revisions.changed() => {},
             _ = tick.tick() => {},
+            _ = leading.changed() => {},
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        if let Err(err) = pass(&store, &heartbeats).await {
-            tracing::error!("orchestrator pass failed: {err}");
+        if !*leading.borrow() {
+            continue;
+        }
+        match pass(&store, &heartbeats).await {
+            Err(err) if err.is_conflict() => tracing::debug!("orchestrator pass lost a race: {err}"),
+            Err(err) => tracing::error!("orchestrator pass failed: {err}"),
+            Ok(()) => {}
         }
     }
 }
 
 async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store::StoreError> {
-    let _writer = store.write_lock().await;
+    let mut writer = store.write_lock().await;
     let nodes = store.nodes()?;
     let ready: HashSet<String> = nodes
         .iter()
@@ -263,7 +270,7 @@ async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store
     };
     let batch = plan(&state);
     if !batch.is_empty() {
-        store.commit(batch).await?;
+        writer.commit(batch).await?;
     }
     Ok(())
 }

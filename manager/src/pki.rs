@@ -18,7 +18,7 @@ use std::time::Duration;
 /// The CA certificate's file in the data dir.
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// The CA key's file in the data dir (mode 0600).
-const CA_KEY_FILE: &str = "ca.key";
+pub const CA_KEY_FILE: &str = "ca.key";
 /// The manager certificate's file in the data dir (with the CA after it).
 const MANAGER_CERT_FILE: &str = "manager.crt";
 /// The manager key's file in the data dir (mode 0600).
@@ -247,7 +247,7 @@ pub fn write_secret(path: &Path, text: &str) -> Result<(), ManagerError> {
 
 /// Writes `text` to a temporary file with `mode`, syncs it and renames it
 /// over `path`: a crash leaves the old file or the new one.
-fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), ManagerError> {
+pub fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), ManagerError> {
     let temporary = path.with_extension("tmp");
     let io_err = |what: &str| {
         let context = format!("{what} {}", path.display());

@@ -4,10 +4,12 @@
 use crate::auth::require_admin_token;
 use crate::cluster::{self, Cluster};
 use crate::control::ControlService;
+use crate::coordination::Coordination;
 use crate::dispatcher::DispatcherService;
 use crate::liveness::Heartbeats;
 use crate::networks::AddressPool;
 use crate::ports::ReservedPorts;
+use crate::store::etcd::{EtcdBackend, EtcdConfig};
 use crate::ManagerError;
 use netctl_proto::control_server::ControlServer;
 use netctl_proto::dispatcher_server::DispatcherServer;
@@ -33,6 +35,11 @@ pub struct ManagerConfig {
     pub heartbeat_interval: Duration,
     /// How long the node certificates it signs are valid.
     pub cert_expiry: Duration,
+    /// The address agents and clients reach it at (shown to other managers).
+    pub advertise: SocketAddr,
+    /// The etcd cluster keeping the state, when several managers share it
+    /// (sled in the data dir otherwise).
+    pub etcd: Option<EtcdConfig>,
 }
 
 /// A bootstrapped manager, ready to serve.
@@ -40,15 +47,28 @@ pub struct Manager {
     config: ManagerConfig,
     cluster: Cluster,
     store: Arc<crate::Store>,
+    etcd: Option<Arc<EtcdBackend>>,
+    manager_id: String,
 }
 
 impl Manager {
     /// Opens the store and creates or loads the cluster.
     pub async fn start(config: ManagerConfig) -> Result<Self, ManagerError> {
-        let store = Arc::new(cluster::open_store(&config.data_dir)?);
+        let (store, etcd) = cluster::open_store(&config.data_dir, config.etcd.as_ref()).await?;
+        let store = Arc::new(store);
         let cluster =
             cluster::bootstrap(&store, &config.data_dir, config.data_path_port, config.cert_expiry).await?;
-        Ok(Self { config, cluster, store })
+        let manager_id = cluster::manager_id(&config.data_dir)?;
+        let record = netctl_proto::ManagerRecord {
+            id: manager_id.clone(),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            address: config.advertise.to_string(),
+            started_unix: crate::networks::now_unix(),
+        };
+        crate::coordination::register(&store, record).await?;
+        Ok(Self { config, cluster, store, etcd, manager_id })
     }
 
     /// The cluster this manager serves.
@@ -68,6 +88,23 @@ impl Manager {
         let known_nodes = self.store.nodes()?.into_iter().map(|n| n.id);
         let heartbeats = Arc::new(Heartbeats::new(self.config.heartbeat_interval, known_nodes));
         let reports = Arc::new(crate::reports::AgentReports::default());
+        // Watch streams never end by themselves: close them when stopping, or
+        // the graceful shutdown would wait for every agent forever.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let coordination = match (&self.etcd, &self.config.etcd) {
+            (Some(backend), Some(config)) => {
+                Coordination::join(
+                    self.manager_id.clone(),
+                    config,
+                    backend.clone(),
+                    heartbeats.clone(),
+                    self.store.clone(),
+                    stopping.clone(),
+                )
+                .await?
+            }
+            _ => Coordination::alone(self.manager_id.clone()),
+        };
         let reserved_ports = ReservedPorts::new(listen.port(), self.cluster.data_path_port);
         let control = ControlService::new(
             self.store.clone(),
@@ -80,11 +117,19 @@ impl Manager {
                 tokens: self.cluster.tokens.clone(),
                 data_path_port: self.cluster.data_path_port,
             },
+            coordination.clone(),
         );
-        // Watch streams never end by themselves: close them when stopping, or
-        // the graceful shutdown would wait for every agent forever.
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        tokio::spawn(crate::orchestrator::run(self.store.clone(), heartbeats.clone(), stopping.clone()));
+        tokio::spawn(crate::orchestrator::run(
+            self.store.clone(),
+            heartbeats.clone(),
+            coordination.leadership(),
+            stopping.clone(),
+        ));
+        tokio::spawn(crate::secrets::follow_tokens(
+            self.store.clone(),
+            self.cluster.tokens.clone(),
+            stopping.clone(),
+        ));
         tokio::spawn(forget_removed_task_logs(self.store.clone(), reports.clone(), stopping.clone()));
         let dispatcher = DispatcherService::new(
             self.store.clone(),
@@ -110,7 +155,7 @@ impl Manager {
             .client_auth_optional(true);
         let io_error =
             |context: String| move |err| ManagerError::Io { context, source: std::io::Error::other(err) };
-        tracing::info!(%listen, ca = %self.cluster.ca.digest, "manager serving (TLS)");
+        tracing::info!(%listen, ca = %self.cluster.ca.digest, store = %self.store.location(), manager = %self.manager_id, "manager serving (TLS)");
         tonic::transport::Server::builder()
             .tls_config(tls)
             .map_err(io_error("setting up TLS".to_string()))?

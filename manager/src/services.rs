@@ -61,6 +61,14 @@ pub async fn create(
     request: &ServiceCreateRequest,
     reserved: &ReservedPorts,
 ) -> Result<Service, ManagerError> {
+    crate::store::retrying(|| create_once(store, request, reserved)).await
+}
+
+async fn create_once(
+    store: &Store,
+    request: &ServiceCreateRequest,
+    reserved: &ReservedPorts,
+) -> Result<Service, ManagerError> {
     let id = ids::new_id();
     let name = match request.name.as_str() {
         "" => format!("service-{}", &id[..8]),
@@ -85,7 +93,7 @@ pub async fn create(
         ));
     }
 
-    let _writer = store.write_lock().await;
+    let mut writer = store.write_lock().await;
     let mut services: Vec<Service> = store.all()?;
     if services.iter().any(|s| s.name == name) {
         return Err(ManagerError::NameTaken { kind: "service", name });
@@ -148,7 +156,7 @@ pub async fn create(
     services.retain(|s| s.id != service.id);
     service.aliases = aliases(&service, &request.aliases, &networks, &services)?;
     ensure_state_fits(&service, &services, &networks)?;
-    store.put(&service).await?;
+    writer.put(&service).await?;
     Ok(service)
 }
 
@@ -275,8 +283,12 @@ pub fn find(store: &Store, reference: &str) -> Result<Service, ManagerError> {
 
 /// Sets a service's replica count; the orchestrator adds or stops tasks.
 pub async fn scale(store: &Store, reference: &str, replicas: u32) -> Result<Service, ManagerError> {
+    crate::store::retrying(|| scale_once(store, reference, replicas)).await
+}
+
+async fn scale_once(store: &Store, reference: &str, replicas: u32) -> Result<Service, ManagerError> {
     validate::replicas(replicas)?;
-    let _writer = store.write_lock().await;
+    let mut writer = store.write_lock().await;
     let mut service = find(store, reference)?;
     let services: Vec<Service> = store.all()?;
     let tasks: Vec<Task> = store.all()?;
@@ -296,20 +308,24 @@ pub async fn scale(store: &Store, reference: &str, replicas: u32) -> Result<Serv
     let others: Vec<Service> = services.into_iter().filter(|s| s.id != service.id).collect();
     ensure_state_fits(&service, &others, &store.networks()?)?;
     service.updated_unix = now_unix();
-    store.put(&service).await?;
+    writer.put(&service).await?;
     Ok(service)
 }
 
 /// Removes a service and all its tasks (agents stop them on their next pass).
 pub async fn remove(store: &Store, reference: &str) -> Result<Service, ManagerError> {
-    let _writer = store.write_lock().await;
+    crate::store::retrying(|| remove_once(store, reference)).await
+}
+
+async fn remove_once(store: &Store, reference: &str) -> Result<Service, ManagerError> {
+    let mut writer = store.write_lock().await;
     let service = find(store, reference)?;
     let mut batch = crate::store::Batch::new();
     batch.delete::<Service>(&service.id);
     for task in store.all::<Task>()?.iter().filter(|t| t.service_id == service.id) {
         batch.delete::<Task>(&task.id);
     }
-    store.commit(batch).await?;
+    writer.commit(batch).await?;
     Ok(service)
 }
 

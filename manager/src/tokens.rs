@@ -4,6 +4,7 @@
 
 use crate::error::ManagerError;
 use crate::pki::write_secret;
+use crate::store::{Batch, Store};
 use netctl_proto::pki::{Token, TokenKind};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -66,19 +67,39 @@ impl ClusterTokens {
         constant_time_eq(presented, self.current(kind).reveal().as_bytes())
     }
 
-    /// Replaces the token of `kind` (file first, then memory): the old one is
-    /// refused from now on.
-    pub fn rotate(&self, kind: TokenKind) -> Result<Token, ManagerError> {
-        let mut slot = self.slot(kind).write().expect("token lock");
+    /// Replaces the token of `kind` (store first, then file and memory): the
+    /// old one is refused from now on, by every manager.
+    pub async fn rotate(&self, kind: TokenKind, store: &Store) -> Result<Token, ManagerError> {
         let token = Token::generate(kind, &self.ca_digest);
-        write_secret(&self.data_dir.join(file_name(kind)), &format!("{}\n", token.reveal()))?;
-        *slot = token.clone();
+        let text = format!("{}\n", token.reveal());
+        crate::store::retrying(|| async {
+            let mut batch = Batch::new();
+            batch.put_setting(crate::secrets::token_key(kind), text.as_bytes());
+            store.write_lock().await.commit(batch).await.map_err(ManagerError::from)
+        })
+        .await?;
+        self.adopt(kind, &text)?;
         Ok(token)
+    }
+
+    /// Makes `text` (a token as stored) the current token of `kind`, in
+    /// memory and in its file; whether it changed anything.
+    pub fn adopt(&self, kind: TokenKind, text: &str) -> Result<bool, ManagerError> {
+        let token = Token::parse(text.trim()).map_err(|err| {
+            ManagerError::Refused(format!("the stored {} token is unusable: {err}", kind.name()))
+        })?;
+        let mut slot = self.slot(kind).write().expect("token lock");
+        if *slot == token {
+            return Ok(false);
+        }
+        write_secret(&self.data_dir.join(file_name(kind)), &format!("{}\n", token.reveal()))?;
+        *slot = token;
+        Ok(true)
     }
 }
 
 /// The file of the token of `kind` in the data dir.
-fn file_name(kind: TokenKind) -> &'static str {
+pub fn file_name(kind: TokenKind) -> &'static str {
     match kind {
         TokenKind::Join => JOIN_TOKEN_FILE,
         TokenKind::Admin => ADMIN_TOKEN_FILE,
@@ -97,8 +118,8 @@ mod tests {
 
     const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    #[test]
-    fn tokens_are_kept_pinned_and_rotated() {
+    #[tokio::test]
+    async fn tokens_are_kept_pinned_and_rotated() {
         let dir = tempfile::tempdir().unwrap();
         let tokens = ClusterTokens::load_or_create(dir.path(), DIGEST).unwrap();
         let join = tokens.current(TokenKind::Join);
@@ -110,7 +131,8 @@ mod tests {
 
         let again = ClusterTokens::load_or_create(dir.path(), DIGEST).unwrap();
         assert_eq!(again.current(TokenKind::Join), join);
-        let rotated = again.rotate(TokenKind::Join).unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        let rotated = again.rotate(TokenKind::Join, &store).await.unwrap();
         assert!(!again.accepts(TokenKind::Join, join.reveal().as_bytes()));
         assert!(again.accepts(TokenKind::Join, rotated.reveal().as_bytes()));
         assert_eq!(

@@ -27,7 +27,8 @@ pub struct Cli {
 /// How client commands reach the manager.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The manager's gRPC address (always TLS: http://, https:// or none).
+    /// The manager's gRPC address (always TLS: http://, https:// or none);
+    /// several, comma-separated, are tried in turn.
     #[arg(long, global = true, env = "NETCTL_MANAGER", default_value = "http://127.0.0.1:4243")]
     pub manager: String,
     /// The admin token (default: read from the manager's default data dir).

@@ -1,7 +1,8 @@
 //! The lab: a cluster of N simulated hosts on this machine, each a network
 //! namespace with `eth0` on an underlay bridge (192.168.10.0/24, host i at
 //! 192.168.10.(6+i), the underlay itself at .1), the manager on the first host
-//! and an agent on each. Everything lives under `<lab-root>/<name>/`: the
+//! (or, with `--managers M` > 1, an etcd member and a manager on each of the
+//! first M hosts) and an agent on each. Everything lives under `<lab-root>/<name>/`: the
 //! namespaces (bind-mounted in `netns/`), each host's run and state dirs, the
 //! logs. Nothing outside the lab's own namespaces is touched, and `down`
 //! finds everything from the folder alone, also after a crash.
@@ -23,6 +24,9 @@ const UNDERLAY_BRIDGE: &str = "ul";
 pub const UNDERLAY_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 1);
 /// The manager's gRPC port in the lab.
 const MANAGER_PORT: u16 = 4243;
+/// etcd's client and peer ports on the lab hosts that run it.
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
 
 /// One lab, by its folder.
 pub struct Lab {
@@ -116,9 +120,29 @@ impl Lab {
         host_address(node)
     }
 
-    /// The manager's address, as clients in the lab reach it.
+    /// The managers' addresses, as clients in the lab reach them
+    /// (comma-separated when there are several).
     pub fn manager_url(&self) -> String {
-        format!("http://{}:{MANAGER_PORT}", Self::address(0))
+        let urls: Vec<String> = (0..self.manager_count())
+            .map(|m| format!("http://{}:{MANAGER_PORT}", Self::address(m)))
+            .collect();
+        urls.join(",")
+    }
+
+    /// How many hosts run a manager (and, when more than one, etcd).
+    pub fn manager_count(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("managers"))
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// The client URLs of the lab's etcd members (none with one manager).
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        match self.manager_count() {
+            1 => Vec::new(),
+            count => (0..count).map(|m| format!("http://{}:{ETCD_CLIENT_PORT}", Self::address(m))).collect(),
+        }
     }
 
     /// How many hosts the lab has (0 when it does not exist).
@@ -138,13 +162,21 @@ impl Lab {
     /// Whether every daemon of the lab runs.
     pub fn healthy(&self) -> bool {
         let count = self.node_count();
+        let etcd = self.etcd_endpoints().len();
         count > 0
-            && self.daemon_alive(&self.manager_pid_file())
+            && (0..self.manager_count()).all(|node| self.daemon_alive(&self.manager_pid_file(node)))
+            && (0..etcd).all(|node| self.daemon_alive(&self.etcd_pid_file(node)))
             && (0..count).all(|node| self.daemon_alive(&self.agent_pid_file(node)))
     }
 
-    fn manager_pid_file(&self) -> PathBuf {
-        self.host_dir(0).join("manager.pid")
+    /// The pid file of the manager on host `node`.
+    pub fn manager_pid_file(&self, node: usize) -> PathBuf {
+        self.host_dir(node).join("manager.pid")
+    }
+
+    /// The pid file of the etcd member on host `node`.
+    pub fn etcd_pid_file(&self, node: usize) -> PathBuf {
+        self.host_dir(node).join("etcd.pid")
     }
 
     fn agent_pid_file(&self, node: usize) -> PathBuf {
@@ -161,16 +193,23 @@ impl Lab {
     /// Builds the lab with `nodes` hosts and starts its daemons. An existing
     /// healthy lab with as many hosts is left as it is; anything else under
     /// the name is torn down first.
-    pub async fn up(&self, nodes: usize) -> anyhow::Result<bool> {
+    pub async fn up(&self, nodes: usize, managers: usize) -> anyhow::Result<bool> {
         if !(1..=200).contains(&nodes) {
             bail!("--nodes {nodes}: a lab has 1 to 200 hosts");
         }
-        if self.healthy() && self.node_count() == nodes {
+        if !(1..=nodes.min(7)).contains(&managers) {
+            bail!("--managers {managers}: a lab of {nodes} hosts runs 1 to {} managers", nodes.min(7));
+        }
+        if managers > 1 && !program_exists("etcd") {
+            bail!("--managers {managers} runs etcd on the lab hosts: install Debian's etcd-server package");
+        }
+        if self.healthy() && self.node_count() == nodes && self.manager_count() == managers {
             return Ok(false);
         }
         self.down()?;
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         std::fs::write(self.dir.join("nodes"), format!("{nodes}\n"))?;
+        std::fs::write(self.dir.join("managers"), format!("{managers}\n"))?;
         let result = self.build(nodes).await;
         if result.is_err() {
             let _ = self.down();
@@ -180,7 +219,12 @@ impl Lab {
 
     async fn build(&self, nodes: usize) -> anyhow::Result<()> {
         build_hosts(&self.namespaces(), nodes).await?;
-        self.start_manager()?;
+        for node in 0..self.etcd_endpoints().len() {
+            self.start_etcd(node)?;
+        }
+        for node in 0..self.manager_count() {
+            self.start_manager(node)?;
+        }
         let token_file = self.host_dir(0).join("manager").join(JOIN_TOKEN_FILE);
         wait_for_file(&token_file, Duration::from_secs(20))?;
         for node in 0..nodes {
@@ -219,22 +263,36 @@ impl Lab {
     /// session, with its output in `<log>` and its pid in `<pid_file>`.
     fn spawn_daemon(&self, node: usize, args: &[String], log: &Path, pid_file: &Path) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("finding the netctl binary")?;
+        self.spawn_program(node, exe, args, log, pid_file)
+    }
+
+    /// Starts `program ARGS` on host `node` as [`Self::spawn_daemon`] does.
+    fn spawn_program(
+        &self,
+        node: usize,
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[String],
+        log: &Path,
+        pid_file: &Path,
+    ) -> anyhow::Result<()> {
         let output = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = self.command_on(node, exe)?;
+        let mut command = self.command_on(node, program)?;
         command.args(args).stdin(Stdio::null()).stdout(output.try_clone()?).stderr(output);
         // SAFETY: setsid is async-signal-safe.
         unsafe {
             command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
         }
-        let child = command.spawn().with_context(|| format!("starting netctl {}", args[0]))?;
+        let child = command.spawn().with_context(|| format!("starting {}", args.join(" ")))?;
         std::fs::write(pid_file, format!("{}\n", child.id()))?;
         Ok(())
     }
 
-    fn start_manager(&self) -> anyhow::Result<()> {
-        let host = self.host_dir(0);
+    /// Starts the manager of host `node`: on sled with one manager, on the
+    /// lab's etcd with several.
+    pub fn start_manager(&self, node: usize) -> anyhow::Result<()> {
+        let host = self.host_dir(node);
         std::fs::create_dir_all(&host)?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "manager",
             "--listen",
             &format!("0.0.0.0:{MANAGER_PORT}"),
@@ -246,7 +304,51 @@ impl Lab {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        self.spawn_daemon(0, &args, &host.join("manager.log"), &self.manager_pid_file())
+        let etcd = self.etcd_endpoints();
+        if !etcd.is_empty() {
+            args.extend(["--etcd-endpoints".to_string(), etcd.join(",")]);
+        }
+        self.spawn_daemon(node, &args, &host.join("manager.log"), &self.manager_pid_file(node))
+    }
+
+    /// Starts the etcd member of host `node` (its data in the host's
+    /// folder; transactions may hold as many operations as a large
+    /// orchestrator pass writes).
+    pub fn start_etcd(&self, node: usize) -> anyhow::Result<()> {
+        let host = self.host_dir(node);
+        std::fs::create_dir_all(&host)?;
+        let address = Self::address(node);
+        let members: Vec<String> = (0..self.manager_count())
+            .map(|m| format!("node{m}=http://{}:{ETCD_PEER_PORT}", Self::address(m)))
+            .collect();
+        let client = format!("http://{address}:{ETCD_CLIENT_PORT}");
+        let peer = format!("http://{address}:{ETCD_PEER_PORT}");
+        let args: Vec<String> = [
+            "--name",
+            &format!("node{node}"),
+            "--data-dir",
+            &host.join("etcd").display().to_string(),
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &members.join(","),
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            &format!("netctl-lab-{}", self.name),
+            "--max-txn-ops",
+            "100000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.spawn_program(node, "etcd", &args, &host.join("etcd.log"), &self.etcd_pid_file(node))
     }
 
     fn start_agent(&self, node: usize, join_token_file: &Path) -> anyhow::Result<()> {
@@ -292,6 +394,12 @@ impl Lab {
         }
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
+}
+
+/// Whether `program` is on the PATH.
+fn program_exists(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// The trimmed content of `path` once it exists and is not empty.

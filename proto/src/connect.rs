@@ -54,10 +54,57 @@ pub fn https_uri(manager: &str) -> String {
     format!("https://{}", address.trim_end_matches('/'))
 }
 
+/// The addresses of a `--manager` value: one, or several separated by
+/// commas (`https://A:4243,https://B:4243`).
+pub fn manager_addresses(managers: &str) -> Vec<String> {
+    managers.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()
+}
+
+/// Connects to the first of `managers` (see [`manager_addresses`]) that
+/// answers, trusting only `ca_pem` and presenting `identity` when given.
+pub async fn connect(
+    managers: &str,
+    ca_pem: &str,
+    identity: Option<&NodeIdentity>,
+) -> Result<Channel, ConnectError> {
+    first_answering(managers, |manager| async move { connect_one(&manager, ca_pem, identity).await }).await
+}
+
+/// Connects to the first of `managers` that answers with only `token`
+/// (see [`fetch_ca`]). A manager whose CA is not the one the
+/// token pins ends the search: that is an attack or a mistake, not an
+/// outage.
+pub async fn connect_with_token(managers: &str, token: &Token) -> Result<(Channel, String), ConnectError> {
+    first_answering(managers, |manager| async move { connect_one_with_token(&manager, token).await }).await
+}
+
+/// Tries `attempt` on each manager in turn; the first success, or an error
+/// naming every manager and why each failed.
+async fn first_answering<T, F, Fut>(managers: &str, mut attempt: F) -> Result<T, ConnectError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ConnectError>>,
+{
+    let addresses = manager_addresses(managers);
+    let mut failures = Vec::new();
+    for manager in &addresses {
+        match attempt(manager.clone()).await {
+            Ok(connected) => return Ok(connected),
+            Err(err) if err.untrusted || addresses.len() == 1 => return Err(err),
+            Err(err) => failures.push(format!("{}: {}", err.manager, err.reason)),
+        }
+    }
+    Err(ConnectError {
+        manager: managers.to_string(),
+        reason: if failures.is_empty() { "no manager address given".into() } else { failures.join("; ") },
+        untrusted: false,
+    })
+}
+
 /// Connects to `manager` trusting only `ca_pem`, presenting `identity` when
 /// given; gives up after three seconds. HTTP/2 keep-alives detect a manager
 /// that vanished.
-pub async fn connect(
+async fn connect_one(
     manager: &str,
     ca_pem: &str,
     identity: Option<&NodeIdentity>,
@@ -83,11 +130,11 @@ pub async fn connect(
         .map_err(|err| error(explain(&error_chain(&err))))
 }
 
-/// Connects to `manager` with only `token`: learns the CA ([`fetch_ca`]),
+/// Connects to one `manager` with only `token`: learns the CA ([`fetch_ca`]),
 /// then connects trusting it alone. Returns the channel and the CA (PEM).
-pub async fn connect_with_token(manager: &str, token: &Token) -> Result<(Channel, String), ConnectError> {
+async fn connect_one_with_token(manager: &str, token: &Token) -> Result<(Channel, String), ConnectError> {
     let ca_pem = fetch_ca(manager, token).await?;
-    let channel = connect(manager, &ca_pem, None).await?;
+    let channel = connect_one(manager, &ca_pem, None).await?;
     Ok((channel, ca_pem))
 }
 

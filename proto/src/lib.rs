@@ -18,7 +18,8 @@ mod connect;
 pub mod convention;
 pub mod pki;
 pub use connect::{
-    connect, connect_with_token, error_chain, fetch_ca, https_uri, ConnectError, NodeIdentity,
+    connect, connect_with_token, error_chain, fetch_ca, https_uri, manager_addresses, ConnectError,
+    NodeIdentity,
 };
 
 impl TaskState {

@@ -46,6 +46,14 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
+    /// "join" or "admin", for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenKind::Join => "join",
+            TokenKind::Admin => "admin",
+        }
+    }
+
     fn word(self) -> &'static str {
         match self {
             TokenKind::Join => "JOIN",

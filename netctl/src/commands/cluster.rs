@@ -10,7 +10,8 @@ use netctl_proto::{ClusterInfoRequest, JoinTokenRequest, TokenRole};
 /// `netctl cluster ...`
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Show the cluster CA's digest and the node certificate lifetime.
+    /// Show the cluster CA's digest, the node certificate lifetime, the
+    /// store and every manager with its status.
     Info,
     /// Print a token, or rotate it (the old one is refused from then on;
     /// joined nodes keep working).
@@ -46,6 +47,17 @@ pub async fn run(args: &ClientArgs, command: ClusterCommand) -> anyhow::Result<(
             println!("CA expires:           {}", rfc3339(info.ca_not_after_unix));
             println!("Node cert expiry:     {}", lifetime_text(info.cert_expiry_seconds));
             println!("Data-path port:       {}", info.data_path_port);
+            println!("Store:                {}", info.store);
+            println!("Managers:");
+            let rows: Vec<Vec<String>> = info
+                .managers
+                .iter()
+                .map(|m| {
+                    let record = m.manager.clone().unwrap_or_default();
+                    vec![record.id, record.hostname, record.address, m.status.clone()]
+                })
+                .collect();
+            print!("{}", crate::table::render(&["ID", "HOSTNAME", "ADDRESS", "STATUS"], &rows));
         }
         ClusterCommand::JoinToken { role, rotate, quiet } => {
             let role = match role {
@@ -90,7 +102,11 @@ fn print_token(role: TokenRole, rotated: bool, manager: &str, token: &str) {
             println!("and run:\n");
             println!(
                 "    netctl agent --manager {} --join-token-file <FILE> --advertise-addr <NODE-ADDRESS>",
-                netctl_proto::https_uri(manager)
+                netctl_proto::manager_addresses(manager)
+                    .iter()
+                    .map(|m| netctl_proto::https_uri(m))
+                    .collect::<Vec<_>>()
+                    .join(",")
             );
         }
         TokenRole::Admin => {

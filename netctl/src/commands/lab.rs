@@ -14,6 +14,10 @@ pub enum LabCommand {
         /// How many hosts.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
+        /// How many of the hosts run a manager; more than one keeps the
+        /// state in an etcd cluster with a member on each of them.
+        #[arg(long, default_value_t = 1)]
+        managers: usize,
         /// The lab's name.
         #[arg(long, default_value = "lab")]
         name: String,
@@ -42,7 +46,7 @@ pub enum LabCommand {
 /// Runs one `lab` subcommand.
 pub async fn run(command: LabCommand) -> anyhow::Result<()> {
     match command {
-        LabCommand::Up { nodes, name } => up(&Lab::new(&name)?, nodes).await,
+        LabCommand::Up { nodes, managers, name } => up(&Lab::new(&name)?, nodes, managers).await,
         LabCommand::Ls => {
             println!("{:<16} {:<6} {:<8} MANAGER", "NAME", "NODES", "STATUS");
             for name in lab::list() {
@@ -86,8 +90,8 @@ fn node_index(lab: &Lab, node: &str) -> anyhow::Result<usize> {
         .with_context(|| format!("lab {} has no host {node} (it has node0 to node{})", lab.name(), count - 1))
 }
 
-async fn up(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
-    let built = lab.up(nodes).await?;
+async fn up(lab: &Lab, nodes: usize, managers: usize) -> anyhow::Result<()> {
+    let built = lab.up(nodes, managers).await?;
     let ready = wait_ready(lab, nodes).await;
     if !ready {
         bail!(
@@ -103,7 +107,11 @@ async fn up(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
         lab::UNDERLAY_ADDRESS
     );
     for node in 0..nodes {
-        let role = if node == 0 { "manager + agent" } else { "agent" };
+        let role = match (node < managers, managers > 1) {
+            (true, true) => "etcd + manager + agent",
+            (true, false) => "manager + agent",
+            (false, _) => "agent",
+        };
         println!("  node{node}  {}  {role}", Lab::address(node));
     }
     println!("\nExplore:");
@@ -111,6 +119,15 @@ async fn up(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
     println!("  netctl lab exec node0 -- netctl network create -d overlay --subnet 192.168.200.0/24 demonet");
     println!("  netctl lab exec node0 -- netctl service create --replicas 2 --network demonet --name demoservice sleep 10000");
     println!("  netctl lab exec node0 -- netctl exec demoservice.1 -- ip addr");
+    if managers > 1 {
+        println!(
+            "  netctl lab exec node0 -- netctl cluster info      # the store, the leader, every manager"
+        );
+        println!(
+            "  kill -9 $(cat {})   # the leader's manager: another leads within 5 s",
+            lab.manager_pid_file(0).display()
+        );
+    }
     println!(
         "Tear down: netctl lab down{}",
         if lab.name() == "lab" { String::new() } else { format!(" --name {}", lab.name()) }

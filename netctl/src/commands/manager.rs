@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use netctl_manager::networks::AddressPool;
+use netctl_manager::store::etcd::EtcdConfig;
 use netctl_manager::{Manager, ManagerConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -33,6 +34,38 @@ pub struct ManagerArgs {
     /// their lifetime (at least 10s).
     #[arg(long, default_value = "90d", value_parser = parse_cert_expiry)]
     pub cert_expiry: Duration,
+    /// Keep the cluster state in etcd (several managers may share it):
+    /// its members, comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
+    #[arg(long, value_delimiter = ',', env = "NETCTL_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Vec<String>,
+    /// The key prefix of this cluster in etcd.
+    #[arg(long, default_value = "/netctl")]
+    pub etcd_prefix: String,
+    /// The CA of the etcd members' certificates (https endpoints).
+    #[arg(long)]
+    pub etcd_cacert: Option<PathBuf>,
+    /// A client certificate for etcd (with --etcd-key).
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Copy the sled store of --data-dir into the empty etcd prefix, then
+    /// exit; later starts with --etcd-endpoints use it.
+    #[arg(long, requires = "etcd_endpoints")]
+    pub migrate_to_etcd: bool,
+}
+
+impl ManagerArgs {
+    /// The etcd settings, when --etcd-endpoints is given.
+    fn etcd(&self) -> Option<EtcdConfig> {
+        (!self.etcd_endpoints.is_empty()).then(|| EtcdConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_cacert.clone(),
+            client_identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+        })
+    }
 }
 
 /// A certificate lifetime: a duration of at least 10 seconds.
@@ -54,6 +87,19 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             args.default_addr_pool
         );
     }
+    if args.migrate_to_etcd {
+        let etcd = args.etcd().expect("clap requires --etcd-endpoints");
+        let copied = netctl_manager::migrate_to_etcd(&args.data_dir, &etcd)
+            .await
+            .with_context(|| format!("copying the state of {} into etcd", args.data_dir.display()))?;
+        println!(
+            "Copied {copied} entries of {} into etcd {} (prefix {}). Start the manager with --etcd-endpoints from now on.",
+            args.data_dir.display(),
+            etcd.endpoints.join(","),
+            etcd.normalized_prefix()
+        );
+        return Ok(());
+    }
     let config = ManagerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
@@ -61,6 +107,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         data_path_port: args.data_path_port,
         heartbeat_interval: args.dispatcher_heartbeat,
         cert_expiry: args.cert_expiry,
+        advertise: reachable_address(args.listen),
+        etcd: args.etcd(),
     };
     let manager = Manager::start(config)
         .await

@@ -83,15 +83,6 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
     }
 }
 
-/// The word `node ls` shows for the node running on the manager's host.
-fn manager_status(manager_host: bool) -> &'static str {
-    if manager_host {
-        "Leader"
-    } else {
-        ""
-    }
-}
-
 /// `node ls` in `format`.
 fn list(nodes: &[NodeStatus], format: ListFormat) {
     match format {
@@ -106,7 +97,7 @@ fn list(nodes: &[NodeStatus], format: ListFormat) {
                         status.status.clone(),
                         node.availability,
                         node.advertise_addr,
-                        manager_status(node.manager_host).into(),
+                        status.manager_status.clone(),
                     ]
                 })
                 .collect();
@@ -119,7 +110,7 @@ fn list(nodes: &[NodeStatus], format: ListFormat) {
                 let line = json!({
                     "ID": node.id, "Hostname": node.hostname, "Status": status.status,
                     "Availability": node.availability, "Address": node.advertise_addr,
-                    "ManagerStatus": manager_status(node.manager_host),
+                    "ManagerStatus": status.manager_status,
                     "LastHeartbeat": status.last_heartbeat_unix,
                 });
                 println!("{line}");
@@ -138,7 +129,10 @@ fn inspect(status: &NodeStatus) -> Value {
         "Description": { "Hostname": node.hostname },
         "Spec": { "Role": "worker", "Availability": node.availability.to_lowercase() },
         "Status": { "State": status.status.to_lowercase(), "Addr": node.advertise_addr },
-        "ManagerStatus": if node.manager_host { json!({ "Leader": true }) } else { Value::Null },
+        "ManagerStatus": match status.manager_status.as_str() {
+            "" => Value::Null,
+            reachability => json!({ "Leader": reachability == "Leader", "Reachability": reachability.to_lowercase() }),
+        },
         "IngressAddress": node.ingress_address,
         "Certificate": {
             "Subject": certificate.subject,

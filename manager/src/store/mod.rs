@@ -1,0 +1,440 @@
+//! The cluster state: one interface, two backends.
+//!
+//! Records (`networks`, `nodes`, `services`, `tasks`, `removed_nodes`,
+//! `managers`) are prost-encoded and keyed by ID; settings (the data-path
+//! port, the CA, the tokens) are raw bytes. Every change (a [`Batch`]) bumps
+//! the cluster's revision in the same transaction and is durable before the
+//! call returns. Writers read, decide and write under a [`Writer`]: its
+//! commit succeeds only if nothing was committed since the writer began
+//! (by this manager or any other sharing the store), otherwise it fails with
+//! [`StoreError::Conflict`] and the caller starts over ([`retrying`]). So
+//! no subnet, VNI, address or port is ever handed out twice.
+//!
+//! Backends: [`sled`] in the data dir (one manager, the default) and
+//! [`etcd`] (any number of managers in front of one etcd cluster).
+
+pub mod etcd;
+mod sled_backend;
+#[cfg(test)]
+mod suite;
+
+use netctl_proto::{ManagerRecord, Network, Node, RemovedNode, Service, Task};
+use prost::Message;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{watch, Mutex, MutexGuard};
+
+/// How many times an operation is started over after losing a race with
+/// another writer before it gives up.
+const CONFLICT_RETRIES: usize = 50;
+
+/// A failure of the state store, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("{context}: {source}")]
+    Sled {
+        /// What the store was doing.
+        context: String,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// etcd answered with an error, or could not be reached.
+    #[error("store unavailable: {context}: etcd at {endpoints}: {reason}")]
+    Unavailable {
+        /// What the store was doing.
+        context: String,
+        /// The endpoints tried.
+        endpoints: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// Another writer committed since this one read the state.
+    #[error("the state changed while {context} (revision {expected}, now {found}); try again")]
+    Conflict {
+        /// What the store was doing.
+        context: String,
+        /// The revision the writer read.
+        expected: u64,
+        /// The revision found at commit.
+        found: u64,
+    },
+    /// A copy into etcd found the prefix in use.
+    #[error("etcd prefix {prefix}/ is not empty ({keys} keys): a store is copied only into an empty prefix")]
+    NotEmpty {
+        /// The prefix.
+        prefix: String,
+        /// How many keys it holds.
+        keys: i64,
+    },
+    /// A stored record could not be decoded.
+    #[error("decoding {kind} record {key}: {source}")]
+    Decode {
+        /// "network", "node", ...
+        kind: &'static str,
+        /// The record's key.
+        key: String,
+        /// prost's error.
+        source: prost::DecodeError,
+    },
+}
+
+/// The kinds of entry the store keeps, each in its own tree or key range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Overlay networks.
+    Network,
+    /// Nodes that joined.
+    Node,
+    /// Services.
+    Service,
+    /// Tasks (replicas), current and recent history.
+    Task,
+    /// Nodes removed from the cluster (their certificates are refused).
+    RemovedNode,
+    /// Managers that ever served this cluster.
+    Manager,
+    /// Cluster settings (raw bytes): data-path port, CA, tokens.
+    Setting,
+}
+
+impl Kind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Kind; 7] = [
+        Kind::Network,
+        Kind::Node,
+        Kind::Service,
+        Kind::Task,
+        Kind::RemovedNode,
+        Kind::Manager,
+        Kind::Setting,
+    ];
+
+    /// The singular name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Network => "network",
+            Kind::Node => "node",
+            Kind::Service => "service",
+            Kind::Task => "task",
+            Kind::RemovedNode => "removed_node",
+            Kind::Manager => "manager",
+            Kind::Setting => "setting",
+        }
+    }
+
+    /// The tree (sled) or key segment (etcd) it lives in.
+    pub fn collection(self) -> &'static str {
+        match self {
+            Kind::Setting => "meta",
+            Kind::Network => "networks",
+            Kind::Node => "nodes",
+            Kind::Service => "services",
+            Kind::Task => "tasks",
+            Kind::RemovedNode => "removed_nodes",
+            Kind::Manager => "managers",
+        }
+    }
+
+    fn position(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).expect("every kind is listed")
+    }
+}
+
+/// A record kept in the store, keyed by its ID.
+pub trait Record: Message + Default {
+    /// The tree it lives in.
+    const KIND: Kind;
+    /// Its key.
+    fn key(&self) -> &str;
+}
+
+macro_rules! record {
+    ($type:ty, $kind:expr) => {
+        impl Record for $type {
+            const KIND: Kind = $kind;
+            fn key(&self) -> &str {
+                &self.id
+            }
+        }
+    };
+}
+record!(Network, Kind::Network);
+record!(Node, Kind::Node);
+record!(Service, Kind::Service);
+record!(Task, Kind::Task);
+record!(RemovedNode, Kind::RemovedNode);
+record!(ManagerRecord, Kind::Manager);
+
+/// One write of a [`Batch`]: `Some(bytes)` to store, `None` to delete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Where.
+    pub kind: Kind,
+    /// The record's key.
+    pub key: String,
+    /// The new value, or none for a deletion.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Changes committed together: all or none.
+#[derive(Debug, Default)]
+pub struct Batch {
+    changes: Vec<Change>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `record`.
+    pub fn put<R: Record>(&mut self, record: &R) -> &mut Self {
+        self.push(R::KIND, record.key(), Some(record.encode_to_vec()))
+    }
+
+    /// Deletes the record of kind `R` with key `key`.
+    pub fn delete<R: Record>(&mut self, key: &str) -> &mut Self {
+        self.push(R::KIND, key, None)
+    }
+
+    /// Writes the setting `key`.
+    pub fn put_setting(&mut self, key: &str, value: &[u8]) -> &mut Self {
+        self.push(Kind::Setting, key, Some(value.to_vec()))
+    }
+
+    fn push(&mut self, kind: Kind, key: &str, value: Option<Vec<u8>>) -> &mut Self {
+        self.changes.push(Change { kind, key: key.to_string(), value });
+        self
+    }
+
+    /// Whether nothing is to be written.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The task changes, decoded: `(id, Some(task))` for a write, `(id, None)`
+    /// for a deletion (for tests and logs).
+    pub fn tasks(&self) -> Vec<(String, Option<netctl_proto::Task>)> {
+        self.changes
+            .iter()
+            .filter(|change| change.kind == Kind::Task)
+            .map(|change| {
+                let task =
+                    change.value.as_ref().map(|bytes| Task::decode(bytes.as_slice()).expect("encoded here"));
+                (change.key.clone(), task)
+            })
+            .collect()
+    }
+
+    fn context(&self) -> String {
+        match self.changes.as_slice() {
+            [change] => format!("writing {} {}", change.kind.name(), change.key),
+            changes => format!("writing {} records", changes.len()),
+        }
+    }
+}
+
+/// A future a backend returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a backend does; [`Store`] adds types, the write lock and retries.
+pub trait Backend: Send + Sync {
+    /// The value of `key` in `kind`.
+    fn read(&self, kind: Kind, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every key and value of `kind`, ordered by key.
+    fn scan(&self, kind: Kind) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Applies `changes` and sets the revision to `expected + 1`, durably,
+    /// if the revision is still `expected`; a [`StoreError::Conflict`]
+    /// otherwise. Returns once reads see the change.
+    fn commit<'a>(
+        &'a self,
+        changes: &'a [Change],
+        expected: u64,
+        context: String,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+    /// Announces every new revision, whoever committed it.
+    fn revisions(&self) -> watch::Receiver<u64>;
+    /// Where the state lives, for `cluster info`.
+    fn location(&self) -> String;
+}
+
+/// The cluster state, whichever backend keeps it.
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    revisions: watch::Receiver<u64>,
+    write_lock: Mutex<()>,
+    shared: bool,
+}
+
+impl Store {
+    /// Opens (or creates) the embedded sled store in `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self::over(Arc::new(sled_backend::SledBackend::open(path)?), false))
+    }
+
+    /// Opens the cluster state in etcd; the backend is returned too, for
+    /// the coordination of managers (leases, election).
+    pub async fn open_etcd(config: &etcd::EtcdConfig) -> Result<(Self, Arc<etcd::EtcdBackend>), StoreError> {
+        let backend = Arc::new(etcd::EtcdBackend::open(config).await?);
+        Ok((Self::over(backend.clone(), true), backend))
+    }
+
+    /// A store over `backend`; `shared` when other managers may write too.
+    pub fn over(backend: Arc<dyn Backend>, shared: bool) -> Self {
+        let revisions = backend.revisions();
+        Self { backend, revisions, write_lock: Mutex::new(()), shared }
+    }
+
+    /// Whether other managers may share this store (etcd).
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Where the state lives: `sled PATH` or `etcd ENDPOINTS (prefix P)`.
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Starts a read-decide-write: writers of this manager queue here, and
+    /// the commit fails if anyone committed since.
+    pub async fn write_lock(&self) -> Writer<'_> {
+        let guard = self.write_lock.lock().await;
+        Writer { store: self, expected: self.revision(), _guard: guard }
+    }
+
+    /// The revision of the last committed change this manager has seen.
+    pub fn revision(&self) -> u64 {
+        *self.revisions.borrow()
+    }
+
+    /// A receiver that sees every new revision.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revisions.clone()
+    }
+
+    /// Every record of kind `R`.
+    pub fn all<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        self.backend.scan(R::KIND)?.into_iter().map(|(key, value)| decode(R::KIND, &key, &value)).collect()
+    }
+
+    /// The record of kind `R` with key `key`.
+    pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, StoreError> {
+        self.backend.read(R::KIND, key)?.map(|v| decode(R::KIND, key, &v)).transpose()
+    }
+
+    /// Every network.
+    pub fn networks(&self) -> Result<Vec<Network>, StoreError> {
+        self.all()
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.all()
+    }
+
+    /// One node by full ID.
+    pub fn node(&self, id: &str) -> Result<Option<Node>, StoreError> {
+        self.get(id)
+    }
+
+    /// A numeric cluster setting.
+    pub fn setting(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.setting_bytes(key)?.map(|v| decode_u64(&v)))
+    }
+
+    /// A cluster setting as stored.
+    pub fn setting_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.backend.read(Kind::Setting, key)
+    }
+
+    /// Every entry of every kind (for copying a store).
+    pub fn dump(&self) -> Result<Vec<Change>, StoreError> {
+        let mut changes = Vec::new();
+        for kind in Kind::ALL {
+            for (key, value) in self.backend.scan(kind)? {
+                changes.push(Change { kind, key, value: Some(value) });
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// A read-decide-write in progress (see [`Store::write_lock`]).
+pub struct Writer<'a> {
+    store: &'a Store,
+    expected: u64,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Writer<'_> {
+    /// Writes one record.
+    pub async fn put<R: Record>(&mut self, record: &R) -> Result<u64, StoreError> {
+        let mut batch = Batch::new();
+        batch.put(record);
+        self.commit(batch).await
+    }
+
+    /// Deletes one record.
+    pub async fn delete<R: Record>(&mut self, key: &str) -> Result<u64, StoreError> {
+        let mut batch = Batch::new();
+        batch.delete::<R>(key);
+        self.commit(batch).await
+    }
+
+    /// Stores a numeric cluster setting.
+    pub async fn put_setting(&mut self, key: &str, value: u64) -> Result<u64, StoreError> {
+        let mut batch = Batch::new();
+        batch.put_setting(key, &value.to_be_bytes());
+        self.commit(batch).await
+    }
+
+    /// Applies `batch` if nothing was committed since this writer began (or
+    /// since its last commit); the new revision.
+    pub async fn commit(&mut self, batch: Batch) -> Result<u64, StoreError> {
+        let revision = self.store.backend.commit(&batch.changes, self.expected, batch.context()).await?;
+        self.expected = revision;
+        Ok(revision)
+    }
+}
+
+/// Runs `operation` (a read-decide-write) until it does not lose a race
+/// with another writer, at most [`CONFLICT_RETRIES`] times.
+pub async fn retrying<T, E, F, Fut>(mut operation: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: AsConflict,
+{
+    let mut attempt = 0;
+    loop {
+        match operation().await {
+            Err(err) if err.is_conflict() && attempt < CONFLICT_RETRIES => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// An error that may be a lost race ([`StoreError::Conflict`]).
+pub trait AsConflict {
+    /// Whether starting over may succeed.
+    fn is_conflict(&self) -> bool;
+}
+
+impl AsConflict for StoreError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+}
+
+fn decode<M: Message + Default>(kind: Kind, key: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|source| StoreError::Decode { kind: kind.name(), key: key.to_string(), source })
+}
+
+/// A revision or numeric setting as stored (8 bytes, big-endian).
+pub fn decode_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}

@@ -1,0 +1,269 @@
+//! The store test suite: the same tests against every backend, sled in a
+//! temp dir and a real etcd (Debian's etcd-server) started in a temp dir on
+//! the loopback of a private network namespace. On etcd, "another manager"
+//! is a second store on the same prefix; on sled it is the same store.
+
+use super::etcd::EtcdConfig;
+use super::{retrying, Batch, Kind, Store, StoreError};
+use crate::networks::{self, AddressPool};
+use netctl_proto::{Network, NetworkCreateRequest, Node};
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a test runs against.
+#[allow(async_fn_in_trait)]
+trait Fixture {
+    /// A manager's store.
+    async fn store(&mut self) -> Arc<Store>;
+    /// Another manager's view of the same state (sled: the same store).
+    async fn peer(&mut self) -> Arc<Store>;
+    /// The same state after every handle was dropped and opened again.
+    async fn reopen(&mut self) -> Arc<Store>;
+    /// Another cluster's state on the same backend.
+    async fn other_cluster(&mut self) -> Arc<Store>;
+}
+
+struct Sled {
+    dir: tempfile::TempDir,
+    other: tempfile::TempDir,
+    open: Option<Arc<Store>>,
+}
+
+impl Sled {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), other: tempfile::tempdir().unwrap(), open: None }
+    }
+}
+
+impl Fixture for Sled {
+    async fn store(&mut self) -> Arc<Store> {
+        self.open.get_or_insert_with(|| Arc::new(Store::open(self.dir.path()).unwrap())).clone()
+    }
+    async fn peer(&mut self) -> Arc<Store> {
+        self.store().await
+    }
+    async fn reopen(&mut self) -> Arc<Store> {
+        let old = self.open.take().expect("opened before");
+        assert_eq!(Arc::strong_count(&old), 1, "every handle dropped before reopening");
+        drop(old);
+        self.store().await
+    }
+    async fn other_cluster(&mut self) -> Arc<Store> {
+        Arc::new(Store::open(self.other.path()).unwrap())
+    }
+}
+
+/// A one-member etcd in a temp dir, on 127.0.0.1 of this thread's own
+/// network namespace; killed on drop.
+struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    endpoint: String,
+    prefix: String,
+}
+
+impl Etcd {
+    fn start() -> Self {
+        // Only this thread (and the etcd it forks) moves: the test's
+        // current-thread runtime runs every task here.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the network namespace");
+        let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("run ip");
+        assert!(up.success(), "bringing lo up");
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = ("http://127.0.0.1:23790", "http://127.0.0.1:23800");
+        let child = Command::new("etcd")
+            .args(["--name", "suite", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", client, "--advertise-client-urls", client])
+            .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("suite={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server package) must be installed");
+        Self { child, _dir: dir, endpoint: client.to_string(), prefix: "/suite".into() }
+    }
+
+    fn config(&self, prefix: &str) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![self.endpoint.clone()],
+            prefix: prefix.into(),
+            ca_file: None,
+            client_identity: None,
+        }
+    }
+
+    async fn open(&self, prefix: &str) -> Arc<Store> {
+        for _ in 0..100 {
+            match Store::open_etcd(&self.config(prefix)).await {
+                Ok((store, _)) => return Arc::new(store),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("etcd did not answer within 10 s");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Fixture for Etcd {
+    async fn store(&mut self) -> Arc<Store> {
+        let prefix = self.prefix.clone();
+        self.open(&prefix).await
+    }
+    async fn peer(&mut self) -> Arc<Store> {
+        self.store().await
+    }
+    async fn reopen(&mut self) -> Arc<Store> {
+        self.store().await
+    }
+    async fn other_cluster(&mut self) -> Arc<Store> {
+        self.open("/suite-other").await
+    }
+}
+
+fn network(id: &str, vni: u32) -> Network {
+    Network { id: id.into(), name: format!("net-{id}"), vni, ..Default::default() }
+}
+
+async fn records_settings_and_revisions(fixture: &mut impl Fixture) {
+    let store = fixture.store().await;
+    assert_eq!(store.revision(), 0);
+    let mut writer = store.write_lock().await;
+    assert_eq!(writer.put(&network("a", 4097)).await.unwrap(), 1);
+    assert_eq!(writer.put(&network("b", 4098)).await.unwrap(), 2);
+    assert_eq!(writer.delete::<Network>("a").await.unwrap(), 3);
+    let mut batch = Batch::new();
+    batch.put_setting("blob", b"\x00binary\xff").put(&Node { id: "n1".into(), ..Default::default() });
+    assert_eq!(writer.commit(batch).await.unwrap(), 4);
+    writer.put_setting("data_path_port", 4789).await.unwrap();
+    drop(writer);
+    assert_eq!(store.revision(), 5);
+    assert_eq!(store.networks().unwrap(), vec![network("b", 4098)]);
+    assert_eq!(store.get::<Network>("a").unwrap(), None);
+    assert_eq!(store.setting("data_path_port").unwrap(), Some(4789));
+    assert_eq!(store.setting_bytes("blob").unwrap().as_deref(), Some(&b"\x00binary\xff"[..]));
+    assert_eq!(store.setting("missing").unwrap(), None);
+    let kinds: BTreeSet<&str> = store.dump().unwrap().iter().map(|c| c.kind.name()).collect();
+    assert_eq!(kinds, BTreeSet::from(["network", "node", "setting"]));
+    drop(store);
+    let reopened = fixture.reopen().await;
+    assert_eq!(reopened.revision(), 5);
+    assert_eq!(reopened.networks().unwrap(), vec![network("b", 4098)]);
+    assert_eq!(reopened.setting("data_path_port").unwrap(), Some(4789));
+}
+
+async fn a_writer_that_read_an_old_revision_conflicts(fixture: &mut impl Fixture) {
+    let store = fixture.store().await;
+    let peer = fixture.peer().await;
+    let mut writer = store.write_lock().await;
+    writer.put(&network("a", 4097)).await.unwrap();
+    drop(writer);
+    // A stale writer: it read revision 1, someone committed revision 2.
+    let stale = store.revision();
+    peer.write_lock().await.put(&network("b", 4098)).await.unwrap();
+    let changes = vec![super::Change { kind: Kind::Network, key: "c".into(), value: Some(vec![]) }];
+    let refused = store.backend.commit(&changes, stale, "writing network c".into()).await;
+    match refused {
+        Err(StoreError::Conflict { expected, found, .. }) => assert_eq!((expected, found), (1, 2)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.get::<Network>("c").unwrap(), None, "a refused commit writes nothing");
+    // A retried operation reads again and succeeds.
+    let mut attempts = 0;
+    let done: Result<u64, StoreError> = retrying(|| {
+        attempts += 1;
+        let expected = if attempts == 1 { stale } else { store.revision() };
+        let store = store.clone();
+        let changes = changes.clone();
+        async move { store.backend.commit(&changes, expected, "writing network c".into()).await }
+    })
+    .await;
+    assert_eq!((done.unwrap(), attempts), (3, 2));
+}
+
+async fn every_manager_sees_every_revision(fixture: &mut impl Fixture) {
+    let store = fixture.store().await;
+    let peer = fixture.peer().await;
+    let mut revisions = peer.subscribe();
+    let node = Node { id: "n1".into(), hostname: "node0".into(), ..Default::default() };
+    store.write_lock().await.put(&node).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), revisions.wait_for(|r| *r == 1)).await.unwrap().unwrap();
+    assert_eq!(peer.node("n1").unwrap(), Some(node));
+}
+
+async fn concurrent_creates_on_two_managers_never_share(fixture: &mut impl Fixture) {
+    let managers = [fixture.store().await, fixture.peer().await];
+    networks::ensure_ingress(&managers[0]).await.unwrap();
+    let pool = AddressPool { pool: "10.0.0.0/8".parse().unwrap(), mask_length: 24 };
+    let creates: Vec<_> = (0..24)
+        .map(|i| {
+            let store = managers[i % 2].clone();
+            let request = NetworkCreateRequest { name: format!("n{i}"), ..Default::default() };
+            tokio::spawn(async move { networks::create(&store, pool, &request).await })
+        })
+        .collect();
+    for create in creates {
+        create.await.unwrap().unwrap();
+    }
+    let expected_revision = managers[0].revision();
+    for store in &managers {
+        let mut revisions = store.subscribe();
+        tokio::time::timeout(Duration::from_secs(1), revisions.wait_for(|r| *r >= expected_revision))
+            .await
+            .unwrap()
+            .unwrap();
+        let networks = store.networks().unwrap();
+        let subnets: BTreeSet<_> = networks.iter().map(|n| n.subnet.clone()).collect();
+        let vnis: BTreeSet<_> = networks.iter().map(|n| n.vni).collect();
+        assert_eq!((networks.len(), subnets.len(), vnis.len()), (25, 25, 25));
+    }
+}
+
+async fn clusters_never_see_each_other(fixture: &mut impl Fixture) {
+    let store = fixture.store().await;
+    store.write_lock().await.put(&network("a", 4097)).await.unwrap();
+    assert_eq!(store.networks().unwrap(), vec![network("a", 4097)], "before");
+    let other = fixture.other_cluster().await;
+    assert_eq!(store.networks().unwrap(), vec![network("a", 4097)], "after open");
+    assert_eq!(other.revision(), 0);
+    assert!(other.networks().unwrap().is_empty());
+    other.write_lock().await.put(&network("z", 5000)).await.unwrap();
+    assert_eq!(store.networks().unwrap(), vec![network("a", 4097)]);
+}
+
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(&mut super::Sled::new()).await;
+                }
+            )*
+        }
+        mod on_etcd {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(&mut super::Etcd::start()).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    records_settings_and_revisions,
+    a_writer_that_read_an_old_revision_conflicts,
+    every_manager_sees_every_revision,
+    concurrent_creates_on_two_managers_never_share,
+    clusters_never_see_each_other,
+);
