@@ -222,6 +222,7 @@ impl Lab {
         for node in 0..self.etcd_endpoints().len() {
             self.start_etcd(node)?;
         }
+        self.wait_for_etcd(Duration::from_secs(30))?;
         for node in 0..self.manager_count() {
             self.start_manager(node)?;
         }
@@ -309,6 +310,31 @@ impl Lab {
             args.extend(["--etcd-endpoints".to_string(), etcd.join(",")]);
         }
         self.spawn_daemon(node, &args, &host.join("manager.log"), &self.manager_pid_file(node))
+    }
+
+    /// Waits until every etcd member says it is healthy (the cluster has a
+    /// leader): a manager refuses to start on an etcd it cannot reach.
+    fn wait_for_etcd(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        for endpoint in self.etcd_endpoints() {
+            loop {
+                let health = self
+                    .command_on(0, "curl")?
+                    .args(["-sf", "-m", "1", &format!("{endpoint}/health")])
+                    .output();
+                if health.is_ok_and(|h| String::from_utf8_lossy(&h.stdout).contains("\"true\"")) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "etcd at {endpoint} was not healthy within {timeout:?}: see {}",
+                        self.dir.display()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
     }
 
     /// Starts the etcd member of host `node` (its data in the host's
