@@ -112,22 +112,56 @@ pub struct ControlPlane {
     port: u16,
     manager_args: Vec<String>,
     manager: Option<Daemon>,
+    /// etcd, when the manager keeps its state there.
+    etcd: Option<Daemon>,
     starts: usize,
 }
 
 impl ControlPlane {
     /// Starts a manager with extra `netctl manager` flags.
     pub fn start(extra_manager_args: &[&str]) -> Self {
-        let mut cluster = Self {
+        let mut cluster = Self::prepare(extra_manager_args);
+        cluster.start_manager();
+        cluster
+    }
+
+    /// Starts etcd (Debian's etcd-server: one member on 127.0.0.1:2379 of
+    /// the cluster's namespace, its data in the cluster's folder) and a
+    /// manager keeping its state there.
+    pub fn start_on_etcd(extra_manager_args: &[&str]) -> Self {
+        let mut cluster = Self::prepare(extra_manager_args);
+        let endpoint = "http://127.0.0.1:2379";
+        cluster.manager_args.extend(["--etcd-endpoints".to_string(), endpoint.to_string()]);
+        let mut etcd = cluster.namespace.command("etcd");
+        etcd.arg("--data-dir")
+            .arg(cluster.dir.path().join("etcd"))
+            .args(["--listen-client-urls", endpoint, "--advertise-client-urls", endpoint])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"]);
+        cluster.etcd = Some(Daemon::spawn(etcd, cluster.dir.path().join("etcd.log"), None));
+        let healthy = wait_until(Duration::from_secs(20), || {
+            let health =
+                cluster.command("curl").args(["-sf", "-m", "1", &format!("{endpoint}/health")]).output();
+            health.is_ok_and(|h| String::from_utf8_lossy(&h.stdout).contains("\"true\""))
+        });
+        assert!(
+            healthy,
+            "etcd did not become healthy: {}",
+            cluster.etcd.as_ref().map(Daemon::log).unwrap_or_default()
+        );
+        cluster.start_manager();
+        cluster
+    }
+
+    fn prepare(extra_manager_args: &[&str]) -> Self {
+        Self {
             namespace: TestNamespace::new(&netns::unique_prefix()),
             dir: tempfile::Builder::new().prefix("netctl-e2e-").tempdir().expect("tempdir"),
             port: 4243,
             manager_args: extra_manager_args.iter().map(|s| s.to_string()).collect(),
             manager: None,
+            etcd: None,
             starts: 0,
-        };
-        cluster.start_manager();
-        cluster
+        }
     }
 
     /// The manager's gRPC address.
@@ -330,4 +364,17 @@ pub fn write_report(path: &str, mut report: serde_json::Value) {
     std::fs::write(path, &text).expect("write results");
     print!("{text}");
     println!("written to {path}");
+}
+
+/// The managers table of `netctl cluster info`: (address, status) of each.
+pub fn managers_in(cluster_info: &str) -> Vec<(String, String)> {
+    cluster_info
+        .lines()
+        .skip_while(|line| !line.starts_with("Managers:"))
+        .skip(2)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some((fields.get(2)?.to_string(), fields.last()?.to_string()))
+        })
+        .collect()
 }

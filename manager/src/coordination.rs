@@ -12,10 +12,10 @@
 //! always leads.
 
 use crate::liveness::Heartbeats;
-use crate::store::etcd::{EtcdBackend, EtcdConfig};
+use crate::store::etcd::{EtcdBackend, Members};
 use crate::store::Store;
 use crate::ManagerError;
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use netctl_proto::{HeartbeatReport, ManagerRecord};
 use prost::Message;
 use std::sync::Arc;
@@ -29,6 +29,9 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(1);
 /// How long a keep-alive may go unanswered before leadership is given up
 /// (well before the lease expires, so two managers never both lead).
 const KEEP_ALIVE_DEADLINE: Duration = Duration::from_millis(1500);
+/// How long granting a lease and putting this manager's presence on it may
+/// take before the attempt is given up and made again.
+const HOLD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Where this manager stands among the managers of its cluster.
 #[derive(Clone)]
@@ -57,22 +60,32 @@ impl Coordination {
 
     /// Joins the managers sharing `backend`: campaigns for leadership and
     /// shares heartbeats until `stopping`.
-    pub async fn join(
+    pub fn join(
         manager_id: String,
-        config: &EtcdConfig,
         backend: Arc<EtcdBackend>,
         heartbeats: Arc<Heartbeats>,
         store: Arc<Store>,
         stopping: watch::Receiver<bool>,
-    ) -> Result<Self, ManagerError> {
-        // Leases and the election block for long: a client without a
-        // request timeout.
-        let client = config.client(None).await?;
+    ) -> Self {
         let (leading_tx, leading) = watch::channel(false);
-        let lease = Lease { client, backend: backend.clone(), manager_id: manager_id.clone() };
+        let (current, held) = watch::channel(None);
+        heartbeats.share_with_other_managers();
+        let lease = Lease {
+            members: backend.members(),
+            current,
+            backend: backend.clone(),
+            manager_id: manager_id.clone(),
+        };
         tokio::spawn(lease.run(leading_tx, heartbeats.clone(), store, stopping.clone()));
-        tokio::spawn(share_heartbeats(backend.clone(), manager_id.clone(), heartbeats, stopping));
-        Ok(Self { manager_id, leading, backend: Some(backend) })
+        tokio::spawn(publish_heartbeats(
+            backend.clone(),
+            manager_id.clone(),
+            held,
+            heartbeats.clone(),
+            stopping.clone(),
+        ));
+        tokio::spawn(merge_heartbeats(backend.clone(), manager_id.clone(), heartbeats, stopping));
+        Self { manager_id, leading, backend: Some(backend) }
     }
 
     /// Sees every change of leadership.
@@ -145,22 +158,34 @@ pub async fn register(store: &Store, record: ManagerRecord) -> Result<(), Manage
 
 /// This manager's lease, presence and campaign.
 struct Lease {
-    client: Client,
+    members: Arc<Members>,
+    /// The lease held now, for the heartbeats shared on it.
+    current: watch::Sender<Option<i64>>,
     backend: Arc<EtcdBackend>,
     manager_id: String,
 }
 
+/// A lease kept alive on one member.
+struct HeldLease {
+    id: i64,
+    keeper: LeaseKeeper,
+    answers: LeaseKeepAliveStream,
+    /// The member keeping it, for the campaign.
+    client: Client,
+}
+
 impl Lease {
     async fn run(
-        mut self,
+        self,
         leading: watch::Sender<bool>,
         heartbeats: Arc<Heartbeats>,
         store: Arc<Store>,
         mut stopping: watch::Receiver<bool>,
     ) {
+        let mut failing = false;
         loop {
             let outcome = tokio::select! {
-                outcome = self.term(&leading, &heartbeats, &store) => outcome,
+                outcome = self.term(&leading, &heartbeats, &store, &mut failing) => outcome,
                 _ = stopping.wait_for(|stop| *stop) => Ok(()),
             };
             if leading.send_replace(false) {
@@ -170,31 +195,60 @@ impl Lease {
                 return;
             }
             if let Err(err) = outcome {
-                tracing::warn!(manager = %self.manager_id, "etcd lease: {err}; trying again");
+                // Said once per outage, not at every attempt.
+                if !failing {
+                    tracing::warn!(manager = %self.manager_id, "etcd lease lost: {err}; trying again every {KEEP_ALIVE_EVERY:?}");
+                }
+                failing = true;
+                // The member may be gone: the next term starts on another.
+                self.members.move_on();
             }
             tokio::time::sleep(KEEP_ALIVE_EVERY).await;
         }
     }
 
+    /// A new lease, kept alive, with this manager's presence on it.
+    async fn hold(&self) -> Result<HeldLease, String> {
+        let grant = self.members.call(|mut c| async move { c.lease_grant(LEASE_TTL, None).await });
+        let id = grant.await.map_err(|e| e.to_string())?.id();
+        let mut client = self.members.stream_client();
+        let (keeper, answers) = client.lease_keep_alive(id).await.map_err(|e| e.to_string())?;
+        self.put_on_lease(&format!("alive/{}", self.manager_id), id).await?;
+        Ok(HeldLease { id, keeper, answers, client })
+    }
+
+    /// Puts this manager's ID at `relative`, bound to lease `id`.
+    async fn put_on_lease(&self, relative: &str, id: i64) -> Result<(), String> {
+        let key = self.backend.key(relative);
+        self.members
+            .call(|mut c| {
+                let (key, value) = (key.clone(), self.manager_id.clone());
+                async move { c.put(key, value, Some(PutOptions::new().with_lease(id))).await }
+            })
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// One lease: presence, campaign, leadership until the lease is lost.
     async fn term(
-        &mut self,
+        &self,
         leading: &watch::Sender<bool>,
         heartbeats: &Heartbeats,
         store: &Store,
+        failing: &mut bool,
     ) -> Result<(), String> {
-        let lease = self.client.lease_grant(LEASE_TTL, None).await.map_err(|e| e.to_string())?.id();
-        let (mut keeper, mut answers) =
-            self.client.lease_keep_alive(lease).await.map_err(|e| e.to_string())?;
-        let on_lease = Some(PutOptions::new().with_lease(lease));
-        self.client
-            .put(
-                self.backend.key(&format!("alive/{}", self.manager_id)),
-                self.manager_id.clone(),
-                on_lease.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let HeldLease { id: lease, mut keeper, mut answers, mut client } =
+            match tokio::time::timeout(HOLD_DEADLINE, self.hold()).await {
+                Ok(held) => held?,
+                Err(_) => {
+                    return Err(format!("etcd did not grant and keep a lease within {HOLD_DEADLINE:?}"))
+                }
+            };
+        self.current.send_replace(Some(lease));
+        if std::mem::take(failing) {
+            tracing::info!(manager = %self.manager_id, "etcd lease held again");
+        }
         let keep_alive = async {
             loop {
                 tokio::time::sleep(KEEP_ALIVE_EVERY).await;
@@ -208,38 +262,40 @@ impl Lease {
                 }
             }
         };
-        let mut campaign_client = self.client.clone();
         let election = self.backend.key("election");
-        let leader_key = self.backend.key("leader");
-        let manager_id = self.manager_id.clone();
         let lead = async {
-            campaign_client.campaign(election, manager_id.clone(), lease).await.map_err(|e| e.to_string())?;
-            campaign_client.put(leader_key, manager_id.clone(), on_lease).await.map_err(|e| e.to_string())?;
+            client.campaign(election, self.manager_id.clone(), lease).await.map_err(|e| e.to_string())?;
+            self.put_on_lease("leader", lease).await?;
             // A new leader gives every node the usual grace: a failover
             // must not reschedule the cluster.
             heartbeats.grant_grace(store.nodes().unwrap_or_default().into_iter().map(|n| n.id));
             leading.send_replace(true);
-            tracing::info!(manager = %manager_id, "this manager leads");
+            tracing::info!(manager = %self.manager_id, "this manager leads");
             std::future::pending::<Result<(), String>>().await
         };
         let result = tokio::select! {
             result = keep_alive => result,
             result = lead => result,
         };
-        let _ = self.client.lease_revoke(lease).await;
+        self.current.send_replace(None);
+        // Lets another manager lead at once; bounded, as etcd may be gone.
+        let revoke = self.members.call(|mut c| async move { c.lease_revoke(lease).await });
+        let _ = tokio::time::timeout(KEEP_ALIVE_DEADLINE, revoke).await;
         result
     }
 }
 
-/// Every heartbeat interval: publishes the nodes this manager heard from
-/// and merges what the other managers heard.
-async fn share_heartbeats(
+/// Every heartbeat interval, and at once when a node is heard from for the
+/// first time: publishes the nodes this manager heard from (on its lease:
+/// a manager that died stops vouching).
+async fn publish_heartbeats(
     backend: Arc<EtcdBackend>,
     manager_id: String,
+    held: watch::Receiver<Option<i64>>,
     heartbeats: Arc<Heartbeats>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let mut client = backend.client();
+    let members = backend.members();
     let key = backend.key(&format!("heartbeats/{manager_id}"));
     loop {
         let report = HeartbeatReport {
@@ -249,26 +305,47 @@ async fn share_heartbeats(
                 .map(|(id, at)| (id, unix_ms(at)))
                 .collect(),
         };
-        // Kept for a few intervals: a manager that died stops vouching.
-        let ttl = (heartbeats.interval().as_secs() as i64 * 3).max(LEASE_TTL);
-        let published = async {
-            let lease = client.lease_grant(ttl, None).await?.id();
-            client.put(key.clone(), report.encode_to_vec(), Some(PutOptions::new().with_lease(lease))).await
-        };
-        if let Err(err) = published.await {
-            tracing::debug!("sharing heartbeats: {err}");
-        }
-        if let Ok(reports) = backend.cached("heartbeats/") {
-            for (other, bytes) in reports.into_iter().filter(|(id, _)| *id != manager_id) {
-                let Ok(report) = HeartbeatReport::decode(bytes.as_slice()) else { continue };
-                for (node, at) in report.last_seen_unix_ms {
-                    heartbeats.merge(&node, UNIX_EPOCH + Duration::from_millis(at.max(0) as u64));
-                }
-                tracing::trace!(manager = %other, "merged heartbeats");
+        let lease = *held.borrow();
+        if let Some(lease) = lease {
+            let value = report.encode_to_vec();
+            let put = members.call(|mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, Some(PutOptions::new().with_lease(lease))).await }
+            });
+            match put.await {
+                Ok(_) => heartbeats.exchanged(),
+                Err(err) => tracing::debug!("sharing heartbeats: {err}"),
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(heartbeats.interval()) => {},
+            _ = heartbeats.heard_a_new_node() => {},
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Whenever the store changes: takes in the heartbeats the other managers
+/// published, so that a node that joined through any manager is known to
+/// the leader at once.
+async fn merge_heartbeats(
+    backend: Arc<EtcdBackend>,
+    manager_id: String,
+    heartbeats: Arc<Heartbeats>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut changes = backend.changes();
+    loop {
+        if let Ok(reports) = backend.cached("heartbeats/") {
+            for (_, bytes) in reports.into_iter().filter(|(id, _)| *id != manager_id) {
+                let Ok(report) = HeartbeatReport::decode(bytes.as_slice()) else { continue };
+                for (node, at) in report.last_seen_unix_ms {
+                    heartbeats.merge(&node, UNIX_EPOCH + Duration::from_millis(at.max(0) as u64));
+                }
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
             _ = stopping.wait_for(|stop| *stop) => return,
         }
     }

@@ -154,7 +154,7 @@ impl DispatcherService {
             batch.put(&task);
         }
         if !batch.is_empty() {
-            writer.commit(batch).await.map_err(ManagerError::from)?;
+            writer.commit_in_parts(batch).await.map_err(ManagerError::from)?;
         }
         Ok(())
     }

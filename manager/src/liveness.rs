@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How many heartbeat intervals may pass before a node is Down.
 pub const MISSED_HEARTBEATS_BEFORE_DOWN: u32 = 3;
@@ -46,6 +46,11 @@ pub struct Heartbeats {
     heard: Mutex<std::collections::HashSet<String>>,
     /// Heartbeats this manager received itself (shared with the others).
     here: Mutex<HashMap<String, SystemTime>>,
+    /// Told when a node is first heard from here (to share it at once).
+    new_node: tokio::sync::Notify,
+    /// With several managers: when heartbeats were last exchanged with
+    /// the others through the store (`Some(None)`: not yet).
+    exchanged: Mutex<Option<Option<Instant>>>,
 }
 
 impl Heartbeats {
@@ -53,7 +58,14 @@ impl Heartbeats {
     pub fn new(interval: Duration, known: impl IntoIterator<Item = String>) -> Self {
         let now = SystemTime::now();
         let last_seen = known.into_iter().map(|id| (id, now)).collect();
-        Self { interval, last_seen: Mutex::new(last_seen), heard: Mutex::default(), here: Mutex::default() }
+        Self {
+            interval,
+            last_seen: Mutex::new(last_seen),
+            heard: Mutex::default(),
+            here: Mutex::default(),
+            new_node: tokio::sync::Notify::new(),
+            exchanged: Mutex::default(),
+        }
     }
 
     /// The interval agents are told to use.
@@ -64,8 +76,18 @@ impl Heartbeats {
     /// Records a heartbeat from `node_id` now.
     pub fn record(&self, node_id: &str) {
         let now = SystemTime::now();
-        self.here.lock().expect("heartbeat table poisoned").insert(node_id.to_string(), now);
+        let first =
+            self.here.lock().expect("heartbeat table poisoned").insert(node_id.to_string(), now).is_none();
         self.merge(node_id, now);
+        if first {
+            self.new_node.notify_one();
+        }
+    }
+
+    /// Completes when a node is heard from here for the first time (or was
+    /// since the last call).
+    pub async fn heard_a_new_node(&self) {
+        self.new_node.notified().await
     }
 
     /// Takes in a heartbeat another manager received at `at`.
@@ -81,6 +103,35 @@ impl Heartbeats {
     /// The heartbeats this manager received itself, by node.
     pub fn heard_here(&self) -> HashMap<String, SystemTime> {
         self.here.lock().expect("heartbeat table poisoned").clone()
+    }
+
+    /// From now on, heartbeats other managers received count too: nodes are
+    /// judged only while they are exchanged ([`Heartbeats::exchanged`]).
+    pub fn share_with_other_managers(&self) {
+        *self.exchanged.lock().expect("heartbeat table poisoned") = Some(None);
+    }
+
+    /// Notes an exchange with the other managers through the store. After a
+    /// stall (none for two intervals: the store did not answer) every node
+    /// gets the usual grace, as after a change of leader: what arrived late
+    /// is not a node that died.
+    pub fn exchanged(&self) {
+        let now = Instant::now();
+        let previous = self.exchanged.lock().expect("heartbeat table poisoned").replace(Some(now)).flatten();
+        if previous.is_none_or(|at| now - at > self.interval * 2) {
+            let known: Vec<String> =
+                self.last_seen.lock().expect("heartbeat table poisoned").keys().cloned().collect();
+            self.grant_grace(known);
+        }
+    }
+
+    /// Whether nodes may be judged Down now: always for a manager alone;
+    /// with several, only while heartbeats are exchanged.
+    pub fn can_judge(&self) -> bool {
+        match *self.exchanged.lock().expect("heartbeat table poisoned") {
+            None => true,
+            Some(last) => last.is_some_and(|at| at.elapsed() <= self.interval * 2),
+        }
     }
 
     /// Counts `nodes` as seen now (a new leader's grace, as after a start).
@@ -144,5 +195,21 @@ mod tests {
         heartbeats.grant_grace(["gone".to_string()]);
         assert_eq!(heartbeats.status("gone").0, NodeLiveness::Ready);
         assert!(!heartbeats.heard_from("gone"));
+    }
+
+    #[test]
+    fn nodes_are_judged_only_while_managers_exchange_heartbeats() {
+        let heartbeats = Heartbeats::new(Duration::from_millis(20), ["quiet".to_string()]);
+        assert!(heartbeats.can_judge(), "a manager alone always judges");
+        heartbeats.share_with_other_managers();
+        assert!(!heartbeats.can_judge(), "nothing exchanged yet");
+        heartbeats.exchanged();
+        assert!(heartbeats.can_judge());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(heartbeats.status("quiet").0, NodeLiveness::Down);
+        assert!(!heartbeats.can_judge(), "the exchange stalled");
+        heartbeats.exchanged();
+        assert_eq!(heartbeats.status("quiet").0, NodeLiveness::Ready, "grace after a stall");
+        assert!(heartbeats.can_judge());
     }
 }

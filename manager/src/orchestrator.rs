@@ -252,9 +252,12 @@ pub async fn run(
 async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store::StoreError> {
     let mut writer = store.write_lock().await;
     let nodes = store.nodes()?;
+    // While heartbeats other managers received do not arrive (the store
+    // stalls), no node is judged Down.
+    let judging = heartbeats.can_judge();
     let ready: HashSet<String> = nodes
         .iter()
-        .filter(|n| heartbeats.status(&n.id).0 == NodeLiveness::Ready)
+        .filter(|n| !judging || heartbeats.status(&n.id).0 == NodeLiveness::Ready)
         .map(|n| n.id.clone())
         .collect();
     let schedulable: HashSet<String> = ready.iter().filter(|id| heartbeats.heard_from(id)).cloned().collect();
@@ -270,7 +273,7 @@ async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store
     };
     let batch = plan(&state);
     if !batch.is_empty() {
-        writer.commit(batch).await?;
+        writer.commit_in_parts(batch).await?;
     }
     Ok(())
 }

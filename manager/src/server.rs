@@ -37,6 +37,8 @@ pub struct ManagerConfig {
     pub cert_expiry: Duration,
     /// The address agents and clients reach it at (shown to other managers).
     pub advertise: SocketAddr,
+    /// The host name shown for this manager.
+    pub hostname: String,
     /// The etcd cluster keeping the state, when several managers share it
     /// (sled in the data dir otherwise).
     pub etcd: Option<EtcdConfig>,
@@ -61,9 +63,7 @@ impl Manager {
         let manager_id = cluster::manager_id(&config.data_dir)?;
         let record = netctl_proto::ManagerRecord {
             id: manager_id.clone(),
-            hostname: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            hostname: config.hostname.clone(),
             address: config.advertise.to_string(),
             started_unix: crate::networks::now_unix(),
         };
@@ -91,19 +91,15 @@ impl Manager {
         // Watch streams never end by themselves: close them when stopping, or
         // the graceful shutdown would wait for every agent forever.
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let coordination = match (&self.etcd, &self.config.etcd) {
-            (Some(backend), Some(config)) => {
-                Coordination::join(
-                    self.manager_id.clone(),
-                    config,
-                    backend.clone(),
-                    heartbeats.clone(),
-                    self.store.clone(),
-                    stopping.clone(),
-                )
-                .await?
-            }
-            _ => Coordination::alone(self.manager_id.clone()),
+        let coordination = match &self.etcd {
+            Some(backend) => Coordination::join(
+                self.manager_id.clone(),
+                backend.clone(),
+                heartbeats.clone(),
+                self.store.clone(),
+                stopping.clone(),
+            ),
+            None => Coordination::alone(self.manager_id.clone()),
         };
         let reserved_ports = ReservedPorts::new(listen.port(), self.cluster.data_path_port);
         let control = ControlService::new(

@@ -312,7 +312,8 @@ async fn scale_once(store: &Store, reference: &str, replicas: u32) -> Result<Ser
     Ok(service)
 }
 
-/// Removes a service and all its tasks (agents stop them on their next pass).
+/// Removes a service and its tasks (agents stop them on their next pass);
+/// tasks beyond what one commit holds are the orchestrator's to delete.
 pub async fn remove(store: &Store, reference: &str) -> Result<Service, ManagerError> {
     crate::store::retrying(|| remove_once(store, reference)).await
 }
@@ -322,7 +323,8 @@ async fn remove_once(store: &Store, reference: &str) -> Result<Service, ManagerE
     let service = find(store, reference)?;
     let mut batch = crate::store::Batch::new();
     batch.delete::<Service>(&service.id);
-    for task in store.all::<Task>()?.iter().filter(|t| t.service_id == service.id) {
+    let own = store.all::<Task>()?.into_iter().filter(|t| t.service_id == service.id);
+    for task in own.take(crate::store::MAX_CHANGES_PER_COMMIT - 1) {
         batch.delete::<Task>(&task.id);
     }
     writer.commit(batch).await?;

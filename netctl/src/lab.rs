@@ -301,6 +301,8 @@ impl Lab {
             &host.join("manager").display().to_string(),
             "--dispatcher-heartbeat",
             "1s",
+            "--hostname",
+            &format!("node{node}"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -368,8 +370,6 @@ impl Lab {
             "new",
             "--initial-cluster-token",
             &format!("netctl-lab-{}", self.name),
-            "--max-txn-ops",
-            "100000",
         ]
         .iter()
         .map(|s| s.to_string())

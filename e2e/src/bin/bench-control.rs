@@ -1,9 +1,12 @@
 //! Control-plane benchmark against a real `netctl manager` on loopback:
-//! network create throughput, sequential and with 16 concurrent clients
-//! (each create is flushed to disk before it is answered: the durable path),
-//! and Watch fan-out: how long after a `service create` each of 50 watching
-//! nodes receives its task. Writes JSON to `bench/results/control_plane.json`
-//! (or the path given as the first argument).
+//! network create throughput, sequential and with 16 concurrent clients,
+//! on sled and on etcd (Debian's etcd-server, one member on the same
+//! loopback; each create is durable before it is answered on both); Watch
+//! fan-out: how long after a `service create` each of 50 watching nodes
+//! receives its task; and failover: in a lab of 3 managers on a 3-member
+//! etcd, how long after the leader manager is killed (-9) another says it
+//! leads. Writes JSON to `bench/results/control_plane.json` (or the path
+//! given as the first argument).
 
 use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
@@ -22,6 +25,7 @@ const CONCURRENT_CLIENTS: usize = 16;
 const CREATES_PER_CLIENT: usize = 40;
 const FAN_OUT_NODES: usize = 50;
 const FAN_OUT_ROUNDS: usize = 10;
+const FAILOVER_ROUNDS: usize = 5;
 
 type Control =
     ControlClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>>;
@@ -70,13 +74,14 @@ fn summary(latencies: &mut [Duration], wall: Duration) -> serde_json::Value {
     })
 }
 
-/// Runs `benchmark` against a fresh cluster, from inside its namespace.
-fn on_fresh_cluster<F, Fut>(benchmark: F) -> serde_json::Value
+/// Runs `benchmark` against a fresh cluster (`ControlPlane::start` or
+/// `ControlPlane::start_on_etcd`), from inside its namespace.
+fn on_fresh_cluster<F, Fut>(start: fn(&[&str]) -> ControlPlane, benchmark: F) -> serde_json::Value
 where
     F: FnOnce(Target) -> Fut + Send,
     Fut: std::future::Future<Output = serde_json::Value>,
 {
-    let cluster = ControlPlane::start(&[]);
+    let cluster = start(&[]);
     let target = Target {
         manager: cluster.manager_url(),
         token: cluster.admin_token(),
@@ -202,16 +207,109 @@ async fn fan_out(target: Target) -> serde_json::Value {
     })
 }
 
+/// A lab of 3 hosts, each with an etcd member and a manager, removed on drop.
+struct FailoverLab {
+    root: tempfile::TempDir,
+    name: String,
+}
+
+impl FailoverLab {
+    fn up() -> Self {
+        let root = tempfile::Builder::new().prefix("netctl-bench-lab-").tempdir().expect("tempdir");
+        // Where `netctl lab` and `netctl::lab::Lab` keep this lab.
+        std::env::set_var("NETCTL_LAB_ROOT", root.path());
+        let lab = Self { root, name: e2e::netns::unique_prefix() };
+        let up = lab.netctl(&["lab", "up", "--nodes", "3", "--managers", "3", "--name", &lab.name]);
+        assert!(up.status.success(), "lab up: {}", String::from_utf8_lossy(&up.stderr));
+        lab
+    }
+
+    fn netctl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(e2e::netctl_bin()).args(args).output().expect("run netctl")
+    }
+
+    /// The host of the manager host `asked` says leads, if any.
+    fn leader(&self, asked: usize) -> Option<usize> {
+        let node = format!("node{asked}");
+        let info =
+            self.netctl(&["lab", "exec", "--name", &self.name, &node, "--", "netctl", "cluster", "info"]);
+        let managers = e2e::managers_in(&String::from_utf8_lossy(&info.stdout));
+        let (address, _) = managers.into_iter().find(|(_, status)| status == "Leader")?;
+        address.strip_prefix("192.168.10.")?.split(':').next()?.parse::<usize>().ok()?.checked_sub(6)
+    }
+
+    fn manager_pid(&self, host: usize) -> i32 {
+        let file = self.root.path().join(&self.name).join(format!("node{host}")).join("manager.pid");
+        std::fs::read_to_string(&file).expect("manager pid file").trim().parse().expect("pid")
+    }
+
+    /// Starts the manager of `host` again (as `lab up` started it).
+    fn restart_manager(&self, host: usize) {
+        let lab = netctl::lab::Lab::new(&self.name).expect("lab");
+        lab.start_manager(host).expect("restart the manager");
+    }
+}
+
+impl Drop for FailoverLab {
+    fn drop(&mut self) {
+        let _ = self.netctl(&["lab", "down", "--name", &self.name]);
+    }
+}
+
+/// Each round: the leader manager killed -9, the time until another
+/// manager's `cluster info` (polled every 20 ms) names a new leader; then
+/// the killed manager is started again.
+fn failover() -> serde_json::Value {
+    let lab = FailoverLab::up();
+    let mut times = Vec::new();
+    for _ in 0..FAILOVER_ROUNDS {
+        let mut leader = None;
+        assert!(e2e::wait_until(Duration::from_secs(30), || {
+            leader = lab.leader(0);
+            leader.is_some()
+        }));
+        let leader = leader.expect("a leader");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(lab.manager_pid(leader)),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the leader");
+        let killed = Instant::now();
+        let asked = (leader + 1) % 3;
+        loop {
+            if lab.leader(asked).is_some_and(|l| l != leader) {
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "no new leader within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        times.push(killed.elapsed());
+        lab.restart_manager(leader);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    times.sort();
+    serde_json::json!({
+        "managers": 3,
+        "etcd_members": 3,
+        "lease_ttl_seconds": 3,
+        "rounds": FAILOVER_ROUNDS,
+        "new_leader_ms_p50": percentile_ms(&times, 0.50),
+        "new_leader_ms_max": percentile_ms(&times, 1.0),
+    })
+}
+
 fn main() {
     let output = std::env::args().nth(1).unwrap_or_else(|| "bench/results/control_plane.json".into());
-    let sequential = on_fresh_cluster(sequential);
-    let concurrent = on_fresh_cluster(concurrent);
-    let fan_out = on_fresh_cluster(fan_out);
+    let sled = ControlPlane::start;
+    let etcd = ControlPlane::start_on_etcd;
     let report = serde_json::json!({
-        "benchmark": "network create (gRPC, durable: flushed before the answer); Watch fan-out",
-        "sequential": sequential,
-        "concurrent_16_clients": concurrent,
-        "watch_fan_out_50_nodes": fan_out,
+        "benchmark": "network create (gRPC, durable before the answer) on sled and on etcd; Watch fan-out; failover",
+        "sequential": on_fresh_cluster(sled, sequential),
+        "concurrent_16_clients": on_fresh_cluster(sled, concurrent),
+        "etcd_sequential": on_fresh_cluster(etcd, sequential),
+        "etcd_concurrent_16_clients": on_fresh_cluster(etcd, concurrent),
+        "watch_fan_out_50_nodes": on_fresh_cluster(sled, fan_out),
+        "failover": failover(),
     });
     e2e::write_report(&output, report);
 }

@@ -14,6 +14,10 @@
 //! from a state that may be old. A commit is one etcd `Txn` guarded by the
 //! revision the writer read.
 
+mod members;
+
+pub use members::Members;
+
 use super::{decode_u64, Backend, BoxFuture, Change, Kind, StoreError};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse,
@@ -25,8 +29,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How long one etcd request may take before the store is unavailable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a commit waits to see its own change in the cache.
 const SEE_OWN_WRITE: Duration = Duration::from_secs(3);
 /// Entries per transaction when copying a store (etcd's default limit is
@@ -59,25 +61,21 @@ impl EtcdConfig {
         self.endpoints.join(",")
     }
 
-    /// Connects a client (every request bounded by `timeout` when given).
-    pub async fn client(&self, timeout: Option<Duration>) -> Result<Client, StoreError> {
-        let unavailable = |reason: String| StoreError::Unavailable {
-            context: "connecting".into(),
-            endpoints: self.endpoints_text(),
-            reason,
-        };
+    /// A client of one member (every request bounded by `timeout` when
+    /// given); it connects on first use.
+    async fn client_of(&self, endpoint: &str, timeout: Option<Duration>) -> Result<Client, String> {
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(members::REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         if let Some(timeout) = timeout {
             options = options.with_timeout(timeout);
         }
-        if let Some(tls) = self.tls().map_err(unavailable)? {
+        if let Some(tls) = self.tls()? {
             options = options.with_tls(tls);
         }
-        Client::connect(&self.endpoints, Some(options)).await.map_err(|err| unavailable(err.to_string()))
+        Client::connect([endpoint], Some(options)).await.map_err(|err| format!("{endpoint}: {err}"))
     }
 
     fn tls(&self) -> Result<Option<TlsOptions>, String> {
@@ -112,7 +110,7 @@ struct Cache {
 pub struct EtcdBackend {
     config: EtcdConfig,
     prefix: String,
-    client: Client,
+    members: Arc<Members>,
     cache: Arc<RwLock<Cache>>,
     revision: watch::Sender<u64>,
     /// The etcd revision the cache has applied.
@@ -124,33 +122,40 @@ impl EtcdBackend {
     /// unreachable etcd is an error naming the endpoints.
     pub async fn open(config: &EtcdConfig) -> Result<Self, StoreError> {
         let prefix = config.normalized_prefix();
-        let mut client = config.client(Some(REQUEST_TIMEOUT)).await?;
-        let (entries, etcd_revision) =
-            load(&mut client, &prefix).await.map_err(|err| StoreError::Unavailable {
-                context: format!("reading {prefix}/"),
-                endpoints: config.endpoints_text(),
-                reason: err.to_string(),
-            })?;
+        let unavailable = |context: String, reason: String| StoreError::Unavailable {
+            context,
+            endpoints: config.endpoints_text(),
+            reason,
+        };
+        let members =
+            Arc::new(Members::new(config).await.map_err(|reason| unavailable("connecting".into(), reason))?);
+        let (entries, etcd_revision) = load(&members, &prefix)
+            .await
+            .map_err(|err| unavailable(format!("reading {prefix}/"), err.to_string()))?;
         let ours = entries.get("revision").map_or(0, |v| decode_u64(v));
         let cache = Arc::new(RwLock::new(Cache { entries, in_sync: true, broken: String::new() }));
         let (revision, _) = watch::channel(ours);
         let (applied_tx, applied) = watch::channel(etcd_revision);
-        // The watch is a stream: it has no request timeout.
-        let watcher = config.client(None).await?;
         let follower = Follower {
-            client: watcher,
+            members: members.clone(),
             prefix: prefix.clone(),
             cache: cache.clone(),
             revision: revision.clone(),
             applied: applied_tx,
         };
         tokio::spawn(follower.run(etcd_revision));
-        Ok(Self { config: config.clone(), prefix, client, cache, revision, applied })
+        Ok(Self { config: config.clone(), prefix, members, cache, revision, applied })
     }
 
-    /// The client, for coordination (leases, election).
-    pub fn client(&self) -> Client {
-        self.client.clone()
+    /// The etcd members, for coordination (leases, election).
+    pub fn members(&self) -> Arc<Members> {
+        self.members.clone()
+    }
+
+    /// Sees every change the cache takes in (the etcd revision it reached),
+    /// coordination keys included.
+    pub fn changes(&self) -> watch::Receiver<i64> {
+        self.applied.clone()
     }
 
     /// The full etcd key of a relative key.
@@ -176,10 +181,14 @@ impl EtcdBackend {
     /// non-empty, so it is refused again rather than used.
     pub async fn import(&self, entries: &[Change], revision: u64) -> Result<(), StoreError> {
         let context = format!("copying {} entries into {}/", entries.len(), self.prefix);
-        let mut client = self.client.clone();
         let options = GetOptions::new().with_prefix().with_count_only();
-        let existing = client
-            .get(format!("{}/", self.prefix), Some(options))
+        let all = format!("{}/", self.prefix);
+        let existing = self
+            .members
+            .call(|mut client| {
+                let (all, options) = (all.clone(), options.clone());
+                async move { client.get(all, Some(options)).await }
+            })
             .await
             .map_err(|err| self.unavailable(&context, err.to_string()))?;
         if existing.count() > 0 {
@@ -201,8 +210,13 @@ impl EtcdBackend {
             .collect();
         chunks.push(vec![TxnOp::put(revision_key.clone(), revision.max(1).to_be_bytes().to_vec(), None)]);
         for operations in chunks {
-            let response = client
-                .txn(Txn::new().when([empty()]).and_then(operations))
+            let txn = Txn::new().when([empty()]).and_then(operations);
+            let response = self
+                .members
+                .call(|mut client| {
+                    let txn = txn.clone();
+                    async move { client.txn(txn).await }
+                })
                 .await
                 .map_err(|err| self.unavailable(&context, err.to_string()))?;
             if !response.succeeded() {
@@ -261,12 +275,21 @@ impl EtcdBackend {
     ) -> Result<u64, StoreError> {
         // The revision key's put makes an event at this etcd revision: the
         // watch brings it in.
+        let txn = self.transaction(changes, expected);
         let response = self
-            .client
-            .clone()
-            .txn(self.transaction(changes, expected))
+            .members
+            .call(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
             .await
-            .map_err(|err| self.unavailable(&context, err.to_string()))?;
+            .map_err(|failure| {
+                let mut reason = failure.to_string();
+                if failure.maybe_received {
+                    reason.push_str(" (a member that did not answer may have received the change: it may still take effect when etcd runs again)");
+                }
+                self.unavailable(&context, reason)
+            })?;
         let etcd_revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
             // Read-your-writes: wait for the watch to bring the change in.
@@ -328,24 +351,28 @@ impl Backend for EtcdBackend {
 }
 
 /// Everything under `prefix/` and the etcd revision it was read at.
-async fn load(
-    client: &mut Client,
-    prefix: &str,
-) -> Result<(BTreeMap<String, Vec<u8>>, i64), etcd_client::Error> {
-    let response = client.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await?;
+async fn load(members: &Members, prefix: &str) -> Result<(BTreeMap<String, Vec<u8>>, i64), members::Failure> {
+    let all = format!("{prefix}/");
+    let response = members
+        .call(|mut client| {
+            let all = all.clone();
+            async move { client.get(all, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
     let revision = response.header().map_or(0, |h| h.revision());
-    let strip = prefix.len() + 1;
-    let entries = response
-        .kvs()
-        .iter()
-        .map(|kv| (String::from_utf8_lossy(&kv.key()[strip..]).into_owned(), kv.value().to_vec()));
+    let entries = response.kvs().iter().map(|kv| (relative_key(prefix, kv.key()), kv.value().to_vec()));
     Ok((entries.collect(), revision))
+}
+
+/// An etcd key under `prefix/` without it.
+fn relative_key(prefix: &str, key: &[u8]) -> String {
+    String::from_utf8_lossy(key.get(prefix.len() + 1..).unwrap_or_default()).into_owned()
 }
 
 /// Keeps the cache current with one watch on the prefix; reads it whole
 /// again whenever the watch breaks.
 struct Follower {
-    client: Client,
+    members: Arc<Members>,
     prefix: String,
     cache: Arc<RwLock<Cache>>,
     revision: watch::Sender<u64>,
@@ -365,7 +392,8 @@ impl Follower {
     /// why it ended.
     async fn follow(&mut self, from: i64) -> String {
         let options = WatchOptions::new().with_prefix().with_start_revision(from + 1);
-        let mut stream = match self.client.watch(format!("{}/", self.prefix), Some(options)).await {
+        let mut client = self.members.stream_client();
+        let mut stream = match client.watch(format!("{}/", self.prefix), Some(options)).await {
             Ok(watch) => watch,
             Err(err) => return err.to_string(),
         };
@@ -375,7 +403,6 @@ impl Follower {
                     return format!("watch canceled (compacted at {})", response.compact_revision())
                 }
                 Ok(Some(response)) => {
-                    let strip = self.prefix.len() + 1;
                     let mut cache = self.cache.write().expect("etcd cache poisoned");
                     // Only events say how far the cache got: the header of
                     // a response without events (watch created, progress)
@@ -384,7 +411,7 @@ impl Follower {
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         applied = applied.max(kv.mod_revision());
-                        let key = String::from_utf8_lossy(&kv.key()[strip..]).into_owned();
+                        let key = relative_key(&self.prefix, kv.key());
                         match event.event_type() {
                             etcd_client::EventType::Put => cache.entries.insert(key, kv.value().to_vec()),
                             etcd_client::EventType::Delete => cache.entries.remove(&key),
@@ -403,7 +430,7 @@ impl Follower {
     async fn resync(&mut self, reason: String) -> i64 {
         let mut first = true;
         loop {
-            match load(&mut self.client, &self.prefix).await {
+            match load(&self.members, &self.prefix).await {
                 Ok((entries, revision)) => {
                     let mut cache = self.cache.write().expect("etcd cache poisoned");
                     cache.entries = entries;

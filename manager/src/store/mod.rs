@@ -26,6 +26,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{watch, Mutex, MutexGuard};
 
+/// The most changes one commit holds: etcd refuses a transaction of more
+/// than 128 operations unless its `--max-txn-ops` is raised, and a commit
+/// adds the revision's. Larger sets of independent changes go in parts
+/// ([`Writer::commit_in_parts`]).
+pub const MAX_CHANGES_PER_COMMIT: usize = 100;
+
 /// How many times an operation is started over after losing a race with
 /// another writer before it gives up.
 const CONFLICT_RETRIES: usize = 50;
@@ -390,6 +396,20 @@ impl Writer<'_> {
         let mut batch = Batch::new();
         batch.put_setting(key, &value.to_be_bytes());
         self.commit(batch).await
+    }
+
+    /// Applies `batch`, whose changes do not depend on each other, in
+    /// commits of at most [`MAX_CHANGES_PER_COMMIT`] changes; the last
+    /// revision. A conflict stops it with the earlier parts applied.
+    pub async fn commit_in_parts(&mut self, batch: Batch) -> Result<u64, StoreError> {
+        let mut revision = self.expected;
+        let mut changes = batch.changes;
+        while !changes.is_empty() {
+            let rest = changes.split_off(changes.len().min(MAX_CHANGES_PER_COMMIT));
+            revision = self.commit(Batch { changes }).await?;
+            changes = rest;
+        }
+        Ok(revision)
     }
 
     /// Applies `batch` if nothing was committed since this writer began (or

@@ -166,6 +166,8 @@ async fn a_writer_that_read_an_old_revision_conflicts(fixture: &mut impl Fixture
     let mut writer = store.write_lock().await;
     writer.put(&network("a", 4097)).await.unwrap();
     drop(writer);
+    let mut seen = peer.subscribe();
+    tokio::time::timeout(Duration::from_secs(1), seen.wait_for(|r| *r == 1)).await.unwrap().unwrap();
     // A stale writer: it read revision 1, someone committed revision 2.
     let stale = store.revision();
     peer.write_lock().await.put(&network("b", 4098)).await.unwrap();
@@ -213,7 +215,8 @@ async fn concurrent_creates_on_two_managers_never_share(fixture: &mut impl Fixtu
     for create in creates {
         create.await.unwrap().unwrap();
     }
-    let expected_revision = managers[0].revision();
+    // Each manager has seen its own commits: together, all of them.
+    let expected_revision = managers[0].revision().max(managers[1].revision());
     for store in &managers {
         let mut revisions = store.subscribe();
         tokio::time::timeout(Duration::from_secs(1), revisions.wait_for(|r| *r >= expected_revision))
@@ -237,6 +240,17 @@ async fn clusters_never_see_each_other(fixture: &mut impl Fixture) {
     assert!(other.networks().unwrap().is_empty());
     other.write_lock().await.put(&network("z", 5000)).await.unwrap();
     assert_eq!(store.networks().unwrap(), vec![network("a", 4097)]);
+}
+
+async fn a_large_batch_is_committed_in_parts(fixture: &mut impl Fixture) {
+    let store = fixture.store().await;
+    let mut batch = Batch::new();
+    for i in 0..250 {
+        batch.put(&network(&format!("n{i:03}"), 5000 + i));
+    }
+    let revision = store.write_lock().await.commit_in_parts(batch).await.unwrap();
+    assert_eq!(revision, 3, "250 changes in parts of {}", super::MAX_CHANGES_PER_COMMIT);
+    assert_eq!(store.networks().unwrap().len(), 250);
 }
 
 macro_rules! suite {
@@ -266,4 +280,22 @@ suite!(
     every_manager_sees_every_revision,
     concurrent_creates_on_two_managers_never_share,
     clusters_never_see_each_other,
+    a_large_batch_is_committed_in_parts,
 );
+
+/// etcd only: a member that refuses connections and one that accepts them
+/// but never answers (a stopped process) are skipped for one that answers.
+#[tokio::test]
+async fn on_etcd_members_that_do_not_answer_are_skipped() {
+    let etcd = Etcd::start();
+    // Bound but never read: the kernel completes the TCP handshake.
+    let silent = std::net::TcpListener::bind("127.0.0.1:23792").unwrap();
+    let mut config = etcd.config("/suite-members");
+    config.endpoints =
+        vec!["http://127.0.0.1:23791".into(), "http://127.0.0.1:23792".into(), etcd.endpoint.clone()];
+    let _ready = etcd.open("/suite-ready").await;
+    let (store, _) = Store::open_etcd(&config).await.expect("opened through the answering member");
+    store.write_lock().await.put(&network("a", 4097)).await.expect("committed through the answering member");
+    assert_eq!(store.networks().unwrap(), vec![network("a", 4097)]);
+    drop(silent);
+}

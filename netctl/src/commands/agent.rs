@@ -42,12 +42,7 @@ pub struct AgentArgs {
 
 /// Runs the agent until it is refused or stopped.
 pub async fn run(manager: String, args: AgentArgs) -> anyhow::Result<()> {
-    let hostname = match args.hostname {
-        Some(name) => name,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|name| name.trim().to_string())
-            .unwrap_or_else(|_| "localhost".to_string()),
-    };
+    let hostname = super::hostname_or_default(args.hostname);
     let join_token = match (args.join_token, args.join_token_file) {
         (Some(token), _) => token,
         (None, Some(path)) => std::fs::read_to_string(&path)

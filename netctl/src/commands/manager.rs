@@ -15,6 +15,10 @@ pub struct ManagerArgs {
     /// Address to serve gRPC on.
     #[arg(long, default_value = "0.0.0.0:4243")]
     pub listen: SocketAddr,
+    /// The name other managers and `cluster info` show for this one
+    /// [default: the host name].
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// Where the state store and the tokens are kept.
     #[arg(long, default_value = netctl_proto::convention::DEFAULT_MANAGER_DATA_DIR)]
     pub data_dir: PathBuf,
@@ -108,6 +112,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.dispatcher_heartbeat,
         cert_expiry: args.cert_expiry,
         advertise: reachable_address(args.listen),
+        hostname: super::hostname_or_default(args.hostname.clone()),
         etcd: args.etcd(),
     };
     let manager = Manager::start(config)

@@ -28,3 +28,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TaskShim(_) => unreachable!("the task shim runs before the async runtime starts"),
     }
 }
+
+/// `--hostname`, or this host's name (as the kernel has it).
+pub fn hostname_or_default(hostname: Option<String>) -> String {
+    hostname.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_string())
+    })
+}
