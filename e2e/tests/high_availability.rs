@@ -235,6 +235,18 @@ fn the_leader_killed_during_16_clients_creates_loses_nothing() {
     assert!(distinct(addresses.clone()), "an address twice: {addresses:?}");
     let lost = packets_lost(ping);
     assert!(lost <= 1, "the ping across the failover lost {lost} packets");
+
+    // `lab up` again starts the killed manager; it is Reachable again.
+    let again = lab.netctl(&["lab", "up", "--nodes", "3", "--managers", "3", "--name", &lab.name]);
+    let said = text(&again.stdout);
+    assert!(said.contains(&format!("restarted: manager on node{leader}")), "{said}{}", text(&again.stderr));
+    assert!(
+        wait_until(Duration::from_secs(10), || lab
+            .managers(asked_on)
+            .contains(&(leader, "Reachable".into()))),
+        "the restarted manager is not Reachable: {:?}",
+        lab.managers(asked_on)
+    );
 }
 
 /// One client: for 8 seconds, networks and services with a published port
@@ -306,6 +318,14 @@ fn etcd_losing_a_member_keeps_working_and_losing_all_keeps_the_data_path() {
         lab.signal(node, "etcd", nix::sys::signal::Signal::SIGCONT);
     }
     assert!(lab.creates_network(2, "after-outage"), "creates did not resume after etcd came back");
+    // Nothing was rescheduled: the same two tasks still run and answer.
+    let running = lab.json(0, &["netctl", "service", "ps", "--format", "json", "pinger"]);
+    for task in [&from, &to] {
+        let same = running.iter().find(|t| t["ID"] == task["ID"]);
+        assert!(same.is_some_and(|t| t["CurrentState"] == "running"), "{} moved: {running:?}", task["Name"]);
+    }
+    let ping = lab.start_ping(&from, &to, 5);
+    assert_eq!(packets_lost(ping), 0, "the overlay after etcd came back");
     lab.ok(0, &["netctl", "service", "scale", "pinger=2"]);
     assert!(lab.runs("pinger", 2), "scaling to 2 after etcd came back");
     // A create sent to a stopped member is delivered when it runs again:
@@ -319,6 +339,4 @@ fn etcd_losing_a_member_keeps_working_and_losing_all_keeps_the_data_path() {
     }
     let subnets: BTreeSet<String> = networks.iter().map(|n| n["Subnet"].to_string()).collect();
     assert_eq!(subnets.len(), networks.len(), "a subnet twice: {networks:?}");
-    let ping = lab.start_ping(&from, &to, 5);
-    assert_eq!(packets_lost(ping), 0, "the overlay after etcd came back");
 }

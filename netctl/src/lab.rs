@@ -191,9 +191,10 @@ impl Lab {
     }
 
     /// Builds the lab with `nodes` hosts and starts its daemons. An existing
-    /// healthy lab with as many hosts is left as it is; anything else under
+    /// lab of that shape keeps its state: daemons that died (a manager
+    /// killed to watch a failover) are started again; anything else under
     /// the name is torn down first.
-    pub async fn up(&self, nodes: usize, managers: usize) -> anyhow::Result<bool> {
+    pub async fn up(&self, nodes: usize, managers: usize) -> anyhow::Result<LabUp> {
         if !(1..=200).contains(&nodes) {
             bail!("--nodes {nodes}: a lab has 1 to 200 hosts");
         }
@@ -203,8 +204,9 @@ impl Lab {
         if managers > 1 && !program_exists("etcd") {
             bail!("--managers {managers} runs etcd on the lab hosts: install Debian's etcd-server package");
         }
-        if self.healthy() && self.node_count() == nodes && self.manager_count() == managers {
-            return Ok(false);
+        if self.node_count() == nodes && self.manager_count() == managers && self.hosts_exist() {
+            let restarted = self.restart_dead_daemons()?;
+            return Ok(if restarted.is_empty() { LabUp::AlreadyUp } else { LabUp::Restarted(restarted) });
         }
         self.down()?;
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
@@ -214,7 +216,42 @@ impl Lab {
         if result.is_err() {
             let _ = self.down();
         }
-        result.map(|()| true)
+        result.map(|()| LabUp::Built)
+    }
+
+    /// Whether every host namespace of the lab is still there.
+    fn hosts_exist(&self) -> bool {
+        let namespaces = self.namespaces();
+        (0..self.node_count()).all(|node| namespaces.path(&host_namespace(node)).exists())
+    }
+
+    /// Starts again the etcd members, managers and agents that are not
+    /// running, in that order; what was started.
+    fn restart_dead_daemons(&self) -> anyhow::Result<Vec<String>> {
+        let mut restarted = Vec::new();
+        for node in 0..self.etcd_endpoints().len() {
+            if !self.daemon_alive(&self.etcd_pid_file(node)) {
+                self.start_etcd(node)?;
+                restarted.push(format!("etcd on node{node}"));
+            }
+        }
+        if !restarted.is_empty() {
+            self.wait_for_etcd(Duration::from_secs(30))?;
+        }
+        for node in 0..self.manager_count() {
+            if !self.daemon_alive(&self.manager_pid_file(node)) {
+                self.start_manager(node)?;
+                restarted.push(format!("manager on node{node}"));
+            }
+        }
+        let token_file = self.host_dir(0).join("manager").join(JOIN_TOKEN_FILE);
+        for node in 0..self.node_count() {
+            if !self.daemon_alive(&self.agent_pid_file(node)) {
+                self.start_agent(node, &token_file)?;
+                restarted.push(format!("agent on node{node}"));
+            }
+        }
+        Ok(restarted)
     }
 
     async fn build(&self, nodes: usize) -> anyhow::Result<()> {
@@ -290,7 +327,7 @@ impl Lab {
 
     /// Starts the manager of host `node`: on sled with one manager, on the
     /// lab's etcd with several.
-    pub fn start_manager(&self, node: usize) -> anyhow::Result<()> {
+    fn start_manager(&self, node: usize) -> anyhow::Result<()> {
         let host = self.host_dir(node);
         std::fs::create_dir_all(&host)?;
         let mut args: Vec<String> = [
@@ -342,7 +379,7 @@ impl Lab {
     /// Starts the etcd member of host `node` (its data in the host's
     /// folder; transactions may hold as many operations as a large
     /// orchestrator pass writes).
-    pub fn start_etcd(&self, node: usize) -> anyhow::Result<()> {
+    fn start_etcd(&self, node: usize) -> anyhow::Result<()> {
         let host = self.host_dir(node);
         std::fs::create_dir_all(&host)?;
         let address = Self::address(node);
@@ -420,6 +457,17 @@ impl Lab {
         }
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
+}
+
+/// What `lab up` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LabUp {
+    /// Built the lab.
+    Built,
+    /// Found it running.
+    AlreadyUp,
+    /// Started these daemons again (e.g. "manager on node1").
+    Restarted(Vec<String>),
 }
 
 /// Whether `program` is on the PATH.

@@ -216,8 +216,6 @@ struct FailoverLab {
 impl FailoverLab {
     fn up() -> Self {
         let root = tempfile::Builder::new().prefix("netctl-bench-lab-").tempdir().expect("tempdir");
-        // Where `netctl lab` and `netctl::lab::Lab` keep this lab.
-        std::env::set_var("NETCTL_LAB_ROOT", root.path());
         let lab = Self { root, name: e2e::netns::unique_prefix() };
         let up = lab.netctl(&["lab", "up", "--nodes", "3", "--managers", "3", "--name", &lab.name]);
         assert!(up.status.success(), "lab up: {}", String::from_utf8_lossy(&up.stderr));
@@ -225,7 +223,11 @@ impl FailoverLab {
     }
 
     fn netctl(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(e2e::netctl_bin()).args(args).output().expect("run netctl")
+        std::process::Command::new(e2e::netctl_bin())
+            .args(args)
+            .env("NETCTL_LAB_ROOT", self.root.path())
+            .output()
+            .expect("run netctl")
     }
 
     /// The host of the manager host `asked` says leads, if any.
@@ -243,10 +245,10 @@ impl FailoverLab {
         std::fs::read_to_string(&file).expect("manager pid file").trim().parse().expect("pid")
     }
 
-    /// Starts the manager of `host` again (as `lab up` started it).
-    fn restart_manager(&self, host: usize) {
-        let lab = netctl::lab::Lab::new(&self.name).expect("lab");
-        lab.start_manager(host).expect("restart the manager");
+    /// Starts what died again (`lab up` on a lab of the same shape).
+    fn restart_dead(&self) {
+        let up = self.netctl(&["lab", "up", "--nodes", "3", "--managers", "3", "--name", &self.name]);
+        assert!(up.status.success(), "lab up again: {}", String::from_utf8_lossy(&up.stderr));
     }
 }
 
@@ -258,7 +260,7 @@ impl Drop for FailoverLab {
 
 /// Each round: the leader manager killed -9, the time until another
 /// manager's `cluster info` (polled every 20 ms) names a new leader; then
-/// the killed manager is started again.
+/// the killed manager is started again (`lab up`).
 fn failover() -> serde_json::Value {
     let lab = FailoverLab::up();
     let mut times = Vec::new();
@@ -280,11 +282,15 @@ fn failover() -> serde_json::Value {
             if lab.leader(asked).is_some_and(|l| l != leader) {
                 break;
             }
-            assert!(killed.elapsed() < Duration::from_secs(30), "no new leader within 30 s");
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "no new leader within 30 s of killing node{leader}'s manager: see {}",
+                lab.root.path().join(&lab.name).display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         times.push(killed.elapsed());
-        lab.restart_manager(leader);
+        lab.restart_dead();
         std::thread::sleep(Duration::from_secs(2));
     }
     times.sort();

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use netctl::lab::{self, Lab};
+use netctl::lab::{self, Lab, LabUp};
 use std::time::Duration;
 
 /// `netctl lab ...`
@@ -91,7 +91,7 @@ fn node_index(lab: &Lab, node: &str) -> anyhow::Result<usize> {
 }
 
 async fn up(lab: &Lab, nodes: usize, managers: usize) -> anyhow::Result<()> {
-    let built = lab.up(nodes, managers).await?;
+    let done = lab.up(nodes, managers).await?;
     let ready = wait_ready(lab, nodes).await;
     if !ready {
         bail!(
@@ -100,7 +100,11 @@ async fn up(lab: &Lab, nodes: usize, managers: usize) -> anyhow::Result<()> {
             lab::root().join(lab.name()).display()
         );
     }
-    let verb = if built { "is up" } else { "was already up" };
+    let verb = match &done {
+        LabUp::Built => "is up".to_string(),
+        LabUp::AlreadyUp => "was already up".to_string(),
+        LabUp::Restarted(daemons) => format!("is up again (restarted: {})", daemons.join(", ")),
+    };
     println!(
         "lab {} {verb}: {nodes} hosts on the underlay 192.168.10.0/24 (the underlay itself is {})",
         lab.name(),
@@ -127,12 +131,22 @@ async fn up(lab: &Lab, nodes: usize, managers: usize) -> anyhow::Result<()> {
             "  kill -9 $(cat {})   # the leader's manager: another leads within 5 s",
             lab.manager_pid_file(0).display()
         );
+        println!(
+            "  netctl lab up --nodes {nodes} --managers {managers}{}   # starts what died again",
+            name_flag(lab)
+        );
     }
-    println!(
-        "Tear down: netctl lab down{}",
-        if lab.name() == "lab" { String::new() } else { format!(" --name {}", lab.name()) }
-    );
+    println!("Tear down: netctl lab down{}", name_flag(lab));
     Ok(())
+}
+
+/// ` --name NAME`, or nothing for the default lab.
+fn name_flag(lab: &Lab) -> String {
+    if lab.name() == "lab" {
+        String::new()
+    } else {
+        format!(" --name {}", lab.name())
+    }
 }
 
 /// Waits until every host of the lab is Ready.
