@@ -39,6 +39,9 @@ pub struct Coordination {
     /// This manager's ID (kept in its data dir).
     pub manager_id: String,
     leading: watch::Receiver<bool>,
+    /// A manager alone keeps its leadership channel open: a closed one
+    /// would wake whoever waits for a change at once, forever.
+    _alone_leads: Option<Arc<watch::Sender<bool>>>,
     backend: Option<Arc<EtcdBackend>>,
 }
 
@@ -54,8 +57,8 @@ pub struct ManagerStatus {
 impl Coordination {
     /// The one manager of a sled store: it leads.
     pub fn alone(manager_id: String) -> Self {
-        let (_, leading) = watch::channel(true);
-        Self { manager_id, leading, backend: None }
+        let (leads, leading) = watch::channel(true);
+        Self { manager_id, leading, _alone_leads: Some(Arc::new(leads)), backend: None }
     }
 
     /// Joins the managers sharing `backend`: campaigns for leadership and
@@ -85,7 +88,7 @@ impl Coordination {
             stopping.clone(),
         ));
         tokio::spawn(merge_heartbeats(backend.clone(), manager_id.clone(), heartbeats, stopping));
-        Self { manager_id, leading, backend: Some(backend) }
+        Self { manager_id, leading, _alone_leads: None, backend: Some(backend) }
     }
 
     /// Sees every change of leadership.
@@ -353,4 +356,19 @@ async fn merge_heartbeats(
 
 fn unix_ms(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_manager_alone_leads_and_its_leadership_never_changes() {
+        let coordination = Coordination::alone("m1".into());
+        let mut leadership = coordination.leadership();
+        assert!(*leadership.borrow());
+        // A closed channel would answer at once (the orchestrator then spun).
+        let waited = tokio::time::timeout(Duration::from_millis(200), leadership.changed()).await;
+        assert!(waited.is_err(), "the leadership of a manager alone changed or closed: {waited:?}");
+    }
 }

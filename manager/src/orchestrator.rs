@@ -235,7 +235,8 @@ pub async fn run(
         tokio::select! {
             _ = revisions.changed() => {},
             _ = tick.tick() => {},
-            _ = leading.changed() => {},
+            // Closed only when the manager stops.
+            changed = leading.changed() => if changed.is_err() { return },
             _ = stopping.wait_for(|stop| *stop) => return,
         }
         if !*leading.borrow() {
