@@ -211,14 +211,8 @@ impl EtcdBackend {
         chunks.push(vec![TxnOp::put(revision_key.clone(), revision.max(1).to_be_bytes().to_vec(), None)]);
         for operations in chunks {
             let txn = Txn::new().when([empty()]).and_then(operations);
-            let response = self
-                .members
-                .call(|mut client| {
-                    let txn = txn.clone();
-                    async move { client.txn(txn).await }
-                })
-                .await
-                .map_err(|err| self.unavailable(&context, err.to_string()))?;
+            let response =
+                self.members.txn(txn).await.map_err(|err| self.unavailable(&context, err.to_string()))?;
             if !response.succeeded() {
                 return Err(StoreError::NotEmpty { prefix: self.prefix.clone(), keys: 1 });
             }
@@ -275,13 +269,9 @@ impl EtcdBackend {
     ) -> Result<u64, StoreError> {
         // The revision key's put makes an event at this etcd revision: the
         // watch brings it in.
-        let txn = self.transaction(changes, expected);
         let response = self
             .members
-            .call(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
+            .txn(self.transaction(changes, expected))
             .await
             .map_err(|failure| {
                 let mut reason = failure.to_string();

@@ -167,7 +167,7 @@ async fn a_writer_that_read_an_old_revision_conflicts(fixture: &mut impl Fixture
     writer.put(&network("a", 4097)).await.unwrap();
     drop(writer);
     let mut seen = peer.subscribe();
-    tokio::time::timeout(Duration::from_secs(1), seen.wait_for(|r| *r == 1)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), seen.wait_for(|r| *r == 1)).await.unwrap().unwrap();
     // A stale writer: it read revision 1, someone committed revision 2.
     let stale = store.revision();
     peer.write_lock().await.put(&network("b", 4098)).await.unwrap();
@@ -197,7 +197,7 @@ async fn every_manager_sees_every_revision(fixture: &mut impl Fixture) {
     let mut revisions = peer.subscribe();
     let node = Node { id: "n1".into(), hostname: "node0".into(), ..Default::default() };
     store.write_lock().await.put(&node).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(1), revisions.wait_for(|r| *r == 1)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), revisions.wait_for(|r| *r == 1)).await.unwrap().unwrap();
     assert_eq!(peer.node("n1").unwrap(), Some(node));
 }
 
@@ -219,7 +219,7 @@ async fn concurrent_creates_on_two_managers_never_share(fixture: &mut impl Fixtu
     let expected_revision = managers[0].revision().max(managers[1].revision());
     for store in &managers {
         let mut revisions = store.subscribe();
-        tokio::time::timeout(Duration::from_secs(1), revisions.wait_for(|r| *r >= expected_revision))
+        tokio::time::timeout(Duration::from_secs(5), revisions.wait_for(|r| *r >= expected_revision))
             .await
             .unwrap()
             .unwrap();

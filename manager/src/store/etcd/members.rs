@@ -9,7 +9,7 @@
 //! without a request timeout.
 
 use super::EtcdConfig;
-use etcd_client::Client;
+use etcd_client::{Client, Txn, TxnResponse};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -74,6 +74,15 @@ impl Members {
             }
         }
         Err(Failure { error: last.expect("at least one member"), maybe_received })
+    }
+
+    /// Runs `txn` as [`Members::call`] runs any request.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
+        self.call(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
     }
 
     /// The member in use, for a stream or a long call.
