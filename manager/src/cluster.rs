@@ -111,10 +111,9 @@ pub async fn migrate_to_etcd(data_dir: &Path, etcd: &EtcdConfig) -> Result<usize
     crate::secrets::share(&sled, data_dir).await?;
     let entries = sled.dump()?;
     let revision = sled.revision();
-    let (_, backend) = Store::open_etcd(etcd).await?;
+    let (store, backend) = Store::open_etcd(etcd).await?;
     backend.import(&entries, revision).await?;
-    let marker = format!("etcd {} (prefix {})\n", etcd.endpoints.join(","), etcd.normalized_prefix());
-    crate::pki::write_file(&data_dir.join(BACKEND_MARKER), &marker, 0o644)?;
+    crate::pki::write_file(&data_dir.join(BACKEND_MARKER), &format!("{}\n", store.location()), 0o644)?;
     Ok(entries.len())
 }
 

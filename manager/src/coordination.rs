@@ -12,10 +12,10 @@
 //! always leads.
 
 use crate::liveness::Heartbeats;
-use crate::store::etcd::{EtcdBackend, Members};
+use crate::store::etcd::EtcdBackend;
 use crate::store::Store;
 use crate::ManagerError;
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 use netctl_proto::{HeartbeatReport, ManagerRecord};
 use prost::Message;
 use std::sync::Arc;
@@ -38,10 +38,10 @@ const HOLD_DEADLINE: Duration = Duration::from_secs(5);
 pub struct Coordination {
     /// This manager's ID (kept in its data dir).
     pub manager_id: String,
-    leading: watch::Receiver<bool>,
-    /// A manager alone keeps its leadership channel open: a closed one
-    /// would wake whoever waits for a change at once, forever.
-    _alone_leads: Option<Arc<watch::Sender<bool>>>,
+    /// Whether this manager leads; held here as long as the manager runs,
+    /// so that the channel never closes (a closed one would wake whoever
+    /// waits for a change at once, forever).
+    leading: Arc<watch::Sender<bool>>,
     backend: Option<Arc<EtcdBackend>>,
 }
 
@@ -57,8 +57,7 @@ pub struct ManagerStatus {
 impl Coordination {
     /// The one manager of a sled store: it leads.
     pub fn alone(manager_id: String) -> Self {
-        let (leads, leading) = watch::channel(true);
-        Self { manager_id, leading, _alone_leads: Some(Arc::new(leads)), backend: None }
+        Self { manager_id, leading: Arc::new(watch::Sender::new(true)), backend: None }
     }
 
     /// Joins the managers sharing `backend`: campaigns for leadership and
@@ -70,16 +69,11 @@ impl Coordination {
         store: Arc<Store>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        let (leading_tx, leading) = watch::channel(false);
+        let leading = Arc::new(watch::Sender::new(false));
         let (current, held) = watch::channel(None);
         heartbeats.share_with_other_managers();
-        let lease = Lease {
-            members: backend.members(),
-            current,
-            backend: backend.clone(),
-            manager_id: manager_id.clone(),
-        };
-        tokio::spawn(lease.run(leading_tx, heartbeats.clone(), store, stopping.clone()));
+        let lease = Lease { current, backend: backend.clone(), manager_id: manager_id.clone() };
+        tokio::spawn(lease.run(leading.clone(), heartbeats.clone(), store, stopping.clone()));
         tokio::spawn(publish_heartbeats(
             backend.clone(),
             manager_id.clone(),
@@ -88,12 +82,12 @@ impl Coordination {
             stopping.clone(),
         ));
         tokio::spawn(merge_heartbeats(backend.clone(), manager_id.clone(), heartbeats, stopping));
-        Self { manager_id, leading, _alone_leads: None, backend: Some(backend) }
+        Self { manager_id, leading, backend: Some(backend) }
     }
 
     /// Sees every change of leadership.
     pub fn leadership(&self) -> watch::Receiver<bool> {
-        self.leading.clone()
+        self.leading.subscribe()
     }
 
     /// Every manager that served the cluster, with its status.
@@ -161,7 +155,6 @@ pub async fn register(store: &Store, record: ManagerRecord) -> Result<(), Manage
 
 /// This manager's lease, presence and campaign.
 struct Lease {
-    members: Arc<Members>,
     /// The lease held now, for the heartbeats shared on it.
     current: watch::Sender<Option<i64>>,
     backend: Arc<EtcdBackend>,
@@ -180,7 +173,7 @@ struct HeldLease {
 impl Lease {
     async fn run(
         self,
-        leading: watch::Sender<bool>,
+        leading: Arc<watch::Sender<bool>>,
         heartbeats: Arc<Heartbeats>,
         store: Arc<Store>,
         mut stopping: watch::Receiver<bool>,
@@ -204,7 +197,7 @@ impl Lease {
                 }
                 failing = true;
                 // The member may be gone: the next term starts on another.
-                self.members.move_on();
+                self.backend.members().move_on();
             }
             tokio::time::sleep(KEEP_ALIVE_EVERY).await;
         }
@@ -212,9 +205,9 @@ impl Lease {
 
     /// A new lease, kept alive, with this manager's presence on it.
     async fn hold(&self) -> Result<HeldLease, String> {
-        let grant = self.members.call(|mut c| async move { c.lease_grant(LEASE_TTL, None).await });
+        let grant = self.backend.members().call(|mut c| async move { c.lease_grant(LEASE_TTL, None).await });
         let id = grant.await.map_err(|e| e.to_string())?.id();
-        let mut client = self.members.stream_client();
+        let mut client = self.backend.members().stream_client();
         let (keeper, answers) = client.lease_keep_alive(id).await.map_err(|e| e.to_string())?;
         self.put_on_lease(&format!("alive/{}", self.manager_id), id).await?;
         Ok(HeldLease { id, keeper, answers, client })
@@ -223,14 +216,8 @@ impl Lease {
     /// Puts this manager's ID at `relative`, bound to lease `id`.
     async fn put_on_lease(&self, relative: &str, id: i64) -> Result<(), String> {
         let key = self.backend.key(relative);
-        self.members
-            .call(|mut c| {
-                let (key, value) = (key.clone(), self.manager_id.clone());
-                async move { c.put(key, value, Some(PutOptions::new().with_lease(id))).await }
-            })
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let value = self.manager_id.clone().into_bytes();
+        self.backend.members().put_on_lease(key, value, id).await.map_err(|e| e.to_string())
     }
 
     /// One lease: presence, campaign, leadership until the lease is lost.
@@ -282,7 +269,7 @@ impl Lease {
         };
         self.current.send_replace(None);
         // Lets another manager lead at once; bounded, as etcd may be gone.
-        let revoke = self.members.call(|mut c| async move { c.lease_revoke(lease).await });
+        let revoke = self.backend.members().call(|mut c| async move { c.lease_revoke(lease).await });
         let _ = tokio::time::timeout(KEEP_ALIVE_DEADLINE, revoke).await;
         result
     }
@@ -310,12 +297,7 @@ async fn publish_heartbeats(
         };
         let lease = *held.borrow();
         if let Some(lease) = lease {
-            let value = report.encode_to_vec();
-            let put = members.call(|mut c| {
-                let (key, value) = (key.clone(), value.clone());
-                async move { c.put(key, value, Some(PutOptions::new().with_lease(lease))).await }
-            });
-            match put.await {
+            match members.put_on_lease(key.clone(), report.encode_to_vec(), lease).await {
                 Ok(_) => heartbeats.exchanged(),
                 Err(err) => tracing::debug!("sharing heartbeats: {err}"),
             }

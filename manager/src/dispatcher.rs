@@ -86,9 +86,6 @@ impl DispatcherService {
         nodes::member(&self.store, &node_id)
     }
 
-    /// The node ID a Join is for: the certificate's on a rejoin or renewal;
-    /// a new one for a first join, which needs the join token and may not
-    /// choose its ID.
     /// Writes the record of a node that joined (or joined again): its
     /// ingress address and certificate are kept unless a new one was signed.
     /// Returns the record and whether the node was known.
@@ -159,6 +156,9 @@ impl DispatcherService {
         Ok(())
     }
 
+    /// The node ID a Join is for: the certificate's on a rejoin or renewal;
+    /// a new one for a first join, which needs the join token and may not
+    /// choose its ID.
     fn joining_node_id(&self, request: &Request<JoinRequest>) -> Result<String, Status> {
         let claimed = &request.get_ref().node_id;
         if certificate_node(request)?.is_some() {

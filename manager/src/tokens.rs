@@ -83,18 +83,17 @@ impl ClusterTokens {
     }
 
     /// Makes `text` (a token as stored) the current token of `kind`, in
-    /// memory and in its file; whether it changed anything.
-    pub fn adopt(&self, kind: TokenKind, text: &str) -> Result<bool, ManagerError> {
+    /// memory and in its file.
+    pub fn adopt(&self, kind: TokenKind, text: &str) -> Result<(), ManagerError> {
         let token = Token::parse(text.trim()).map_err(|err| {
             ManagerError::Refused(format!("the stored {} token is unusable: {err}", kind.name()))
         })?;
         let mut slot = self.slot(kind).write().expect("token lock");
-        if *slot == token {
-            return Ok(false);
+        if *slot != token {
+            write_secret(&self.data_dir.join(file_name(kind)), &format!("{}\n", token.reveal()))?;
+            *slot = token;
         }
-        write_secret(&self.data_dir.join(file_name(kind)), &format!("{}\n", token.reveal()))?;
-        *slot = token;
-        Ok(true)
+        Ok(())
     }
 }
 

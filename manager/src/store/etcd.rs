@@ -148,8 +148,8 @@ impl EtcdBackend {
     }
 
     /// The etcd members, for coordination (leases, election).
-    pub fn members(&self) -> Arc<Members> {
-        self.members.clone()
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     /// Sees every change the cache takes in (the etcd revision it reached),

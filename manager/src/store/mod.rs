@@ -273,31 +273,24 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     revisions: watch::Receiver<u64>,
     write_lock: Mutex<()>,
-    shared: bool,
 }
 
 impl Store {
     /// Opens (or creates) the embedded sled store in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::over(Arc::new(sled_backend::SledBackend::open(path)?), false))
+        Ok(Self::over(Arc::new(sled_backend::SledBackend::open(path)?)))
     }
 
     /// Opens the cluster state in etcd; the backend is returned too, for
     /// the coordination of managers (leases, election).
     pub async fn open_etcd(config: &etcd::EtcdConfig) -> Result<(Self, Arc<etcd::EtcdBackend>), StoreError> {
         let backend = Arc::new(etcd::EtcdBackend::open(config).await?);
-        Ok((Self::over(backend.clone(), true), backend))
+        Ok((Self::over(backend.clone()), backend))
     }
 
-    /// A store over `backend`; `shared` when other managers may write too.
-    pub fn over(backend: Arc<dyn Backend>, shared: bool) -> Self {
+    fn over(backend: Arc<dyn Backend>) -> Self {
         let revisions = backend.revisions();
-        Self { backend, revisions, write_lock: Mutex::new(()), shared }
-    }
-
-    /// Whether other managers may share this store (etcd).
-    pub fn shared(&self) -> bool {
-        self.shared
+        Self { backend, revisions, write_lock: Mutex::new(()) }
     }
 
     /// Where the state lives: `sled PATH` or `etcd ENDPOINTS (prefix P)`.

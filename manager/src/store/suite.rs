@@ -299,3 +299,27 @@ async fn on_etcd_members_that_do_not_answer_are_skipped() {
     assert_eq!(store.networks().unwrap(), vec![network("a", 4097)]);
     drop(silent);
 }
+
+/// etcd only: `--migrate-to-etcd` copies a sled data dir into an empty
+/// prefix, the data dir then refuses to start on sled, and a second copy
+/// into the now used prefix is refused.
+#[tokio::test]
+async fn on_etcd_a_sled_store_migrates_once_into_an_empty_prefix() {
+    let etcd = Etcd::start();
+    let _ready = etcd.open("/suite-ready").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sled, _) = crate::cluster::open_store(dir.path(), None).await.unwrap();
+    let request = NetworkCreateRequest { name: "kept".into(), ..Default::default() };
+    let pool = AddressPool { pool: "10.0.0.0/8".parse().unwrap(), mask_length: 24 };
+    let kept = networks::create(&sled, pool, &request).await.unwrap();
+    drop(sled);
+    let config = etcd.config("/suite-migrated");
+    let copied = crate::cluster::migrate_to_etcd(dir.path(), &config).await.unwrap();
+    assert!(copied >= 1, "copied {copied} entries");
+    let (store, _) = crate::cluster::open_store(dir.path(), Some(&config)).await.unwrap();
+    assert_eq!(store.networks().unwrap(), vec![kept]);
+    let on_sled = crate::cluster::open_store(dir.path(), None).await.map(drop);
+    assert!(on_sled.unwrap_err().to_string().contains("--etcd-endpoints"));
+    let again = crate::cluster::migrate_to_etcd(dir.path(), &config).await.map(drop);
+    assert!(again.unwrap_err().to_string().contains("is not empty"));
+}

@@ -9,7 +9,7 @@
 //! without a request timeout.
 
 use super::EtcdConfig;
-use etcd_client::{Client, Txn, TxnResponse};
+use etcd_client::{Client, PutOptions, Txn, TxnResponse};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -83,6 +83,17 @@ impl Members {
             async move { client.txn(txn).await }
         })
         .await
+    }
+
+    /// Puts `value` at `key`, bound to lease `lease`, as [`Members::call`]
+    /// runs any request.
+    pub async fn put_on_lease(&self, key: String, value: Vec<u8>, lease: i64) -> Result<(), Failure> {
+        self.call(|mut client| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { client.put(key, value, Some(PutOptions::new().with_lease(lease))).await }
+        })
+        .await
+        .map(drop)
     }
 
     /// The member in use, for a stream or a long call.
