@@ -25,6 +25,7 @@ bench: bench-deps
 	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-dataplane bench/results/data_plane.json
 	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-mesh bench/results/routing_mesh.json
 	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-dns bench/results/dns.json
+	NETCTL_BIN=$(CURDIR)/target/release/netctl ./target/release/bench-fleet bench/results/fleet.json
 
 ## What the benchmarks run, from Debian's packages.
 bench-deps:

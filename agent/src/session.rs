@@ -5,6 +5,7 @@
 
 use crate::identity::Credentials;
 use crate::AgentConfig;
+use netctl_proto::desired::HeldState;
 use netctl_proto::dispatcher_client::DispatcherClient;
 use netctl_proto::pki::{NodeKey, Token, TokenKind};
 use netctl_proto::{
@@ -286,31 +287,44 @@ impl Session {
         }
     }
 
-    /// Calls `on_state` with each desired state the manager sends, until the
-    /// stream breaks.
+    /// Calls `on_state` with each desired state the manager sends (a whole
+    /// state, then the previous one with a delta applied), until the stream
+    /// breaks. A delta that does not start from the revision held (a
+    /// revision was missed) opens the stream again for a whole state.
     pub async fn watch(
         &mut self,
         node_id: &str,
         mut on_state: impl FnMut(NodeState),
     ) -> Result<(), SessionError> {
-        let request = WatchRequest { node_id: node_id.to_string() };
-        let mut stream = self
-            .client
-            .watch(request)
-            .await
-            .map_err(|status| self.status_error("opening the watch stream", status))?
-            .into_inner();
         loop {
-            match stream.message().await {
-                Ok(Some(state)) => on_state(state),
-                Ok(None) => {
-                    return Err(SessionError::Lost {
-                        manager: self.manager.clone(),
-                        during: "watching",
-                        message: "the manager closed the stream".into(),
-                    })
+            let request = WatchRequest { node_id: node_id.to_string() };
+            let mut stream = self
+                .client
+                .watch(request)
+                .await
+                .map_err(|status| self.status_error("opening the watch stream", status))?
+                .into_inner();
+            let mut held = HeldState::default();
+            loop {
+                let message = match stream.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => {
+                        return Err(SessionError::Lost {
+                            manager: self.manager.clone(),
+                            during: "watching",
+                            message: "the manager closed the stream".into(),
+                        })
+                    }
+                    Err(status) => return Err(self.status_error("watching", status)),
+                };
+                match held.receive(message) {
+                    Ok(Some(state)) => on_state(state),
+                    Ok(None) => {}
+                    Err(gap) => {
+                        tracing::warn!(manager = %self.manager, "{gap}; asking for the whole desired state");
+                        break;
+                    }
                 }
-                Err(status) => return Err(self.status_error("watching", status)),
             }
         }
     }

@@ -5,6 +5,7 @@
 //! namespace and file removed on drop, also when a test fails; nothing runs
 //! in the root network namespace.
 
+pub mod fleet;
 pub mod lab;
 pub mod netns;
 

@@ -4,12 +4,13 @@
 //! itself. The join token alone admits only a first Join.
 
 use crate::auth::{certificate_node, presented_token};
+use crate::desired::fanout::Fanout;
 use crate::liveness::Heartbeats;
 use crate::networks::now_unix;
 use crate::pki::ClusterCa;
 use crate::reports::AgentReports;
 use crate::tokens::ClusterTokens;
-use crate::{ids, nodes, snapshot, ManagerError, Store};
+use crate::{ids, nodes, ManagerError, Store};
 use netctl_proto::convention::sandbox_name;
 use netctl_proto::dispatcher_server::Dispatcher;
 use netctl_proto::pki::TokenKind;
@@ -29,13 +30,16 @@ pub struct DispatcherService {
     reports: Arc<AgentReports>,
     ca: Arc<ClusterCa>,
     tokens: Arc<ClusterTokens>,
+    fanout: Arc<Fanout>,
 }
 
 impl DispatcherService {
     /// A Dispatcher telling agents to use `data_path_port` for VXLAN,
     /// signing node certificates with `ca` and admitting first joins with
-    /// the join token of `tokens`. Its watch streams end when `stopping`
-    /// turns true, so that the server can shut down gracefully.
+    /// the join token of `tokens`. Its watch streams are fed by `fanout`
+    /// and end when `stopping` turns true, so that the server can shut down
+    /// gracefully.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
         heartbeats: Arc<Heartbeats>,
@@ -44,8 +48,9 @@ impl DispatcherService {
         reports: Arc<AgentReports>,
         ca: Arc<ClusterCa>,
         tokens: Arc<ClusterTokens>,
+        fanout: Arc<Fanout>,
     ) -> Self {
-        Self { store, heartbeats, data_path_port, stopping, reports, ca, tokens }
+        Self { store, heartbeats, data_path_port, stopping, reports, ca, tokens, fanout }
     }
 
     fn heartbeat_interval_ms(&self) -> u32 {
@@ -183,19 +188,6 @@ impl DispatcherService {
     }
 }
 
-/// The node's desired state now; refused once the node is removed.
-fn desired_state(store: &Store, node_id: &str, port: u32) -> Result<NodeState, Status> {
-    let revision = store.revision();
-    let node = nodes::member(store, node_id)?;
-    let read = || -> Result<_, crate::store::StoreError> {
-        Ok((store.networks()?, store.all()?, store.all()?, store.nodes()?))
-    };
-    let (networks, services, tasks, nodes) = read().map_err(ManagerError::from)?;
-    let cluster =
-        snapshot::ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
-    Ok(snapshot::node_state(&node, &cluster, port, revision))
-}
-
 /// Whether the request came from the manager's own host (the connection's
 /// two ends share an address).
 fn from_manager_host<T>(request: &Request<T>) -> bool {
@@ -254,41 +246,23 @@ impl Dispatcher for DispatcherService {
         Ok(Response::new(HeartbeatResponse { heartbeat_interval_ms: self.heartbeat_interval_ms() }))
     }
 
-    type WatchStream = ReceiverStream<Result<NodeState, Status>>;
+    type WatchStream = ReceiverStream<Result<WatchMessage, Status>>;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let node_id = self.caller(&request, &request.get_ref().node_id, "watch the desired state")?.id;
         let (sender, receiver) = mpsc::channel(4);
-        let store = self.store.clone();
-        let port = u32::from(self.data_path_port);
+        let mut subscription = self.fanout.subscribe(&node_id, self.store.clone());
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            let mut revisions = store.subscribe();
-            let mut last_sent: Option<NodeState> = None;
             loop {
-                revisions.mark_unchanged();
-                let state = desired_state(&store, &node_id, port);
-                match state {
-                    Ok(state) => {
-                        let same = last_sent
-                            .as_ref()
-                            .is_some_and(|s| NodeState { revision: s.revision, ..state.clone() } == *s);
-                        if !same {
-                            if sender.send(Ok(state.clone())).await.is_err() {
-                                break;
-                            }
-                            last_sent = Some(state);
-                        }
-                    }
-                    Err(status) => {
-                        let _ = sender.send(Err(status)).await;
-                        break;
-                    }
-                }
-                tokio::select! {
-                    changed = revisions.changed() => if changed.is_err() { break },
+                let next = tokio::select! {
+                    next = subscription.next() => next,
                     _ = sender.closed() => break,
                     _ = stopping.wait_for(|stop| *stop) => break,
+                };
+                let ends = next.is_err();
+                if sender.send(next).await.is_err() || ends {
+                    break;
                 }
             }
         });

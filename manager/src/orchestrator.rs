@@ -121,19 +121,22 @@ pub fn plan(state: &ClusterState) -> Batch {
     }
 
     // Start what is missing.
+    let mut slots: HashMap<(&str, u32), Vec<&Task>> = HashMap::new();
+    for task in &tasks {
+        slots.entry((task.service_id.as_str(), task.slot)).or_default().push(task);
+    }
+    let mut placement = Placement::new(state, &tasks);
     for service in state.services {
         for slot in 1..=service.replicas {
-            let slot_tasks: Vec<&Task> =
-                tasks.iter().filter(|t| t.service_id == service.id && t.slot == slot).collect();
+            let slot_tasks = slots.get(&(service.id.as_str(), slot)).map_or(&[][..], Vec::as_slice);
             if slot_tasks.iter().any(|t| t.desired_state() == TaskState::Running) {
                 continue;
             }
-            if !backoff_over(&slot_tasks, state.now) {
+            if !backoff_over(slot_tasks, state.now) {
                 continue;
             }
-            if let Some(task) = new_task(state, service, slot, &tasks) {
+            if let Some(task) = placement.new_task(service, slot) {
                 batch.put(&task);
-                tasks.push(task);
             }
         }
     }
@@ -166,59 +169,111 @@ fn backoff_over(slot_tasks: &[&Task], now: i64) -> bool {
     now >= last_failure + backoff_seconds(failures.len())
 }
 
-/// A new task for `service`'s `slot` on the least loaded Ready node, with an
-/// address in each of the service's networks; `None` when no node is Ready
-/// or a network is full.
-fn new_task(state: &ClusterState, service: &Service, slot: u32, tasks: &[Task]) -> Option<Task> {
-    let live = |t: &&Task| t.desired_state() == TaskState::Running;
-    let candidates: Vec<Candidate> = state
-        .nodes
-        .iter()
-        .filter(|n| state.schedulable.contains(&n.id))
-        .map(|n| Candidate {
-            node_id: &n.id,
-            hostname: &n.hostname,
-            recent_failures: tasks
-                .iter()
-                .filter(|t| t.node_id == n.id && t.service_id == service.id && t.state() == TaskState::Failed)
-                .filter(|t| state.now - t.state_changed_unix < FAILURE_MEMORY_SECONDS)
-                .count(),
-            service_tasks: tasks
-                .iter()
-                .filter(live)
-                .filter(|t| t.node_id == n.id && t.service_id == service.id)
-                .count(),
-            all_tasks: tasks.iter().filter(live).filter(|t| t.node_id == n.id).count(),
-        })
-        .collect();
-    let node_id = scheduler::pick(&candidates)?;
-    let mut endpoints = Vec::new();
-    for network in crate::services::attached_networks(service, state.networks) {
-        let taken = taken_addresses(network, state.services, tasks, state.nodes);
-        let Some(address) =
-            network.subnet.parse().ok().and_then(|subnet| addresses::lowest_free(subnet, &taken))
-        else {
-            tracing::warn!(service = %service.name, network = %network.name, "no free address for a new task");
-            return None;
+/// Where new tasks go: each node's load and each network's taken
+/// addresses, counted once per plan and kept up to date as tasks are added.
+struct Placement<'a> {
+    state: &'a ClusterState<'a>,
+    tasks: &'a [Task],
+    /// Live tasks by node.
+    live: HashMap<String, usize>,
+    /// Live tasks by (node, service).
+    live_of_service: HashMap<(String, String), usize>,
+    /// Tasks that failed lately by (node, service).
+    failed_lately: HashMap<(String, String), usize>,
+    /// Taken addresses by network ID, counted when first needed.
+    taken: HashMap<String, HashSet<std::net::Ipv4Addr>>,
+}
+
+impl<'a> Placement<'a> {
+    fn new(state: &'a ClusterState<'a>, tasks: &'a [Task]) -> Self {
+        let mut placement = Self {
+            state,
+            tasks,
+            live: HashMap::new(),
+            live_of_service: HashMap::new(),
+            failed_lately: HashMap::new(),
+            taken: HashMap::new(),
         };
-        endpoints.push(EndpointAddress {
-            network_id: network.id.clone(),
-            address: address.to_string(),
-            mac: addresses::mac_for(address),
-        });
+        for task in tasks {
+            let key = (task.node_id.clone(), task.service_id.clone());
+            if task.desired_state() == TaskState::Running {
+                *placement.live.entry(task.node_id.clone()).or_default() += 1;
+                *placement.live_of_service.entry(key).or_default() += 1;
+            } else if task.state() == TaskState::Failed
+                && state.now - task.state_changed_unix < FAILURE_MEMORY_SECONDS
+            {
+                *placement.failed_lately.entry(key).or_default() += 1;
+            }
+        }
+        placement
     }
-    Some(Task {
-        id: ids::new_id(),
-        service_id: service.id.clone(),
-        slot,
-        node_id: node_id.to_string(),
-        desired_state: TaskState::Running.into(),
-        state: TaskState::Assigned.into(),
-        error: String::new(),
-        endpoints,
-        created_unix: state.now,
-        state_changed_unix: state.now,
-    })
+
+    /// A new task for `service`'s `slot` on the least loaded Ready node,
+    /// with an address in each of the service's networks; `None` when no
+    /// node is Ready or a network is full.
+    fn new_task(&mut self, service: &Service, slot: u32) -> Option<Task> {
+        let state = self.state;
+        let count = |map: &HashMap<(String, String), usize>, node: &str| {
+            map.get(&(node.to_string(), service.id.clone())).copied().unwrap_or(0)
+        };
+        let candidates: Vec<Candidate> = state
+            .nodes
+            .iter()
+            .filter(|n| state.schedulable.contains(&n.id))
+            .map(|n| Candidate {
+                node_id: &n.id,
+                hostname: &n.hostname,
+                recent_failures: count(&self.failed_lately, &n.id),
+                service_tasks: count(&self.live_of_service, &n.id),
+                all_tasks: self.live.get(&n.id).copied().unwrap_or(0),
+            })
+            .collect();
+        let node_id = scheduler::pick(&candidates)?.to_string();
+        let endpoints = self.addresses(service)?;
+        *self.live.entry(node_id.clone()).or_default() += 1;
+        *self.live_of_service.entry((node_id.clone(), service.id.clone())).or_default() += 1;
+        Some(Task {
+            id: ids::new_id(),
+            service_id: service.id.clone(),
+            slot,
+            node_id,
+            desired_state: TaskState::Running.into(),
+            state: TaskState::Assigned.into(),
+            error: String::new(),
+            endpoints,
+            created_unix: state.now,
+            state_changed_unix: state.now,
+        })
+    }
+
+    /// A free address in each of the service's networks, then taken; `None`
+    /// (and nothing taken) when a network is full.
+    fn addresses(&mut self, service: &Service) -> Option<Vec<EndpointAddress>> {
+        let state = self.state;
+        let mut endpoints: Vec<EndpointAddress> = Vec::new();
+        for network in crate::services::attached_networks(service, state.networks) {
+            let taken = self
+                .taken
+                .entry(network.id.clone())
+                .or_insert_with(|| taken_addresses(network, state.services, self.tasks, state.nodes));
+            let free = network.subnet.parse().ok().and_then(|subnet| addresses::lowest_free(subnet, taken));
+            let Some(address) = free else {
+                tracing::warn!(service = %service.name, network = %network.name, "no free address for a new task");
+                for endpoint in &endpoints {
+                    let taken = self.taken.get_mut(&endpoint.network_id).expect("taken above");
+                    taken.remove(&endpoint.address.parse().expect("written above"));
+                }
+                return None;
+            };
+            taken.insert(address);
+            endpoints.push(EndpointAddress {
+                network_id: network.id.clone(),
+                address: address.to_string(),
+                mac: addresses::mac_for(address),
+            });
+        }
+        Some(endpoints)
+    }
 }
 
 /// Applies [`plan`] after every store change and every second while this
@@ -389,6 +444,21 @@ mod tests {
         assert!(stopped
             .iter()
             .all(|t| t.desired_state() == TaskState::Shutdown && t.error == "node is down"));
+    }
+
+    #[test]
+    fn a_scaled_up_service_on_a_down_node_is_replaced_whole() {
+        let nodes: Vec<Node> = (0..10).map(|i| node(&format!("n{i}"))).collect();
+        let all: HashSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
+        let mut tasks = Vec::new();
+        settle(&[service(100)], &mut tasks, &nodes, &all, 100);
+        settle(&[service(101)], &mut tasks, &nodes, &all, 101);
+        let mut alive = all.clone();
+        alive.remove("n5");
+        settle(&[service(101)], &mut tasks, &nodes, &alive, 120);
+        let live = live(&tasks);
+        assert_eq!(live.len(), 101);
+        assert!(live.iter().all(|t| t.node_id != "n5"));
     }
 
     #[test]

@@ -127,6 +127,8 @@ impl Manager {
             stopping.clone(),
         ));
         tokio::spawn(forget_removed_task_logs(self.store.clone(), reports.clone(), stopping.clone()));
+        let fanout = crate::desired::fanout::Fanout::new();
+        tokio::spawn(fanout.clone().run(self.store.clone(), self.cluster.data_path_port, stopping.clone()));
         let dispatcher = DispatcherService::new(
             self.store.clone(),
             heartbeats,
@@ -135,6 +137,7 @@ impl Manager {
             reports,
             self.cluster.ca.clone(),
             self.cluster.tokens.clone(),
+            fanout,
         );
         tokio::spawn(async move {
             shutdown.await;

@@ -8,17 +8,12 @@
 //! leads. Writes JSON to `bench/results/control_plane.json` (or the path
 //! given as the first argument).
 
+use e2e::fleet::{Fleet, FleetTarget, Scenario};
 use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
-use netctl_proto::dispatcher_client::DispatcherClient;
-use netctl_proto::pki::{NodeKey, Token};
-use netctl_proto::{
-    BearerToken, HeartbeatRequest, JoinRequest, NetworkCreateRequest, NodeIdentity, ServiceCreateRequest,
-    ServiceRemoveRequest, WatchRequest,
-};
-use std::collections::HashMap;
+use netctl_proto::pki::Token;
+use netctl_proto::{BearerToken, NetworkCreateRequest, ServiceCreateRequest, ServiceRemoveRequest};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 const SEQUENTIAL_CREATES: usize = 300;
 const CONCURRENT_CLIENTS: usize = 16;
@@ -118,63 +113,28 @@ async fn concurrent(target: Target) -> serde_json::Value {
     summary(&mut latencies, started.elapsed())
 }
 
-/// Joins a node named `fan-<index>` that heartbeats every 200 ms and sends
-/// `(service id, when)` on `seen` the first time its desired state holds a
-/// task of a service.
-async fn watching_node(target: &Target, index: usize, seen: mpsc::UnboundedSender<(String, Instant)>) {
-    let token = Token::parse(&target.join_token).expect("join token");
-    let (channel, ca_pem) = netctl_proto::connect_with_token(&target.manager, &token).await.expect("connect");
-    let mut joining =
-        DispatcherClient::with_interceptor(channel, BearerToken::new(&target.join_token).unwrap());
-    let key = NodeKey::generate().expect("node key");
-    let join = JoinRequest {
-        hostname: format!("fan-{index}"),
-        advertise_addr: format!("10.77.{}.{}", index / 200, index % 200 + 1),
-        csr: key.csr_der,
-        ..Default::default()
-    };
-    let joined = joining.join(join).await.expect("join").into_inner();
-    let identity = NodeIdentity { certificate_pem: joined.certificate, key_pem: key.key_pem };
-    let channel = netctl_proto::connect(&target.manager, &ca_pem, Some(&identity)).await.expect("connect");
-    let mut dispatcher = DispatcherClient::new(channel);
-    let node_id = joined.node_id;
-    let mut heartbeats = dispatcher.clone();
-    let id = node_id.clone();
-    tokio::spawn(async move {
-        loop {
-            let _ = heartbeats.heartbeat(HeartbeatRequest { node_id: id.clone() }).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    let request = WatchRequest { node_id };
-    let mut states = dispatcher.watch(request).await.expect("watch").into_inner();
-    tokio::spawn(async move {
-        let mut known = std::collections::HashSet::new();
-        while let Ok(Some(state)) = states.message().await {
-            let now = Instant::now();
-            for task in state.tasks {
-                if known.insert(task.service_id.clone()) {
-                    let _ = seen.send((task.service_id, now));
-                }
-            }
-        }
-    });
-}
-
-/// 50 nodes watch their desired state; each round creates a service with
-/// one task per node and times, from the create call, when each node has
-/// received its task.
+/// 50 simulated nodes watch their desired state; each round creates a
+/// service with one task per node and times, from the create call, when
+/// each node has received its task.
 async fn fan_out(target: Target) -> serde_json::Value {
-    let (seen_sender, mut seen) = mpsc::unbounded_channel();
-    for index in 0..FAN_OUT_NODES {
-        watching_node(&target, index, seen_sender.clone()).await;
-    }
+    let fleet_target = FleetTarget {
+        manager: target.manager.clone(),
+        join_token: target.join_token.clone(),
+        heartbeat: Duration::from_millis(200),
+    };
+    let fleet = Fleet::join(&fleet_target, FAN_OUT_NODES, 16).await;
     let mut control = client(&target).await;
     let network = NetworkCreateRequest { name: "fan".into(), ..Default::default() };
     control.create_network(network).await.expect("create network");
-    let mut arrivals: HashMap<String, Vec<Instant>> = HashMap::new();
     let (mut latencies, mut last_node) = (Vec::new(), Vec::new());
     for round in 0..FAN_OUT_ROUNDS {
+        let prefix = format!("fan{round}.");
+        let scenario = Scenario::new(
+            FAN_OUT_NODES,
+            Box::new(move |state: &netctl_proto::NodeState| {
+                Some(state.tasks.iter().any(|t| t.name.starts_with(&prefix)))
+            }),
+        );
         let request = ServiceCreateRequest {
             name: format!("fan{round}"),
             replicas: FAN_OUT_NODES as u32,
@@ -182,18 +142,14 @@ async fn fan_out(target: Target) -> serde_json::Value {
             command: vec!["sleep".into(), "1000".into()],
             ..Default::default()
         };
-        let started = Instant::now();
-        let service = control.create_service(request).await.expect("create service").into_inner();
-        let id = service.service.expect("service").id;
-        while arrivals.get(&id).map_or(0, Vec::len) < FAN_OUT_NODES {
-            let (service, at) =
-                tokio::time::timeout(Duration::from_secs(30), seen.recv()).await.expect("fan-out").unwrap();
-            arrivals.entry(service).or_default().push(at);
-        }
-        let round_latencies: Vec<Duration> = arrivals[&id].iter().map(|at| *at - started).collect();
+        let mut creating = control.clone();
+        let create =
+            tokio::spawn(async move { creating.create_service(request).await.expect("create service") });
+        let round_latencies = fleet.run(scenario, Duration::from_secs(30)).await.expect("fan-out");
+        let service = create.await.expect("create").into_inner().service.expect("service");
         last_node.push(*round_latencies.iter().max().expect("arrivals"));
         latencies.extend(round_latencies);
-        control.remove_service(ServiceRemoveRequest { reference: id }).await.expect("remove service");
+        control.remove_service(ServiceRemoveRequest { reference: service.id }).await.expect("remove service");
     }
     latencies.sort();
     last_node.sort();

@@ -11,8 +11,8 @@ use std::time::Duration;
 pub enum LabCommand {
     /// Build the lab and start its manager and agents (idempotent).
     Up {
-        /// How many hosts.
-        #[arg(long, default_value_t = 2)]
+        /// How many hosts (1 to 200).
+        #[arg(long, default_value_t = 2, value_parser = parse_node_count)]
         nodes: usize,
         /// How many of the hosts run a manager; more than one keeps the
         /// state in an etcd cluster with a member on each of them.
@@ -80,6 +80,16 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
 }
 
 /// `node0`, `node1`, ... or a bare index.
+/// The lab's hosts take 192.168.10.6 onwards on the underlay's /24.
+const MAX_LAB_NODES: usize = 200;
+
+fn parse_node_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(nodes) if (1..=MAX_LAB_NODES).contains(&nodes) => Ok(nodes),
+        _ => Err(format!("a lab has 1 to {MAX_LAB_NODES} hosts (the underlay is one /24), not {text:?}")),
+    }
+}
+
 fn node_index(lab: &Lab, node: &str) -> anyhow::Result<usize> {
     let count = lab.node_count();
     if count == 0 {
@@ -149,9 +159,9 @@ fn name_flag(lab: &Lab) -> String {
     }
 }
 
-/// Waits until every host of the lab is Ready.
+/// Waits until every host of the lab is Ready (30 s, and 1 s more per host).
 async fn wait_ready(lab: &Lab, nodes: usize) -> bool {
-    for _ in 0..300 {
+    for _ in 0..300 + 10 * nodes {
         let listed = lab
             .command_on(0, std::env::current_exe().unwrap_or_else(|_| "netctl".into()))
             .and_then(|mut c| Ok(c.args(["node", "ls", "--format", "json"]).output()?));

@@ -1,0 +1,357 @@
+//! Fleet benchmark: one real `netctl manager` (sled, loopback of a private
+//! namespace) and N simulated nodes (`e2e::fleet`: real join, certificate,
+//! heartbeats and Watch stream; tasks reported Running at once, no kernel
+//! work) holding 10,000 tasks: 100 services of 100 replicas, each service on
+//! its own overlay. For N = 10, 100 and 1,000 nodes it times, until every
+//! node concerned holds the change: a `service create` of one replica per
+//! node with a published port (until every node balances over all of
+//! them), a `service scale` of one service by one task, and a node going
+//! Down (from its last heartbeat until the others dropped its tasks'
+//! endpoints and hold the replacements). For each: delivery p50/p99/max, the Watch
+//! bytes the manager sent (to concerned nodes and to the others) and the
+//! manager's CPU time; and the manager's RSS. Then real labs of namespace
+//! hosts: 20 nodes serving a 200-replica published service (time until
+//! every node answers through the routing mesh), and one node running 200
+//! tasks (its agent's RSS); `FLEET_LAB=0` skips them. JSON to
+//! `bench/results/fleet.json` or the first argument; `FLEET_NODES=10,100`
+//! picks the sizes.
+
+use e2e::fleet::{Fleet, FleetTarget, Scenario};
+use e2e::lab::Lab;
+use e2e::netns::command_in;
+use e2e::ControlPlane;
+use netctl_proto::control_client::ControlClient;
+use netctl_proto::pki::Token;
+use netctl_proto::{
+    BearerToken, NetworkCreateRequest, NodeState, PortConfig, ServiceCreateRequest, ServiceRemoveRequest,
+    ServiceScaleRequest,
+};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const SERVICES: usize = 100;
+const REPLICAS: u32 = 100;
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const PUBLISHED_PORT: u32 = 30080;
+/// How long a scenario may take before it is reported as not converged.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long after convergence late messages are still counted.
+const SETTLE: Duration = Duration::from_millis(500);
+
+type Control =
+    ControlClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>>;
+
+async fn control(manager: &str, admin_token: &str) -> Control {
+    let token = Token::parse(admin_token).expect("admin token");
+    let (channel, _) = netctl_proto::connect_with_token(manager, &token).await.expect("connect");
+    ControlClient::with_interceptor(channel, BearerToken::new(admin_token).expect("token"))
+}
+
+/// CPU time (user + system) and RSS of a process.
+struct Usage {
+    pid: i32,
+}
+
+impl Usage {
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11..13).map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+        Duration::from_millis(ticks * 1000 / 100)
+    }
+
+    /// (VmRSS, VmHWM) in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+/// Runs one timed change: `change` starts it, `check` says when a node
+/// holds it. Reports delivery times, bytes to concerned nodes and to the
+/// others, and the manager's CPU time.
+async fn timed(
+    fleet: &Fleet,
+    usage: &Usage,
+    change: impl std::future::Future<Output = ()>,
+    check: impl Fn(&NodeState) -> Option<bool> + Send + Sync + 'static,
+) -> serde_json::Value {
+    let before = fleet.received();
+    let cpu = usage.cpu();
+    let scenario = Scenario::new(fleet.nodes.len(), Box::new(check));
+    let started = Instant::now();
+    change.await;
+    let outcome = fleet.run(scenario.clone(), SCENARIO_TIMEOUT).await;
+    let converged_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    let cpu_ms = (usage.cpu() - cpu).as_millis() as u64;
+    let after = fleet.received();
+    let concerned = scenario.concerned();
+    let (mut to_concerned, mut to_others, mut messages, mut others_reached) = (0u64, 0u64, 0u64, 0usize);
+    for (index, (after, before)) in after.iter().zip(&before).enumerate() {
+        let bytes = after.0 - before.0;
+        messages += after.1 - before.1;
+        if concerned[index] {
+            to_concerned += bytes;
+        } else {
+            to_others += bytes;
+            others_reached += usize::from(bytes > 0);
+        }
+    }
+    let concerned_nodes = concerned.iter().filter(|c| **c).count();
+    let mut report = serde_json::json!({
+        "concerned_nodes": concerned_nodes,
+        "bytes_per_concerned_node": to_concerned / concerned_nodes.max(1) as u64,
+        "bytes_to_concerned_nodes": to_concerned,
+        "bytes_to_other_nodes": to_others,
+        "other_nodes_sent_anything": others_reached,
+        "messages": messages,
+        "manager_cpu_ms": cpu_ms,
+        "converged_seconds": converged_s,
+    });
+    match outcome {
+        Ok(mut times) => {
+            times.sort();
+            report["delivery_ms_p50"] = percentile_ms(&times, 0.50).into();
+            report["delivery_ms_p99"] = percentile_ms(&times, 0.99).into();
+            report["delivery_ms_max"] = percentile_ms(&times, 1.0).into();
+        }
+        Err(missing) => report["not_converged_nodes"] = missing.into(),
+    }
+    report
+}
+
+/// Whether every service name the state holds has its expected number of
+/// running tasks (`expected` by service name; others: [`REPLICAS`]).
+fn names_complete(state: &NodeState, expected: &HashMap<String, usize>) -> bool {
+    state
+        .names
+        .iter()
+        .all(|n| n.tasks.len() == expected.get(&n.service).copied().unwrap_or(REPLICAS as usize))
+}
+
+/// 100 networks and 100 services of 100 replicas; waits until every node
+/// holds them all running.
+async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serde_json::Value {
+    timed(
+        fleet,
+        usage,
+        async {
+            for i in 0..SERVICES {
+                let network = NetworkCreateRequest { name: format!("bg{i}"), ..Default::default() };
+                control.create_network(network).await.expect("create network");
+                let service = ServiceCreateRequest {
+                    name: format!("bg{i}"),
+                    replicas: REPLICAS,
+                    networks: vec![format!("bg{i}")],
+                    command: vec!["sleep".into(), "infinity".into()],
+                    ..Default::default()
+                };
+                control.create_service(service).await.expect("create service");
+            }
+        },
+        |state| Some(!state.tasks.is_empty() && names_complete(state, &HashMap::new())),
+    )
+    .await
+}
+
+async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i32) -> serde_json::Value {
+    let usage = Usage { pid };
+    let joined = Instant::now();
+    let fleet = Fleet::join(&target, nodes, 32).await;
+    let join_seconds = joined.elapsed().as_secs_f64();
+    let mut control = control(&target.manager, &admin_token).await;
+    let setup = background(&mut control, &fleet, &usage).await;
+    if setup.get("not_converged_nodes").is_some() {
+        return serde_json::json!({ "nodes": nodes, "join_seconds": join_seconds, "setup": setup });
+    }
+    let network = NetworkCreateRequest { name: "probe".into(), ..Default::default() };
+    control.create_network(network).await.expect("create network");
+    let replicas = nodes;
+    let create = timed(
+        &fleet,
+        &usage,
+        async {
+            let service = ServiceCreateRequest {
+                name: "probe".into(),
+                replicas: replicas as u32,
+                networks: vec!["probe".into()],
+                command: vec!["sleep".into(), "infinity".into()],
+                ports: vec![PortConfig {
+                    protocol: "tcp".into(),
+                    published_port: PUBLISHED_PORT,
+                    target_port: 80,
+                }],
+                ..Default::default()
+            };
+            control.clone().create_service(service).await.expect("create probe");
+        },
+        move |state| {
+            let port = state.published_ports.iter().find(|p| p.published_port == PUBLISHED_PORT);
+            Some(port.is_some_and(|p| p.backends.len() == replicas))
+        },
+    )
+    .await;
+    let remove = timed(
+        &fleet,
+        &usage,
+        async {
+            let request = ServiceRemoveRequest { reference: "probe".into() };
+            control.clone().remove_service(request).await.expect("remove probe");
+        },
+        |state| Some(!state.published_ports.iter().any(|p| p.published_port == PUBLISHED_PORT)),
+    )
+    .await;
+    let scaled = HashMap::from([("bg0".to_string(), REPLICAS as usize + 1)]);
+    let scale = timed(
+        &fleet,
+        &usage,
+        async {
+            let request = ServiceScaleRequest { reference: "bg0".into(), replicas: REPLICAS + 1 };
+            control.clone().scale_service(request).await.expect("scale");
+        },
+        move |state| {
+            let names = state.names.iter().find(|n| n.service == "bg0")?;
+            Some(names.tasks.len() == REPLICAS as usize + 1)
+        },
+    )
+    .await;
+    let victim = nodes / 2;
+    let (dead_id, dead_address) = (fleet.nodes[victim].id.clone(), fleet.nodes[victim].address.clone());
+    let node_down = timed(&fleet, &usage, async { fleet.nodes[victim].kill() }, move |state| {
+        if state.node_id == dead_id {
+            return None;
+        }
+        // Its ingress_sbox stays in the mesh while it is a member; its
+        // tasks' endpoints go.
+        let ingress: Vec<&str> = state
+            .networks
+            .iter()
+            .filter_map(|a| a.network.as_ref())
+            .filter(|n| n.ingress)
+            .map(|n| n.id.as_str())
+            .collect();
+        let gone = !state
+            .remote_endpoints
+            .iter()
+            .any(|e| e.node_addr == dead_address && !ingress.contains(&e.network_id.as_str()));
+        Some(gone && names_complete(state, &scaled))
+    })
+    .await;
+    let (rss_mib, peak_rss_mib) = usage.rss_mib();
+    serde_json::json!({
+        "nodes": nodes,
+        "tasks": SERVICES * REPLICAS as usize,
+        "join_seconds": join_seconds,
+        "setup": setup,
+        "service_create": create,
+        "service_remove": remove,
+        "service_scale_by_one": scale,
+        "node_down": node_down,
+        "manager_rss_mib": rss_mib,
+        "manager_peak_rss_mib": peak_rss_mib,
+    })
+}
+
+/// A real lab of `nodes` namespace hosts (as `netctl lab up` builds):
+/// how long it takes to come up, and from `service create --replicas
+/// REPLICAS --publish 8080:80 hostname-http` until every node answers on
+/// its published port through the routing mesh; how many replicas answered
+/// 10 requests to each node; the agents' and the manager's RSS.
+fn lab_of(nodes: usize, replicas: usize) -> serde_json::Value {
+    let started = Instant::now();
+    let lab = Lab::start(nodes);
+    let up_seconds = started.elapsed().as_secs_f64();
+    let server = std::env::current_exe().expect("own path").with_file_name("hostname-http");
+    let server = server.to_str().expect("UTF-8 path");
+    let started = Instant::now();
+    let count = replicas.to_string();
+    lab.ok(&["service", "create", "--replicas", &count, "--name", "web", "--publish", "8080:80", server]);
+    let running = e2e::wait_until(Duration::from_secs(300), || lab.running_tasks("web").len() == replicas);
+    assert!(running, "web did not reach {replicas} running tasks");
+    let running_seconds = started.elapsed().as_secs_f64();
+    let get = |host: usize| {
+        let url = format!("http://{}:8080/", lab.hosts()[host].address);
+        let output = command_in(&lab.underlay().path(), "curl").args(["-sf", "-m", "2", &url]).output();
+        output.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    for host in 0..nodes {
+        let answered = e2e::wait_until(Duration::from_secs(120), || get(host).is_some());
+        assert!(answered, "node{host} does not answer on its published port");
+    }
+    let reachable_seconds = started.elapsed().as_secs_f64();
+    let answers: std::collections::BTreeSet<String> =
+        (0..nodes).flat_map(|host| (0..10).filter_map(move |_| get(host))).collect();
+    let rss = |pid: i32| Usage { pid }.rss_mib().0;
+    let agents: Vec<f64> = (0..nodes).map(|i| rss(lab.agent_pid(i))).collect();
+    serde_json::json!({
+        "nodes": nodes,
+        "replicas": replicas,
+        "lab_up_seconds": up_seconds,
+        "create_to_all_running_seconds": running_seconds,
+        "create_to_every_node_answering_seconds": reachable_seconds,
+        "distinct_replicas_answering_10_requests_per_node": answers.len(),
+        "agent_rss_mib_max": agents.iter().copied().fold(0.0, f64::max),
+        "manager_rss_mib": rss(lab.manager_pid()),
+    })
+}
+
+fn main() {
+    let out = std::env::args().nth(1).unwrap_or_else(|| "bench/results/fleet.json".into());
+    let sizes: Vec<usize> = std::env::var("FLEET_NODES")
+        .unwrap_or_else(|_| "10,100,1000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("FLEET_NODES: comma-separated node counts"))
+        .collect();
+    let heartbeat = format!("{}s", HEARTBEAT.as_secs());
+    let mut runs = Vec::new();
+    for nodes in sizes {
+        let cluster = ControlPlane::start(&["--dispatcher-heartbeat", &heartbeat]);
+        let target = FleetTarget {
+            manager: cluster.manager_url(),
+            join_token: cluster.join_token(),
+            heartbeat: HEARTBEAT,
+        };
+        let (admin_token, pid) = (cluster.admin_token(), cluster.manager_pid());
+        let run = cluster.run_inside(|| {
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(fleet_of(nodes, target, admin_token, pid))
+        });
+        eprintln!("{}", serde_json::to_string(&run).unwrap_or_default());
+        runs.push(run);
+    }
+    let labs = if std::env::var("FLEET_LAB").as_deref() == Ok("0") {
+        Vec::new()
+    } else {
+        vec![lab_of(20, 200), lab_of(1, 200)]
+    };
+    e2e::write_report(
+        &out,
+        serde_json::json!({
+            "benchmark": "fleet",
+            "labs": labs,
+            "heartbeat_seconds": HEARTBEAT.as_secs(),
+            "services": SERVICES,
+            "replicas_per_service": REPLICAS,
+            "runs": runs,
+        }),
+    );
+}

@@ -1,0 +1,265 @@
+//! Simulated nodes for benchmarks: each joins a real manager with the join
+//! token and a certificate request, heartbeats, holds a real Watch stream,
+//! keeps the desired state it was sent and reports every task it is given
+//! Running at once, with no kernel work. A [`Scenario`] lets a benchmark
+//! time when each node's state first satisfies a condition.
+
+use netctl_proto::desired::HeldState;
+use netctl_proto::dispatcher_client::DispatcherClient;
+use netctl_proto::pki::{NodeKey, Token};
+use netctl_proto::{
+    BearerToken, HeartbeatRequest, JoinRequest, NodeIdentity, NodeState, ReportStatusRequest, TaskState,
+    TaskStatusReport, WatchRequest,
+};
+use prost::Message;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// A condition on a node's desired state: `None` while the node is not
+/// concerned by the change, `Some(done)` once it is.
+pub type Check = dyn Fn(&NodeState) -> Option<bool> + Send + Sync;
+
+/// A change being timed: when it started and when each node's state first
+/// satisfied its check.
+pub struct Scenario {
+    started: Instant,
+    check: Box<Check>,
+    done: Mutex<Vec<Option<Duration>>>,
+    concerned: Mutex<Vec<bool>>,
+    progress: Notify,
+}
+
+impl Scenario {
+    /// A scenario for `nodes` nodes starting now.
+    pub fn new(nodes: usize, check: Box<Check>) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            check,
+            done: Mutex::new(vec![None; nodes]),
+            concerned: Mutex::new(Vec::new()),
+            progress: Notify::new(),
+        })
+    }
+
+    /// Which nodes were concerned when the scenario ended.
+    pub fn concerned(&self) -> Vec<bool> {
+        self.concerned.lock().unwrap().clone()
+    }
+
+    /// Evaluates the check on node `index`'s `state`.
+    fn observe(&self, index: usize, state: &NodeState) {
+        let mut done = self.done.lock().unwrap();
+        if done[index].is_none() && (self.check)(state) == Some(true) {
+            done[index] = Some(self.started.elapsed());
+            self.progress.notify_one();
+        }
+    }
+
+    /// When each node that was concerned satisfied the check, if every
+    /// concerned node did (nodes not concerned are left out).
+    fn finished(&self, fleet: &Fleet) -> Option<Vec<Duration>> {
+        let done = self.done.lock().unwrap().clone();
+        let mut times = Vec::new();
+        for (node, done) in fleet.nodes.iter().zip(done) {
+            match done {
+                Some(at) => times.push(at),
+                None if (self.check)(&node.view.lock().unwrap().state).is_none() => {}
+                None => return None,
+            }
+        }
+        Some(times)
+    }
+}
+
+/// What one simulated node holds and has received.
+#[derive(Default)]
+pub struct NodeView {
+    /// The desired state as last received.
+    pub state: NodeState,
+    /// Bytes of Watch messages received (protobuf payload).
+    pub bytes: u64,
+    /// Watch messages received.
+    pub messages: u64,
+}
+
+/// One simulated node.
+pub struct SimNode {
+    /// Its node ID.
+    pub id: String,
+    /// Its data-path address (never used for traffic).
+    pub address: String,
+    /// What it holds.
+    pub view: Arc<Mutex<NodeView>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl SimNode {
+    /// Stops heartbeating and watching, as a node that died.
+    pub fn kill(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// A set of simulated nodes and the scenario being timed.
+pub struct Fleet {
+    /// The nodes, in join order.
+    pub nodes: Vec<SimNode>,
+    scenario: Arc<Mutex<Option<Arc<Scenario>>>>,
+}
+
+/// Where simulated nodes join.
+#[derive(Clone)]
+pub struct FleetTarget {
+    /// The manager's URL.
+    pub manager: String,
+    /// The cluster's join token.
+    pub join_token: String,
+    /// How often nodes heartbeat.
+    pub heartbeat: Duration,
+}
+
+impl Fleet {
+    /// Joins `count` nodes, `parallel` at a time.
+    pub async fn join(target: &FleetTarget, count: usize, parallel: usize) -> Self {
+        let scenario: Arc<Mutex<Option<Arc<Scenario>>>> = Arc::default();
+        let mut nodes = Vec::with_capacity(count);
+        for first in (0..count).step_by(parallel) {
+            let joins: Vec<_> = (first..(first + parallel).min(count))
+                .map(|index| tokio::spawn(sim_node(target.clone(), index, scenario.clone())))
+                .collect();
+            for join in joins {
+                nodes.push(join.await.expect("node join"));
+            }
+        }
+        Self { nodes, scenario }
+    }
+
+    /// Times `scenario` until every concerned node satisfied its check or
+    /// `timeout` passed: each concerned node's time, or `None` on timeout
+    /// (with how many nodes had not finished).
+    pub async fn run(&self, scenario: Arc<Scenario>, timeout: Duration) -> Result<Vec<Duration>, usize> {
+        *self.scenario.lock().unwrap() = Some(scenario.clone());
+        for (index, node) in self.nodes.iter().enumerate() {
+            scenario.observe(index, &node.view.lock().unwrap().state);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let result = loop {
+            if let Some(times) = scenario.finished(self) {
+                break Ok(times);
+            }
+            let progress = scenario.progress.notified();
+            if tokio::time::timeout_at(deadline, progress).await.is_err() && scenario.finished(self).is_none()
+            {
+                let done = scenario.done.lock().unwrap();
+                break Err(done.iter().filter(|d| d.is_none()).count());
+            }
+        };
+        *self.scenario.lock().unwrap() = None;
+        *scenario.concerned.lock().unwrap() =
+            self.nodes.iter().map(|n| (scenario.check)(&n.view.lock().unwrap().state).is_some()).collect();
+        result
+    }
+
+    /// (bytes, messages) every node has received so far.
+    pub fn received(&self) -> Vec<(u64, u64)> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let view = n.view.lock().unwrap();
+                (view.bytes, view.messages)
+            })
+            .collect()
+    }
+}
+
+type Dispatcher =
+    DispatcherClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>>;
+
+/// Joins node `sim-<index>` with the join token and a certificate request,
+/// then heartbeats and watches with its certificate.
+async fn sim_node(target: FleetTarget, index: usize, scenario: Arc<Mutex<Option<Arc<Scenario>>>>) -> SimNode {
+    let token = Token::parse(&target.join_token).expect("join token");
+    let (channel, ca_pem) = netctl_proto::connect_with_token(&target.manager, &token).await.expect("connect");
+    let mut joining =
+        DispatcherClient::with_interceptor(channel, BearerToken::new(&target.join_token).expect("token"));
+    let key = NodeKey::generate().expect("node key");
+    let address = format!("10.{}.{}.{}", 64 + index / 65_000, index / 250 % 256, index % 250 + 1);
+    let join = JoinRequest {
+        hostname: format!("sim-{index}"),
+        advertise_addr: address.clone(),
+        csr: key.csr_der,
+        ..Default::default()
+    };
+    let joined = joining.join(join).await.expect("join").into_inner();
+    let identity = NodeIdentity { certificate_pem: joined.certificate, key_pem: key.key_pem };
+    let channel = netctl_proto::connect(&target.manager, &ca_pem, Some(&identity)).await.expect("connect");
+    let dispatcher: Dispatcher = DispatcherClient::with_interceptor(channel, BearerToken::none())
+        .max_decoding_message_size(netctl_proto::MAX_NODE_STATE_BYTES);
+    let view: Arc<Mutex<NodeView>> = Arc::default();
+    let id = joined.node_id;
+    let heartbeats = tokio::spawn(heartbeat(dispatcher.clone(), id.clone(), target.heartbeat));
+    let watch = tokio::spawn(watch(dispatcher, id.clone(), index, view.clone(), scenario));
+    SimNode { id, address, view, tasks: Mutex::new(vec![heartbeats, watch]) }
+}
+
+async fn heartbeat(mut dispatcher: Dispatcher, node_id: String, interval: Duration) {
+    loop {
+        let _ = dispatcher.heartbeat(HeartbeatRequest { node_id: node_id.clone() }).await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Holds the node's desired state as the manager sends it and reports each
+/// new task Running.
+async fn watch(
+    mut dispatcher: Dispatcher,
+    node_id: String,
+    index: usize,
+    view: Arc<Mutex<NodeView>>,
+    scenario: Arc<Mutex<Option<Arc<Scenario>>>>,
+) {
+    let request = WatchRequest { node_id: node_id.clone() };
+    let mut stream = dispatcher.watch(request).await.expect("watch").into_inner();
+    let (mut reported, mut held) = (HashSet::new(), HeldState::default());
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => panic!("sim-{index}: the manager ended the watch stream"),
+            Err(status) => panic!("sim-{index}: watch stream broke: {status}"),
+        };
+        let bytes = message.encoded_len() as u64;
+        let state = match held.receive(message) {
+            Ok(Some(state)) => state,
+            Ok(None) => continue,
+            Err(gap) => panic!("sim-{index}: {gap}"),
+        };
+        let new_tasks: Vec<TaskStatusReport> = {
+            let mut view = view.lock().unwrap();
+            view.bytes += bytes;
+            view.messages += 1;
+            view.state = state;
+            if let Some(scenario) = scenario.lock().unwrap().as_ref() {
+                scenario.observe(index, &view.state);
+            }
+            view.state
+                .tasks
+                .iter()
+                .filter(|t| reported.insert(t.id.clone()))
+                .map(|t| TaskStatusReport {
+                    task_id: t.id.clone(),
+                    state: TaskState::Running.into(),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        if !new_tasks.is_empty() {
+            let request = ReportStatusRequest { node_id: node_id.clone(), tasks: new_tasks };
+            let mut reporter = dispatcher.clone();
+            tokio::spawn(async move { reporter.report_status(request).await });
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! What changed between two [`Model`]s (pure): each scope is compared once
+//! per revision ([`Changes::between`]), then each node's delta is cut from
+//! the scopes it holds ([`Changes::for_node`]), so that a node is sent only
+//! what changed among the items it holds, and nothing when none did.
+
+use super::model::{Model, Placed, Scope};
+use netctl_proto::desired::ItemKey;
+use netctl_proto::DesiredItem;
+use std::collections::{BTreeSet, HashMap};
+
+/// One key of a scope whose item changed: before and after (`None`: absent).
+type Changed = (ItemKey, Option<Placed>, Option<Placed>);
+
+/// What a node is to be sent for a new model.
+#[derive(Debug, PartialEq)]
+pub enum NodeDelta {
+    /// Nothing it holds changed.
+    Unchanged,
+    /// These items are added or replaced, these removed.
+    Changed {
+        /// Added or replaced.
+        upserts: Vec<DesiredItem>,
+        /// Removed (key fields only).
+        removals: Vec<DesiredItem>,
+    },
+    /// The node was not in the earlier model: it needs its whole state.
+    Whole,
+    /// The node is not in the new model (it was removed).
+    Gone,
+}
+
+/// The changed items of every scope between two models.
+#[derive(Debug, Default)]
+pub struct Changes {
+    global: Vec<Changed>,
+    networks: HashMap<String, Vec<Changed>>,
+    nodes: HashMap<String, Vec<Changed>>,
+}
+
+/// The keys of `old` and `new` whose items differ.
+fn compare(old: Option<&Scope>, new: Option<&Scope>) -> Vec<Changed> {
+    let empty = Scope::new();
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let keys: BTreeSet<&ItemKey> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let (before, after) = (old.get(key), new.get(key));
+            (before != after).then(|| (key.clone(), before.cloned(), after.cloned()))
+        })
+        .collect()
+}
+
+/// Compares the scope (`scope` of each value) of every key of `old` and
+/// `new`; only changed ones are kept.
+fn compare_all<V>(
+    old: &HashMap<String, V>,
+    new: &HashMap<String, V>,
+    scope: impl Fn(&V) -> &Scope,
+) -> HashMap<String, Vec<Changed>> {
+    let ids: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    ids.into_iter()
+        .map(|id| (id.clone(), compare(old.get(id).map(&scope), new.get(id).map(&scope))))
+        .filter(|(_, changed)| !changed.is_empty())
+        .collect()
+}
+
+impl Changes {
+    /// What changed from `old` to `new`, scope by scope.
+    pub fn between(old: &Model, new: &Model) -> Self {
+        Self {
+            global: compare(Some(&old.global), Some(&new.global)),
+            networks: compare_all(&old.networks, &new.networks, |scope| scope),
+            nodes: compare_all(&old.nodes, &new.nodes, |part| &part.items),
+        }
+    }
+
+    /// What `node_id` is to be sent to go from its state in `old` to its
+    /// state in `new`.
+    pub fn for_node(&self, old: &Model, new: &Model, node_id: &str) -> NodeDelta {
+        let Some(now) = new.nodes.get(node_id) else { return NodeDelta::Gone };
+        let Some(before) = old.nodes.get(node_id) else { return NodeDelta::Whole };
+        let mut delta = DeltaBuilder { node_id, upserts: Vec::new(), removals: Vec::new() };
+        delta.changes(&self.global);
+        delta.changes(self.nodes.get(node_id).map_or(&[][..], Vec::as_slice));
+        for network in &now.networks {
+            if !before.networks.contains(network) {
+                delta.whole_scope(new.networks.get(network), true);
+            } else if let Some(changed) = self.networks.get(network) {
+                delta.changes(changed);
+            }
+        }
+        for network in before.networks.difference(&now.networks) {
+            delta.whole_scope(old.networks.get(network), false);
+        }
+        if delta.upserts.is_empty() && delta.removals.is_empty() {
+            NodeDelta::Unchanged
+        } else {
+            NodeDelta::Changed { upserts: delta.upserts, removals: delta.removals }
+        }
+    }
+}
+
+/// A node's delta being cut from changed scopes.
+struct DeltaBuilder<'a> {
+    node_id: &'a str,
+    upserts: Vec<DesiredItem>,
+    removals: Vec<DesiredItem>,
+}
+
+impl DeltaBuilder<'_> {
+    /// Adds what changed among the items the node sees.
+    fn changes(&mut self, changed: &[Changed]) {
+        for (key, before, after) in changed {
+            let before = before.as_ref().and_then(|p| p.for_node(self.node_id));
+            match after.as_ref().and_then(|p| p.for_node(self.node_id)) {
+                Some(after) if before != Some(after) => self.upserts.push(after.clone()),
+                None if before.is_some() => self.removals.push(key.removal()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Adds (`added`) or removes every item of a network the node gained or
+    /// lost.
+    fn whole_scope(&mut self, scope: Option<&Scope>, added: bool) {
+        for (key, placed) in scope.into_iter().flatten() {
+            match placed.for_node(self.node_id) {
+                Some(item) if added => self.upserts.push(item.clone()),
+                Some(_) => self.removals.push(key.removal()),
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::model::ClusterView;
+    use netctl_proto::desired::DesiredItems;
+    use netctl_proto::{
+        EndpointAddress, Network, Node, NodeState, NodeStateDelta, PortConfig, Service, Task, TaskState,
+        VirtualIp,
+    };
+    use proptest::prelude::*;
+
+    const NETWORKS: [&str; 3] = ["ing", "n1", "n2"];
+    const NODES: [&str; 3] = ["a", "b", "c"];
+
+    /// A cluster over small alphabets: 3 possible nodes, 2 services on
+    /// ingress and two overlays, up to 6 tasks in any state.
+    #[derive(Debug, Clone)]
+    struct Cluster {
+        networks: Vec<Network>,
+        services: Vec<Service>,
+        tasks: Vec<Task>,
+        nodes: Vec<Node>,
+    }
+
+    fn cluster() -> impl Strategy<Value = Cluster> {
+        let node = (0..3usize, proptest::option::of(2..4u8)).prop_map(|(i, ingress)| Node {
+            id: NODES[i].into(),
+            advertise_addr: format!("192.168.10.{}", 6 + i),
+            ingress_address: ingress.map(|h| format!("10.255.0.{h}")).unwrap_or_default(),
+            ..Default::default()
+        });
+        let service = (
+            0..2usize,
+            proptest::sample::subsequence(vec![0usize, 1, 2], 0..=3),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(i, networks, port, vip)| Service {
+                id: format!("s{i}"),
+                name: format!("web{i}"),
+                network_ids: networks.iter().map(|n| NETWORKS[*n].to_string()).collect(),
+                ports: if port {
+                    vec![PortConfig {
+                        protocol: "tcp".into(),
+                        published_port: 8080 + i as u32,
+                        target_port: 80,
+                    }]
+                } else {
+                    vec![]
+                },
+                virtual_ips: if vip {
+                    networks
+                        .iter()
+                        .map(|n| VirtualIp {
+                            network_id: NETWORKS[*n].into(),
+                            address: format!("10.{n}.0.100"),
+                        })
+                        .collect()
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            });
+        let task = (
+            0..6usize,
+            0..2usize,
+            0..3usize,
+            any::<bool>(),
+            any::<bool>(),
+            proptest::sample::subsequence(vec![0usize, 1, 2], 0..=3),
+            10..13u8,
+        )
+            .prop_map(|(i, service, node, wanted, running, networks, host)| {
+                let mut task = Task {
+                    id: format!("t{i}"),
+                    service_id: format!("s{service}"),
+                    node_id: NODES[node].into(),
+                    slot: i as u32 + 1,
+                    endpoints: networks
+                        .iter()
+                        .map(|n| EndpointAddress {
+                            network_id: NETWORKS[*n].into(),
+                            address: format!("10.{n}.0.{host}"),
+                            mac: format!("m{host}"),
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                task.set_desired_state(if wanted { TaskState::Running } else { TaskState::Shutdown });
+                task.set_state(if running { TaskState::Running } else { TaskState::Assigned });
+                task
+            });
+        let networks = proptest::sample::subsequence(vec![1usize, 2], 0..=2).prop_map(|chosen| {
+            let mut networks = vec![Network { id: "ing".into(), ingress: true, ..Default::default() }];
+            networks.extend(chosen.into_iter().map(|n| Network {
+                id: NETWORKS[n].into(),
+                vni: 4096 + n as u32,
+                ..Default::default()
+            }));
+            networks
+        });
+        (
+            networks,
+            proptest::collection::vec(service, 0..3),
+            proptest::collection::vec(task, 0..7),
+            proptest::collection::vec(node, 0..4),
+        )
+            .prop_map(|(networks, services, tasks, nodes)| Cluster {
+                networks,
+                services,
+                tasks,
+                nodes,
+            })
+    }
+
+    fn model(cluster: &Cluster, revision: u64) -> Model {
+        let view = ClusterView {
+            networks: &cluster.networks,
+            services: &cluster.services,
+            tasks: &cluster.tasks,
+            nodes: &cluster.nodes,
+        };
+        Model::build(&view, 4789, revision)
+    }
+
+    /// What a node holds after `delta` is applied to `before`.
+    fn applied(before: &NodeState, delta: NodeDelta, revision: u64) -> Option<NodeState> {
+        let mut items = DesiredItems::from_state(before);
+        match delta {
+            NodeDelta::Unchanged => {}
+            NodeDelta::Changed { upserts, removals } => {
+                items.apply(&NodeStateDelta { base_revision: before.revision, revision, upserts, removals })
+            }
+            NodeDelta::Whole | NodeDelta::Gone => return None,
+        }
+        Some(items.to_state(revision))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Snapshot + delta always equals the next snapshot, for every node,
+        /// whatever changed; a node leaving or arriving is told so.
+        #[test]
+        fn a_snapshot_plus_the_nodes_delta_is_the_next_snapshot(first in cluster(), second in cluster()) {
+            let (old, new) = (model(&first, 1), model(&second, 2));
+            let changes = Changes::between(&old, &new);
+            for node in NODES {
+                let delta = changes.for_node(&old, &new, node);
+                match (old.snapshot(node), new.snapshot(node)) {
+                    (Some(before), Some(after)) => {
+                        let unchanged = matches!(delta, NodeDelta::Unchanged);
+                        prop_assert_eq!(unchanged, NodeState { revision: 2, ..before.clone() } == after);
+                        prop_assert_eq!(applied(&before, delta, 2), Some(after));
+                    }
+                    (None, Some(_)) => prop_assert_eq!(delta, NodeDelta::Whole),
+                    (_, None) => prop_assert_eq!(delta, NodeDelta::Gone),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_on_a_network_reaches_only_the_nodes_on_it() {
+        let mut cluster = Cluster {
+            networks: vec![
+                Network { id: "ing".into(), ingress: true, ..Default::default() },
+                Network { id: "n1".into(), vni: 4097, ..Default::default() },
+            ],
+            services: vec![Service {
+                id: "s0".into(),
+                name: "web".into(),
+                network_ids: vec!["n1".into()],
+                ..Default::default()
+            }],
+            tasks: Vec::new(),
+            nodes: NODES
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Node {
+                    id: id.to_string(),
+                    advertise_addr: format!("192.168.10.{}", 6 + i),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let task = |id: &str, node: &str, host: u8| {
+            let mut task = Task {
+                id: id.into(),
+                service_id: "s0".into(),
+                node_id: node.into(),
+                endpoints: vec![EndpointAddress {
+                    network_id: "n1".into(),
+                    address: format!("10.1.0.{host}"),
+                    mac: "m".into(),
+                }],
+                ..Default::default()
+            };
+            task.set_desired_state(TaskState::Running);
+            task.set_state(TaskState::Running);
+            task
+        };
+        cluster.tasks = vec![task("t1", "a", 2), task("t2", "b", 3)];
+        let old = model(&cluster, 1);
+        cluster.tasks.push(task("t3", "b", 4));
+        let new = model(&cluster, 2);
+        let changes = Changes::between(&old, &new);
+        assert_eq!(changes.for_node(&old, &new, "c"), NodeDelta::Unchanged, "c has no task on n1");
+        let NodeDelta::Changed { upserts, removals } = changes.for_node(&old, &new, "a") else {
+            panic!("a is on n1")
+        };
+        assert!(removals.is_empty());
+        // The new endpoint and the new name, nothing else.
+        assert_eq!(upserts.len(), 2, "{upserts:?}");
+    }
+}

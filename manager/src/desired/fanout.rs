@@ -1,0 +1,290 @@
+//! Watch fan-out: one task builds the desired-state [`Model`] at every new
+//! revision, compares it with the previous one once, and queues each
+//! watching node the delta of what it holds (nothing when none of it
+//! changed). Each node's stream drains its own bounded queue at its own
+//! pace: a slow or stuck node delays no other, and one that falls
+//! [`MAX_QUEUED_DELTAS`] behind is sent a whole state instead.
+
+use super::changes::{Changes, NodeDelta};
+use super::model::{ClusterView, Model};
+use crate::nodes;
+use crate::store::{Store, StoreError};
+use netctl_proto::{watch_message, NodeStateDelta, WatchMessage};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tonic::Status;
+
+/// How many deltas may wait for one node before they are dropped for a
+/// whole state.
+pub const MAX_QUEUED_DELTAS: usize = 64;
+
+/// How long after a failed read of the store the model is built again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The latest model and the watching nodes.
+pub struct Fanout {
+    latest: watch::Sender<Option<Arc<Model>>>,
+    subscribers: Mutex<HashMap<u64, Arc<Subscriber>>>,
+    next_id: AtomicU64,
+}
+
+/// What waits to be sent to one watching node.
+#[derive(Default)]
+struct Outbox {
+    deltas: VecDeque<NodeStateDelta>,
+    /// Send a whole state next (the queue overflowed, or the node is new).
+    resync: bool,
+    /// The node is no longer in the model.
+    gone: bool,
+}
+
+struct Subscriber {
+    node_id: String,
+    outbox: Mutex<Outbox>,
+    ready: Notify,
+}
+
+impl Subscriber {
+    fn deliver(&self, delta: NodeDelta, base_revision: u64, revision: u64) {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        match delta {
+            NodeDelta::Unchanged => return,
+            NodeDelta::Changed { upserts, removals } if outbox.deltas.len() < MAX_QUEUED_DELTAS => {
+                outbox.deltas.push_back(NodeStateDelta { base_revision, revision, upserts, removals });
+            }
+            NodeDelta::Changed { .. } | NodeDelta::Whole => {
+                outbox.deltas.clear();
+                outbox.resync = true;
+            }
+            NodeDelta::Gone => outbox.gone = true,
+        }
+        self.ready.notify_one();
+    }
+}
+
+/// Reads the store and builds the model at its revision.
+fn read_model(store: &Store, data_path_port: u32) -> Result<Model, StoreError> {
+    let revision = store.revision();
+    let (networks, services, tasks, nodes) = (store.networks()?, store.all()?, store.all()?, store.nodes()?);
+    let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+    Ok(Model::build(&cluster, data_path_port, revision))
+}
+
+impl Fanout {
+    /// A fan-out with no model yet and no one watching.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            latest: watch::channel(None).0,
+            subscribers: Mutex::default(),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Builds a model at every new revision of `store` and queues each
+    /// watching node its delta, until `stopping` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<Store>,
+        data_path_port: u16,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let mut revisions = store.subscribe();
+        let mut failing = false;
+        loop {
+            revisions.mark_unchanged();
+            let (fanout, reader) = (self.clone(), store.clone());
+            let built = tokio::task::spawn_blocking(move || {
+                let model = Arc::new(read_model(&reader, u32::from(data_path_port))?);
+                fanout.publish(model);
+                Ok::<_, StoreError>(())
+            });
+            match built.await.expect("the model builder does not panic") {
+                Ok(()) if failing => {
+                    tracing::info!("desired state built again from the store");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!("building the nodes' desired state: {err}; retrying every second");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_AFTER) => continue,
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                    }
+                }
+            }
+            tokio::select! {
+                changed = revisions.changed() => if changed.is_err() { return },
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Makes `model` the latest and queues every watching node what
+    /// changed for it since the previous one (blocking: a node's delta is
+    /// cut here).
+    fn publish(&self, model: Arc<Model>) {
+        let previous = self.latest.send_replace(Some(model.clone()));
+        // Listed after the model is published: a node that subscribes later
+        // starts from this model or a newer one.
+        let subscribers: Vec<Arc<Subscriber>> =
+            self.subscribers.lock().expect("subscribers lock").values().cloned().collect();
+        let Some(previous) = previous else { return };
+        if subscribers.is_empty() {
+            return;
+        }
+        let changes = Changes::between(&previous, &model);
+        for subscriber in subscribers {
+            let delta = changes.for_node(&previous, &model, &subscriber.node_id);
+            subscriber.deliver(delta, previous.revision, model.revision);
+        }
+    }
+
+    /// Starts watching for `node_id`: the first message will be its whole
+    /// state, then deltas.
+    pub fn subscribe(self: &Arc<Self>, node_id: &str, store: Arc<Store>) -> Subscription {
+        let subscriber = Arc::new(Subscriber {
+            node_id: node_id.to_string(),
+            outbox: Mutex::new(Outbox { resync: true, ..Default::default() }),
+            ready: Notify::new(),
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subscribers.lock().expect("subscribers lock").insert(id, subscriber.clone());
+        Subscription { fanout: self.clone(), id, subscriber, store, latest: self.latest.subscribe(), sent: 0 }
+    }
+}
+
+/// One node's Watch stream: what it was sent and what waits for it.
+pub struct Subscription {
+    fanout: Arc<Fanout>,
+    id: u64,
+    subscriber: Arc<Subscriber>,
+    store: Arc<Store>,
+    latest: watch::Receiver<Option<Arc<Model>>>,
+    /// The revision the node holds.
+    sent: u64,
+}
+
+impl Subscription {
+    /// The next message for the node, waiting for one; an error (the node
+    /// was removed) ends the stream.
+    pub async fn next(&mut self) -> Result<WatchMessage, Status> {
+        loop {
+            let (resync, gone, delta) = {
+                let mut outbox = self.subscriber.outbox.lock().expect("outbox lock");
+                let resync = std::mem::take(&mut outbox.resync);
+                if resync {
+                    outbox.deltas.clear();
+                }
+                (resync, std::mem::take(&mut outbox.gone), outbox.deltas.pop_front())
+            };
+            if gone {
+                nodes::member(&self.store, &self.subscriber.node_id)?;
+            }
+            if resync || gone {
+                return self.whole_state().await;
+            }
+            match delta {
+                Some(delta) if delta.revision <= self.sent => continue,
+                Some(delta) => {
+                    let delta = NodeStateDelta { base_revision: self.sent, ..delta };
+                    self.sent = delta.revision;
+                    return Ok(WatchMessage { message: Some(watch_message::Message::Delta(delta)) });
+                }
+                None => self.subscriber.ready.notified().await,
+            }
+        }
+    }
+
+    /// The node's whole state from the latest model that holds it.
+    async fn whole_state(&mut self) -> Result<WatchMessage, Status> {
+        loop {
+            let model = self.latest.borrow_and_update().clone();
+            if let Some(state) = model.as_ref().and_then(|m| m.snapshot(&self.subscriber.node_id)) {
+                self.sent = state.revision;
+                return Ok(WatchMessage { message: Some(watch_message::Message::Snapshot(state)) });
+            }
+            // Not in the model: removed, or joined after it was built.
+            nodes::member(&self.store, &self.subscriber.node_id)?;
+            if self.latest.changed().await.is_err() {
+                return Err(Status::unavailable("the manager is stopping"));
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.fanout.subscribers.lock().expect("subscribers lock").remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netctl_proto::{Network, Node};
+
+    /// A model at `revision` of one node on ingress whose ingress_sbox
+    /// address has host number `host`, beside a second node.
+    fn model(revision: u64, host: u64) -> Arc<Model> {
+        let networks = [Network { id: "ing".into(), ingress: true, ..Default::default() }];
+        let nodes = [
+            Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() },
+            Node {
+                id: "b".into(),
+                advertise_addr: "192.168.10.7".into(),
+                ingress_address: format!("10.255.{}.{}", host / 250, host % 250 + 2),
+                ..Default::default()
+            },
+        ];
+        let cluster = ClusterView { networks: &networks, services: &[], tasks: &[], nodes: &nodes };
+        Arc::new(Model::build(&cluster, 4789, revision))
+    }
+
+    fn kind(message: &WatchMessage) -> (&'static str, u64, u64) {
+        match message.message.as_ref().expect("a message") {
+            watch_message::Message::Snapshot(state) => ("whole", 0, state.revision),
+            watch_message::Message::Delta(delta) => ("delta", delta.base_revision, delta.revision),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_gets_its_whole_state_then_deltas_and_a_whole_state_again_when_it_falls_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fanout = Fanout::new();
+        fanout.publish(model(1, 0));
+        let mut subscription = fanout.subscribe("a", store);
+        assert_eq!(kind(&subscription.next().await.unwrap()), ("whole", 0, 1));
+
+        fanout.publish(model(2, 1));
+        // No change for the node at revision 3: nothing is queued for it.
+        fanout.publish(model(3, 1));
+        fanout.publish(model(4, 2));
+        assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", 1, 2));
+        assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", 2, 4), "based on what it holds");
+
+        let last = 5 + MAX_QUEUED_DELTAS as u64;
+        for revision in 5..=last {
+            fanout.publish(model(revision, revision));
+        }
+        assert_eq!(kind(&subscription.next().await.unwrap()), ("whole", 0, last), "the backlog is dropped");
+        fanout.publish(model(last + 1, 0));
+        assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", last, last + 1));
+    }
+
+    #[tokio::test]
+    async fn a_node_not_in_the_cluster_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let fanout = Fanout::new();
+        fanout.publish(model(1, 0));
+        let mut subscription = fanout.subscribe("nosuch", store);
+        let refused = subscription.next().await.unwrap_err();
+        assert!(refused.message().contains("not a member"), "{refused:?}");
+    }
+}

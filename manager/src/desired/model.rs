@@ -1,0 +1,391 @@
+//! The cluster's desired state at one revision, as every node's items
+//! ([`netctl_proto::desired`]) grouped by who needs them (pure): items every
+//! node holds (published ports and their backends, the cluster's nodes),
+//! items of each network (the network, its endpoints, VIPs and names) for
+//! the nodes that have a task on it (and every node for ingress), and each
+//! node's own (its header and tasks). Built once per revision and shared by
+//! every Watch stream.
+
+use crate::addresses::mac_for;
+use netctl_proto::desired::{item, DesiredItems, ItemKey};
+use netctl_proto::desired_item::Item;
+use netctl_proto::{
+    DesiredItem, NameTask, Network, Node, NodeHeader, NodeState, PortBackend, PublishedPort, RemoteEndpoint,
+    Service, ServiceNames, ServiceVip, Task, TaskName, TaskSpec, TaskState, VipBackend,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Everything the desired state is computed from.
+pub struct ClusterView<'a> {
+    /// All networks.
+    pub networks: &'a [Network],
+    /// All services.
+    pub services: &'a [Service],
+    /// All tasks.
+    pub tasks: &'a [Task],
+    /// All nodes.
+    pub nodes: &'a [Node],
+}
+
+/// An item and the node it lives on, if it is an endpoint (a node is not
+/// sent its own endpoints).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    /// The item.
+    pub item: DesiredItem,
+    /// The node of an endpoint.
+    pub node: Option<String>,
+}
+
+impl Placed {
+    /// The item as `node_id` sees it: none if it is that node's endpoint.
+    pub fn for_node(&self, node_id: &str) -> Option<&DesiredItem> {
+        (self.node.as_deref() != Some(node_id)).then_some(&self.item)
+    }
+}
+
+/// Items by key.
+pub type Scope = BTreeMap<ItemKey, Placed>;
+
+/// One node's own items and the networks it holds.
+#[derive(Debug, Default)]
+pub struct NodePart {
+    /// Its header and the tasks it runs.
+    pub items: Scope,
+    /// Ingress and the networks its tasks attach to.
+    pub networks: BTreeSet<String>,
+}
+
+/// The desired state of every node at one revision.
+#[derive(Debug, Default)]
+pub struct Model {
+    /// The store revision it was built at.
+    pub revision: u64,
+    /// What every node holds.
+    pub global: Scope,
+    /// What the nodes on each network hold, by network ID.
+    pub networks: HashMap<String, Scope>,
+    /// Each node's own part, by node ID.
+    pub nodes: HashMap<String, NodePart>,
+}
+
+fn put(scope: &mut Scope, new: Item, node: Option<&str>) {
+    let new = item(new);
+    if let Some(key) = netctl_proto::desired::key(&new) {
+        scope.insert(key, Placed { item: new, node: node.map(str::to_string) });
+    }
+}
+
+impl Model {
+    /// Builds every node's desired state at `revision`: the tasks it runs,
+    /// the ingress network (on every node, so that every node answers
+    /// published ports) and the networks its tasks attach to (an overlay
+    /// exists only where it has a task), every endpoint of those networks
+    /// that lives on another node, the published ports and the service VIPs
+    /// with their backends (tasks that run, not ones still starting), and
+    /// the names its resolver answers.
+    pub fn build(cluster: &ClusterView, data_path_port: u32, revision: u64) -> Self {
+        let mut model = Model { revision, ..Default::default() };
+        let ingress = cluster.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
+        for network in cluster.networks {
+            let scope = model.networks.entry(network.id.clone()).or_default();
+            put(scope, Item::Network(network.clone()), None);
+        }
+        for node in cluster.nodes {
+            let part = model.nodes.entry(node.id.clone()).or_default();
+            part.networks.extend(ingress.map(str::to_string));
+            let header = NodeHeader {
+                node_id: node.id.clone(),
+                advertise_addr: node.advertise_addr.clone(),
+                data_path_port,
+                ingress_address: node.ingress_address.clone(),
+            };
+            put(&mut part.items, Item::Header(header), None);
+            put(&mut model.global, Item::ClusterNode(node.advertise_addr.clone()), None);
+        }
+        let serving = model.add_tasks(cluster);
+        if let Some(ingress) = ingress {
+            model.add_ingress_sandboxes(ingress, cluster.nodes);
+        }
+        for service in cluster.services {
+            let serving = serving.get(service.id.as_str()).map_or(&[][..], Vec::as_slice);
+            model.add_ports(service, serving, ingress);
+            model.add_vips(service, serving);
+            model.add_names(service, serving, ingress);
+        }
+        model
+    }
+
+    /// Each wanted task on its node and its endpoints on their networks;
+    /// the tasks that run, by service.
+    fn add_tasks<'a>(&mut self, cluster: &ClusterView<'a>) -> HashMap<&'a str, Vec<&'a Task>> {
+        let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
+        let addresses: HashMap<&str, &str> =
+            cluster.nodes.iter().map(|n| (n.id.as_str(), n.advertise_addr.as_str())).collect();
+        let mut serving: HashMap<&str, Vec<&Task>> = HashMap::new();
+        for task in cluster.tasks.iter().filter(|t| t.desired_state() == TaskState::Running) {
+            let Some(service) = services.get(task.service_id.as_str()) else { continue };
+            if let Some(part) = self.nodes.get_mut(&task.node_id) {
+                let spec = TaskSpec {
+                    id: task.id.clone(),
+                    name: crate::services::task_name(service, task),
+                    service_id: service.id.clone(),
+                    command: service.command.clone(),
+                    env: service.env.clone(),
+                    workdir: service.workdir.clone(),
+                    endpoints: task.endpoints.clone(),
+                    runtime: service.runtime.clone(),
+                };
+                put(&mut part.items, Item::Task(spec), None);
+                let attached = task.endpoints.iter().map(|e| &e.network_id);
+                part.networks.extend(attached.filter(|id| self.networks.contains_key(*id)).cloned());
+            }
+            for endpoint in &task.endpoints {
+                let (Some(scope), Some(node_addr)) =
+                    (self.networks.get_mut(&endpoint.network_id), addresses.get(task.node_id.as_str()))
+                else {
+                    continue;
+                };
+                let remote = RemoteEndpoint {
+                    network_id: endpoint.network_id.clone(),
+                    address: endpoint.address.clone(),
+                    mac: endpoint.mac.clone(),
+                    node_addr: node_addr.to_string(),
+                };
+                put(scope, Item::RemoteEndpoint(remote), Some(&task.node_id));
+            }
+            if task.state() == TaskState::Running {
+                serving.entry(task.service_id.as_str()).or_default().push(task);
+            }
+        }
+        serving
+    }
+
+    /// The ingress_sbox endpoint of every node: replies of tasks on one node
+    /// to connections balanced on another go back through it.
+    fn add_ingress_sandboxes(&mut self, ingress: &str, nodes: &[Node]) {
+        let Some(scope) = self.networks.get_mut(ingress) else { return };
+        for node in nodes {
+            let Ok(address) = node.ingress_address.parse::<std::net::Ipv4Addr>() else { continue };
+            let endpoint = RemoteEndpoint {
+                network_id: ingress.to_string(),
+                address: address.to_string(),
+                mac: mac_for(address),
+                node_addr: node.advertise_addr.clone(),
+            };
+            put(scope, Item::RemoteEndpoint(endpoint), Some(&node.id));
+        }
+    }
+
+    /// The service's published ports, balanced over the ingress addresses
+    /// of its running tasks.
+    fn add_ports(&mut self, service: &Service, serving: &[&Task], ingress: Option<&str>) {
+        for port in &service.ports {
+            put(&mut self.global, Item::Port(port_of(port)), None);
+            for endpoint in serving
+                .iter()
+                .filter_map(|t| t.endpoints.iter().find(|e| Some(e.network_id.as_str()) == ingress))
+            {
+                let backend = PortBackend {
+                    protocol: port.protocol.clone(),
+                    published_port: port.published_port,
+                    address: endpoint.address.clone(),
+                };
+                put(&mut self.global, Item::PortBackend(backend), None);
+            }
+        }
+    }
+
+    /// The service's VIPs, each balanced over its running tasks' addresses
+    /// on the VIP's network.
+    fn add_vips(&mut self, service: &Service, serving: &[&Task]) {
+        for vip in &service.virtual_ips {
+            let Some(scope) = self.networks.get_mut(&vip.network_id) else { continue };
+            let entry = ServiceVip {
+                network_id: vip.network_id.clone(),
+                address: vip.address.clone(),
+                backends: Vec::new(),
+            };
+            put(scope, Item::Vip(entry), None);
+            for endpoint in
+                serving.iter().flat_map(|t| &t.endpoints).filter(|e| e.network_id == vip.network_id)
+            {
+                let backend = VipBackend {
+                    network_id: vip.network_id.clone(),
+                    vip: vip.address.clone(),
+                    address: endpoint.address.clone(),
+                };
+                put(scope, Item::VipBackend(backend), None);
+            }
+        }
+    }
+
+    /// What resolvers answer for the service on each of its networks
+    /// (ingress aside, as in Swarm): its VIP, aliases and running tasks.
+    fn add_names(&mut self, service: &Service, serving: &[&Task], ingress: Option<&str>) {
+        for network_id in service.network_ids.iter().filter(|id| Some(id.as_str()) != ingress) {
+            let Some(scope) = self.networks.get_mut(network_id) else { continue };
+            let names = ServiceNames {
+                network_id: network_id.clone(),
+                service: service.name.clone(),
+                aliases: service
+                    .aliases
+                    .iter()
+                    .filter(|a| a.network == *network_id)
+                    .flat_map(|a| a.aliases.clone())
+                    .collect(),
+                vip: service
+                    .virtual_ips
+                    .iter()
+                    .find(|v| v.network_id == *network_id)
+                    .map(|v| v.address.clone())
+                    .unwrap_or_default(),
+                tasks: Vec::new(),
+            };
+            put(scope, Item::Names(names), None);
+            for task in serving {
+                let Some(endpoint) = task.endpoints.iter().find(|e| e.network_id == *network_id) else {
+                    continue;
+                };
+                let task = TaskName {
+                    id: task.id.clone(),
+                    name: crate::services::task_name(service, task),
+                    address: endpoint.address.clone(),
+                };
+                let entry = NameTask {
+                    network_id: network_id.clone(),
+                    service: service.name.clone(),
+                    task: Some(task),
+                };
+                put(scope, Item::NameTask(entry), None);
+            }
+        }
+    }
+
+    /// The whole desired state of `node_id`; `None` if the node is not in
+    /// this model.
+    pub fn snapshot(&self, node_id: &str) -> Option<NodeState> {
+        let part = self.nodes.get(node_id)?;
+        let mut items = DesiredItems::default();
+        let networks = part.networks.iter().filter_map(|id| self.networks.get(id));
+        for placed in self.global.values().chain(part.items.values()).chain(networks.flat_map(Scope::values))
+        {
+            if let Some(item) = placed.for_node(node_id) {
+                items.insert(item.clone());
+            }
+        }
+        Some(items.to_state(self.revision))
+    }
+}
+
+/// A published port of a service as a node sees it.
+fn port_of(port: &netctl_proto::PortConfig) -> PublishedPort {
+    PublishedPort {
+        protocol: port.protocol.clone(),
+        published_port: port.published_port,
+        target_port: port.target_port,
+        backends: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netctl_proto::EndpointAddress;
+
+    fn task(id: &str, node: &str, address: &str) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            slot: 1,
+            node_id: node.into(),
+            desired_state: TaskState::Running.into(),
+            endpoints: vec![EndpointAddress {
+                network_id: "net".into(),
+                address: address.into(),
+                mac: "m".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_gets_its_tasks_their_networks_and_the_remote_endpoints() {
+        let nodes = [
+            Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() },
+            Node { id: "b".into(), advertise_addr: "192.168.10.7".into(), ..Default::default() },
+            Node { id: "c".into(), advertise_addr: "192.168.10.8".into(), ..Default::default() },
+        ];
+        let networks = [
+            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
+            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
+        ];
+        let services = [Service {
+            id: "svc".into(),
+            name: "demoservice".into(),
+            network_ids: vec!["net".into()],
+            ..Default::default()
+        }];
+        let mut stopped = task("t3", "b", "192.168.200.5");
+        stopped.set_desired_state(TaskState::Shutdown);
+        let tasks = [task("t1", "a", "192.168.200.3"), task("t2", "b", "192.168.200.4"), stopped];
+        let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+
+        let model = Model::build(&cluster, 4789, 7);
+        let state = model.snapshot("a").unwrap();
+        assert_eq!((state.revision, state.data_path_port), (7, 4789));
+        let names: Vec<_> =
+            state.networks.iter().map(|a| a.network.as_ref().unwrap().name.as_str()).collect();
+        assert_eq!(names, ["ingress", "demonet"]);
+        assert_eq!(state.tasks.len(), 1);
+        assert_eq!(state.tasks[0].name, "demoservice.1");
+        assert_eq!(state.remote_endpoints.len(), 1, "{:?}", state.remote_endpoints);
+        assert_eq!(state.remote_endpoints[0].address, "192.168.200.4");
+        assert_eq!(state.remote_endpoints[0].node_addr, "192.168.10.7");
+
+        // Names: the service on demonet with only its running task.
+        assert_eq!(state.names.len(), 1, "{:?}", state.names);
+        assert_eq!(state.names[0].service, "demoservice");
+        assert!(state.names[0].tasks.is_empty(), "no task reports Running yet");
+
+        let idle = model.snapshot("c").unwrap();
+        assert_eq!(idle.networks.len(), 1, "only ingress");
+        assert!(idle.tasks.is_empty() && idle.remote_endpoints.is_empty());
+        assert!(idle.names.is_empty(), "no overlay, no names");
+    }
+
+    #[test]
+    fn names_hold_the_vip_the_aliases_and_only_running_tasks() {
+        let nodes = [Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() }];
+        let networks = [
+            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
+            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
+        ];
+        let services = [Service {
+            id: "svc".into(),
+            name: "web".into(),
+            network_ids: vec!["net".into(), "ing".into()],
+            virtual_ips: vec![netctl_proto::VirtualIp {
+                network_id: "net".into(),
+                address: "192.168.200.2".into(),
+            }],
+            aliases: vec![netctl_proto::NetworkAlias { network: "net".into(), aliases: vec!["www".into()] }],
+            ..Default::default()
+        }];
+        let mut running = task("t1", "a", "192.168.200.3");
+        running.set_state(TaskState::Running);
+        let starting = task("t2", "a", "192.168.200.4");
+        let tasks = [running, starting];
+        let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+        let state = Model::build(&cluster, 4789, 1).snapshot("a").unwrap();
+        assert_eq!(state.names.len(), 1, "ingress has no names: {:?}", state.names);
+        let names = &state.names[0];
+        assert_eq!(
+            (names.vip.as_str(), names.aliases.as_slice()),
+            ("192.168.200.2", &["www".to_string()][..])
+        );
+        let addresses: Vec<&str> = names.tasks.iter().map(|t| t.address.as_str()).collect();
+        assert_eq!(addresses, ["192.168.200.3"]);
+        assert_eq!(names.tasks[0].name, "web.1");
+    }
+}

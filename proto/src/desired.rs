@@ -1,0 +1,477 @@
+//! A node's desired state as a set of keyed items ([`DesiredItems`]), the
+//! form deltas are computed in and applied to. A [`NodeState`] splits into
+//! items (a published port, each of its backends, a remote endpoint, a
+//! task...) and is assembled again from them, its lists ordered by key, so
+//! that a state, its items and a delta between two of them say the same.
+
+use crate::desired_item::Item;
+use crate::watch_message;
+use crate::{
+    DesiredItem, NameTask, Network, NetworkAttachment, NodeHeader, NodeState, NodeStateDelta, PortBackend,
+    PublishedPort, RemoteEndpoint, ServiceNames, ServiceVip, TaskName, TaskSpec, VipBackend, WatchMessage,
+};
+use std::collections::{BTreeMap, HashMap};
+
+/// What names an item within a node's desired state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ItemKey {
+    /// The node-wide fields.
+    Header,
+    /// A node of the cluster, by data-path address.
+    ClusterNode(String),
+    /// A network, by ID.
+    Network(String),
+    /// A task the node runs, by ID.
+    Task(String),
+    /// An endpoint on another node: network ID, address.
+    RemoteEndpoint(String, String),
+    /// A published port: protocol, port.
+    Port(String, u32),
+    /// An ingress address serving a published port: protocol, port, address.
+    PortBackend(String, u32, String),
+    /// A service VIP: network ID, address.
+    Vip(String, String),
+    /// A task address behind a VIP: network ID, VIP, address.
+    VipBackend(String, String, String),
+    /// A service's names on a network: network ID, service name.
+    Names(String, String),
+    /// A running task a service name answers: network ID, service, task ID.
+    NameTask(String, String, String),
+}
+
+impl ItemKey {
+    /// The smallest item with this key: what a delta sends to remove it.
+    pub fn removal(&self) -> DesiredItem {
+        let (s, u) = (String::clone, |n: &u32| *n);
+        item(match self {
+            ItemKey::Header => Item::Header(NodeHeader::default()),
+            ItemKey::ClusterNode(address) => Item::ClusterNode(s(address)),
+            ItemKey::Network(id) => Item::Network(Network { id: s(id), ..Default::default() }),
+            ItemKey::Task(id) => Item::Task(TaskSpec { id: s(id), ..Default::default() }),
+            ItemKey::RemoteEndpoint(network_id, address) => Item::RemoteEndpoint(RemoteEndpoint {
+                network_id: s(network_id),
+                address: s(address),
+                ..Default::default()
+            }),
+            ItemKey::Port(protocol, port) => Item::Port(PublishedPort {
+                protocol: s(protocol),
+                published_port: u(port),
+                ..Default::default()
+            }),
+            ItemKey::PortBackend(protocol, port, address) => Item::PortBackend(PortBackend {
+                protocol: s(protocol),
+                published_port: u(port),
+                address: s(address),
+            }),
+            ItemKey::Vip(network_id, address) => {
+                Item::Vip(ServiceVip { network_id: s(network_id), address: s(address), ..Default::default() })
+            }
+            ItemKey::VipBackend(network_id, vip, address) => {
+                Item::VipBackend(VipBackend { network_id: s(network_id), vip: s(vip), address: s(address) })
+            }
+            ItemKey::Names(network_id, service) => Item::Names(ServiceNames {
+                network_id: s(network_id),
+                service: s(service),
+                ..Default::default()
+            }),
+            ItemKey::NameTask(network_id, service, task_id) => Item::NameTask(NameTask {
+                network_id: s(network_id),
+                service: s(service),
+                task: Some(TaskName { id: s(task_id), ..Default::default() }),
+            }),
+        })
+    }
+}
+
+/// The key of `item`; `None` for an item with nothing set.
+pub fn key(item: &DesiredItem) -> Option<ItemKey> {
+    Some(match item.item.as_ref()? {
+        Item::Header(_) => ItemKey::Header,
+        Item::ClusterNode(address) => ItemKey::ClusterNode(address.clone()),
+        Item::Network(network) => ItemKey::Network(network.id.clone()),
+        Item::Task(task) => ItemKey::Task(task.id.clone()),
+        Item::RemoteEndpoint(e) => ItemKey::RemoteEndpoint(e.network_id.clone(), e.address.clone()),
+        Item::Port(p) => ItemKey::Port(p.protocol.clone(), p.published_port),
+        Item::PortBackend(b) => ItemKey::PortBackend(b.protocol.clone(), b.published_port, b.address.clone()),
+        Item::Vip(v) => ItemKey::Vip(v.network_id.clone(), v.address.clone()),
+        Item::VipBackend(b) => ItemKey::VipBackend(b.network_id.clone(), b.vip.clone(), b.address.clone()),
+        Item::Names(n) => ItemKey::Names(n.network_id.clone(), n.service.clone()),
+        Item::NameTask(n) => ItemKey::NameTask(
+            n.network_id.clone(),
+            n.service.clone(),
+            n.task.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+        ),
+    })
+}
+
+/// Wraps `item` in a [`DesiredItem`].
+pub fn item(item: Item) -> DesiredItem {
+    DesiredItem { item: Some(item) }
+}
+
+/// A node's desired state as items by key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredItems {
+    items: BTreeMap<ItemKey, DesiredItem>,
+}
+
+impl DesiredItems {
+    /// Adds or replaces `item`.
+    pub fn insert(&mut self, item: DesiredItem) {
+        if let Some(key) = key(&item) {
+            self.items.insert(key, item);
+        }
+    }
+
+    /// The items, ordered by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&ItemKey, &DesiredItem)> {
+        self.items.iter()
+    }
+
+    /// How many items there are.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Splits `state` into items.
+    pub fn from_state(state: &NodeState) -> Self {
+        let mut items = Self::default();
+        items.insert(item(Item::Header(NodeHeader {
+            node_id: state.node_id.clone(),
+            advertise_addr: state.advertise_addr.clone(),
+            data_path_port: state.data_path_port,
+            ingress_address: state.ingress_address.clone(),
+        })));
+        for address in &state.cluster_nodes {
+            items.insert(item(Item::ClusterNode(address.clone())));
+        }
+        for network in state.networks.iter().filter_map(|a| a.network.clone()) {
+            items.insert(item(Item::Network(network)));
+        }
+        for task in &state.tasks {
+            items.insert(item(Item::Task(task.clone())));
+        }
+        for endpoint in &state.remote_endpoints {
+            items.insert(item(Item::RemoteEndpoint(endpoint.clone())));
+        }
+        for port in &state.published_ports {
+            for address in &port.backends {
+                items.insert(item(Item::PortBackend(PortBackend {
+                    protocol: port.protocol.clone(),
+                    published_port: port.published_port,
+                    address: address.clone(),
+                })));
+            }
+            items.insert(item(Item::Port(PublishedPort { backends: Vec::new(), ..port.clone() })));
+        }
+        for vip in &state.service_vips {
+            for address in &vip.backends {
+                items.insert(item(Item::VipBackend(VipBackend {
+                    network_id: vip.network_id.clone(),
+                    vip: vip.address.clone(),
+                    address: address.clone(),
+                })));
+            }
+            items.insert(item(Item::Vip(ServiceVip { backends: Vec::new(), ..vip.clone() })));
+        }
+        for names in &state.names {
+            for task in &names.tasks {
+                items.insert(item(Item::NameTask(NameTask {
+                    network_id: names.network_id.clone(),
+                    service: names.service.clone(),
+                    task: Some(task.clone()),
+                })));
+            }
+            items.insert(item(Item::Names(ServiceNames { tasks: Vec::new(), ..names.clone() })));
+        }
+        items
+    }
+
+    /// The [`NodeState`] at `revision` these items make, every list in key
+    /// order (a backend, VIP backend or name task whose port, VIP or names
+    /// entry is missing is left out).
+    pub fn to_state(&self, revision: u64) -> NodeState {
+        let mut state = NodeState { revision, ..Default::default() };
+        for item in self.items.values().filter_map(|i| i.item.as_ref()) {
+            match item {
+                Item::Header(header) => {
+                    state.node_id = header.node_id.clone();
+                    state.advertise_addr = header.advertise_addr.clone();
+                    state.data_path_port = header.data_path_port;
+                    state.ingress_address = header.ingress_address.clone();
+                }
+                Item::ClusterNode(address) => state.cluster_nodes.push(address.clone()),
+                Item::Network(n) => state.networks.push(NetworkAttachment { network: Some(n.clone()) }),
+                Item::Task(task) => state.tasks.push(task.clone()),
+                Item::RemoteEndpoint(endpoint) => state.remote_endpoints.push(endpoint.clone()),
+                Item::Port(port) => state.published_ports.push(port.clone()),
+                Item::Vip(vip) => state.service_vips.push(vip.clone()),
+                Item::Names(names) => state.names.push(names.clone()),
+                Item::PortBackend(_) | Item::VipBackend(_) | Item::NameTask(_) => {}
+            }
+        }
+        self.attach_members(&mut state);
+        state
+    }
+
+    /// Puts each port backend, VIP backend and name task into its port, VIP
+    /// or names entry of `state`.
+    fn attach_members(&self, state: &mut NodeState) {
+        let index = |keys: Vec<ItemKey>| -> HashMap<ItemKey, usize> { keys.into_iter().zip(0..).collect() };
+        let ports = index(
+            state
+                .published_ports
+                .iter()
+                .map(|p| ItemKey::Port(p.protocol.clone(), p.published_port))
+                .collect(),
+        );
+        let vips = index(
+            state
+                .service_vips
+                .iter()
+                .map(|v| ItemKey::Vip(v.network_id.clone(), v.address.clone()))
+                .collect(),
+        );
+        let names = index(
+            state.names.iter().map(|n| ItemKey::Names(n.network_id.clone(), n.service.clone())).collect(),
+        );
+        for item in self.items.values().filter_map(|i| i.item.as_ref()) {
+            match item {
+                Item::PortBackend(b) => {
+                    if let Some(&i) = ports.get(&ItemKey::Port(b.protocol.clone(), b.published_port)) {
+                        state.published_ports[i].backends.push(b.address.clone());
+                    }
+                }
+                Item::VipBackend(b) => {
+                    if let Some(&i) = vips.get(&ItemKey::Vip(b.network_id.clone(), b.vip.clone())) {
+                        state.service_vips[i].backends.push(b.address.clone());
+                    }
+                }
+                Item::NameTask(n) => {
+                    let names_key = ItemKey::Names(n.network_id.clone(), n.service.clone());
+                    if let (Some(&i), Some(task)) = (names.get(&names_key), &n.task) {
+                        state.names[i].tasks.push(task.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Applies `delta`: its removals, then its upserts.
+    pub fn apply(&mut self, delta: &NodeStateDelta) {
+        for removed in delta.removals.iter().filter_map(key) {
+            self.items.remove(&removed);
+        }
+        for upserted in &delta.upserts {
+            self.insert(upserted.clone());
+        }
+    }
+
+    /// What turns these items into `next`: (upserts, removals).
+    pub fn diff(&self, next: &DesiredItems) -> (Vec<DesiredItem>, Vec<DesiredItem>) {
+        let upserts = next
+            .items
+            .iter()
+            .filter(|(k, v)| self.items.get(*k) != Some(*v))
+            .map(|(_, v)| v.clone())
+            .collect();
+        let removals =
+            self.items.keys().filter(|k| !next.items.contains_key(*k)).map(ItemKey::removal).collect();
+        (upserts, removals)
+    }
+}
+
+/// The desired state a Watch stream has brought so far.
+#[derive(Default)]
+pub struct HeldState {
+    items: DesiredItems,
+    revision: Option<u64>,
+}
+
+impl HeldState {
+    /// Takes in one Watch message: the new desired state, `None` for an
+    /// empty message, or an error if a delta does not start from the
+    /// revision held (nothing is applied then).
+    pub fn receive(&mut self, message: WatchMessage) -> Result<Option<NodeState>, String> {
+        match message.message {
+            Some(watch_message::Message::Snapshot(state)) => {
+                self.items = DesiredItems::from_state(&state);
+                self.revision = Some(state.revision);
+            }
+            Some(watch_message::Message::Delta(delta)) => {
+                if self.revision != Some(delta.base_revision) {
+                    return Err(format!(
+                        "a desired-state change from revision {} arrived while revision {} is held",
+                        delta.base_revision,
+                        self.revision.map_or_else(|| "none".to_string(), |r| r.to_string())
+                    ));
+                }
+                self.items.apply(&delta);
+                self.revision = Some(delta.revision);
+            }
+            None => return Ok(None),
+        }
+        Ok(self.revision.map(|revision| self.items.to_state(revision)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RemoteEndpoint, TaskName, TaskSpec};
+    use proptest::prelude::*;
+
+    fn pick(options: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::sample::select(options).prop_map(str::to_string)
+    }
+
+    /// Node states over small alphabets, so that two of them share items.
+    fn node_state() -> impl Strategy<Value = NodeState> {
+        let addresses = &["10.0.0.2", "10.0.0.3", "10.0.0.4"];
+        let networks = &["n1", "n2"];
+        let endpoint =
+            (pick(networks), pick(addresses), pick(&["m1", "m2"])).prop_map(|(network_id, address, mac)| {
+                RemoteEndpoint { network_id, address, mac, node_addr: "192.168.1.2".into() }
+            });
+        let port = (
+            pick(&["tcp", "udp"]),
+            80u32..82,
+            8000u32..8002,
+            proptest::collection::vec(pick(addresses), 0..3),
+        )
+            .prop_map(|(protocol, published_port, target_port, backends)| PublishedPort {
+                protocol,
+                published_port,
+                target_port,
+                backends,
+            });
+        let vip = (
+            pick(networks),
+            pick(&["10.0.0.9", "10.0.0.8"]),
+            proptest::collection::vec(pick(addresses), 0..3),
+        )
+            .prop_map(|(network_id, address, backends)| ServiceVip { network_id, address, backends });
+        let name_task = (pick(&["t1", "t2"]), pick(addresses)).prop_map(|(id, address)| TaskName {
+            name: format!("web.{id}"),
+            id,
+            address,
+        });
+        let names = (
+            pick(networks),
+            pick(&["web", "db"]),
+            proptest::collection::vec(name_task, 0..3),
+            pick(&["", "10.0.0.9"]),
+        )
+            .prop_map(|(network_id, service, tasks, vip)| ServiceNames {
+                network_id,
+                service,
+                tasks,
+                vip,
+                aliases: vec![],
+            });
+        let task = (pick(&["t1", "t2", "t3"]), pick(&["a", "b"])).prop_map(|(id, command)| TaskSpec {
+            id,
+            command: vec![command],
+            ..Default::default()
+        });
+        let network =
+            (pick(networks), 4096u32..4098).prop_map(|(id, vni)| Network { id, vni, ..Default::default() });
+        (
+            pick(&["10.1.0.2", "10.1.0.3"]),
+            proptest::collection::vec(network, 0..3),
+            proptest::collection::vec(task, 0..3),
+            proptest::collection::vec(endpoint, 0..4),
+            proptest::collection::vec(port, 0..3),
+            proptest::collection::vec(vip, 0..3),
+            proptest::collection::vec(names, 0..3),
+            proptest::collection::vec(pick(&["192.168.1.2", "192.168.1.3"]), 0..3),
+        )
+            .prop_map(
+                |(
+                    ingress_address,
+                    networks,
+                    tasks,
+                    remote_endpoints,
+                    published_ports,
+                    service_vips,
+                    names,
+                    cluster_nodes,
+                )| NodeState {
+                    node_id: "node".into(),
+                    ingress_address,
+                    networks: networks.into_iter().map(|n| NetworkAttachment { network: Some(n) }).collect(),
+                    tasks,
+                    remote_endpoints,
+                    published_ports,
+                    service_vips,
+                    names,
+                    cluster_nodes,
+                    ..Default::default()
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn a_state_assembled_from_its_items_splits_into_the_same_items(state in node_state()) {
+            let items = DesiredItems::from_state(&state);
+            let assembled = items.to_state(7);
+            prop_assert_eq!(assembled.revision, 7);
+            prop_assert_eq!(DesiredItems::from_state(&assembled), items);
+        }
+
+        #[test]
+        fn a_state_plus_its_delta_to_the_next_is_the_next(before in node_state(), after in node_state()) {
+            let (old, new) = (DesiredItems::from_state(&before), DesiredItems::from_state(&after));
+            let (upserts, removals) = old.diff(&new);
+            let delta = NodeStateDelta { base_revision: 1, revision: 2, upserts, removals };
+            let mut applied = old.clone();
+            applied.apply(&delta);
+            prop_assert_eq!(applied.to_state(2), new.to_state(2));
+        }
+    }
+
+    #[test]
+    fn a_delta_from_another_revision_is_refused_and_changes_nothing() {
+        let snapshot = |revision| WatchMessage {
+            message: Some(watch_message::Message::Snapshot(NodeState { revision, ..Default::default() })),
+        };
+        let delta = |base_revision, revision, task: &str| WatchMessage {
+            message: Some(watch_message::Message::Delta(NodeStateDelta {
+                base_revision,
+                revision,
+                upserts: vec![item(Item::Task(TaskSpec { id: task.into(), ..Default::default() }))],
+                removals: vec![],
+            })),
+        };
+        let mut held = HeldState::default();
+        assert!(held.receive(delta(0, 1, "t0")).is_err(), "a delta before any whole state");
+        assert_eq!(held.receive(snapshot(3)).unwrap().map(|s| s.revision), Some(3));
+        let state = held.receive(delta(3, 5, "t1")).unwrap().unwrap();
+        assert_eq!((state.revision, state.tasks.len()), (5, 1));
+        let gap = held.receive(delta(6, 7, "t2")).unwrap_err();
+        assert!(gap.contains("from revision 6") && gap.contains("revision 5 is held"), "{gap}");
+        let state = held.receive(delta(5, 8, "t3")).unwrap().unwrap();
+        let tasks: Vec<&str> = state.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(tasks, ["t1", "t3"], "the refused delta left nothing behind");
+    }
+
+    #[test]
+    fn a_delta_between_equal_states_is_empty_and_removals_carry_only_keys() {
+        let state = NodeState {
+            tasks: vec![TaskSpec { id: "t1".into(), command: vec!["sleep".into()], ..Default::default() }],
+            ..Default::default()
+        };
+        let items = DesiredItems::from_state(&state);
+        let (upserts, removals) = items.diff(&items);
+        assert!(upserts.is_empty() && removals.is_empty());
+        let (_, removals) = items.diff(&DesiredItems::from_state(&NodeState::default()));
+        assert_eq!(removals, [ItemKey::Task("t1".into()).removal()]);
+    }
+}
