@@ -4,11 +4,12 @@
 //! Running at once, with no kernel work. A [`Scenario`] lets a benchmark
 //! time when each node's state first satisfies a condition.
 
-use netctl_proto::desired::HeldState;
+use netctl_proto::desired::{DesiredItems, HeldState};
+use netctl_proto::desired_item::Item;
 use netctl_proto::dispatcher_client::DispatcherClient;
 use netctl_proto::pki::{NodeKey, Token};
 use netctl_proto::{
-    BearerToken, HeartbeatRequest, JoinRequest, NodeIdentity, NodeState, ReportStatusRequest, TaskState,
+    BearerToken, HeartbeatRequest, JoinRequest, NodeIdentity, ReportStatusRequest, TaskState,
     TaskStatusReport, WatchRequest,
 };
 use prost::Message;
@@ -17,9 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// A condition on a node's desired state: `None` while the node is not
-/// concerned by the change, `Some(done)` once it is.
-pub type Check = dyn Fn(&NodeState) -> Option<bool> + Send + Sync;
+/// A condition on a node's desired state (its items, as held; assembling
+/// a whole state at every message would cost the simulator more than the
+/// manager): `None` while the node is not concerned by the change,
+/// `Some(done)` once it is.
+pub type Check = dyn Fn(&DesiredItems) -> Option<bool> + Send + Sync;
 
 /// A change being timed: when it started and when each node's state first
 /// satisfied its check.
@@ -49,7 +52,7 @@ impl Scenario {
     }
 
     /// Evaluates the check on node `index`'s `state`.
-    fn observe(&self, index: usize, state: &NodeState) {
+    fn observe(&self, index: usize, state: &DesiredItems) {
         let mut done = self.done.lock().unwrap();
         if done[index].is_none() && (self.check)(state) == Some(true) {
             done[index] = Some(self.started.elapsed());
@@ -65,7 +68,7 @@ impl Scenario {
         for (node, done) in fleet.nodes.iter().zip(done) {
             match done {
                 Some(at) => times.push(at),
-                None if (self.check)(&node.view.lock().unwrap().state).is_none() => {}
+                None if (self.check)(node.view.lock().unwrap().held.items()).is_none() => {}
                 None => return None,
             }
         }
@@ -76,8 +79,8 @@ impl Scenario {
 /// What one simulated node holds and has received.
 #[derive(Default)]
 pub struct NodeView {
-    /// The desired state as last received.
-    pub state: NodeState,
+    /// The desired state received so far.
+    pub held: HeldState,
     /// Bytes of Watch messages received (protobuf payload).
     pub bytes: u64,
     /// Watch messages received.
@@ -144,7 +147,7 @@ impl Fleet {
     pub async fn run(&self, scenario: Arc<Scenario>, timeout: Duration) -> Result<Vec<Duration>, usize> {
         *self.scenario.lock().unwrap() = Some(scenario.clone());
         for (index, node) in self.nodes.iter().enumerate() {
-            scenario.observe(index, &node.view.lock().unwrap().state);
+            scenario.observe(index, node.view.lock().unwrap().held.items());
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let result = loop {
@@ -159,8 +162,11 @@ impl Fleet {
             }
         };
         *self.scenario.lock().unwrap() = None;
-        *scenario.concerned.lock().unwrap() =
-            self.nodes.iter().map(|n| (scenario.check)(&n.view.lock().unwrap().state).is_some()).collect();
+        *scenario.concerned.lock().unwrap() = self
+            .nodes
+            .iter()
+            .map(|n| (scenario.check)(n.view.lock().unwrap().held.items()).is_some())
+            .collect();
         result
     }
 
@@ -224,42 +230,46 @@ async fn watch(
 ) {
     let request = WatchRequest { node_id: node_id.clone() };
     let mut stream = dispatcher.watch(request).await.expect("watch").into_inner();
-    let (mut reported, mut held) = (HashSet::new(), HeldState::default());
+    let mut reported = HashSet::new();
     loop {
         let message = match stream.message().await {
             Ok(Some(message)) => message,
             Ok(None) => panic!("sim-{index}: the manager ended the watch stream"),
             Err(status) => panic!("sim-{index}: watch stream broke: {status}"),
         };
-        let bytes = message.encoded_len() as u64;
-        let state = match held.receive(message) {
-            Ok(Some(state)) => state,
-            Ok(None) => continue,
-            Err(gap) => panic!("sim-{index}: {gap}"),
-        };
         let new_tasks: Vec<TaskStatusReport> = {
             let mut view = view.lock().unwrap();
-            view.bytes += bytes;
+            view.bytes += message.encoded_len() as u64;
             view.messages += 1;
-            view.state = state;
-            if let Some(scenario) = scenario.lock().unwrap().as_ref() {
-                scenario.observe(index, &view.state);
+            if let Err(gap) = view.held.apply(message) {
+                panic!("sim-{index}: {gap}");
             }
-            view.state
-                .tasks
+            if let Some(scenario) = scenario.lock().unwrap().as_ref() {
+                scenario.observe(index, view.held.items());
+            }
+            view.held
+                .items()
                 .iter()
-                .filter(|t| reported.insert(t.id.clone()))
-                .map(|t| TaskStatusReport {
-                    task_id: t.id.clone(),
-                    state: TaskState::Running.into(),
-                    ..Default::default()
+                .filter_map(|(_, item)| match &item.item {
+                    Some(Item::Task(task)) if reported.insert(task.id.clone()) => Some(TaskStatusReport {
+                        task_id: task.id.clone(),
+                        state: TaskState::Running.into(),
+                        ..Default::default()
+                    }),
+                    _ => None,
                 })
                 .collect()
         };
         if !new_tasks.is_empty() {
             let request = ReportStatusRequest { node_id: node_id.clone(), tasks: new_tasks };
             let mut reporter = dispatcher.clone();
-            tokio::spawn(async move { reporter.report_status(request).await });
+            tokio::spawn(async move {
+                // As an agent does: a report that did not get through is sent again.
+                while let Err(status) = reporter.report_status(request.clone()).await {
+                    eprintln!("sim-{index}: reporting tasks Running: {status}; again in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
         }
     }
 }

@@ -94,6 +94,11 @@ impl Logs {
         (output.tail[(from - output.start()) as usize..].to_vec(), output.received)
     }
 
+    /// Whether no task's output is held.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.lock().expect("log table poisoned").is_empty()
+    }
+
     /// Forgets the output of every task for which `keep` is false.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.tasks.lock().expect("log table poisoned").retain(|id, _| keep(id));

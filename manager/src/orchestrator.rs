@@ -115,6 +115,7 @@ pub fn plan(state: &ClusterState) -> Batch {
             continue;
         };
         if let Some(reason) = StopReason::of(task, service, state) {
+            tracing::info!(task = %task.id, node = %task.node_id, ?reason, "stopping task");
             reason.apply(task, state.now);
             batch.put(task);
         }
@@ -305,8 +306,21 @@ pub async fn run(
     }
 }
 
-async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store::StoreError> {
+async fn pass(store: &Arc<Store>, heartbeats: &Arc<Heartbeats>) -> Result<(), crate::store::StoreError> {
     let mut writer = store.write_lock().await;
+    // Reading every record and planning take a while at scale: off the
+    // async workers, which serve the nodes meanwhile.
+    let (reader, heartbeats) = (store.clone(), heartbeats.clone());
+    let planned = tokio::task::spawn_blocking(move || plan_from_store(&reader, &heartbeats));
+    let batch = planned.await.expect("the orchestrator's plan does not panic")?;
+    if !batch.is_empty() {
+        writer.commit_in_parts(batch).await?;
+    }
+    Ok(())
+}
+
+/// Reads the cluster and plans what to change.
+fn plan_from_store(store: &Store, heartbeats: &Heartbeats) -> Result<Batch, crate::store::StoreError> {
     let nodes = store.nodes()?;
     // While heartbeats other managers received do not arrive (the store
     // stalls), no node is judged Down.
@@ -327,11 +341,7 @@ async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store
         schedulable: &schedulable,
         now: now_unix(),
     };
-    let batch = plan(&state);
-    if !batch.is_empty() {
-        writer.commit_in_parts(batch).await?;
-    }
-    Ok(())
+    Ok(plan(&state))
 }
 
 #[cfg(test)]

@@ -182,12 +182,17 @@ async fn forget_removed_task_logs(
             changed = revisions.changed() => if changed.is_err() { return },
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        match store.all::<netctl_proto::Task>() {
-            Ok(tasks) => {
-                let ids: std::collections::HashSet<String> = tasks.into_iter().map(|t| t.id).collect();
-                reports.logs.retain(|id| ids.contains(id));
-            }
-            Err(err) => tracing::warn!("reading tasks to forget their logs: {err}"),
+        // Reading every task is not free: not while no output is held.
+        if !reports.logs.is_empty() {
+            let (store, reports) = (store.clone(), reports.clone());
+            let forget = tokio::task::spawn_blocking(move || match store.all::<netctl_proto::Task>() {
+                Ok(tasks) => {
+                    let ids: std::collections::HashSet<String> = tasks.into_iter().map(|t| t.id).collect();
+                    reports.logs.retain(|id| ids.contains(id));
+                }
+                Err(err) => tracing::warn!("reading tasks to forget their logs: {err}"),
+            });
+            let _ = forget.await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

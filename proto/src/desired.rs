@@ -273,17 +273,18 @@ impl DesiredItems {
         }
     }
 
-    /// What turns these items into `next`: (upserts, removals).
-    pub fn diff(&self, next: &DesiredItems) -> (Vec<DesiredItem>, Vec<DesiredItem>) {
-        let upserts = next
-            .items
-            .iter()
-            .filter(|(k, v)| self.items.get(*k) != Some(*v))
-            .map(|(_, v)| v.clone())
-            .collect();
-        let removals =
-            self.items.keys().filter(|k| !next.items.contains_key(*k)).map(ItemKey::removal).collect();
-        (upserts, removals)
+    /// What turns these items into `next`.
+    pub fn diff(&self, next: &DesiredItems) -> ItemChanges {
+        let mut changes = ItemChanges::default();
+        for (key, item) in &next.items {
+            if self.items.get(key) != Some(item) {
+                changes.upsert(key.clone(), item.clone());
+            }
+        }
+        for key in self.items.keys().filter(|k| !next.items.contains_key(*k)) {
+            changes.remove(key.clone());
+        }
+        changes
     }
 }
 
@@ -299,6 +300,14 @@ impl HeldState {
     /// empty message, or an error if a delta does not start from the
     /// revision held (nothing is applied then).
     pub fn receive(&mut self, message: WatchMessage) -> Result<Option<NodeState>, String> {
+        Ok(if self.apply(message)? { self.state() } else { None })
+    }
+
+    /// Takes in one Watch message without assembling the state: whether
+    /// it brought anything (an empty message does not), or an error if a
+    /// delta does not start from the revision held (nothing is applied
+    /// then).
+    pub fn apply(&mut self, message: WatchMessage) -> Result<bool, String> {
         match message.message {
             Some(watch_message::Message::Snapshot(state)) => {
                 self.items = DesiredItems::from_state(&state);
@@ -315,9 +324,71 @@ impl HeldState {
                 self.items.apply(&delta);
                 self.revision = Some(delta.revision);
             }
-            None => return Ok(None),
+            None => return Ok(false),
         }
-        Ok(self.revision.map(|revision| self.items.to_state(revision)))
+        Ok(true)
+    }
+
+    /// The items held (none before the first whole state).
+    pub fn items(&self) -> &DesiredItems {
+        &self.items
+    }
+
+    /// The desired state held; `None` before the first whole state.
+    pub fn state(&self) -> Option<NodeState> {
+        self.revision.map(|revision| self.items.to_state(revision))
+    }
+}
+
+/// Changes to a node's items by key: the new item, or `None` where it is
+/// removed. Merging later changes keeps one entry per key, so that the
+/// changes of several revisions never outgrow the items they touch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemChanges {
+    changes: BTreeMap<ItemKey, Option<DesiredItem>>,
+}
+
+impl ItemChanges {
+    /// `key` now holds `item`.
+    pub fn upsert(&mut self, key: ItemKey, item: DesiredItem) {
+        self.changes.insert(key, Some(item));
+    }
+
+    /// `key` is removed.
+    pub fn remove(&mut self, key: ItemKey) {
+        self.changes.insert(key, None);
+    }
+
+    /// Adds `later` changes over these (a later change to a key wins).
+    pub fn merge(&mut self, later: ItemChanges) {
+        if self.changes.is_empty() {
+            self.changes = later.changes;
+        } else {
+            self.changes.extend(later.changes);
+        }
+    }
+
+    /// How many keys changed.
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether none did.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The delta that makes these changes to a node holding
+    /// `base_revision`, bringing it to `revision`.
+    pub fn into_delta(self, base_revision: u64, revision: u64) -> NodeStateDelta {
+        let mut delta = NodeStateDelta { base_revision, revision, ..Default::default() };
+        for (key, item) in self.changes {
+            match item {
+                Some(item) => delta.upserts.push(item),
+                None => delta.removals.push(key.removal()),
+            }
+        }
+        delta
     }
 }
 
@@ -429,11 +500,30 @@ mod tests {
         #[test]
         fn a_state_plus_its_delta_to_the_next_is_the_next(before in node_state(), after in node_state()) {
             let (old, new) = (DesiredItems::from_state(&before), DesiredItems::from_state(&after));
-            let (upserts, removals) = old.diff(&new);
-            let delta = NodeStateDelta { base_revision: 1, revision: 2, upserts, removals };
             let mut applied = old.clone();
-            applied.apply(&delta);
+            applied.apply(&old.diff(&new).into_delta(1, 2));
             prop_assert_eq!(applied.to_state(2), new.to_state(2));
+        }
+
+        /// Merged changes bring a node to the last state from the first,
+        /// and from any state between (a node that was sent a whole state
+        /// meanwhile): what a Watch stream that fell behind is sent.
+        #[test]
+        fn merged_deltas_bring_the_first_or_a_later_state_to_the_last(
+            states in proptest::collection::vec(node_state(), 2..5),
+        ) {
+            let items: Vec<DesiredItems> = states.iter().map(DesiredItems::from_state).collect();
+            let mut merged = ItemChanges::default();
+            for pair in items.windows(2) {
+                merged.merge(pair[0].diff(&pair[1]));
+            }
+            let last = items.last().unwrap();
+            prop_assert!(merged.len() <= items.iter().map(DesiredItems::len).sum::<usize>());
+            for start in &items {
+                let mut applied = start.clone();
+                applied.apply(&merged.clone().into_delta(1, 2));
+                prop_assert_eq!(&applied, last);
+            }
         }
     }
 
@@ -469,9 +559,8 @@ mod tests {
             ..Default::default()
         };
         let items = DesiredItems::from_state(&state);
-        let (upserts, removals) = items.diff(&items);
-        assert!(upserts.is_empty() && removals.is_empty());
-        let (_, removals) = items.diff(&DesiredItems::from_state(&NodeState::default()));
-        assert_eq!(removals, [ItemKey::Task("t1".into()).removal()]);
+        assert!(items.diff(&items).is_empty());
+        let delta = items.diff(&DesiredItems::from_state(&NodeState::default())).into_delta(1, 2);
+        assert_eq!(delta.removals, [ItemKey::Task("t1".into()).removal()]);
     }
 }

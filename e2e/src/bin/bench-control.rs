@@ -11,6 +11,7 @@
 use e2e::fleet::{Fleet, FleetTarget, Scenario};
 use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
+use netctl_proto::desired_item::Item;
 use netctl_proto::pki::Token;
 use netctl_proto::{BearerToken, NetworkCreateRequest, ServiceCreateRequest, ServiceRemoveRequest};
 use std::time::{Duration, Instant};
@@ -131,8 +132,9 @@ async fn fan_out(target: Target) -> serde_json::Value {
         let prefix = format!("fan{round}.");
         let scenario = Scenario::new(
             FAN_OUT_NODES,
-            Box::new(move |state: &netctl_proto::NodeState| {
-                Some(state.tasks.iter().any(|t| t.name.starts_with(&prefix)))
+            Box::new(move |state: &netctl_proto::desired::DesiredItems| {
+                let mut items = state.iter().filter_map(|(_, item)| item.item.as_ref());
+                Some(items.any(|item| matches!(item, Item::Task(t) if t.name.starts_with(&prefix))))
             }),
         );
         let request = ServiceCreateRequest {

@@ -21,20 +21,31 @@ use e2e::lab::Lab;
 use e2e::netns::command_in;
 use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
+use netctl_proto::desired::DesiredItems;
+use netctl_proto::desired_item::Item;
 use netctl_proto::pki::Token;
 use netctl_proto::{
-    BearerToken, NetworkCreateRequest, NodeState, PortConfig, ServiceCreateRequest, ServiceRemoveRequest,
+    BearerToken, NetworkCreateRequest, PortConfig, ServiceCreateRequest, ServiceRemoveRequest,
     ServiceScaleRequest,
 };
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const SERVICES: usize = 100;
+/// How many heartbeats a node misses before the manager counts it Down
+/// (the manager's `liveness::MISSED_HEARTBEATS_BEFORE_DOWN`).
+const MISSED_HEARTBEATS_BEFORE_DOWN: u32 = 3;
 const REPLICAS: u32 = 100;
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node's heartbeat period, Swarm's default (Down after three missed:
+/// 15 s). Shorter periods make simulated nodes of a busy 2-core machine
+/// look Down.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 const PUBLISHED_PORT: u32 = 30080;
-/// How long a scenario may take before it is reported as not converged.
+/// How long a change may take before it is reported as not converged.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long bringing up the 10,000 tasks may take (not a figure the goals
+/// are about: every node's state is rebuilt from nothing).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long after convergence late messages are still counted.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -89,16 +100,17 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 /// others, and the manager's CPU time.
 async fn timed(
     fleet: &Fleet,
+    timeout: Duration,
     usage: &Usage,
     change: impl std::future::Future<Output = ()>,
-    check: impl Fn(&NodeState) -> Option<bool> + Send + Sync + 'static,
+    check: impl Fn(&DesiredItems) -> Option<bool> + Send + Sync + 'static,
 ) -> serde_json::Value {
     let before = fleet.received();
     let cpu = usage.cpu();
     let scenario = Scenario::new(fleet.nodes.len(), Box::new(check));
     let started = Instant::now();
     change.await;
-    let outcome = fleet.run(scenario.clone(), SCENARIO_TIMEOUT).await;
+    let outcome = fleet.run(scenario.clone(), timeout).await;
     let converged_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     let cpu_ms = (usage.cpu() - cpu).as_millis() as u64;
@@ -138,13 +150,41 @@ async fn timed(
     report
 }
 
+/// The items a node holds.
+fn items(state: &DesiredItems) -> impl Iterator<Item = &Item> {
+    state.iter().filter_map(|(_, item)| item.item.as_ref())
+}
+
 /// Whether every service name the state holds has its expected number of
 /// running tasks (`expected` by service name; others: [`REPLICAS`]).
-fn names_complete(state: &NodeState, expected: &HashMap<String, usize>) -> bool {
-    state
-        .names
-        .iter()
-        .all(|n| n.tasks.len() == expected.get(&n.service).copied().unwrap_or(REPLICAS as usize))
+fn names_complete(state: &DesiredItems, expected: &HashMap<String, usize>) -> bool {
+    let (mut services, mut running) = (Vec::new(), HashMap::<&str, usize>::new());
+    for item in items(state) {
+        match item {
+            Item::Names(names) => services.push(names.service.as_str()),
+            Item::NameTask(task) => *running.entry(task.service.as_str()).or_default() += 1,
+            _ => {}
+        }
+    }
+    services.iter().all(|service| {
+        running.get(service).copied().unwrap_or(0)
+            == expected.get(*service).copied().unwrap_or(REPLICAS as usize)
+    })
+}
+
+/// How many backends the published port `port` has; `None` if the node
+/// does not hold the port.
+fn port_backends(state: &DesiredItems, port: u32) -> Option<usize> {
+    let mut backends = 0;
+    let mut held = false;
+    for item in items(state) {
+        match item {
+            Item::Port(p) if p.published_port == port => held = true,
+            Item::PortBackend(b) if b.published_port == port => backends += 1,
+            _ => {}
+        }
+    }
+    held.then_some(backends)
 }
 
 /// 100 networks and 100 services of 100 replicas; waits until every node
@@ -152,6 +192,7 @@ fn names_complete(state: &NodeState, expected: &HashMap<String, usize>) -> bool 
 async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serde_json::Value {
     timed(
         fleet,
+        SETUP_TIMEOUT,
         usage,
         async {
             for i in 0..SERVICES {
@@ -167,7 +208,10 @@ async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serd
                 control.create_service(service).await.expect("create service");
             }
         },
-        |state| Some(!state.tasks.is_empty() && names_complete(state, &HashMap::new())),
+        |state| {
+            let runs_tasks = items(state).any(|item| matches!(item, Item::Task(_)));
+            Some(runs_tasks && names_complete(state, &HashMap::new()))
+        },
     )
     .await
 }
@@ -187,6 +231,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     let replicas = nodes;
     let create = timed(
         &fleet,
+        SCENARIO_TIMEOUT,
         &usage,
         async {
             let service = ServiceCreateRequest {
@@ -203,58 +248,69 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
             };
             control.clone().create_service(service).await.expect("create probe");
         },
-        move |state| {
-            let port = state.published_ports.iter().find(|p| p.published_port == PUBLISHED_PORT);
-            Some(port.is_some_and(|p| p.backends.len() == replicas))
-        },
+        move |state| Some(port_backends(state, PUBLISHED_PORT) == Some(replicas)),
     )
     .await;
     let remove = timed(
         &fleet,
+        SCENARIO_TIMEOUT,
         &usage,
         async {
             let request = ServiceRemoveRequest { reference: "probe".into() };
             control.clone().remove_service(request).await.expect("remove probe");
         },
-        |state| Some(!state.published_ports.iter().any(|p| p.published_port == PUBLISHED_PORT)),
+        |state| Some(port_backends(state, PUBLISHED_PORT).is_none()),
     )
     .await;
     let scaled = HashMap::from([("bg0".to_string(), REPLICAS as usize + 1)]);
     let scale = timed(
         &fleet,
+        SCENARIO_TIMEOUT,
         &usage,
         async {
             let request = ServiceScaleRequest { reference: "bg0".into(), replicas: REPLICAS + 1 };
             control.clone().scale_service(request).await.expect("scale");
         },
-        move |state| {
-            let names = state.names.iter().find(|n| n.service == "bg0")?;
-            Some(names.tasks.len() == REPLICAS as usize + 1)
+        {
+            let scaled = scaled.clone();
+            move |state| {
+                let holds_bg0 = items(state).any(|item| matches!(item, Item::Names(n) if n.service == "bg0"));
+                holds_bg0.then(|| names_complete(state, &scaled))
+            }
         },
     )
     .await;
     let victim = nodes / 2;
     let (dead_id, dead_address) = (fleet.nodes[victim].id.clone(), fleet.nodes[victim].address.clone());
-    let node_down = timed(&fleet, &usage, async { fleet.nodes[victim].kill() }, move |state| {
-        if state.node_id == dead_id {
-            return None;
+    let mut node_down =
+        timed(&fleet, SCENARIO_TIMEOUT, &usage, async { fleet.nodes[victim].kill() }, move |state| {
+            if items(state).any(|item| matches!(item, Item::Header(h) if h.node_id == dead_id)) {
+                return None;
+            }
+            // Its ingress_sbox stays in the mesh while it is a member; its
+            // tasks' endpoints go.
+            let ingress: Vec<&str> = items(state)
+                .filter_map(|item| match item {
+                    Item::Network(n) if n.ingress => Some(n.id.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let gone = !items(state).any(|item| {
+                matches!(item, Item::RemoteEndpoint(e)
+                if e.node_addr == dead_address && !ingress.contains(&e.network_id.as_str()))
+            });
+            Some(gone && names_complete(state, &scaled))
+        })
+        .await;
+    // Delivery counted from when the manager may judge the node Down.
+    let down_after = HEARTBEAT * MISSED_HEARTBEATS_BEFORE_DOWN;
+    node_down["down_after_ms"] = (down_after.as_millis() as u64).into();
+    for figure in ["p50", "p99", "max"] {
+        if let Some(ms) = node_down[format!("delivery_ms_{figure}")].as_f64() {
+            node_down[format!("delivery_after_down_ms_{figure}")] =
+                (ms - down_after.as_secs_f64() * 1000.0).into();
         }
-        // Its ingress_sbox stays in the mesh while it is a member; its
-        // tasks' endpoints go.
-        let ingress: Vec<&str> = state
-            .networks
-            .iter()
-            .filter_map(|a| a.network.as_ref())
-            .filter(|n| n.ingress)
-            .map(|n| n.id.as_str())
-            .collect();
-        let gone = !state
-            .remote_endpoints
-            .iter()
-            .any(|e| e.node_addr == dead_address && !ingress.contains(&e.network_id.as_str()));
-        Some(gone && names_complete(state, &scaled))
-    })
-    .await;
+    }
     let (rss_mib, peak_rss_mib) = usage.rss_mib();
     serde_json::json!({
         "nodes": nodes,

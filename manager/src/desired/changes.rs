@@ -4,8 +4,7 @@
 //! what changed among the items it holds, and nothing when none did.
 
 use super::model::{Model, Placed, Scope};
-use netctl_proto::desired::ItemKey;
-use netctl_proto::DesiredItem;
+use netctl_proto::desired::{ItemChanges, ItemKey};
 use std::collections::{BTreeSet, HashMap};
 
 /// One key of a scope whose item changed: before and after (`None`: absent).
@@ -16,13 +15,8 @@ type Changed = (ItemKey, Option<Placed>, Option<Placed>);
 pub enum NodeDelta {
     /// Nothing it holds changed.
     Unchanged,
-    /// These items are added or replaced, these removed.
-    Changed {
-        /// Added or replaced.
-        upserts: Vec<DesiredItem>,
-        /// Removed (key fields only).
-        removals: Vec<DesiredItem>,
-    },
+    /// These items are added, replaced or removed.
+    Changed(ItemChanges),
     /// The node was not in the earlier model: it needs its whole state.
     Whole,
     /// The node is not in the new model (it was removed).
@@ -79,7 +73,7 @@ impl Changes {
     pub fn for_node(&self, old: &Model, new: &Model, node_id: &str) -> NodeDelta {
         let Some(now) = new.nodes.get(node_id) else { return NodeDelta::Gone };
         let Some(before) = old.nodes.get(node_id) else { return NodeDelta::Whole };
-        let mut delta = DeltaBuilder { node_id, upserts: Vec::new(), removals: Vec::new() };
+        let mut delta = DeltaBuilder { node_id, changes: ItemChanges::default() };
         delta.changes(&self.global);
         delta.changes(self.nodes.get(node_id).map_or(&[][..], Vec::as_slice));
         for network in &now.networks {
@@ -92,10 +86,10 @@ impl Changes {
         for network in before.networks.difference(&now.networks) {
             delta.whole_scope(old.networks.get(network), false);
         }
-        if delta.upserts.is_empty() && delta.removals.is_empty() {
+        if delta.changes.is_empty() {
             NodeDelta::Unchanged
         } else {
-            NodeDelta::Changed { upserts: delta.upserts, removals: delta.removals }
+            NodeDelta::Changed(delta.changes)
         }
     }
 }
@@ -103,8 +97,7 @@ impl Changes {
 /// A node's delta being cut from changed scopes.
 struct DeltaBuilder<'a> {
     node_id: &'a str,
-    upserts: Vec<DesiredItem>,
-    removals: Vec<DesiredItem>,
+    changes: ItemChanges,
 }
 
 impl DeltaBuilder<'_> {
@@ -113,8 +106,8 @@ impl DeltaBuilder<'_> {
         for (key, before, after) in changed {
             let before = before.as_ref().and_then(|p| p.for_node(self.node_id));
             match after.as_ref().and_then(|p| p.for_node(self.node_id)) {
-                Some(after) if before != Some(after) => self.upserts.push(after.clone()),
-                None if before.is_some() => self.removals.push(key.removal()),
+                Some(after) if before != Some(after) => self.changes.upsert(key.clone(), after.clone()),
+                None if before.is_some() => self.changes.remove(key.clone()),
                 _ => {}
             }
         }
@@ -125,8 +118,8 @@ impl DeltaBuilder<'_> {
     fn whole_scope(&mut self, scope: Option<&Scope>, added: bool) {
         for (key, placed) in scope.into_iter().flatten() {
             match placed.for_node(self.node_id) {
-                Some(item) if added => self.upserts.push(item.clone()),
-                Some(_) => self.removals.push(key.removal()),
+                Some(item) if added => self.changes.upsert(key.clone(), item.clone()),
+                Some(_) => self.changes.remove(key.clone()),
                 None => {}
             }
         }
@@ -139,8 +132,7 @@ mod tests {
     use crate::desired::model::ClusterView;
     use netctl_proto::desired::DesiredItems;
     use netctl_proto::{
-        EndpointAddress, Network, Node, NodeState, NodeStateDelta, PortConfig, Service, Task, TaskState,
-        VirtualIp,
+        EndpointAddress, Network, Node, NodeState, PortConfig, Service, Task, TaskState, VirtualIp,
     };
     use proptest::prelude::*;
 
@@ -263,9 +255,7 @@ mod tests {
         let mut items = DesiredItems::from_state(before);
         match delta {
             NodeDelta::Unchanged => {}
-            NodeDelta::Changed { upserts, removals } => {
-                items.apply(&NodeStateDelta { base_revision: before.revision, revision, upserts, removals })
-            }
+            NodeDelta::Changed(changes) => items.apply(&changes.into_delta(before.revision, revision)),
             NodeDelta::Whole | NodeDelta::Gone => return None,
         }
         Some(items.to_state(revision))
@@ -341,11 +331,10 @@ mod tests {
         let new = model(&cluster, 2);
         let changes = Changes::between(&old, &new);
         assert_eq!(changes.for_node(&old, &new, "c"), NodeDelta::Unchanged, "c has no task on n1");
-        let NodeDelta::Changed { upserts, removals } = changes.for_node(&old, &new, "a") else {
-            panic!("a is on n1")
-        };
-        assert!(removals.is_empty());
+        let NodeDelta::Changed(changes) = changes.for_node(&old, &new, "a") else { panic!("a is on n1") };
+        let delta = changes.into_delta(1, 2);
+        assert!(delta.removals.is_empty());
         // The new endpoint and the new name, nothing else.
-        assert_eq!(upserts.len(), 2, "{upserts:?}");
+        assert_eq!(delta.upserts.len(), 2, "{:?}", delta.upserts);
     }
 }

@@ -1,25 +1,24 @@
 //! Watch fan-out: one task builds the desired-state [`Model`] at every new
-//! revision, compares it with the previous one once, and queues each
+//! revision, compares it with the previous one once, and hands each
 //! watching node the delta of what it holds (nothing when none of it
-//! changed). Each node's stream drains its own bounded queue at its own
-//! pace: a slow or stuck node delays no other, and one that falls
-//! [`MAX_QUEUED_DELTAS`] behind is sent a whole state instead.
+//! changed). Each node's stream takes from its own outbox at its own pace:
+//! a slow or stuck node delays no other. Deltas it has not taken yet are
+//! merged into one (one entry per changed item, so the outbox never holds
+//! more than the items the node's state has); once they touch more items
+//! than its whole state holds, it is sent the whole state instead.
 
 use super::changes::{Changes, NodeDelta};
 use super::model::{ClusterView, Model};
 use crate::nodes;
 use crate::store::{Store, StoreError};
-use netctl_proto::{watch_message, NodeStateDelta, WatchMessage};
-use std::collections::{HashMap, VecDeque};
+use netctl_proto::desired::ItemChanges;
+use netctl_proto::{watch_message, WatchMessage};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tonic::Status;
-
-/// How many deltas may wait for one node before they are dropped for a
-/// whole state.
-pub const MAX_QUEUED_DELTAS: usize = 64;
 
 /// How long after a failed read of the store the model is built again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -34,8 +33,11 @@ pub struct Fanout {
 /// What waits to be sent to one watching node.
 #[derive(Default)]
 struct Outbox {
-    deltas: VecDeque<NodeStateDelta>,
-    /// Send a whole state next (the queue overflowed, or the node is new).
+    /// The changes not yet sent, merged, and the revision they bring the
+    /// node to.
+    pending: Option<(u64, ItemChanges)>,
+    /// Send a whole state next (the node is new, or the changes waiting
+    /// outgrew its state).
     resync: bool,
     /// The node is no longer in the model.
     gone: bool,
@@ -48,15 +50,24 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn deliver(&self, delta: NodeDelta, base_revision: u64, revision: u64) {
+    /// Adds the node's `delta` to `revision` to what waits for it; a
+    /// whole state of the node has `whole_items` items.
+    fn deliver(&self, delta: NodeDelta, revision: u64, whole_items: usize) {
         let mut outbox = self.outbox.lock().expect("outbox lock");
         match delta {
             NodeDelta::Unchanged => return,
-            NodeDelta::Changed { upserts, removals } if outbox.deltas.len() < MAX_QUEUED_DELTAS => {
-                outbox.deltas.push_back(NodeStateDelta { base_revision, revision, upserts, removals });
+            NodeDelta::Changed(_) if outbox.resync => {}
+            NodeDelta::Changed(changes) => {
+                let (pending, merged) = outbox.pending.get_or_insert_with(Default::default);
+                *pending = revision;
+                merged.merge(changes);
+                if merged.len() > whole_items {
+                    outbox.pending = None;
+                    outbox.resync = true;
+                }
             }
-            NodeDelta::Changed { .. } | NodeDelta::Whole => {
-                outbox.deltas.clear();
+            NodeDelta::Whole => {
+                outbox.pending = None;
                 outbox.resync = true;
             }
             NodeDelta::Gone => outbox.gone = true,
@@ -140,7 +151,8 @@ impl Fanout {
         let changes = Changes::between(&previous, &model);
         for subscriber in subscribers {
             let delta = changes.for_node(&previous, &model, &subscriber.node_id);
-            subscriber.deliver(delta, previous.revision, model.revision);
+            let whole_items = model.item_count(&subscriber.node_id);
+            subscriber.deliver(delta, model.revision, whole_items);
         }
     }
 
@@ -174,13 +186,9 @@ impl Subscription {
     /// was removed) ends the stream.
     pub async fn next(&mut self) -> Result<WatchMessage, Status> {
         loop {
-            let (resync, gone, delta) = {
+            let (resync, gone, pending) = {
                 let mut outbox = self.subscriber.outbox.lock().expect("outbox lock");
-                let resync = std::mem::take(&mut outbox.resync);
-                if resync {
-                    outbox.deltas.clear();
-                }
-                (resync, std::mem::take(&mut outbox.gone), outbox.deltas.pop_front())
+                (std::mem::take(&mut outbox.resync), std::mem::take(&mut outbox.gone), outbox.pending.take())
             };
             if gone {
                 nodes::member(&self.store, &self.subscriber.node_id)?;
@@ -188,11 +196,14 @@ impl Subscription {
             if resync || gone {
                 return self.whole_state().await;
             }
-            match delta {
-                Some(delta) if delta.revision <= self.sent => continue,
-                Some(delta) => {
-                    let delta = NodeStateDelta { base_revision: self.sent, ..delta };
-                    self.sent = delta.revision;
+            match pending {
+                // Already in the whole state it was sent.
+                Some((revision, _)) if revision <= self.sent => continue,
+                // Changes merged before that whole state was read are in it
+                // too: applying them again changes nothing.
+                Some((revision, changes)) => {
+                    let delta = changes.into_delta(self.sent, revision);
+                    self.sent = revision;
                     return Ok(WatchMessage { message: Some(watch_message::Message::Delta(delta)) });
                 }
                 None => self.subscriber.ready.notified().await,
@@ -253,7 +264,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_node_gets_its_whole_state_then_deltas_and_a_whole_state_again_when_it_falls_behind() {
+    async fn a_node_gets_its_whole_state_then_deltas_merged_while_it_is_behind_then_a_whole_state() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let fanout = Fanout::new();
@@ -262,17 +273,26 @@ mod tests {
         assert_eq!(kind(&subscription.next().await.unwrap()), ("whole", 0, 1));
 
         fanout.publish(model(2, 1));
-        // No change for the node at revision 3: nothing is queued for it.
+        assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", 1, 2));
+        // No change for the node at revision 3; 4 and 5 wait together.
         fanout.publish(model(3, 1));
         fanout.publish(model(4, 2));
-        assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", 1, 2));
-        assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", 2, 4), "based on what it holds");
+        fanout.publish(model(5, 3));
+        let message = subscription.next().await.unwrap();
+        assert_eq!(kind(&message), ("delta", 2, 5), "one delta from what it holds");
+        let Some(watch_message::Message::Delta(delta)) = message.message else { unreachable!() };
+        // b's ingress_sbox endpoint moved twice: the one at revision 4 is
+        // sent as removed, not added then removed.
+        assert_eq!((delta.upserts.len(), delta.removals.len()), (1, 2), "{delta:?}");
 
-        let last = 5 + MAX_QUEUED_DELTAS as u64;
-        for revision in 5..=last {
+        // Every revision moves b's endpoint to a new key: the waiting
+        // changes soon touch more items than a's whole state holds.
+        let whole = model(5, 3).item_count("a") as u64;
+        let last = 6 + whole;
+        for revision in 6..=last {
             fanout.publish(model(revision, revision));
         }
-        assert_eq!(kind(&subscription.next().await.unwrap()), ("whole", 0, last), "the backlog is dropped");
+        assert_eq!(kind(&subscription.next().await.unwrap()), ("whole", 0, last), "a whole state instead");
         fanout.publish(model(last + 1, 0));
         assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", last, last + 1));
     }

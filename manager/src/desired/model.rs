@@ -262,6 +262,16 @@ impl Model {
         }
     }
 
+    /// How many items a whole state of `node_id` has at most (its own
+    /// endpoints, left out of it, are counted); 0 if it is not in this
+    /// model.
+    pub fn item_count(&self, node_id: &str) -> usize {
+        let Some(part) = self.nodes.get(node_id) else { return 0 };
+        let networks: usize =
+            part.networks.iter().filter_map(|id| self.networks.get(id)).map(Scope::len).sum();
+        self.global.len() + part.items.len() + networks
+    }
+
     /// The whole desired state of `node_id`; `None` if the node is not in
     /// this model.
     pub fn snapshot(&self, node_id: &str) -> Option<NodeState> {
