@@ -95,6 +95,8 @@ pub struct SimNode {
     pub address: String,
     /// What it holds.
     pub view: Arc<Mutex<NodeView>>,
+    /// When the manager last answered one of its heartbeats.
+    pub last_heartbeat: Arc<Mutex<Option<Instant>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -207,14 +209,23 @@ async fn sim_node(target: FleetTarget, index: usize, scenario: Arc<Mutex<Option<
         .max_decoding_message_size(netctl_proto::MAX_NODE_STATE_BYTES);
     let view: Arc<Mutex<NodeView>> = Arc::default();
     let id = joined.node_id;
-    let heartbeats = tokio::spawn(heartbeat(dispatcher.clone(), id.clone(), target.heartbeat));
+    let last_heartbeat: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let heartbeats =
+        tokio::spawn(heartbeat(dispatcher.clone(), id.clone(), target.heartbeat, last_heartbeat.clone()));
     let watch = tokio::spawn(watch(dispatcher, id.clone(), index, view.clone(), scenario));
-    SimNode { id, address, view, tasks: Mutex::new(vec![heartbeats, watch]) }
+    SimNode { id, address, view, last_heartbeat, tasks: Mutex::new(vec![heartbeats, watch]) }
 }
 
-async fn heartbeat(mut dispatcher: Dispatcher, node_id: String, interval: Duration) {
+async fn heartbeat(
+    mut dispatcher: Dispatcher,
+    node_id: String,
+    interval: Duration,
+    last: Arc<Mutex<Option<Instant>>>,
+) {
     loop {
-        let _ = dispatcher.heartbeat(HeartbeatRequest { node_id: node_id.clone() }).await;
+        if dispatcher.heartbeat(HeartbeatRequest { node_id: node_id.clone() }).await.is_ok() {
+            *last.lock().unwrap() = Some(Instant::now());
+        }
         tokio::time::sleep(interval).await;
     }
 }

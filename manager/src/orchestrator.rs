@@ -306,13 +306,9 @@ pub async fn run(
     }
 }
 
-async fn pass(store: &Arc<Store>, heartbeats: &Arc<Heartbeats>) -> Result<(), crate::store::StoreError> {
+async fn pass(store: &Store, heartbeats: &Heartbeats) -> Result<(), crate::store::StoreError> {
     let mut writer = store.write_lock().await;
-    // Reading every record and planning take a while at scale: off the
-    // async workers, which serve the nodes meanwhile.
-    let (reader, heartbeats) = (store.clone(), heartbeats.clone());
-    let planned = tokio::task::spawn_blocking(move || plan_from_store(&reader, &heartbeats));
-    let batch = planned.await.expect("the orchestrator's plan does not panic")?;
+    let batch = plan_from_store(store, heartbeats)?;
     if !batch.is_empty() {
         writer.commit_in_parts(batch).await?;
     }

@@ -282,6 +282,8 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     .await;
     let victim = nodes / 2;
     let (dead_id, dead_address) = (fleet.nodes[victim].id.clone(), fleet.nodes[victim].address.clone());
+    let last_heartbeat = *fleet.nodes[victim].last_heartbeat.lock().unwrap();
+    let killed_at = Instant::now();
     let mut node_down =
         timed(&fleet, SCENARIO_TIMEOUT, &usage, async { fleet.nodes[victim].kill() }, move |state| {
             if items(state).any(|item| matches!(item, Item::Header(h) if h.node_id == dead_id)) {
@@ -302,13 +304,15 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
             Some(gone && names_complete(state, &scaled))
         })
         .await;
-    // Delivery counted from when the manager may judge the node Down.
+    // Delivery also counted from when the manager could judge the node
+    // Down: three heartbeat periods after the last one it answered.
     let down_after = HEARTBEAT * MISSED_HEARTBEATS_BEFORE_DOWN;
-    node_down["down_after_ms"] = (down_after.as_millis() as u64).into();
+    let since_last = last_heartbeat.map_or(Duration::ZERO, |at| killed_at.saturating_duration_since(at));
+    let down_ms = down_after.saturating_sub(since_last).as_secs_f64() * 1000.0;
+    node_down["down_after_ms"] = down_ms.into();
     for figure in ["p50", "p99", "max"] {
         if let Some(ms) = node_down[format!("delivery_ms_{figure}")].as_f64() {
-            node_down[format!("delivery_after_down_ms_{figure}")] =
-                (ms - down_after.as_secs_f64() * 1000.0).into();
+            node_down[format!("delivery_after_down_ms_{figure}")] = (ms - down_ms).into();
         }
     }
     let (rss_mib, peak_rss_mib) = usage.rss_mib();
