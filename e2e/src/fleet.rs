@@ -261,8 +261,8 @@ async fn watch(
             view.held
                 .items()
                 .iter()
-                .filter_map(|(_, item)| match &item.item {
-                    Some(Item::Task(task)) if reported.insert(task.id.clone()) => Some(TaskStatusReport {
+                .filter_map(|item| match item {
+                    Item::Task(task) if reported.insert(task.id.clone()) => Some(TaskStatusReport {
                         task_id: task.id.clone(),
                         state: TaskState::Running.into(),
                         ..Default::default()

@@ -124,8 +124,8 @@ impl DesiredItems {
     }
 
     /// The items, ordered by key.
-    pub fn iter(&self) -> impl Iterator<Item = (&ItemKey, &DesiredItem)> {
-        self.items.iter()
+    pub fn iter(&self) -> impl Iterator<Item = &Item> {
+        self.items.values().filter_map(|item| item.item.as_ref())
     }
 
     /// How many items there are.

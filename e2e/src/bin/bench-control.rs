@@ -133,8 +133,7 @@ async fn fan_out(target: Target) -> serde_json::Value {
         let scenario = Scenario::new(
             FAN_OUT_NODES,
             Box::new(move |state: &netctl_proto::desired::DesiredItems| {
-                let mut items = state.iter().filter_map(|(_, item)| item.item.as_ref());
-                Some(items.any(|item| matches!(item, Item::Task(t) if t.name.starts_with(&prefix))))
+                Some(state.iter().any(|item| matches!(item, Item::Task(t) if t.name.starts_with(&prefix))))
             }),
         );
         let request = ServiceCreateRequest {

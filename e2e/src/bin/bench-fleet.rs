@@ -150,16 +150,11 @@ async fn timed(
     report
 }
 
-/// The items a node holds.
-fn items(state: &DesiredItems) -> impl Iterator<Item = &Item> {
-    state.iter().filter_map(|(_, item)| item.item.as_ref())
-}
-
 /// Whether every service name the state holds has its expected number of
 /// running tasks (`expected` by service name; others: [`REPLICAS`]).
 fn names_complete(state: &DesiredItems, expected: &HashMap<String, usize>) -> bool {
     let (mut services, mut running) = (Vec::new(), HashMap::<&str, usize>::new());
-    for item in items(state) {
+    for item in state.iter() {
         match item {
             Item::Names(names) => services.push(names.service.as_str()),
             Item::NameTask(task) => *running.entry(task.service.as_str()).or_default() += 1,
@@ -177,7 +172,7 @@ fn names_complete(state: &DesiredItems, expected: &HashMap<String, usize>) -> bo
 fn port_backends(state: &DesiredItems, port: u32) -> Option<usize> {
     let mut backends = 0;
     let mut held = false;
-    for item in items(state) {
+    for item in state.iter() {
         match item {
             Item::Port(p) if p.published_port == port => held = true,
             Item::PortBackend(b) if b.published_port == port => backends += 1,
@@ -209,7 +204,7 @@ async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serd
             }
         },
         |state| {
-            let runs_tasks = items(state).any(|item| matches!(item, Item::Task(_)));
+            let runs_tasks = state.iter().any(|item| matches!(item, Item::Task(_)));
             Some(runs_tasks && names_complete(state, &HashMap::new()))
         },
     )
@@ -274,7 +269,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
         {
             let scaled = scaled.clone();
             move |state| {
-                let holds_bg0 = items(state).any(|item| matches!(item, Item::Names(n) if n.service == "bg0"));
+                let holds_bg0 = state.iter().any(|item| matches!(item, Item::Names(n) if n.service == "bg0"));
                 holds_bg0.then(|| names_complete(state, &scaled))
             }
         },
@@ -286,18 +281,19 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     let killed_at = Instant::now();
     let mut node_down =
         timed(&fleet, SCENARIO_TIMEOUT, &usage, async { fleet.nodes[victim].kill() }, move |state| {
-            if items(state).any(|item| matches!(item, Item::Header(h) if h.node_id == dead_id)) {
+            if state.iter().any(|item| matches!(item, Item::Header(h) if h.node_id == dead_id)) {
                 return None;
             }
             // Its ingress_sbox stays in the mesh while it is a member; its
             // tasks' endpoints go.
-            let ingress: Vec<&str> = items(state)
+            let ingress: Vec<&str> = state
+                .iter()
                 .filter_map(|item| match item {
                     Item::Network(n) if n.ingress => Some(n.id.as_str()),
                     _ => None,
                 })
                 .collect();
-            let gone = !items(state).any(|item| {
+            let gone = !state.iter().any(|item| {
                 matches!(item, Item::RemoteEndpoint(e)
                 if e.node_addr == dead_address && !ingress.contains(&e.network_id.as_str()))
             });
