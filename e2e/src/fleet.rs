@@ -98,9 +98,38 @@ pub struct SimNode {
     /// When the manager last answered one of its heartbeats.
     pub last_heartbeat: Arc<Mutex<Option<Instant>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    dispatcher: Dispatcher,
 }
 
 impl SimNode {
+    /// Prints how the state the node holds differs from a whole state
+    /// the manager sends a new stream now (why a node did not finish).
+    async fn compare_with_a_whole_state(&self, index: usize) {
+        let (held, revision) = {
+            let view = self.view.lock().unwrap();
+            (view.held.items().clone(), view.held.revision())
+        };
+        let request = WatchRequest { node_id: self.id.clone() };
+        let first = match self.dispatcher.clone().watch(request).await {
+            Ok(stream) => stream.into_inner().message().await,
+            Err(status) => Err(status),
+        };
+        let mut fresh = HeldState::default();
+        match first {
+            Ok(Some(message)) => _ = fresh.apply(message),
+            other => eprintln!("sim-{index}: no whole state from a new stream: {other:?}"),
+        }
+        let differences = held.diff(fresh.items());
+        eprintln!(
+            "sim-{index} did not finish: holds revision {revision:?}, {} items; a whole state now: revision {:?}, {} items, {} differ: {:.2000}",
+            held.len(),
+            fresh.revision(),
+            fresh.items().len(),
+            differences.len(),
+            format!("{differences:?}"),
+        );
+    }
+
     /// Stops heartbeating and watching, as a node that died.
     pub fn kill(&self) {
         for task in self.tasks.lock().unwrap().drain(..) {
@@ -159,8 +188,14 @@ impl Fleet {
             let progress = scenario.progress.notified();
             if tokio::time::timeout_at(deadline, progress).await.is_err() && scenario.finished(self).is_none()
             {
-                let done = scenario.done.lock().unwrap();
-                break Err(done.iter().filter(|d| d.is_none()).count());
+                let unfinished: Vec<usize> = {
+                    let done = scenario.done.lock().unwrap();
+                    (0..done.len()).filter(|i| done[*i].is_none()).collect()
+                };
+                for index in unfinished.iter().take(3) {
+                    self.nodes[*index].compare_with_a_whole_state(*index).await;
+                }
+                break Err(unfinished.len());
             }
         };
         *self.scenario.lock().unwrap() = None;
@@ -212,8 +247,8 @@ async fn sim_node(target: FleetTarget, index: usize, scenario: Arc<Mutex<Option<
     let last_heartbeat: Arc<Mutex<Option<Instant>>> = Arc::default();
     let heartbeats =
         tokio::spawn(heartbeat(dispatcher.clone(), id.clone(), target.heartbeat, last_heartbeat.clone()));
-    let watch = tokio::spawn(watch(dispatcher, id.clone(), index, view.clone(), scenario));
-    SimNode { id, address, view, last_heartbeat, tasks: Mutex::new(vec![heartbeats, watch]) }
+    let watch = tokio::spawn(watch(dispatcher.clone(), id.clone(), index, view.clone(), scenario));
+    SimNode { id, address, view, last_heartbeat, tasks: Mutex::new(vec![heartbeats, watch]), dispatcher }
 }
 
 async fn heartbeat(

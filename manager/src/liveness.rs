@@ -117,12 +117,16 @@ impl Heartbeats {
     /// is not a node that died.
     pub fn exchanged(&self) {
         let now = Instant::now();
-        let previous = self.exchanged.lock().expect("heartbeat table poisoned").replace(Some(now)).flatten();
+        let mut exchanged = self.exchanged.lock().expect("heartbeat table poisoned");
+        let previous = exchanged.flatten();
         if previous.is_none_or(|at| now - at > self.interval * 2) {
+            // Before judging resumes: a pass that sees the exchange again
+            // also sees the grace.
             let known: Vec<String> =
                 self.last_seen.lock().expect("heartbeat table poisoned").keys().cloned().collect();
             self.grant_grace(known);
         }
+        *exchanged = Some(Some(now));
     }
 
     /// Whether nodes may be judged Down now: always for a manager alone;

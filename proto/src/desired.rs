@@ -329,6 +329,11 @@ impl HeldState {
         Ok(true)
     }
 
+    /// The revision held; `None` before the first whole state.
+    pub fn revision(&self) -> Option<u64> {
+        self.revision
+    }
+
     /// The items held (none before the first whole state).
     pub fn items(&self) -> &DesiredItems {
         &self.items

@@ -76,9 +76,10 @@ impl Subscriber {
     }
 }
 
-/// Reads the store and builds the model at its revision.
-fn read_model(store: &Store, data_path_port: u32) -> Result<Model, StoreError> {
-    let revision = store.revision();
+/// Reads the store and builds the model labelled `revision`, a revision
+/// this manager saw committed before the read: the records read hold that
+/// revision and maybe parts of later ones, still to be announced.
+fn read_model(store: &Store, revision: u64, data_path_port: u32) -> Result<Model, StoreError> {
     let (networks, services, tasks, nodes) = (store.networks()?, store.all()?, store.all()?, store.nodes()?);
     let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
     Ok(Model::build(&cluster, data_path_port, revision))
@@ -106,9 +107,21 @@ impl Fanout {
         let mut failing = false;
         loop {
             revisions.mark_unchanged();
+            let revision = store.revision();
+            // Built already: what a read now adds beyond that model belongs
+            // to commits not yet announced, and each brings a new build. A
+            // second model under one label would be skipped by nodes that
+            // hold the first.
+            if !self.is_newer(revision) {
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { return },
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+                continue;
+            }
             let (fanout, reader) = (self.clone(), store.clone());
             let built = tokio::task::spawn_blocking(move || {
-                let model = Arc::new(read_model(&reader, u32::from(data_path_port))?);
+                let model = Arc::new(read_model(&reader, revision, u32::from(data_path_port))?);
                 fanout.publish(model);
                 Ok::<_, StoreError>(())
             });
@@ -135,10 +148,23 @@ impl Fanout {
         }
     }
 
+    /// Whether no model of `revision` or later was published.
+    fn is_newer(&self, revision: u64) -> bool {
+        self.latest.borrow().as_ref().is_none_or(|latest| latest.revision < revision)
+    }
+
     /// Makes `model` the latest and queues every watching node what
     /// changed for it since the previous one (blocking: a node's delta is
-    /// cut here).
+    /// cut here). A model not newer than the latest is dropped: every
+    /// label is one model, so that a node holding it can skip it.
     fn publish(&self, model: Arc<Model>) {
+        if !self.is_newer(model.revision) {
+            tracing::warn!(
+                revision = model.revision,
+                "a desired state not newer than the latest was dropped"
+            );
+            return;
+        }
         let previous = self.latest.send_replace(Some(model.clone()));
         // Listed after the model is published: a node that subscribes later
         // starts from this model or a newer one.
@@ -263,17 +289,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_node_gets_its_whole_state_then_deltas_merged_while_it_is_behind_then_a_whole_state() {
+    /// Node a watching, sent its whole state at revision 1 and a delta to 2.
+    async fn watching_at_revision_2() -> (tempfile::TempDir, Arc<Fanout>, Subscription) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let fanout = Fanout::new();
         fanout.publish(model(1, 0));
         let mut subscription = fanout.subscribe("a", store);
         assert_eq!(kind(&subscription.next().await.unwrap()), ("whole", 0, 1));
-
         fanout.publish(model(2, 1));
         assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", 1, 2));
+        (dir, fanout, subscription)
+    }
+
+    #[tokio::test]
+    async fn a_node_gets_its_whole_state_then_deltas_merged_while_it_is_behind_then_a_whole_state() {
+        let (_dir, fanout, mut subscription) = watching_at_revision_2().await;
         // No change for the node at revision 3; 4 and 5 wait together.
         fanout.publish(model(3, 1));
         fanout.publish(model(4, 2));
@@ -295,6 +326,20 @@ mod tests {
         assert_eq!(kind(&subscription.next().await.unwrap()), ("whole", 0, last), "a whole state instead");
         fanout.publish(model(last + 1, 0));
         assert_eq!(kind(&subscription.next().await.unwrap()), ("delta", last, last + 1));
+    }
+
+    #[tokio::test]
+    async fn a_second_model_under_a_published_label_is_dropped_and_its_changes_come_with_the_next() {
+        let (_dir, fanout, mut subscription) = watching_at_revision_2().await;
+
+        // Read while a commit was not yet announced: more than revision 2.
+        fanout.publish(model(2, 5));
+        fanout.publish(model(3, 5));
+        let next = tokio::time::timeout(Duration::from_secs(5), subscription.next());
+        let message = next.await.expect("the move to host 5 is delivered").unwrap();
+        assert_eq!(kind(&message), ("delta", 2, 3));
+        let Some(watch_message::Message::Delta(delta)) = message.message else { unreachable!() };
+        assert_eq!((delta.upserts.len(), delta.removals.len()), (1, 1), "b's endpoint moved: {delta:?}");
     }
 
     #[tokio::test]
