@@ -9,8 +9,8 @@ use netctl_proto::desired_item::Item;
 use netctl_proto::dispatcher_client::DispatcherClient;
 use netctl_proto::pki::{NodeKey, Token};
 use netctl_proto::{
-    BearerToken, HeartbeatRequest, JoinRequest, NodeIdentity, ReportStatusRequest, TaskState,
-    TaskStatusReport, WatchRequest,
+    watch_message, BearerToken, HeartbeatRequest, JoinRequest, NodeIdentity, ReportStatusRequest, TaskState,
+    TaskStatusReport, WatchMessage, WatchRequest,
 };
 use prost::Message;
 use std::collections::HashSet;
@@ -143,6 +143,7 @@ pub struct Fleet {
     /// The nodes, in join order.
     pub nodes: Vec<SimNode>,
     scenario: Arc<Mutex<Option<Arc<Scenario>>>>,
+    _heartbeats: HeartbeatThread,
 }
 
 /// Where simulated nodes join.
@@ -160,16 +161,20 @@ impl Fleet {
     /// Joins `count` nodes, `parallel` at a time.
     pub async fn join(target: &FleetTarget, count: usize, parallel: usize) -> Self {
         let scenario: Arc<Mutex<Option<Arc<Scenario>>>> = Arc::default();
+        let heartbeats = HeartbeatThread::start();
         let mut nodes = Vec::with_capacity(count);
         for first in (0..count).step_by(parallel) {
             let joins: Vec<_> = (first..(first + parallel).min(count))
-                .map(|index| tokio::spawn(sim_node(target.clone(), index, scenario.clone())))
+                .map(|index| {
+                    let node = sim_node(target.clone(), index, scenario.clone(), heartbeats.handle.clone());
+                    tokio::spawn(node)
+                })
                 .collect();
             for join in joins {
                 nodes.push(join.await.expect("node join"));
             }
         }
-        Self { nodes, scenario }
+        Self { nodes, scenario, _heartbeats: heartbeats }
     }
 
     /// Times `scenario` until every concerned node satisfied its check or
@@ -224,7 +229,12 @@ type Dispatcher =
 
 /// Joins node `sim-<index>` with the join token and a certificate request,
 /// then heartbeats and watches with its certificate.
-async fn sim_node(target: FleetTarget, index: usize, scenario: Arc<Mutex<Option<Arc<Scenario>>>>) -> SimNode {
+async fn sim_node(
+    target: FleetTarget,
+    index: usize,
+    scenario: Arc<Mutex<Option<Arc<Scenario>>>>,
+    heartbeat_thread: tokio::runtime::Handle,
+) -> SimNode {
     let token = Token::parse(&target.join_token).expect("join token");
     let (channel, ca_pem) = netctl_proto::connect_with_token(&target.manager, &token).await.expect("connect");
     let mut joining =
@@ -245,18 +255,58 @@ async fn sim_node(target: FleetTarget, index: usize, scenario: Arc<Mutex<Option<
     let view: Arc<Mutex<NodeView>> = Arc::default();
     let id = joined.node_id;
     let last_heartbeat: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let heartbeats =
-        tokio::spawn(heartbeat(dispatcher.clone(), id.clone(), target.heartbeat, last_heartbeat.clone()));
+    let beating = heartbeat(target.clone(), ca_pem, identity, id.clone(), last_heartbeat.clone());
+    let heartbeats = heartbeat_thread.spawn(beating);
     let watch = tokio::spawn(watch(dispatcher.clone(), id.clone(), index, view.clone(), scenario));
     SimNode { id, address, view, last_heartbeat, tasks: Mutex::new(vec![heartbeats, watch]), dispatcher }
 }
 
+/// The thread simulated nodes heartbeat on, with a runtime of its own:
+/// away from the thousand Watch streams a simulator on two cores reads late
+/// (an agent, on its own machine, heartbeats on time). Their connections
+/// are made on it too, so that their I/O runs there. Made in the cluster's
+/// namespace by the thread that joins the nodes (a new thread starts in
+/// its creator's); stopped, with every heartbeat, when dropped.
+struct HeartbeatThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl HeartbeatThread {
+    fn start() -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (sender, handle) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            sender.send(runtime.handle().clone()).expect("handle");
+            let _ = runtime.block_on(stopped);
+        });
+        Self { handle: handle.recv().expect("heartbeat runtime"), stop: Some(stop) }
+    }
+}
+
+impl Drop for HeartbeatThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Heartbeats node `node_id` forever on a connection of its own (a Watch
+/// stream read late must not hold its answers back in the connection's
+/// flow window); `last` is when the manager last answered.
 async fn heartbeat(
-    mut dispatcher: Dispatcher,
+    target: FleetTarget,
+    ca_pem: String,
+    identity: NodeIdentity,
     node_id: String,
-    interval: Duration,
     last: Arc<Mutex<Option<Instant>>>,
 ) {
+    let channel = netctl_proto::connect(&target.manager, &ca_pem, Some(&identity)).await.expect("connect");
+    let mut dispatcher = DispatcherClient::with_interceptor(channel, BearerToken::none());
+    let interval = target.heartbeat;
     loop {
         if dispatcher.heartbeat(HeartbeatRequest { node_id: node_id.clone() }).await.is_ok() {
             *last.lock().unwrap() = Some(Instant::now());
@@ -283,7 +333,15 @@ async fn watch(
             Ok(None) => panic!("sim-{index}: the manager ended the watch stream"),
             Err(status) => panic!("sim-{index}: watch stream broke: {status}"),
         };
-        let new_tasks: Vec<TaskStatusReport> = {
+        let new_tasks: Vec<TaskStatusReport> = given_tasks(&message)
+            .filter(|id| reported.insert(id.to_string()))
+            .map(|id| TaskStatusReport {
+                task_id: id.to_string(),
+                state: TaskState::Running.into(),
+                ..Default::default()
+            })
+            .collect();
+        {
             let mut view = view.lock().unwrap();
             view.bytes += message.encoded_len() as u64;
             view.messages += 1;
@@ -293,19 +351,7 @@ async fn watch(
             if let Some(scenario) = scenario.lock().unwrap().as_ref() {
                 scenario.observe(index, view.held.items());
             }
-            view.held
-                .items()
-                .iter()
-                .filter_map(|item| match item {
-                    Item::Task(task) if reported.insert(task.id.clone()) => Some(TaskStatusReport {
-                        task_id: task.id.clone(),
-                        state: TaskState::Running.into(),
-                        ..Default::default()
-                    }),
-                    _ => None,
-                })
-                .collect()
-        };
+        }
         if !new_tasks.is_empty() {
             let request = ReportStatusRequest { node_id: node_id.clone(), tasks: new_tasks };
             let mut reporter = dispatcher.clone();
@@ -317,5 +363,20 @@ async fn watch(
                 }
             });
         }
+    }
+}
+
+/// The IDs of the tasks a Watch message gives the node (all of them in a
+/// whole state, the added or changed ones in a delta).
+fn given_tasks(message: &WatchMessage) -> Box<dyn Iterator<Item = &str> + '_> {
+    match &message.message {
+        Some(watch_message::Message::Snapshot(state)) => Box::new(state.tasks.iter().map(|t| t.id.as_str())),
+        Some(watch_message::Message::Delta(delta)) => {
+            Box::new(delta.upserts.iter().filter_map(|upsert| match &upsert.item {
+                Some(Item::Task(task)) => Some(task.id.as_str()),
+                _ => None,
+            }))
+        }
+        None => Box::new(std::iter::empty()),
     }
 }

@@ -154,6 +154,18 @@ impl Heartbeats {
         self.heard.lock().expect("heartbeat table poisoned").contains(node_id)
     }
 
+    /// How long until the next Ready node turns Down if it stays silent
+    /// (`None`: no node is Ready).
+    pub fn next_down_in(&self) -> Option<Duration> {
+        let grace = self.interval * MISSED_HEARTBEATS_BEFORE_DOWN;
+        let now = SystemTime::now();
+        let last_seen = self.last_seen.lock().expect("heartbeat table poisoned");
+        last_seen
+            .values()
+            .filter_map(|last| grace.checked_sub(now.duration_since(*last).unwrap_or_default()))
+            .min()
+    }
+
     /// The node's liveness now and its last heartbeat.
     pub fn status(&self, node_id: &str) -> (NodeLiveness, Option<SystemTime>) {
         let last = self.last_seen.lock().expect("heartbeat table poisoned").get(node_id).copied();
@@ -174,6 +186,18 @@ mod tests {
         assert_eq!(liveness(ago(15), now, interval), NodeLiveness::Ready);
         assert_eq!(liveness(ago(16), now, interval), NodeLiveness::Down);
         assert_eq!(liveness(None, now, interval), NodeLiveness::Down);
+    }
+
+    #[test]
+    fn the_next_node_to_turn_down_is_the_longest_silent_one() {
+        let heartbeats = Heartbeats::new(Duration::from_secs(5), []);
+        assert_eq!(heartbeats.next_down_in(), None, "no node");
+        let now = SystemTime::now();
+        heartbeats.merge("quiet", now - Duration::from_secs(12));
+        heartbeats.merge("chatty", now);
+        heartbeats.merge("gone", now - Duration::from_secs(60));
+        let next = heartbeats.next_down_in().expect("two Ready nodes");
+        assert!(next <= Duration::from_secs(3) && next > Duration::from_secs(2), "{next:?}");
     }
 
     #[test]

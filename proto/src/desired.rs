@@ -123,6 +123,25 @@ impl DesiredItems {
         }
     }
 
+    /// The item with key `key`.
+    pub fn get(&self, key: &ItemKey) -> Option<&Item> {
+        self.items.get(key).and_then(|item| item.item.as_ref())
+    }
+
+    /// The items of the keys from `first` on while `within` holds for
+    /// them, in key order (keys of a kind sort together: a range, where
+    /// walking every item would cost the size of the state).
+    pub fn range<'a>(
+        &'a self,
+        first: &ItemKey,
+        within: impl Fn(&ItemKey) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Item> + 'a {
+        self.items
+            .range(first..)
+            .take_while(move |(key, _)| within(key))
+            .filter_map(|(_, item)| item.item.as_ref())
+    }
+
     /// The items, ordered by key.
     pub fn iter(&self) -> impl Iterator<Item = &Item> {
         self.items.values().filter_map(|item| item.item.as_ref())

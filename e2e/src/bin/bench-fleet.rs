@@ -21,14 +21,14 @@ use e2e::lab::Lab;
 use e2e::netns::command_in;
 use e2e::ControlPlane;
 use netctl_proto::control_client::ControlClient;
-use netctl_proto::desired::DesiredItems;
+use netctl_proto::desired::{DesiredItems, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::pki::Token;
 use netctl_proto::{
     BearerToken, NetworkCreateRequest, PortConfig, ServiceCreateRequest, ServiceRemoveRequest,
     ServiceScaleRequest,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 const SERVICES: usize = 100;
@@ -153,33 +153,39 @@ async fn timed(
 /// Whether every service name the state holds has its expected number of
 /// running tasks (`expected` by service name; others: [`REPLICAS`]).
 fn names_complete(state: &DesiredItems, expected: &HashMap<String, usize>) -> bool {
-    let (mut services, mut running) = (Vec::new(), HashMap::<&str, usize>::new());
-    for item in state.iter() {
-        match item {
-            Item::Names(names) => services.push(names.service.as_str()),
-            Item::NameTask(task) => *running.entry(task.service.as_str()).or_default() += 1,
-            _ => {}
+    let mut running = HashMap::<&str, usize>::new();
+    let first = ItemKey::NameTask(String::new(), String::new(), String::new());
+    for item in state.range(&first, |key| matches!(key, ItemKey::NameTask(..))) {
+        if let Item::NameTask(task) = item {
+            *running.entry(task.service.as_str()).or_default() += 1;
         }
     }
-    services.iter().all(|service| {
+    let mut services =
+        state.range(&ItemKey::Names(String::new(), String::new()), |key| matches!(key, ItemKey::Names(..)));
+    services.all(|names| {
+        let Item::Names(names) = names else { return true };
+        let service = names.service.as_str();
         running.get(service).copied().unwrap_or(0)
-            == expected.get(*service).copied().unwrap_or(REPLICAS as usize)
+            == expected.get(service).copied().unwrap_or(REPLICAS as usize)
     })
 }
 
-/// How many backends the published port `port` has; `None` if the node
+/// Whether the state holds names for `service`.
+fn holds_names_of(state: &DesiredItems, service: &str) -> bool {
+    state
+        .range(&ItemKey::Names(String::new(), String::new()), |key| matches!(key, ItemKey::Names(..)))
+        .any(|item| matches!(item, Item::Names(names) if names.service == service))
+}
+
+/// How many backends the published TCP port `port` has; `None` if the node
 /// does not hold the port.
 fn port_backends(state: &DesiredItems, port: u32) -> Option<usize> {
-    let mut backends = 0;
-    let mut held = false;
-    for item in state.iter() {
-        match item {
-            Item::Port(p) if p.published_port == port => held = true,
-            Item::PortBackend(b) if b.published_port == port => backends += 1,
-            _ => {}
-        }
-    }
-    held.then_some(backends)
+    let tcp = || "tcp".to_string();
+    state.get(&ItemKey::Port(tcp(), port))?;
+    let first = ItemKey::PortBackend(tcp(), port, String::new());
+    let backends =
+        state.range(&first, |key| matches!(key, ItemKey::PortBackend(p, n, _) if p == "tcp" && *n == port));
+    Some(backends.count())
 }
 
 /// 100 networks and 100 services of 100 replicas; waits until every node
@@ -204,7 +210,10 @@ async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serd
             }
         },
         |state| {
-            let runs_tasks = state.iter().any(|item| matches!(item, Item::Task(_)));
+            let runs_tasks = state
+                .range(&ItemKey::Task(String::new()), |key| matches!(key, ItemKey::Task(_)))
+                .next()
+                .is_some();
             Some(runs_tasks && names_complete(state, &HashMap::new()))
         },
     )
@@ -221,7 +230,9 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     if setup.get("not_converged_nodes").is_some() {
         return serde_json::json!({ "nodes": nodes, "join_seconds": join_seconds, "setup": setup });
     }
-    let network = NetworkCreateRequest { name: "probe".into(), ..Default::default() };
+    // One address per node's replica: a /20 holds 1,000.
+    let network =
+        NetworkCreateRequest { name: "probe".into(), subnet: "10.128.0.0/20".into(), ..Default::default() };
     control.create_network(network).await.expect("create network");
     let replicas = nodes;
     let create = timed(
@@ -268,10 +279,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
         },
         {
             let scaled = scaled.clone();
-            move |state| {
-                let holds_bg0 = state.iter().any(|item| matches!(item, Item::Names(n) if n.service == "bg0"));
-                holds_bg0.then(|| names_complete(state, &scaled))
-            }
+            move |state| holds_names_of(state, "bg0").then(|| names_complete(state, &scaled))
         },
     )
     .await;
@@ -279,9 +287,24 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     let (dead_id, dead_address) = (fleet.nodes[victim].id.clone(), fleet.nodes[victim].address.clone());
     let last_heartbeat = *fleet.nodes[victim].last_heartbeat.lock().unwrap();
     let killed_at = Instant::now();
+    // The nodes concerned hold a network one of its tasks is on.
+    let its_networks: HashSet<String> = fleet.nodes[victim]
+        .view
+        .lock()
+        .unwrap()
+        .held
+        .items()
+        .range(&ItemKey::Network(String::new()), |key| matches!(key, ItemKey::Network(_)))
+        .filter_map(|item| match item {
+            Item::Network(network) if !network.ingress => Some(network.id.clone()),
+            _ => None,
+        })
+        .collect();
     let mut node_down =
         timed(&fleet, SCENARIO_TIMEOUT, &usage, async { fleet.nodes[victim].kill() }, move |state| {
-            if state.iter().any(|item| matches!(item, Item::Header(h) if h.node_id == dead_id)) {
+            if matches!(state.get(&ItemKey::Header), Some(Item::Header(h)) if h.node_id == dead_id)
+                || !its_networks.iter().any(|id| state.get(&ItemKey::Network(id.clone())).is_some())
+            {
                 return None;
             }
             // Its ingress_sbox stays in the mesh while it is a member; its
