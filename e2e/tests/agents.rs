@@ -16,11 +16,12 @@ fn node_status(cluster: &ControlPlane, hostname: &str) -> Option<String> {
 #[test]
 fn a_good_token_joins_and_a_bad_one_is_refused() {
     let cluster = ControlPlane::start(&[]);
-    let malformed = cluster.start_agent("intruder", "NETCTL-JOIN-1-wrong");
+    // Each with a state and run dir of its own, as two hosts would have.
+    let malformed = cluster.start_agent("intruder-malformed", "NETCTL-JOIN-1-wrong");
     let mut wrong_secret = cluster.join_token();
     wrong_secret.pop();
     wrong_secret.push('0');
-    let wrong = cluster.start_agent("intruder", &wrong_secret);
+    let wrong = cluster.start_agent("intruder-wrong", &wrong_secret);
     for (mut bad, expected) in [
         (malformed, "join token: the token is not NETCTL-<KIND>-1-<CA digest>-<secret>"),
         (wrong, "join token presented is not valid"),

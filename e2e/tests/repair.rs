@@ -49,6 +49,20 @@ fn a_deleted_sandbox_ends_its_task_and_a_replacement_runs() {
     assert!(replaced, "{:#?}", lab.tasks("sbx"));
     let old = lab.tasks("sbx").into_iter().find(|t| t["ID"] == task["ID"]).unwrap();
     assert_eq!(old["Error"], "the task's sandbox namespace was removed");
+    // Its process is stopped too, though no namespace file leads to it.
+    let sandbox = sandbox.file_name().unwrap().to_string_lossy().into_owned();
+    let shim_of_old = format!("/tasks/{sandbox}");
+    let gone =
+        wait_until(Duration::from_secs(30), || !running_commands().iter().any(|c| c.contains(&shim_of_old)));
+    assert!(gone, "the task whose sandbox was removed still runs");
+}
+
+/// The command lines of every process on the machine.
+fn running_commands() -> Vec<String> {
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    pids.filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .collect()
 }
 
 #[test]

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// `statfs` magic of the namespace filesystem.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// How many times [`kill_processes_in`] looks for processes left.
+const KILL_ROUNDS: usize = 50;
 
 /// The folder holding a node's namespaces (`<run-dir>/netns`).
 #[derive(Debug, Clone)]
@@ -236,10 +238,19 @@ pub fn enter_network_in_child(
 }
 
 /// SIGKILLs every process whose network namespace is one of the namespace
-/// files `namespaces` (to empty namespaces before removing them).
+/// files `namespaces` (to empty namespaces before removing them), looking
+/// again until none is left, at most [`KILL_ROUNDS`] times: a process can
+/// move from one of them into another between two looks (a task its
+/// agent, killed first, was starting: forked in the host's namespace, then
+/// entering its sandbox's).
 pub fn kill_processes_in(namespaces: &[PathBuf]) {
     let inodes: Vec<u64> = namespaces.iter().filter_map(|p| namespace_inode(p)).collect();
-    signal_processes_in(&inodes, nix::sys::signal::Signal::SIGKILL);
+    for _ in 0..KILL_ROUNDS {
+        if signal_processes_in(&inodes, nix::sys::signal::Signal::SIGKILL) == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// The inode identifying the network namespace at `path` (a namespace file
