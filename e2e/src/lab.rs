@@ -343,16 +343,10 @@ impl Drop for Lab {
         if let Some(mut manager) = self.manager.take() {
             manager.stop(Signal::SIGKILL);
         }
-        // Every process in the hosts' and the agents' namespaces together,
-        // as `netctl lab down` does: a task the killed agent was starting
-        // moves from its host's namespace into its sandbox's.
+        // The hosts and the underlay, and the agents' namespaces, emptied
+        // together as `netctl lab down` does.
         let mut folders = vec![netlib::NamespaceDir::new(self.dir.path())];
         folders.extend(self.hosts.iter().map(|host| netlib::NamespaceDir::new(&host.run_dir)));
-        netns::kill_processes_in(&folders.iter().flat_map(netlib::NamespaceDir::files).collect::<Vec<_>>());
-        for host in &self.hosts {
-            netns::clean_run_dir(&host.run_dir);
-        }
-        // The hosts and the underlay.
-        netlib::NamespaceDir::new(self.dir.path()).remove_all();
+        netlib::NamespaceDir::remove_all_together(&folders);
     }
 }

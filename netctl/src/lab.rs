@@ -451,10 +451,7 @@ impl Lab {
         for entry in std::fs::read_dir(&self.dir)?.flatten() {
             folders.push(NamespaceDir::new(&entry.path().join("run")));
         }
-        netns::kill_processes_in(&folders.iter().flat_map(NamespaceDir::files).collect::<Vec<_>>());
-        for folder in folders.iter().rev() {
-            folder.remove_all();
-        }
+        NamespaceDir::remove_all_together(&folders);
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
 }

@@ -137,6 +137,18 @@ impl NamespaceDir {
         while umount2(&self.dir, MntFlags::MNT_DETACH).is_ok() {}
     }
 
+    /// Removes every namespace of `folders` whole, last folder first, as
+    /// [`NamespaceDir::remove_all`] does, having first killed what runs in
+    /// any of them at once: a process can move from one folder's namespace
+    /// into another's between two folders' turns (a task its killed agent
+    /// was starting: from the host's namespace into its sandbox's).
+    pub fn remove_all_together(folders: &[NamespaceDir]) {
+        kill_processes_in(&folders.iter().flat_map(NamespaceDir::files).collect::<Vec<_>>());
+        for folder in folders.iter().rev() {
+            folder.remove_all();
+        }
+    }
+
     /// The names of every namespace in the folder.
     pub fn list(&self) -> Result<Vec<String>> {
         let entries = match std::fs::read_dir(&self.dir) {

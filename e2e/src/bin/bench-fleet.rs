@@ -307,18 +307,13 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
             {
                 return None;
             }
-            // Its ingress_sbox stays in the mesh while it is a member; its
-            // tasks' endpoints go.
-            let ingress: Vec<&str> = state
-                .iter()
-                .filter_map(|item| match item {
-                    Item::Network(n) if n.ingress => Some(n.id.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let gone = !state.iter().any(|item| {
-                matches!(item, Item::RemoteEndpoint(e)
-                if e.node_addr == dead_address && !ingress.contains(&e.network_id.as_str()))
+            // Its tasks' endpoints go (its ingress_sbox stays in the mesh
+            // while it is a member).
+            let gone = !its_networks.iter().any(|id| {
+                let first = ItemKey::RemoteEndpoint(id.clone(), String::new());
+                state
+                    .range(&first, |key| matches!(key, ItemKey::RemoteEndpoint(network, _) if network == id))
+                    .any(|item| matches!(item, Item::RemoteEndpoint(e) if e.node_addr == dead_address))
             });
             Some(gone && names_complete(state, &scaled))
         })
