@@ -110,14 +110,26 @@ impl SimNode {
             (view.held.items().clone(), view.held.revision())
         };
         let request = WatchRequest { node_id: self.id.clone() };
-        let first = match self.dispatcher.clone().watch(request).await {
-            Ok(stream) => stream.into_inner().message().await,
-            Err(status) => Err(status),
-        };
         let mut fresh = HeldState::default();
-        match first {
-            Ok(Some(message)) => _ = fresh.apply(message),
-            other => eprintln!("sim-{index}: no whole state from a new stream: {other:?}"),
+        match self.dispatcher.clone().watch(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                // Every part of the whole state.
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            if fresh.apply(message) != Ok(false) {
+                                break;
+                            }
+                        }
+                        other => {
+                            eprintln!("sim-{index}: no whole state from a new stream: {other:?}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => eprintln!("sim-{index}: no new stream: {status}"),
         }
         let differences = held.diff(fresh.items());
         eprintln!(
@@ -345,10 +357,8 @@ async fn watch(
             let mut view = view.lock().unwrap();
             view.bytes += message.encoded_len() as u64;
             view.messages += 1;
-            if let Err(gap) = view.held.apply(message) {
-                panic!("sim-{index}: {gap}");
-            }
-            if let Some(scenario) = scenario.lock().unwrap().as_ref() {
+            let complete = view.held.apply(message).unwrap_or_else(|gap| panic!("sim-{index}: {gap}"));
+            if let Some(scenario) = scenario.lock().unwrap().as_ref().filter(|_| complete) {
                 scenario.observe(index, view.held.items());
             }
         }

@@ -17,6 +17,7 @@ mod ids;
 mod ipam;
 mod liveness;
 mod logs;
+mod memory;
 pub mod networks;
 pub use cluster::migrate_to_etcd;
 mod nodes;

@@ -127,6 +127,7 @@ impl Manager {
             stopping.clone(),
         ));
         tokio::spawn(forget_removed_task_logs(self.store.clone(), reports.clone(), stopping.clone()));
+        tokio::spawn(crate::memory::release_after_changes(self.store.clone(), stopping.clone()));
         let fanout = crate::desired::fanout::Fanout::new();
         tokio::spawn(fanout.clone().run(self.store.clone(), self.cluster.data_path_port, stopping.clone()));
         let dispatcher = DispatcherService::new(

@@ -10,7 +10,9 @@ use crate::{
     DesiredItem, NameTask, Network, NetworkAttachment, NodeHeader, NodeState, NodeStateDelta, PortBackend,
     PublishedPort, RemoteEndpoint, ServiceNames, ServiceVip, TaskName, TaskSpec, VipBackend, WatchMessage,
 };
+use prost::Message;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// What names an item within a node's desired state.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -297,7 +299,7 @@ impl DesiredItems {
         let mut changes = ItemChanges::default();
         for (key, item) in &next.items {
             if self.items.get(key) != Some(item) {
-                changes.upsert(key.clone(), item.clone());
+                changes.upsert(key.clone(), Arc::new(item.clone()));
             }
         }
         for key in self.items.keys().filter(|k| !next.items.contains_key(*k)) {
@@ -316,17 +318,19 @@ pub struct HeldState {
 
 impl HeldState {
     /// Takes in one Watch message: the new desired state, `None` for an
-    /// empty message, or an error if a delta does not start from the
-    /// revision held (nothing is applied then).
+    /// empty message or a part that more parts follow, or an error if a
+    /// delta does not start from the revision held (nothing is applied
+    /// then).
     pub fn receive(&mut self, message: WatchMessage) -> Result<Option<NodeState>, String> {
         Ok(if self.apply(message)? { self.state() } else { None })
     }
 
     /// Takes in one Watch message without assembling the state: whether
-    /// it brought anything (an empty message does not), or an error if a
-    /// delta does not start from the revision held (nothing is applied
-    /// then).
+    /// it completed a new state (an empty message does not, nor a part
+    /// that more parts follow), or an error if a delta does not start from
+    /// the revision held (nothing is applied then).
     pub fn apply(&mut self, message: WatchMessage) -> Result<bool, String> {
+        let complete = !message.continues;
         match message.message {
             Some(watch_message::Message::Snapshot(state)) => {
                 self.items = DesiredItems::from_state(&state);
@@ -345,7 +349,7 @@ impl HeldState {
             }
             None => return Ok(false),
         }
-        Ok(true)
+        Ok(complete)
     }
 
     /// The revision held; `None` before the first whole state.
@@ -366,15 +370,17 @@ impl HeldState {
 
 /// Changes to a node's items by key: the new item, or `None` where it is
 /// removed. Merging later changes keeps one entry per key, so that the
-/// changes of several revisions never outgrow the items they touch.
+/// changes of several revisions never outgrow the items they touch. Items
+/// are shared: a change many nodes wait for is one item in memory until
+/// it is encoded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemChanges {
-    changes: BTreeMap<ItemKey, Option<DesiredItem>>,
+    changes: BTreeMap<ItemKey, Option<Arc<DesiredItem>>>,
 }
 
 impl ItemChanges {
     /// `key` now holds `item`.
-    pub fn upsert(&mut self, key: ItemKey, item: DesiredItem) {
+    pub fn upsert(&mut self, key: ItemKey, item: Arc<DesiredItem>) {
         self.changes.insert(key, Some(item));
     }
 
@@ -402,17 +408,134 @@ impl ItemChanges {
         self.changes.is_empty()
     }
 
+    /// These changes, bringing a node holding `base_revision` to
+    /// `revision`, as Watch messages of about `budget` encoded bytes
+    /// ([`Parts`]).
+    pub fn into_parts(self, base_revision: u64, revision: u64, budget: usize) -> Parts {
+        let (mut removals, mut upserts) = (Vec::new(), Vec::new());
+        for (key, item) in self.changes {
+            match item {
+                Some(item) => upserts.push(item),
+                None => removals.push(Arc::new(key.removal())),
+            }
+        }
+        Parts::new(Start::Delta(base_revision), revision, budget, removals, upserts)
+    }
+
     /// The delta that makes these changes to a node holding
     /// `base_revision`, bringing it to `revision`.
     pub fn into_delta(self, base_revision: u64, revision: u64) -> NodeStateDelta {
         let mut delta = NodeStateDelta { base_revision, revision, ..Default::default() };
         for (key, item) in self.changes {
             match item {
-                Some(item) => delta.upserts.push(item),
+                Some(item) => delta.upserts.push(Arc::unwrap_or_clone(item)),
                 None => delta.removals.push(key.removal()),
             }
         }
         delta
+    }
+}
+
+/// How a [`Parts`] sequence starts.
+enum Start {
+    /// With a delta from this revision.
+    Delta(u64),
+    /// With a whole state: the items whole if they fit in one message,
+    /// else an empty one they are added to.
+    Whole,
+}
+
+/// A whole state or a delta as Watch messages of at most about `budget`
+/// encoded bytes each (an item larger than that goes alone), made one at a
+/// time from items shared with the desired state they were cut from: the
+/// first from the revision the node holds (or a whole state), the others
+/// deltas from the new revision to itself, every one but the last marked
+/// `continues`. A node whose stream is slow holds pointers to the items
+/// it is still to be sent, not copies.
+pub struct Parts {
+    start: Option<Start>,
+    revision: u64,
+    budget: usize,
+    removals: std::iter::Peekable<std::vec::IntoIter<Arc<DesiredItem>>>,
+    upserts: std::iter::Peekable<std::vec::IntoIter<Arc<DesiredItem>>>,
+    done: bool,
+}
+
+/// An item's share of a message: its encoding and its field header.
+fn encoded_size(item: &DesiredItem) -> usize {
+    item.encoded_len() + 4
+}
+
+impl Parts {
+    fn new(
+        start: Start,
+        revision: u64,
+        budget: usize,
+        removals: Vec<Arc<DesiredItem>>,
+        upserts: Vec<Arc<DesiredItem>>,
+    ) -> Self {
+        let (removals, upserts) = (removals.into_iter().peekable(), upserts.into_iter().peekable());
+        Self { start: Some(start), revision, budget, removals, upserts, done: false }
+    }
+
+    /// The whole state of `items` at `revision`.
+    pub fn whole(items: Vec<Arc<DesiredItem>>, revision: u64, budget: usize) -> Self {
+        Self::new(Start::Whole, revision, budget, Vec::new(), items)
+    }
+
+    /// The whole state, if it is to go in one message.
+    fn whole_in_one(&mut self) -> Option<WatchMessage> {
+        let size: usize = self.upserts.clone().map(|item| encoded_size(&item)).sum();
+        if size > self.budget {
+            return None;
+        }
+        let mut items = DesiredItems::default();
+        for item in self.upserts.by_ref() {
+            items.insert(Arc::unwrap_or_clone(item));
+        }
+        self.done = true;
+        Some(WatchMessage {
+            message: Some(watch_message::Message::Snapshot(items.to_state(self.revision))),
+            continues: false,
+        })
+    }
+
+    /// The next delta, from `base`: removals first, then upserts, until
+    /// the budget is spent.
+    fn next_delta(&mut self, base: u64) -> WatchMessage {
+        let mut delta = NodeStateDelta { base_revision: base, revision: self.revision, ..Default::default() };
+        let mut size = 0;
+        for (items, into) in
+            [(&mut self.removals, &mut delta.removals), (&mut self.upserts, &mut delta.upserts)]
+        {
+            while let Some(item) = items.next_if(|item| size == 0 || size + encoded_size(item) <= self.budget)
+            {
+                size += encoded_size(&item);
+                into.push(Arc::unwrap_or_clone(item));
+            }
+        }
+        self.done = self.removals.peek().is_none() && self.upserts.peek().is_none();
+        WatchMessage { message: Some(watch_message::Message::Delta(delta)), continues: !self.done }
+    }
+}
+
+impl Iterator for Parts {
+    type Item = WatchMessage;
+
+    fn next(&mut self) -> Option<WatchMessage> {
+        match self.start.take() {
+            Some(Start::Whole) => {
+                if let Some(whole) = self.whole_in_one() {
+                    return Some(whole);
+                }
+                let empty = NodeState { revision: self.revision, ..Default::default() };
+                let message = watch_message::Message::Snapshot(empty);
+                Some(WatchMessage { message: Some(message), continues: true })
+            }
+            Some(Start::Delta(base)) => Some(self.next_delta(base)),
+            None if self.done => None,
+            None => Some(self.next_delta(self.revision)),
+        }
     }
 }
 
@@ -549,12 +672,39 @@ mod tests {
                 prop_assert_eq!(&applied, last);
             }
         }
+
+        /// A whole state and a delta sent in parts (a budget of a few
+        /// items) bring the node to the same state as sent whole; no state
+        /// is given before the last part.
+        #[test]
+        fn a_state_and_a_delta_in_parts_are_the_state_and_delta_sent_whole(
+            before in node_state(),
+            after in node_state(),
+            budget in 0usize..300,
+        ) {
+            let header = |state: NodeState| NodeState { node_id: "n1".into(), ..state };
+            let (before, after) = (header(before), header(after));
+            let (old, new) = (DesiredItems::from_state(&before), DesiredItems::from_state(&after));
+            let mut held = HeldState::default();
+            let whole: Vec<Arc<DesiredItem>> = old.items.values().cloned().map(Arc::new).collect();
+            let parts = Parts::whole(whole, 3, budget).chain(old.diff(&new).into_parts(3, 4, budget));
+            let mut states = Vec::new();
+            for part in parts {
+                prop_assert!(part.encoded_len() <= budget.max(300) + 300, "{} bytes", part.encoded_len());
+                let continues = part.continues;
+                let state = held.receive(part).unwrap();
+                prop_assert_eq!(state.is_some(), !continues);
+                states.extend(state);
+            }
+            prop_assert_eq!(states, vec![old.to_state(3), new.to_state(4)]);
+        }
     }
 
     #[test]
     fn a_delta_from_another_revision_is_refused_and_changes_nothing() {
         let snapshot = |revision| WatchMessage {
             message: Some(watch_message::Message::Snapshot(NodeState { revision, ..Default::default() })),
+            continues: false,
         };
         let delta = |base_revision, revision, task: &str| WatchMessage {
             message: Some(watch_message::Message::Delta(NodeStateDelta {
@@ -563,6 +713,7 @@ mod tests {
                 upserts: vec![item(Item::Task(TaskSpec { id: task.into(), ..Default::default() }))],
                 removals: vec![],
             })),
+            continues: false,
         };
         let mut held = HeldState::default();
         assert!(held.receive(delta(0, 1, "t0")).is_err(), "a delta before any whole state");

@@ -5,14 +5,15 @@
 //! a slow or stuck node delays no other. Deltas it has not taken yet are
 //! merged into one (one entry per changed item, so the outbox never holds
 //! more than the items the node's state has); once they touch more items
-//! than its whole state holds, it is sent the whole state instead.
+//! than its whole state holds, it is sent the whole state instead. Large
+//! states and deltas go in parts of about [`MESSAGE_BUDGET`] bytes.
 
 use super::changes::{Changes, NodeDelta};
 use super::model::{ClusterView, Model};
 use crate::nodes;
 use crate::store::{Store, StoreError};
-use netctl_proto::desired::ItemChanges;
-use netctl_proto::{watch_message, WatchMessage};
+use netctl_proto::desired::{ItemChanges, Parts};
+use netctl_proto::WatchMessage;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,13 @@ use tonic::Status;
 
 /// How long after a failed read of the store the model is built again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// About how many encoded bytes one Watch message carries at most: a
+/// larger whole state or delta goes in parts. The gRPC encoder keeps a
+/// buffer as large as the largest message of each stream for as long as
+/// the stream lives; at a thousand nodes, whole states of 200 KB kept
+/// 200 MB of them.
+const MESSAGE_BUDGET: usize = 16 * 1024;
 
 /// The latest model and the watching nodes.
 pub struct Fanout {
@@ -33,8 +41,8 @@ pub struct Fanout {
 /// What waits to be sent to one watching node.
 #[derive(Default)]
 struct Outbox {
-    /// The changes not yet sent, merged, and the revision they bring the
-    /// node to.
+    /// The changes not yet sent, merged (their items shared with the
+    /// model and the other nodes), and the revision they bring the node to.
     pending: Option<(u64, ItemChanges)>,
     /// Send a whole state next (the node is new, or the changes waiting
     /// outgrew its state).
@@ -192,7 +200,15 @@ impl Fanout {
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.subscribers.lock().expect("subscribers lock").insert(id, subscriber.clone());
-        Subscription { fanout: self.clone(), id, subscriber, store, latest: self.latest.subscribe(), sent: 0 }
+        Subscription {
+            fanout: self.clone(),
+            id,
+            subscriber,
+            store,
+            latest: self.latest.subscribe(),
+            sent: 0,
+            parts: None,
+        }
     }
 }
 
@@ -203,8 +219,10 @@ pub struct Subscription {
     subscriber: Arc<Subscriber>,
     store: Arc<Store>,
     latest: watch::Receiver<Option<Arc<Model>>>,
-    /// The revision the node holds.
+    /// The revision the node holds once it got every part.
     sent: u64,
+    /// What is left to send of a whole state or delta.
+    parts: Option<Parts>,
 }
 
 impl Subscription {
@@ -212,6 +230,9 @@ impl Subscription {
     /// was removed) ends the stream.
     pub async fn next(&mut self) -> Result<WatchMessage, Status> {
         loop {
+            if let Some(part) = self.parts.as_mut().and_then(Iterator::next) {
+                return Ok(part);
+            }
             let (resync, gone, pending) = {
                 let mut outbox = self.subscriber.outbox.lock().expect("outbox lock");
                 (std::mem::take(&mut outbox.resync), std::mem::take(&mut outbox.gone), outbox.pending.take())
@@ -220,7 +241,8 @@ impl Subscription {
                 nodes::member(&self.store, &self.subscriber.node_id)?;
             }
             if resync || gone {
-                return self.whole_state().await;
+                self.parts = Some(self.whole_state().await?);
+                continue;
             }
             match pending {
                 // Already in the whole state it was sent.
@@ -228,22 +250,24 @@ impl Subscription {
                 // Changes merged before that whole state was read are in it
                 // too: applying them again changes nothing.
                 Some((revision, changes)) => {
-                    let delta = changes.into_delta(self.sent, revision);
+                    self.parts = Some(changes.into_parts(self.sent, revision, MESSAGE_BUDGET));
                     self.sent = revision;
-                    return Ok(WatchMessage { message: Some(watch_message::Message::Delta(delta)) });
                 }
                 None => self.subscriber.ready.notified().await,
             }
         }
     }
 
-    /// The node's whole state from the latest model that holds it.
-    async fn whole_state(&mut self) -> Result<WatchMessage, Status> {
+    /// The node's whole state from the latest model that holds it, in
+    /// parts.
+    async fn whole_state(&mut self) -> Result<Parts, Status> {
         loop {
             let model = self.latest.borrow_and_update().clone();
-            if let Some(state) = model.as_ref().and_then(|m| m.snapshot(&self.subscriber.node_id)) {
-                self.sent = state.revision;
-                return Ok(WatchMessage { message: Some(watch_message::Message::Snapshot(state)) });
+            if let Some((model, items)) =
+                model.as_ref().and_then(|m| Some((m, m.items(&self.subscriber.node_id)?)))
+            {
+                self.sent = model.revision;
+                return Ok(Parts::whole(items, model.revision, MESSAGE_BUDGET));
             }
             // Not in the model: removed, or joined after it was built.
             nodes::member(&self.store, &self.subscriber.node_id)?;
@@ -263,7 +287,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netctl_proto::{Network, Node};
+    use netctl_proto::{watch_message, Network, Node};
 
     /// A model at `revision` of one node on ingress whose ingress_sbox
     /// address has host number `host`, beside a second node.
@@ -340,6 +364,40 @@ mod tests {
         assert_eq!(kind(&message), ("delta", 2, 3));
         let Some(watch_message::Message::Delta(delta)) = message.message else { unreachable!() };
         assert_eq!((delta.upserts.len(), delta.removals.len()), (1, 1), "b's endpoint moved: {delta:?}");
+    }
+
+    #[tokio::test]
+    async fn a_large_whole_state_comes_in_parts_that_make_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        // 1,000 nodes: node a holds 1,000 cluster nodes and ingress_sbox
+        // endpoints, far more than one message's budget.
+        let networks = [Network { id: "ing".into(), ingress: true, ..Default::default() }];
+        let nodes: Vec<Node> = (0..1000u32)
+            .map(|i| Node {
+                id: if i == 0 { "a".into() } else { format!("n{i}") },
+                advertise_addr: format!("10.64.{}.{}", i / 250, i % 250 + 1),
+                ingress_address: format!("10.255.{}.{}", i / 250, i % 250 + 2),
+                ..Default::default()
+            })
+            .collect();
+        let cluster = ClusterView { networks: &networks, services: &[], tasks: &[], nodes: &nodes };
+        let model = Arc::new(Model::build(&cluster, 4789, 1));
+        let fanout = Fanout::new();
+        fanout.publish(model.clone());
+        let mut subscription = fanout.subscribe("a", store);
+        let mut held = netctl_proto::desired::HeldState::default();
+        let mut parts = 0;
+        let state = loop {
+            let part = subscription.next().await.unwrap();
+            assert!(prost::Message::encoded_len(&part) <= MESSAGE_BUDGET + 200);
+            parts += 1;
+            if let Some(state) = held.receive(part).unwrap() {
+                break state;
+            }
+        };
+        assert!(parts > 3, "{parts} parts");
+        assert_eq!(Some(state), model.snapshot("a"));
     }
 
     #[tokio::test]

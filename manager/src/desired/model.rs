@@ -7,13 +7,14 @@
 //! every Watch stream.
 
 use crate::addresses::mac_for;
-use netctl_proto::desired::{item, DesiredItems, ItemKey};
+use netctl_proto::desired::{item, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::{
-    DesiredItem, NameTask, Network, Node, NodeHeader, NodeState, PortBackend, PublishedPort, RemoteEndpoint,
-    Service, ServiceNames, ServiceVip, Task, TaskName, TaskSpec, TaskState, VipBackend,
+    DesiredItem, NameTask, Network, Node, NodeHeader, PortBackend, PublishedPort, RemoteEndpoint, Service,
+    ServiceNames, ServiceVip, Task, TaskName, TaskSpec, TaskState, VipBackend,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Everything the desired state is computed from.
 pub struct ClusterView<'a> {
@@ -31,15 +32,15 @@ pub struct ClusterView<'a> {
 /// sent its own endpoints).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placed {
-    /// The item.
-    pub item: DesiredItem,
+    /// The item, shared with the deltas that carry it.
+    pub item: Arc<DesiredItem>,
     /// The node of an endpoint.
     pub node: Option<String>,
 }
 
 impl Placed {
     /// The item as `node_id` sees it: none if it is that node's endpoint.
-    pub fn for_node(&self, node_id: &str) -> Option<&DesiredItem> {
+    pub fn for_node(&self, node_id: &str) -> Option<&Arc<DesiredItem>> {
         (self.node.as_deref() != Some(node_id)).then_some(&self.item)
     }
 }
@@ -72,7 +73,7 @@ pub struct Model {
 fn put(scope: &mut Scope, new: Item, node: Option<&str>) {
     let new = item(new);
     if let Some(key) = netctl_proto::desired::key(&new) {
-        scope.insert(key, Placed { item: new, node: node.map(str::to_string) });
+        scope.insert(key, Placed { item: Arc::new(new), node: node.map(str::to_string) });
     }
 }
 
@@ -272,17 +273,22 @@ impl Model {
         self.global.len() + part.items.len() + networks
     }
 
+    /// The items of the whole desired state of `node_id`, shared with
+    /// this model; `None` if the node is not in it.
+    pub fn items(&self, node_id: &str) -> Option<Vec<Arc<DesiredItem>>> {
+        let part = self.nodes.get(node_id)?;
+        let networks = part.networks.iter().filter_map(|id| self.networks.get(id));
+        let scopes = self.global.values().chain(part.items.values()).chain(networks.flat_map(Scope::values));
+        Some(scopes.filter_map(|placed| placed.for_node(node_id)).cloned().collect())
+    }
+
     /// The whole desired state of `node_id`; `None` if the node is not in
     /// this model.
-    pub fn snapshot(&self, node_id: &str) -> Option<NodeState> {
-        let part = self.nodes.get(node_id)?;
-        let mut items = DesiredItems::default();
-        let networks = part.networks.iter().filter_map(|id| self.networks.get(id));
-        for placed in self.global.values().chain(part.items.values()).chain(networks.flat_map(Scope::values))
-        {
-            if let Some(item) = placed.for_node(node_id) {
-                items.insert(item.clone());
-            }
+    #[cfg(test)]
+    pub fn snapshot(&self, node_id: &str) -> Option<netctl_proto::NodeState> {
+        let mut items = netctl_proto::desired::DesiredItems::default();
+        for item in self.items(node_id)? {
+            items.insert(DesiredItem::clone(&item));
         }
         Some(items.to_state(self.revision))
     }
