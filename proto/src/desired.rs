@@ -299,11 +299,11 @@ impl DesiredItems {
         let mut changes = ItemChanges::default();
         for (key, item) in &next.items {
             if self.items.get(key) != Some(item) {
-                changes.upsert(key.clone(), Arc::new(item.clone()));
+                changes.upsert(Arc::new(key.clone()), Arc::new(item.clone()));
             }
         }
         for key in self.items.keys().filter(|k| !next.items.contains_key(*k)) {
-            changes.remove(key.clone());
+            changes.remove(Arc::new(key.clone()));
         }
         changes
     }
@@ -370,22 +370,22 @@ impl HeldState {
 
 /// Changes to a node's items by key: the new item, or `None` where it is
 /// removed. Merging later changes keeps one entry per key, so that the
-/// changes of several revisions never outgrow the items they touch. Items
-/// are shared: a change many nodes wait for is one item in memory until
-/// it is encoded.
+/// changes of several revisions never outgrow the items they touch. Keys
+/// and items are shared: a change many nodes wait for is one key and one
+/// item in memory until it is encoded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemChanges {
-    changes: BTreeMap<ItemKey, Option<Arc<DesiredItem>>>,
+    changes: BTreeMap<Arc<ItemKey>, Option<Arc<DesiredItem>>>,
 }
 
 impl ItemChanges {
     /// `key` now holds `item`.
-    pub fn upsert(&mut self, key: ItemKey, item: Arc<DesiredItem>) {
+    pub fn upsert(&mut self, key: Arc<ItemKey>, item: Arc<DesiredItem>) {
         self.changes.insert(key, Some(item));
     }
 
     /// `key` is removed.
-    pub fn remove(&mut self, key: ItemKey) {
+    pub fn remove(&mut self, key: Arc<ItemKey>) {
         self.changes.insert(key, None);
     }
 
@@ -416,7 +416,7 @@ impl ItemChanges {
         for (key, item) in self.changes {
             match item {
                 Some(item) => upserts.push(item),
-                None => removals.push(Arc::new(key.removal())),
+                None => removals.push(key),
             }
         }
         Parts::new(Start::Delta(base_revision), revision, budget, removals, upserts)
@@ -450,13 +450,15 @@ enum Start {
 /// time from items shared with the desired state they were cut from: the
 /// first from the revision the node holds (or a whole state), the others
 /// deltas from the new revision to itself, every one but the last marked
-/// `continues`. A node whose stream is slow holds pointers to the items
-/// it is still to be sent, not copies.
+/// `continues`. A node whose stream is slow holds pointers to the keys and
+/// items it is still to be sent, not copies; a removal's item is made as
+/// its part is (a thousand nodes each waiting to remove thousands of items
+/// held a gigabyte of them).
 pub struct Parts {
     start: Option<Start>,
     revision: u64,
     budget: usize,
-    removals: std::iter::Peekable<std::vec::IntoIter<Arc<DesiredItem>>>,
+    removals: std::iter::Peekable<std::vec::IntoIter<Arc<ItemKey>>>,
     upserts: std::iter::Peekable<std::vec::IntoIter<Arc<DesiredItem>>>,
     done: bool,
 }
@@ -471,7 +473,7 @@ impl Parts {
         start: Start,
         revision: u64,
         budget: usize,
-        removals: Vec<Arc<DesiredItem>>,
+        removals: Vec<Arc<ItemKey>>,
         upserts: Vec<Arc<DesiredItem>>,
     ) -> Self {
         let (removals, upserts) = (removals.into_iter().peekable(), upserts.into_iter().peekable());
@@ -505,14 +507,20 @@ impl Parts {
     fn next_delta(&mut self, base: u64) -> WatchMessage {
         let mut delta = NodeStateDelta { base_revision: base, revision: self.revision, ..Default::default() };
         let mut size = 0;
-        for (items, into) in
-            [(&mut self.removals, &mut delta.removals), (&mut self.upserts, &mut delta.upserts)]
-        {
-            while let Some(item) = items.next_if(|item| size == 0 || size + encoded_size(item) <= self.budget)
-            {
-                size += encoded_size(&item);
-                into.push(Arc::unwrap_or_clone(item));
+        while let Some(key) = self.removals.peek() {
+            let removal = key.removal();
+            if size > 0 && size + encoded_size(&removal) > self.budget {
+                break;
             }
+            self.removals.next();
+            size += encoded_size(&removal);
+            delta.removals.push(removal);
+        }
+        while let Some(item) =
+            self.upserts.next_if(|item| size == 0 || size + encoded_size(item) <= self.budget)
+        {
+            size += encoded_size(&item);
+            delta.upserts.push(Arc::unwrap_or_clone(item));
         }
         self.done = self.removals.peek().is_none() && self.upserts.peek().is_none();
         WatchMessage { message: Some(watch_message::Message::Delta(delta)), continues: !self.done }

@@ -6,9 +6,10 @@
 use super::model::{Model, Placed, Scope};
 use netctl_proto::desired::{ItemChanges, ItemKey};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// One key of a scope whose item changed: before and after (`None`: absent).
-type Changed = (ItemKey, Option<Placed>, Option<Placed>);
+type Changed = (Arc<ItemKey>, Option<Placed>, Option<Placed>);
 
 /// What a node is to be sent for a new model.
 #[derive(Debug, PartialEq)]
@@ -35,7 +36,7 @@ pub struct Changes {
 fn compare(old: Option<&Scope>, new: Option<&Scope>) -> Vec<Changed> {
     let empty = Scope::new();
     let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-    let keys: BTreeSet<&ItemKey> = old.keys().chain(new.keys()).collect();
+    let keys: BTreeSet<&Arc<ItemKey>> = old.keys().chain(new.keys()).collect();
     keys.into_iter()
         .filter_map(|key| {
             let (before, after) = (old.get(key), new.get(key));

@@ -45,8 +45,8 @@ impl Placed {
     }
 }
 
-/// Items by key.
-pub type Scope = BTreeMap<ItemKey, Placed>;
+/// Items by key (keys shared with the changes cut from them).
+pub type Scope = BTreeMap<Arc<ItemKey>, Placed>;
 
 /// One node's own items and the networks it holds.
 #[derive(Debug, Default)]
@@ -73,7 +73,7 @@ pub struct Model {
 fn put(scope: &mut Scope, new: Item, node: Option<&str>) {
     let new = item(new);
     if let Some(key) = netctl_proto::desired::key(&new) {
-        scope.insert(key, Placed { item: Arc::new(new), node: node.map(str::to_string) });
+        scope.insert(Arc::new(key), Placed { item: Arc::new(new), node: node.map(str::to_string) });
     }
 }
 
