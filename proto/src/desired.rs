@@ -421,19 +421,6 @@ impl ItemChanges {
         }
         Parts::new(Start::Delta(base_revision), revision, budget, removals, upserts)
     }
-
-    /// The delta that makes these changes to a node holding
-    /// `base_revision`, bringing it to `revision`.
-    pub fn into_delta(self, base_revision: u64, revision: u64) -> NodeStateDelta {
-        let mut delta = NodeStateDelta { base_revision, revision, ..Default::default() };
-        for (key, item) in self.changes {
-            match item {
-                Some(item) => delta.upserts.push(Arc::unwrap_or_clone(item)),
-                None => delta.removals.push(key.removal()),
-            }
-        }
-        delta
-    }
 }
 
 /// How a [`Parts`] sequence starts.
@@ -553,6 +540,19 @@ mod tests {
     use crate::{RemoteEndpoint, TaskName, TaskSpec};
     use proptest::prelude::*;
 
+    /// `changes` from revision 1 to 2 as the one delta an unlimited
+    /// budget makes.
+    fn one_delta(changes: ItemChanges) -> NodeStateDelta {
+        let mut parts = changes.into_parts(1, 2, usize::MAX);
+        let Some(WatchMessage { message: Some(watch_message::Message::Delta(delta)), continues: false }) =
+            parts.next()
+        else {
+            panic!("one whole delta")
+        };
+        assert!(parts.next().is_none());
+        delta
+    }
+
     fn pick(options: &'static [&'static str]) -> impl Strategy<Value = String> {
         proptest::sample::select(options).prop_map(str::to_string)
     }
@@ -656,7 +656,7 @@ mod tests {
         fn a_state_plus_its_delta_to_the_next_is_the_next(before in node_state(), after in node_state()) {
             let (old, new) = (DesiredItems::from_state(&before), DesiredItems::from_state(&after));
             let mut applied = old.clone();
-            applied.apply(&old.diff(&new).into_delta(1, 2));
+            applied.apply(&one_delta(old.diff(&new)));
             prop_assert_eq!(applied.to_state(2), new.to_state(2));
         }
 
@@ -676,7 +676,7 @@ mod tests {
             prop_assert!(merged.len() <= items.iter().map(DesiredItems::len).sum::<usize>());
             for start in &items {
                 let mut applied = start.clone();
-                applied.apply(&merged.clone().into_delta(1, 2));
+                applied.apply(&one_delta(merged.clone()));
                 prop_assert_eq!(&applied, last);
             }
         }
@@ -743,7 +743,7 @@ mod tests {
         };
         let items = DesiredItems::from_state(&state);
         assert!(items.diff(&items).is_empty());
-        let delta = items.diff(&DesiredItems::from_state(&NodeState::default())).into_delta(1, 2);
+        let delta = one_delta(items.diff(&DesiredItems::from_state(&NodeState::default())));
         assert_eq!(delta.removals, [ItemKey::Task("t1".into()).removal()]);
     }
 }

@@ -133,7 +133,8 @@ mod tests {
     use crate::desired::model::ClusterView;
     use netctl_proto::desired::DesiredItems;
     use netctl_proto::{
-        EndpointAddress, Network, Node, NodeState, PortConfig, Service, Task, TaskState, VirtualIp,
+        watch_message, EndpointAddress, Network, Node, NodeState, PortConfig, Service, Task, TaskState,
+        VirtualIp, WatchMessage,
     };
     use proptest::prelude::*;
 
@@ -251,12 +252,18 @@ mod tests {
         Model::build(&view, 4789, revision)
     }
 
-    /// What a node holds after `delta` is applied to `before`.
+    /// What a node holds after `delta` is applied to `before`, every part
+    /// of it.
     fn applied(before: &NodeState, delta: NodeDelta, revision: u64) -> Option<NodeState> {
         let mut items = DesiredItems::from_state(before);
         match delta {
             NodeDelta::Unchanged => {}
-            NodeDelta::Changed(changes) => items.apply(&changes.into_delta(before.revision, revision)),
+            NodeDelta::Changed(changes) => {
+                for part in changes.into_parts(before.revision, revision, usize::MAX) {
+                    let Some(watch_message::Message::Delta(delta)) = part.message else { panic!("a delta") };
+                    items.apply(&delta);
+                }
+            }
             NodeDelta::Whole | NodeDelta::Gone => return None,
         }
         Some(items.to_state(revision))
@@ -333,7 +340,11 @@ mod tests {
         let changes = Changes::between(&old, &new);
         assert_eq!(changes.for_node(&old, &new, "c"), NodeDelta::Unchanged, "c has no task on n1");
         let NodeDelta::Changed(changes) = changes.for_node(&old, &new, "a") else { panic!("a is on n1") };
-        let delta = changes.into_delta(1, 2);
+        let parts: Vec<_> = changes.into_parts(1, 2, usize::MAX).collect();
+        let [WatchMessage { message: Some(watch_message::Message::Delta(delta)), .. }] = parts.as_slice()
+        else {
+            panic!("one delta: {parts:?}")
+        };
         assert!(delta.removals.is_empty());
         // The new endpoint and the new name, nothing else.
         assert_eq!(delta.upserts.len(), 2, "{:?}", delta.upserts);
