@@ -119,3 +119,26 @@ fn exec_runs_inside_a_task_sandbox_on_its_host() {
         "no running task nosuch.1",
     );
 }
+
+#[test]
+fn a_new_task_gets_no_address_a_removed_one_had_while_others_are_free() {
+    let lab = Lab::start(1);
+    lab.create_network("reusenet", "192.168.202.0/24");
+    let vip = |service: &str| {
+        let inspected: serde_json::Value =
+            serde_json::from_str(&lab.ok(&["service", "inspect", service])).unwrap();
+        inspected[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().to_string()
+    };
+    let addresses = |service: &str, replicas: usize| {
+        let tasks = lab.wait_running(service, replicas);
+        let mut addresses: Vec<String> = tasks.iter().map(|t| e2e::lab::endpoint_address(t, 0)).collect();
+        addresses.push(vip(service));
+        addresses
+    };
+    lab.create_service("first", 2, "reusenet", &["sleep", "10000"]);
+    let old = addresses("first", 2);
+    lab.ok(&["service", "rm", "first"]);
+    lab.create_service("second", 2, "reusenet", &["sleep", "10000"]);
+    let new = addresses("second", 2);
+    assert!(new.iter().all(|a| !old.contains(a)), "second {new:?} reuses an address of first {old:?}");
+}

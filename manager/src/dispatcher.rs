@@ -9,13 +9,14 @@ use crate::liveness::Heartbeats;
 use crate::networks::now_unix;
 use crate::pki::ClusterCa;
 use crate::reports::AgentReports;
+use crate::store::Batch;
 use crate::tokens::ClusterTokens;
 use crate::{ids, nodes, ManagerError, Store};
 use netctl_proto::convention::sandbox_name;
 use netctl_proto::dispatcher_server::Dispatcher;
 use netctl_proto::pki::TokenKind;
 use netctl_proto::*;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -57,8 +58,9 @@ impl DispatcherService {
         self.heartbeats.interval().as_millis() as u32
     }
 
-    /// An address on the ingress network for a joining node's ingress_sbox.
-    fn free_ingress_address(&self) -> Result<String, Status> {
+    /// An address on the ingress network for a joining node's ingress_sbox,
+    /// and that network's ID.
+    fn free_ingress_address(&self) -> Result<(String, Ipv4Addr), Status> {
         let networks = self.store.networks().map_err(ManagerError::from)?;
         let ingress =
             networks.iter().find(|n| n.ingress).ok_or_else(|| Status::internal("no ingress network"))?;
@@ -69,9 +71,11 @@ impl DispatcherService {
         );
         let taken = crate::services::taken_addresses(ingress, &services, &tasks, &nodes);
         let subnet = ingress.subnet.parse().map_err(|_| Status::internal("invalid ingress subnet"))?;
-        crate::addresses::lowest_free(subnet, &taken).map(|a| a.to_string()).ok_or_else(|| {
+        let last = crate::address_cursors::read_one(&self.store, &ingress.id).map_err(ManagerError::from)?;
+        let address = crate::addresses::next_free(subnet, &taken, last).ok_or_else(|| {
             Status::resource_exhausted("the ingress network has no free address for this node")
-        })
+        })?;
+        Ok((ingress.id.clone(), address))
     }
 
     /// The member node the request's certificate names. `claimed` (a node
@@ -101,9 +105,14 @@ impl DispatcherService {
     ) -> Result<(Node, bool), Status> {
         let mut writer = self.store.write_lock().await;
         let existing = self.store.node(&joining.id).map_err(ManagerError::from)?;
+        let mut batch = Batch::new();
         let ingress_address = match existing.as_ref().map(|n| n.ingress_address.clone()) {
             Some(kept) if !kept.is_empty() => kept,
-            _ => self.free_ingress_address()?,
+            _ => {
+                let (network_id, address) = self.free_ingress_address()?;
+                crate::address_cursors::record(&mut batch, &network_id, address);
+                address.to_string()
+            }
         };
         let certificate = match signed {
             Some(signed) => Some(nodes::certificate_record(signed, &self.ca.digest)),
@@ -116,7 +125,8 @@ impl DispatcherService {
             ..joining
         };
         if existing.as_ref() != Some(&node) {
-            writer.put(&node).await.map_err(ManagerError::from)?;
+            batch.put(&node);
+            writer.commit(batch).await.map_err(ManagerError::from)?;
         }
         Ok((node, existing.is_some()))
     }

@@ -5,6 +5,7 @@
 //!
 //! It never touches the kernel.
 
+mod address_cursors;
 mod addresses;
 mod auth;
 mod cluster;

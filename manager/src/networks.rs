@@ -114,7 +114,10 @@ async fn remove_once(store: &Store, reference: &str) -> Result<Network, ManagerE
             network.name, user.name
         )));
     }
-    writer.delete::<Network>(&network.id).await?;
+    let mut batch = crate::store::Batch::new();
+    batch.delete::<Network>(&network.id);
+    crate::address_cursors::forget(&mut batch, &network.id);
+    writer.commit(batch).await?;
     Ok(network)
 }
 

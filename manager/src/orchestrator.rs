@@ -13,6 +13,7 @@ use crate::store::{AsConflict, Batch};
 use crate::{ids, Store};
 use netctl_proto::{EndpointAddress, Network, Node, Service, Task, TaskState};
 use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub struct ClusterState<'a> {
     /// IDs of the Ready nodes heard from since the manager started (only
     /// these get new tasks).
     pub schedulable: &'a HashSet<String>,
+    /// The address each network handed out last, by network ID: new
+    /// tasks' addresses follow it ([`addresses::next_free`]).
+    pub last_addresses: &'a HashMap<String, Ipv4Addr>,
     /// Seconds since the epoch.
     pub now: i64,
 }
@@ -156,6 +160,7 @@ pub fn plan(state: &ClusterState) -> Batch {
             }
         }
     }
+    placement.record_last_addresses(&mut batch);
 
     // Forget old history.
     let mut finished: HashMap<(&str, u32), Vec<&Task>> = HashMap::new();
@@ -197,7 +202,9 @@ struct Placement<'a> {
     /// Tasks that failed lately by (node, service).
     failed_lately: HashMap<(String, String), usize>,
     /// Taken addresses by network ID, counted when first needed.
-    taken: HashMap<String, HashSet<std::net::Ipv4Addr>>,
+    taken: HashMap<String, HashSet<Ipv4Addr>>,
+    /// The address each network handed out last, as tasks are added.
+    last_addresses: HashMap<String, Ipv4Addr>,
 }
 
 impl<'a> Placement<'a> {
@@ -209,6 +216,7 @@ impl<'a> Placement<'a> {
             live_of_service: HashMap::new(),
             failed_lately: HashMap::new(),
             taken: HashMap::new(),
+            last_addresses: state.last_addresses.clone(),
         };
         for task in tasks {
             let key = (task.node_id.clone(), task.service_id.clone());
@@ -272,7 +280,9 @@ impl<'a> Placement<'a> {
                 .taken
                 .entry(network.id.clone())
                 .or_insert_with(|| taken_addresses(network, state.services, self.tasks, state.nodes));
-            let free = network.subnet.parse().ok().and_then(|subnet| addresses::lowest_free(subnet, taken));
+            let last = self.last_addresses.get(&network.id).copied();
+            let free =
+                network.subnet.parse().ok().and_then(|subnet| addresses::next_free(subnet, taken, last));
             let Some(address) = free else {
                 tracing::warn!(service = %service.name, network = %network.name, "no free address for a new task");
                 for endpoint in &endpoints {
@@ -282,6 +292,7 @@ impl<'a> Placement<'a> {
                 return None;
             };
             taken.insert(address);
+            self.last_addresses.insert(network.id.clone(), address);
             endpoints.push(EndpointAddress {
                 network_id: network.id.clone(),
                 address: address.to_string(),
@@ -289,6 +300,16 @@ impl<'a> Placement<'a> {
             });
         }
         Some(endpoints)
+    }
+
+    /// Records where each network that handed out addresses in this plan
+    /// goes on from.
+    fn record_last_addresses(&self, batch: &mut Batch) {
+        for (network_id, address) in &self.last_addresses {
+            if self.state.last_addresses.get(network_id) != Some(address) {
+                crate::address_cursors::record(batch, network_id, *address);
+            }
+        }
     }
 }
 
@@ -378,6 +399,7 @@ fn plan_from_store(
     let schedulable: HashSet<String> = live.iter().filter(|id| heartbeats.heard_from(id)).cloned().collect();
     let ready = if held { nodes.iter().map(|n| n.id.clone()).collect() } else { live };
     let (services, tasks, networks) = (store.all()?, store.all()?, store.networks()?);
+    let last_addresses = crate::address_cursors::read(store, &networks)?;
     let state = ClusterState {
         services: &services,
         tasks: &tasks,
@@ -385,6 +407,7 @@ fn plan_from_store(
         nodes: &nodes,
         ready: &ready,
         schedulable: &schedulable,
+        last_addresses: &last_addresses,
         now: now_unix(),
     };
     Ok((plan(&state), liveness))
@@ -431,8 +454,16 @@ mod tests {
     ) {
         let networks = [network()];
         for _ in 0..10 {
-            let state =
-                ClusterState { services, tasks, networks: &networks, nodes, ready, schedulable: ready, now };
+            let state = ClusterState {
+                services,
+                tasks,
+                networks: &networks,
+                nodes,
+                ready,
+                schedulable: ready,
+                last_addresses: &HashMap::new(),
+                now,
+            };
             let batch = plan(&state);
             if batch.is_empty() {
                 return;
@@ -592,22 +623,39 @@ mod tests {
         assert!(live.iter().all(|t| t.node_id == "a"), "{live:?}");
     }
 
-    #[test]
-    fn nodes_not_heard_from_since_a_restart_get_no_new_tasks() {
+    /// The new tasks one plan makes for two replicas on node "a" (and "b",
+    /// Ready but not heard from), with the addresses handed out last.
+    fn first_tasks(last_addresses: &HashMap<String, Ipv4Addr>) -> Vec<Task> {
         let nodes = [node("a"), node("b")];
         let ready: HashSet<String> = ["a".into(), "b".into()].into();
         let heard: HashSet<String> = ["a".into()].into();
-        let networks = [network()];
         let state = ClusterState {
             services: &[service(2)],
             tasks: &[],
-            networks: &networks,
+            networks: &[network()],
             nodes: &nodes,
             ready: &ready,
             schedulable: &heard,
+            last_addresses,
             now: 100,
         };
-        let batch = plan(&state);
-        assert!(batch.tasks().iter().all(|(_, t)| t.as_ref().unwrap().node_id == "a"));
+        plan(&state).tasks().into_iter().filter_map(|(_, task)| task).collect()
+    }
+
+    #[test]
+    fn new_tasks_take_the_addresses_after_the_one_handed_out_last() {
+        // .3 and .4 were handed out and freed; .7 was handed out last.
+        let last = HashMap::from([("net".to_string(), "192.168.200.7".parse().unwrap())]);
+        let mut addresses: Vec<String> =
+            first_tasks(&last).iter().map(|task| task.endpoints[0].address.clone()).collect();
+        addresses.sort();
+        assert_eq!(addresses, ["192.168.200.8", "192.168.200.9"]);
+    }
+
+    #[test]
+    fn nodes_not_heard_from_since_a_restart_get_no_new_tasks() {
+        let tasks = first_tasks(&HashMap::new());
+        assert_eq!(tasks.len(), 2);
+        assert!(tasks.iter().all(|t| t.node_id == "a"));
     }
 }

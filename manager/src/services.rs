@@ -1,10 +1,11 @@
 //! Creating, scaling and removing services. A service's VIPs are allocated
 //! with it, in one store write; its tasks are made by the orchestrator.
 
-use crate::addresses;
 use crate::error::ManagerError;
 use crate::networks::now_unix;
 use crate::ports::ReservedPorts;
+use crate::store::Batch;
+use crate::{address_cursors, addresses};
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
 use netctl_proto::{
@@ -127,6 +128,8 @@ async fn create_once(
         endpoint_mode: endpoint_mode.into(),
         ..Default::default()
     };
+    // The service, and where its networks' allocation goes on from.
+    let mut batch = Batch::new();
     for reference in &request.networks {
         let network = &networks[resolve::resolve(
             "network",
@@ -149,14 +152,17 @@ async fn create_once(
             continue;
         }
         ensure_room(network, &taken, request.replicas as usize + 1)?;
-        let vip = addresses::lowest_free(subnet_of(network)?, &taken).expect("room was checked");
+        let last = address_cursors::read_one(store, &network.id)?;
+        let vip = addresses::next_free(subnet_of(network)?, &taken, last).expect("room was checked");
+        address_cursors::record(&mut batch, &network.id, vip);
         service.virtual_ips.push(VirtualIp { network_id: network.id.clone(), address: vip.to_string() });
         services.push(service.clone());
     }
     services.retain(|s| s.id != service.id);
     service.aliases = aliases(&service, &request.aliases, &networks, &services)?;
     ensure_state_fits(&service, &services, &networks)?;
-    writer.put(&service).await?;
+    batch.put(&service);
+    writer.commit(batch).await?;
     Ok(service)
 }
 
@@ -387,6 +393,25 @@ mod tests {
             create(&store, &request("demoservice", 1)).await,
             Err(ManagerError::NameTaken { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_removed_service_vip_is_not_handed_out_again_after_a_restart() {
+        let (dir, store) = store_with_network("192.168.200.0/29").await;
+        let first = create(&store, &request("first", 0)).await.unwrap();
+        assert_eq!(first.virtual_ips[0].address, "192.168.200.2");
+        remove(&store, "first").await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let mut vips = Vec::new();
+        for name in ["a", "b", "c", "d", "e"] {
+            vips.push(create(&store, &request(name, 0)).await.unwrap().virtual_ips[0].address.clone());
+        }
+        // .2 comes back only once .3 to .6 were handed out.
+        assert_eq!(
+            vips,
+            ["192.168.200.3", "192.168.200.4", "192.168.200.5", "192.168.200.6", "192.168.200.2"]
+        );
     }
 
     #[tokio::test]

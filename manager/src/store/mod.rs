@@ -212,6 +212,11 @@ impl Batch {
         self.push(Kind::Setting, key, Some(value.to_vec()))
     }
 
+    /// Deletes the setting `key`.
+    pub fn delete_setting(&mut self, key: &str) -> &mut Self {
+        self.push(Kind::Setting, key, None)
+    }
+
     fn push(&mut self, kind: Kind, key: &str, value: Option<Vec<u8>>) -> &mut Self {
         self.changes.push(Change { kind, key: key.to_string(), value });
         self
