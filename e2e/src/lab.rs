@@ -76,6 +76,16 @@ impl Lab {
     /// As [`Lab::start`], the manager started with `manager_args` and every
     /// agent with `agent_args` too.
     pub fn start_configured(nodes: usize, manager_args: &[&str], agent_args: &[&str]) -> Self {
+        Self::start_joined(nodes, nodes, manager_args, agent_args)
+    }
+
+    /// Builds `hosts` hosts but starts agents only on the first `joined`
+    /// (the others join when [`Lab::start_agent`] starts theirs).
+    pub fn start_some(hosts: usize, joined: usize) -> Self {
+        Self::start_joined(hosts, joined, &[], &[])
+    }
+
+    fn start_joined(nodes: usize, joined: usize, manager_args: &[&str], agent_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("netctl-lab-").tempdir().expect("tempdir");
         // The hosts are built by the lab users run (`netctl lab up`), in
         // this lab's own folder.
@@ -111,11 +121,11 @@ impl Lab {
             manager_args: manager_args.iter().map(|a| a.to_string()).collect(),
         };
         lab.start_manager();
-        for i in 0..nodes {
+        for i in 0..joined {
             lab.start_agent(i);
         }
         let ready = wait_until(Duration::from_secs(30), || {
-            lab.nodes().iter().filter(|n| n["Status"] == "Ready").count() == nodes
+            lab.nodes().iter().filter(|n| n["Status"] == "Ready").count() == joined
         });
         assert!(ready, "nodes not Ready: {:?}", lab.nodes());
         lab
@@ -260,6 +270,14 @@ impl Lab {
         let replicas = replicas.to_string();
         let mut args =
             vec!["service", "create", "--replicas", &replicas, "--network", network, "--name", name];
+        args.extend_from_slice(command);
+        self.ok(&args).trim().to_string()
+    }
+
+    /// `netctl service create --mode global --network NET --name NAME CMD...`;
+    /// returns the service ID.
+    pub fn create_global_service(&self, name: &str, network: &str, command: &[&str]) -> String {
+        let mut args = vec!["service", "create", "--mode", "global", "--network", network, "--name", name];
         args.extend_from_slice(command);
         self.ok(&args).trim().to_string()
     }

@@ -153,6 +153,15 @@ impl Control for ControlService {
         Ok(Response::new(NodeRemoveResponse { id: node.id }))
     }
 
+    async fn update_node(
+        &self,
+        request: Request<NodeUpdateRequest>,
+    ) -> Result<Response<NodeUpdateResponse>, Status> {
+        let node = crate::nodes::update(&self.store, request.get_ref()).await?;
+        tracing::info!(node = %node.id, hostname = %node.hostname, availability = %node.availability, "node updated");
+        Ok(Response::new(NodeUpdateResponse { node: Some(node) }))
+    }
+
     async fn cluster_info(
         &self,
         _request: Request<ClusterInfoRequest>,
@@ -229,6 +238,16 @@ impl Control for ControlService {
         let service = services::scale(&self.store, &request.reference, request.replicas).await?;
         tracing::info!(name = %service.name, replicas = service.replicas, "service scaled");
         Ok(Response::new(ServiceScaleResponse { service: Some(service) }))
+    }
+
+    async fn update_service(
+        &self,
+        request: Request<ServiceUpdateRequest>,
+    ) -> Result<Response<ServiceUpdateResponse>, Status> {
+        let service = services::update(&self.store, request.get_ref()).await?;
+        let state = service.update_status.as_ref().map_or("", |s| s.state.as_str());
+        tracing::info!(name = %service.name, version = service.version, state, "service updated");
+        Ok(Response::new(ServiceUpdateResponse { service: Some(service) }))
     }
 
     async fn remove_service(

@@ -118,10 +118,17 @@ impl DispatcherService {
             Some(signed) => Some(nodes::certificate_record(signed, &self.ca.digest)),
             None => existing.as_ref().and_then(|n| n.certificate.clone()),
         };
+        // What the operator set (`node update`) outlives a rejoin.
+        let (availability, labels) = match &existing {
+            Some(known) => (known.availability.clone(), known.labels.clone()),
+            None => (joining.availability.clone(), joining.labels.clone()),
+        };
         let node = Node {
             created_unix: existing.as_ref().map_or_else(now_unix, |n| n.created_unix),
             ingress_address,
             certificate,
+            availability,
+            labels,
             ..joining
         };
         if existing.as_ref() != Some(&node) {
@@ -230,7 +237,7 @@ impl Dispatcher for DispatcherService {
             id: node_id,
             hostname,
             advertise_addr: join.advertise_addr,
-            availability: "Active".to_string(),
+            availability: nodes::ACTIVE.to_string(),
             manager_host,
             ..Default::default()
         };

@@ -9,6 +9,7 @@ mod address_cursors;
 mod addresses;
 mod auth;
 mod cluster;
+pub mod constraints;
 mod control;
 mod coordination;
 mod desired;
@@ -34,6 +35,7 @@ mod server;
 mod services;
 pub mod store;
 mod tokens;
+pub mod updates;
 mod validate;
 mod vni;
 

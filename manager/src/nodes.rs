@@ -5,7 +5,7 @@ use crate::liveness::{Heartbeats, NodeLiveness};
 use crate::networks::now_unix;
 use crate::pki::SignedCertificate;
 use crate::{resolve, ManagerError, Store};
-use netctl_proto::{Node, NodeCertificate, RemovedNode};
+use netctl_proto::{Node, NodeCertificate, NodeUpdateRequest, RemovedNode};
 use tonic::Status;
 
 /// The node `node_id` as stored, refusing a removed or unknown one with a
@@ -75,5 +75,68 @@ async fn remove_once(
         removed_unix: now_unix(),
     });
     writer.commit(batch).await?;
+    Ok(node)
+}
+
+/// What a node accepts: new tasks (Active), none (Pause), or none and its
+/// tasks move to other nodes (Drain). Stored capitalized, as `node ls`
+/// shows it.
+pub fn availability(text: &str) -> Result<&'static str, ManagerError> {
+    match text.to_ascii_lowercase().as_str() {
+        "active" => Ok(ACTIVE),
+        "pause" => Ok(PAUSE),
+        "drain" => Ok(DRAIN),
+        _ => Err(ManagerError::Refused(format!(
+            "invalid availability {:?}: expected active, pause or drain",
+            netctl_proto::printable(text, 32)
+        ))),
+    }
+}
+
+/// The availability of a node that takes new tasks.
+pub const ACTIVE: &str = "Active";
+/// The availability of a node that keeps its tasks and takes no new one.
+pub const PAUSE: &str = "Pause";
+/// The availability of a node whose tasks move to other nodes.
+pub const DRAIN: &str = "Drain";
+
+/// Changes a node's availability and labels (`node update`); the
+/// orchestrator then moves tasks off a drained node and places none on a
+/// paused or drained one.
+pub async fn update(store: &Store, request: &NodeUpdateRequest) -> Result<Node, ManagerError> {
+    let availability = match request.availability.as_str() {
+        "" => None,
+        given => Some(availability(given)?),
+    };
+    for key in request.label_add.keys().chain(&request.label_rm) {
+        crate::validate::label_key(key)?;
+    }
+    crate::store::retrying(|| update_once(store, request, availability)).await
+}
+
+async fn update_once(
+    store: &Store,
+    request: &NodeUpdateRequest,
+    availability: Option<&str>,
+) -> Result<Node, ManagerError> {
+    let mut writer = store.write_lock().await;
+    let mut node = find(store, &request.reference)?;
+    if let Some(missing) = request.label_rm.iter().find(|key| !node.labels.contains_key(*key)) {
+        return Err(ManagerError::Refused(format!(
+            "node {} ({}) has no label {missing:?} to remove",
+            node.id, node.hostname
+        )));
+    }
+    let before = node.clone();
+    if let Some(availability) = availability {
+        node.availability = availability.to_string();
+    }
+    for key in &request.label_rm {
+        node.labels.remove(key);
+    }
+    node.labels.extend(request.label_add.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if node != before {
+        writer.put(&node).await?;
+    }
     Ok(node)
 }

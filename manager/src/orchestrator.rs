@@ -5,13 +5,19 @@
 //! it after every change and every second.
 
 use crate::addresses;
+use crate::constraints::{self, first_unmet, Constraint};
 use crate::liveness::{Heartbeats, NodeLiveness};
 use crate::networks::now_unix;
+#[cfg(test)]
+use crate::nodes::PAUSE;
+use crate::nodes::{ACTIVE, DRAIN};
 use crate::scheduler::{self, Candidate};
 use crate::services::taken_addresses;
+use crate::services::GLOBAL_SLOT;
 use crate::store::{AsConflict, Batch};
+use crate::updates;
 use crate::{ids, Store};
-use netctl_proto::{EndpointAddress, Network, Node, Service, Task, TaskState};
+use netctl_proto::{EndpointAddress, Network, Node, Service, ServiceMode, Task, TaskState};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -66,7 +72,7 @@ pub struct ClusterState<'a> {
 }
 
 /// Why a task that should run is stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum StopReason {
     /// It ended (failed or completed): its state says how.
     Ended,
@@ -74,22 +80,36 @@ enum StopReason {
     NeverStarted,
     /// Its node is Down.
     NodeDown,
+    /// Its node was drained (`node update --availability drain`).
+    NodeDrained,
+    /// A constraint of its service no longer holds on its node.
+    ConstraintUnmet(String),
     /// Its slot is above the replica count.
     ScaledDown,
 }
 
 impl StopReason {
     /// The reason a task should stop now, if any.
-    fn of(task: &Task, service: &Service, state: &ClusterState) -> Option<Self> {
+    fn of(task: &Task, service: &Service, state: &ClusterState, eligibility: &Eligibility) -> Option<Self> {
+        let scaled_down = service.mode() == ServiceMode::Replicated && task.slot > service.replicas;
+        if task.state() == TaskState::Pending {
+            return scaled_down.then_some(StopReason::ScaledDown);
+        }
         let stuck = task.state() == TaskState::Assigned
             && state.now - task.state_changed_unix > ASSIGNED_TIMEOUT_SECONDS;
         if task.state().is_terminal() {
-            Some(StopReason::Ended)
+            return Some(StopReason::Ended);
         } else if stuck {
-            Some(StopReason::NeverStarted)
+            return Some(StopReason::NeverStarted);
         } else if !state.ready.contains(&task.node_id) {
-            Some(StopReason::NodeDown)
-        } else if task.slot > service.replicas {
+            return Some(StopReason::NodeDown);
+        }
+        let node = eligibility.nodes.get(task.node_id.as_str());
+        if node.is_some_and(|n| n.availability == DRAIN) {
+            Some(StopReason::NodeDrained)
+        } else if let Some(unmet) = node.and_then(|n| first_unmet(eligibility.constraints(service), n)) {
+            Some(StopReason::ConstraintUnmet(unmet.to_string()))
+        } else if scaled_down {
             Some(StopReason::ScaledDown)
         } else {
             None
@@ -105,6 +125,10 @@ impl StopReason {
                 (TaskState::Failed, format!("its node did not start it within {ASSIGNED_TIMEOUT_SECONDS} s"))
             }
             StopReason::NodeDown => (TaskState::Shutdown, "node is down".to_string()),
+            StopReason::NodeDrained => (TaskState::Shutdown, "node is drained".to_string()),
+            StopReason::ConstraintUnmet(constraint) => {
+                (TaskState::Shutdown, format!("constraint {constraint} no longer holds on its node"))
+            }
             StopReason::ScaledDown => (TaskState::Shutdown, String::new()),
         };
         task.set_state(state);
@@ -121,10 +145,20 @@ pub fn backoff_seconds(failures: usize) -> i64 {
     }
 }
 
+/// Where a task belongs: its service and slot, or for a global service's
+/// task, its node. A replacement takes its predecessor's place.
+type Place<'a> = (&'a str, u32, &'a str);
+
+fn place_of(task: &Task) -> Place<'_> {
+    let node = if task.slot == GLOBAL_SLOT { task.node_id.as_str() } else { "" };
+    (task.service_id.as_str(), task.slot, node)
+}
+
 /// The changes that bring the state closer to what the services ask for.
 pub fn plan(state: &ClusterState) -> Batch {
     let mut batch = Batch::new();
     let services: HashMap<&str, &Service> = state.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    let eligibility = Eligibility::new(state);
     let mut tasks: Vec<Task> = state.tasks.to_vec();
 
     // Stop what should no longer run.
@@ -133,39 +167,69 @@ pub fn plan(state: &ClusterState) -> Batch {
             batch.delete::<Task>(&task.id);
             continue;
         };
-        if let Some(reason) = StopReason::of(task, service, state) {
+        if let Some(reason) = StopReason::of(task, service, state, &eligibility) {
             tracing::info!(task = %task.id, node = %task.node_id, ?reason, "stopping task");
             reason.apply(task, state.now);
             batch.put(task);
         }
     }
 
-    // Start what is missing.
-    let mut slots: HashMap<(&str, u32), Vec<&Task>> = HashMap::new();
-    for task in &tasks {
-        slots.entry((task.service_id.as_str(), task.slot)).or_default().push(task);
-    }
-    let mut placement = Placement::new(state, &tasks);
+    // Roll updates on: stop the next batch of tasks of an older version.
     for service in state.services {
-        for slot in 1..=service.replicas {
-            let slot_tasks = slots.get(&(service.id.as_str(), slot)).map_or(&[][..], Vec::as_slice);
-            if slot_tasks.iter().any(|t| t.desired_state() == TaskState::Running) {
-                continue;
+        let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == service.id).collect();
+        let step = updates::step(service, &own, state.now);
+        if let Some(changed) = &step.service {
+            let status = changed.update_status.clone().unwrap_or_default();
+            tracing::info!(service = %service.name, state = %status.state, message = %status.message, "update");
+            batch.put(changed);
+        }
+        for task in tasks.iter_mut().filter(|t| step.replace.contains(&t.id)) {
+            tracing::info!(task = %task.id, service = %service.name, "replacing task (update)");
+            task.set_desired_state(TaskState::Shutdown);
+            task.set_state(TaskState::Shutdown);
+            task.state_changed_unix = state.now;
+            batch.put(task);
+        }
+    }
+
+    // Start what is missing, and place what waits.
+    let mut places: HashMap<Place, Vec<&Task>> = HashMap::new();
+    for task in &tasks {
+        places.entry(place_of(task)).or_default().push(task);
+    }
+    let mut placement = Placement::new(state, &tasks, &eligibility);
+    for service in state.services {
+        let wanted: Vec<Place> = match service.mode() {
+            ServiceMode::Replicated => {
+                (1..=service.replicas).map(|slot| (service.id.as_str(), slot, "")).collect()
             }
-            if !backoff_over(slot_tasks, state.now) {
-                continue;
-            }
-            if let Some(task) = placement.new_task(service, slot) {
-                batch.put(&task);
+            ServiceMode::Global => eligibility
+                .takers(state, service)
+                .map(|node| (service.id.as_str(), GLOBAL_SLOT, node.id.as_str()))
+                .collect(),
+        };
+        for place in wanted {
+            let here = places.get(&place).map_or(&[][..], Vec::as_slice);
+            match here.iter().find(|t| t.desired_state() == TaskState::Running) {
+                Some(waiting) if waiting.state() == TaskState::Pending => {
+                    if let Some(task) = placement.place_pending(service, waiting) {
+                        batch.put(&task);
+                    }
+                }
+                Some(_) => {}
+                None if backoff_over(here, state.now) => {
+                    batch.put(&placement.new_task(service, place));
+                }
+                None => {}
             }
         }
     }
     placement.record_last_addresses(&mut batch);
 
     // Forget old history.
-    let mut finished: HashMap<(&str, u32), Vec<&Task>> = HashMap::new();
+    let mut finished: HashMap<Place, Vec<&Task>> = HashMap::new();
     for task in tasks.iter().filter(|t| t.desired_state() != TaskState::Running) {
-        finished.entry((task.service_id.as_str(), task.slot)).or_default().push(task);
+        finished.entry(place_of(task)).or_default().push(task);
     }
     for (_, mut history) in finished {
         history.sort_by_key(|t| std::cmp::Reverse((t.created_unix, t.state_changed_unix)));
@@ -190,11 +254,109 @@ fn backoff_over(slot_tasks: &[&Task], now: i64) -> bool {
     now >= last_failure + backoff_seconds(failures.len())
 }
 
+/// Why a node takes no new task of a service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Refusal {
+    /// Down, or not heard from since the manager started.
+    NotReady,
+    /// Paused or drained.
+    NotActive,
+    /// This constraint of the service does not hold on it.
+    Constraint(String),
+}
+
+/// Which nodes may take new tasks of which service: Ready nodes heard from,
+/// Active, where every constraint of the service holds.
+struct Eligibility<'a> {
+    /// Every node by ID.
+    nodes: HashMap<&'a str, &'a Node>,
+    /// Each service's constraints, parsed once per plan.
+    constraints: HashMap<&'a str, Vec<Constraint>>,
+}
+
+impl<'a> Eligibility<'a> {
+    fn new(state: &ClusterState<'a>) -> Self {
+        let constraints = state
+            .services
+            .iter()
+            .map(|service| {
+                // Stored constraints were checked when the service was made.
+                let parsed = constraints::parse_all(&service.constraints).unwrap_or_else(|err| {
+                    tracing::error!(service = %service.name, "a stored constraint does not parse: {err}");
+                    Vec::new()
+                });
+                (service.id.as_str(), parsed)
+            })
+            .collect();
+        let nodes = state.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+        Self { nodes, constraints }
+    }
+
+    fn constraints(&self, service: &Service) -> &[Constraint] {
+        self.constraints.get(service.id.as_str()).map_or(&[], Vec::as_slice)
+    }
+
+    /// Why `node` takes no new task of `service`; `None` if it takes them.
+    fn refusal(&self, state: &ClusterState, node: &Node, service: &Service) -> Option<Refusal> {
+        if !state.schedulable.contains(&node.id) {
+            Some(Refusal::NotReady)
+        } else if node.availability != ACTIVE {
+            Some(Refusal::NotActive)
+        } else {
+            first_unmet(self.constraints(service), node).map(|c| Refusal::Constraint(c.to_string()))
+        }
+    }
+
+    /// The nodes that take new tasks of `service`.
+    fn takers<'s>(
+        &'s self,
+        state: &'s ClusterState<'a>,
+        service: &'s Service,
+    ) -> impl Iterator<Item = &'a Node> + 's {
+        state.nodes.iter().filter(move |node| self.refusal(state, node, service).is_none())
+    }
+
+    /// Why no node takes a task of `service`, as `service ps` shows it:
+    /// "no suitable node (constraint node.labels.zone==b)".
+    fn no_node_reason(&self, state: &ClusterState, service: &Service) -> String {
+        let mut counts: std::collections::BTreeMap<Refusal, usize> = Default::default();
+        for node in state.nodes {
+            if let Some(refusal) = self.refusal(state, node, service) {
+                *counts.entry(refusal).or_default() += 1;
+            }
+        }
+        let plural = |n: usize| if n == 1 { "1 node".to_string() } else { format!("{n} nodes") };
+        let parts: Vec<String> = match counts.len() {
+            0 => vec!["no node has joined".to_string()],
+            1 if matches!(counts.keys().next(), Some(Refusal::Constraint(_))) => {
+                counts.keys().map(|r| format!("constraint {}", constraint_text(r))).collect()
+            }
+            _ => counts
+                .iter()
+                .map(|(refusal, n)| match refusal {
+                    Refusal::NotReady => format!("{} not ready", plural(*n)),
+                    Refusal::NotActive => format!("{} not available for new tasks", plural(*n)),
+                    Refusal::Constraint(c) => format!("constraint {c} unmet on {}", plural(*n)),
+                })
+                .collect(),
+        };
+        format!("no suitable node ({})", parts.join("; "))
+    }
+}
+
+fn constraint_text(refusal: &Refusal) -> &str {
+    match refusal {
+        Refusal::Constraint(text) => text,
+        _ => "",
+    }
+}
+
 /// Where new tasks go: each node's load and each network's taken
 /// addresses, counted once per plan and kept up to date as tasks are added.
 struct Placement<'a> {
     state: &'a ClusterState<'a>,
     tasks: &'a [Task],
+    eligibility: &'a Eligibility<'a>,
     /// Live tasks by node.
     live: HashMap<String, usize>,
     /// Live tasks by (node, service).
@@ -208,10 +370,11 @@ struct Placement<'a> {
 }
 
 impl<'a> Placement<'a> {
-    fn new(state: &'a ClusterState<'a>, tasks: &'a [Task]) -> Self {
+    fn new(state: &'a ClusterState<'a>, tasks: &'a [Task], eligibility: &'a Eligibility<'a>) -> Self {
         let mut placement = Self {
             state,
             tasks,
+            eligibility,
             live: HashMap::new(),
             live_of_service: HashMap::new(),
             failed_lately: HashMap::new(),
@@ -232,18 +395,52 @@ impl<'a> Placement<'a> {
         placement
     }
 
-    /// A new task for `service`'s `slot` on the least loaded Ready node,
-    /// with an address in each of the service's networks; `None` when no
-    /// node is Ready or a network is full.
-    fn new_task(&mut self, service: &Service, slot: u32) -> Option<Task> {
-        let state = self.state;
+    /// A new task for `service` at `place`: on its node for a global
+    /// service, else on the least loaded node that takes it, with an
+    /// address in each of the service's networks. Pending, with the reason,
+    /// when no node takes it or a network is full.
+    fn new_task(&mut self, service: &Service, place: Place) -> Task {
+        let (_, slot, node) = place;
+        let now = self.state.now;
+        let waiting = Task {
+            id: ids::new_id(),
+            service_id: service.id.clone(),
+            slot,
+            service_version: service.version,
+            desired_state: TaskState::Running.into(),
+            state: TaskState::Pending.into(),
+            created_unix: now,
+            state_changed_unix: now,
+            ..Default::default()
+        };
+        let chosen = if node.is_empty() { self.pick_node(service) } else { Ok(node.to_string()) };
+        match chosen.and_then(|node_id| self.assign(service, &waiting, node_id)) {
+            Ok(task) => task,
+            Err(reason) => Task { error: reason, ..waiting },
+        }
+    }
+
+    /// `waiting` placed on a node now, or with a new reason to wait;
+    /// `None` when nothing changed.
+    fn place_pending(&mut self, service: &Service, waiting: &Task) -> Option<Task> {
+        let placed = self.pick_node(service).and_then(|node_id| self.assign(service, waiting, node_id));
+        match placed {
+            Ok(task) => Some(task),
+            Err(reason) if reason != waiting.error => {
+                Some(Task { error: reason, state_changed_unix: self.state.now, ..waiting.clone() })
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The least loaded node that takes tasks of `service`, or why none does.
+    fn pick_node(&self, service: &Service) -> Result<String, String> {
         let count = |map: &HashMap<(String, String), usize>, node: &str| {
             map.get(&(node.to_string(), service.id.clone())).copied().unwrap_or(0)
         };
-        let candidates: Vec<Candidate> = state
-            .nodes
-            .iter()
-            .filter(|n| state.schedulable.contains(&n.id))
+        let candidates: Vec<Candidate> = self
+            .eligibility
+            .takers(self.state, service)
             .map(|n| Candidate {
                 node_id: &n.id,
                 hostname: &n.hostname,
@@ -252,27 +449,31 @@ impl<'a> Placement<'a> {
                 all_tasks: self.live.get(&n.id).copied().unwrap_or(0),
             })
             .collect();
-        let node_id = scheduler::pick(&candidates)?.to_string();
+        match scheduler::pick(&candidates) {
+            Some(node_id) => Ok(node_id.to_string()),
+            None => Err(self.eligibility.no_node_reason(self.state, service)),
+        }
+    }
+
+    /// `task` assigned to `node_id` with its addresses, counted in the
+    /// node's load; the reason when a network is full.
+    fn assign(&mut self, service: &Service, task: &Task, node_id: String) -> Result<Task, String> {
         let endpoints = self.addresses(service)?;
         *self.live.entry(node_id.clone()).or_default() += 1;
         *self.live_of_service.entry((node_id.clone(), service.id.clone())).or_default() += 1;
-        Some(Task {
-            id: ids::new_id(),
-            service_id: service.id.clone(),
-            slot,
+        Ok(Task {
             node_id,
-            desired_state: TaskState::Running.into(),
             state: TaskState::Assigned.into(),
             error: String::new(),
             endpoints,
-            created_unix: state.now,
-            state_changed_unix: state.now,
+            state_changed_unix: self.state.now,
+            ..task.clone()
         })
     }
 
-    /// A free address in each of the service's networks, then taken; `None`
-    /// (and nothing taken) when a network is full.
-    fn addresses(&mut self, service: &Service) -> Option<Vec<EndpointAddress>> {
+    /// A free address in each of the service's networks, then taken; the
+    /// reason (and nothing taken) when a network is full.
+    fn addresses(&mut self, service: &Service) -> Result<Vec<EndpointAddress>, String> {
         let state = self.state;
         let mut endpoints: Vec<EndpointAddress> = Vec::new();
         for network in crate::services::attached_networks(service, state.networks) {
@@ -289,7 +490,7 @@ impl<'a> Placement<'a> {
                     let taken = self.taken.get_mut(&endpoint.network_id).expect("taken above");
                     taken.remove(&endpoint.address.parse().expect("written above"));
                 }
-                return None;
+                return Err(format!("no free address in network {}", network.name));
             };
             taken.insert(address);
             self.last_addresses.insert(network.id.clone(), address);
@@ -299,7 +500,7 @@ impl<'a> Placement<'a> {
                 mac: addresses::mac_for(address),
             });
         }
-        Some(endpoints)
+        Ok(endpoints)
     }
 
     /// Records where each network that handed out addresses in this plan
@@ -418,7 +619,27 @@ mod tests {
     use super::*;
 
     fn node(id: &str) -> Node {
-        Node { id: id.into(), hostname: id.into(), ..Default::default() }
+        Node { id: id.into(), hostname: id.into(), availability: ACTIVE.into(), ..Default::default() }
+    }
+
+    fn labelled(id: &str, key: &str, value: &str) -> Node {
+        Node { labels: [(key.to_string(), value.to_string())].into(), ..node(id) }
+    }
+
+    fn global(constraints: &[&str]) -> Service {
+        Service {
+            id: "global".into(),
+            name: "agentd".into(),
+            mode: ServiceMode::Global.into(),
+            constraints: constraints.iter().map(|c| c.to_string()).collect(),
+            ..service(0)
+        }
+    }
+
+    fn nodes_of(tasks: &[&Task]) -> Vec<String> {
+        let mut nodes: Vec<String> = tasks.iter().map(|t| t.node_id.clone()).collect();
+        nodes.sort();
+        nodes
     }
 
     fn network() -> Network {
@@ -578,10 +799,86 @@ mod tests {
     }
 
     #[test]
-    fn no_ready_node_means_no_task_yet() {
+    fn with_no_ready_node_tasks_wait_pending_then_take_the_first_that_is() {
         let mut tasks = Vec::new();
         settle(&[service(2)], &mut tasks, &[node("a")], &HashSet::new(), 100);
-        assert!(tasks.is_empty());
+        assert_eq!(tasks.len(), 2);
+        for task in &tasks {
+            assert_eq!(task.state(), TaskState::Pending);
+            assert_eq!(
+                (task.node_id.as_str(), task.error.as_str()),
+                ("", "no suitable node (1 node not ready)")
+            );
+            assert!(task.endpoints.is_empty(), "a waiting task holds no address");
+        }
+        let waiting: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        settle(&[service(2)], &mut tasks, &[node("a")], &["a".into()].into(), 101);
+        assert_eq!(
+            tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+            waiting,
+            "the same tasks are placed"
+        );
+        assert!(tasks
+            .iter()
+            .all(|t| t.state() == TaskState::Assigned && t.node_id == "a" && t.error.is_empty()));
+    }
+
+    #[test]
+    fn a_drained_node_loses_its_tasks_and_a_paused_one_keeps_them_but_gets_no_new_one() {
+        let ready: HashSet<String> = ["a".into(), "b".into(), "c".into()].into();
+        let mut nodes = [node("a"), node("b"), node("c")];
+        let mut tasks = Vec::new();
+        settle(&[service(3)], &mut tasks, &nodes, &ready, 100);
+        assert_eq!(nodes_of(&live(&tasks)), ["a", "b", "c"]);
+        nodes[0].availability = PAUSE.into();
+        nodes[1].availability = DRAIN.into();
+        settle(&[service(4)], &mut tasks, &nodes, &ready, 101);
+        assert_eq!(nodes_of(&live(&tasks)), ["a", "c", "c", "c"], "b drained, a paused keeps its task");
+        let drained = tasks.iter().find(|t| t.node_id == "b").unwrap();
+        assert_eq!((drained.state(), drained.error.as_str()), (TaskState::Shutdown, "node is drained"));
+    }
+
+    #[test]
+    fn constraints_place_tasks_only_where_they_hold_else_tasks_wait_with_the_reason() {
+        let ready: HashSet<String> = ["a".into(), "b".into()].into();
+        let zoned = Service { constraints: vec!["node.labels.zone==b".into()], ..service(2) };
+        let mut nodes = [labelled("a", "zone", "a"), node("b")];
+        let mut tasks = Vec::new();
+        settle(std::slice::from_ref(&zoned), &mut tasks, &nodes, &ready, 100);
+        assert!(
+            tasks.iter().all(|t| t.state() == TaskState::Pending
+                && t.error == "no suitable node (constraint node.labels.zone==b)"),
+            "{tasks:?}"
+        );
+        nodes[1].labels.insert("zone".into(), "b".into());
+        settle(std::slice::from_ref(&zoned), &mut tasks, &nodes, &ready, 101);
+        assert_eq!(nodes_of(&live(&tasks)), ["b", "b"]);
+        // A label taken away moves the tasks off the node (and they wait).
+        nodes[1].labels.clear();
+        settle(&[zoned], &mut tasks, &nodes, &ready, 102);
+        let stopped =
+            tasks.iter().filter(|t| t.error == "constraint node.labels.zone==b no longer holds on its node");
+        assert_eq!(stopped.count(), 2);
+        assert_eq!(live(&tasks).iter().filter(|t| t.state() == TaskState::Pending).count(), 2);
+    }
+
+    #[test]
+    fn a_global_service_runs_one_task_on_every_active_node_it_may_use() {
+        let ready: HashSet<String> = ["a".into(), "b".into(), "c".into()].into();
+        let mut nodes = vec![node("a"), node("b")];
+        let mut tasks = Vec::new();
+        settle(&[global(&[])], &mut tasks, &nodes, &ready, 100);
+        assert_eq!(nodes_of(&live(&tasks)), ["a", "b"]);
+        assert!(live(&tasks).iter().all(|t| t.slot == GLOBAL_SLOT));
+        // A node joins; one drains.
+        nodes.push(node("c"));
+        nodes[0].availability = DRAIN.into();
+        settle(&[global(&[])], &mut tasks, &nodes, &ready, 101);
+        assert_eq!(nodes_of(&live(&tasks)), ["b", "c"]);
+        // Constraints narrow it; no task waits for a node that cannot take one.
+        settle(&[global(&["node.id!=b"])], &mut tasks, &nodes, &ready, 102);
+        assert_eq!(nodes_of(&live(&tasks)), ["c"]);
+        assert!(tasks.iter().all(|t| t.state() != TaskState::Pending));
     }
 
     #[test]

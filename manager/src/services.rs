@@ -9,8 +9,8 @@ use crate::{address_cursors, addresses};
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
 use netctl_proto::{
-    EndpointAddress, EndpointMode, Network, NetworkAlias, Node, Service, ServiceCreateRequest, Task,
-    TaskState, VirtualIp,
+    EndpointAddress, EndpointMode, Network, NetworkAlias, Node, Service, ServiceCreateRequest, ServiceMode,
+    ServiceUpdateRequest, Task, TaskState, VirtualIp,
 };
 use prost::Message;
 use std::collections::HashSet;
@@ -77,6 +77,17 @@ async fn create_once(
     };
     validate::service_name(&name)?;
     validate::replicas(request.replicas)?;
+    let mode = ServiceMode::try_from(request.mode).map_err(|_| {
+        ManagerError::Refused(format!("invalid service mode {}: expected replicated or global", request.mode))
+    })?;
+    if mode == ServiceMode::Global && request.replicas != 0 {
+        return Err(ManagerError::Refused(
+            "replicas can only be used with replicated mode: a global service runs one task on every node"
+                .into(),
+        ));
+    }
+    let constraints = crate::constraints::parse_all(&request.constraints)
+        .map_err(|err| ManagerError::Refused(err.to_string()))?;
     let runtime = validate::runtime(&request.runtime.clone().unwrap_or_default())?;
     if request.command.first().is_none_or(|c| c.is_empty()) {
         return Err(ManagerError::Refused("a service needs a command to run".into()));
@@ -126,6 +137,9 @@ async fn create_once(
         created_unix: now_unix(),
         updated_unix: now_unix(),
         endpoint_mode: endpoint_mode.into(),
+        mode: mode.into(),
+        constraints: constraints.iter().map(ToString::to_string).collect(),
+        update_config: Some(crate::updates::default_config()),
         ..Default::default()
     };
     // The service, and where its networks' allocation goes on from.
@@ -296,6 +310,22 @@ async fn scale_once(store: &Store, reference: &str, replicas: u32) -> Result<Ser
     validate::replicas(replicas)?;
     let mut writer = store.write_lock().await;
     let mut service = find(store, reference)?;
+    if service.mode() == ServiceMode::Global {
+        return Err(ManagerError::Refused(format!(
+            "service {} is global: it runs one task on every node and cannot be scaled",
+            service.name
+        )));
+    }
+    service.replicas = replicas;
+    ensure_fits(store, &service)?;
+    service.updated_unix = now_unix();
+    writer.put(&service).await?;
+    Ok(service)
+}
+
+/// Refuses a changed `service` whose replicas its networks have no
+/// addresses for, or that would make a node's state too large.
+fn ensure_fits(store: &Store, service: &Service) -> Result<(), ManagerError> {
     let services: Vec<Service> = store.all()?;
     let tasks: Vec<Task> = store.all()?;
     let nodes = store.nodes()?;
@@ -303,19 +333,41 @@ async fn scale_once(store: &Store, reference: &str, replicas: u32) -> Result<Ser
         .iter()
         .filter(|t| t.service_id == service.id && t.desired_state() == TaskState::Running)
         .count();
-    let more = (replicas as usize).saturating_sub(running_here);
+    let more = (service.replicas as usize).saturating_sub(running_here);
     let ingress = store.networks()?.into_iter().filter(|n| n.ingress && !service.ports.is_empty());
     for network in
         service.network_ids.iter().filter_map(|id| store.get::<Network>(id).ok().flatten()).chain(ingress)
     {
         ensure_room(&network, &taken_addresses(&network, &services, &tasks, &nodes), more)?;
     }
-    service.replicas = replicas;
     let others: Vec<Service> = services.into_iter().filter(|s| s.id != service.id).collect();
-    ensure_state_fits(&service, &others, &store.networks()?)?;
-    service.updated_unix = now_unix();
-    writer.put(&service).await?;
-    Ok(service)
+    ensure_state_fits(service, &others, &store.networks()?)
+}
+
+/// Changes a service (`service update`) or returns it to its spec before
+/// the last update (`service rollback`); the orchestrator replaces its
+/// tasks a batch at a time when what they run changed.
+pub async fn update(store: &Store, request: &ServiceUpdateRequest) -> Result<Service, ManagerError> {
+    if let Some(replicas) = request.replicas {
+        validate::replicas(replicas)?;
+    }
+    crate::store::retrying(|| update_once(store, request)).await
+}
+
+async fn update_once(store: &Store, request: &ServiceUpdateRequest) -> Result<Service, ManagerError> {
+    let mut writer = store.write_lock().await;
+    let service = find(store, &request.reference)?;
+    let changed = match request.rollback {
+        true => crate::updates::rollback(&service, now_unix(), "rollback requested"),
+        false => crate::updates::apply(&service, request, now_unix()),
+    }
+    .map_err(ManagerError::Refused)?;
+    if changed == service {
+        return Ok(service);
+    }
+    ensure_fits(store, &changed)?;
+    writer.put(&changed).await?;
+    Ok(changed)
 }
 
 /// Removes a service and its tasks (agents stop them on their next pass);
@@ -345,10 +397,17 @@ pub fn attached_networks<'a>(service: &'a Service, networks: &'a [Network]) -> V
     ingress.chain(own).collect()
 }
 
-/// The name `service ps` gives a task: `<service>.<slot>`.
+/// The name `service ps` gives a task: `<service>.<slot>`, or
+/// `<service>.<node ID>` for a global service's task (it has no slot).
 pub fn task_name(service: &Service, task: &Task) -> String {
-    format!("{}.{}", service.name, task.slot)
+    match task.slot {
+        GLOBAL_SLOT => format!("{}.{}", service.name, task.node_id),
+        slot => format!("{}.{slot}", service.name),
+    }
 }
+
+/// The slot of every task of a global service: its node tells them apart.
+pub const GLOBAL_SLOT: u32 = 0;
 
 #[cfg(test)]
 mod tests {

@@ -56,6 +56,11 @@ pub enum ValidationError {
     /// A `--opt` key netctl does not know.
     #[error("unsupported network option {0:?}: supported are mtu (com.docker.network.driver.mtu)")]
     UnknownOption(String),
+    /// A label key that is empty, too long or holds other characters.
+    #[error(
+        "invalid label key {0:?}: expected 1 to 128 of [a-zA-Z0-9._/-], starting with a letter or digit"
+    )]
+    InvalidLabelKey(String),
     /// `--opt mtu=` that is not a number in range.
     #[error("invalid mtu {0:?}: expected an integer from 68 to 65535")]
     InvalidMtu(String),
@@ -106,6 +111,20 @@ fn is_dns_label(label: &str) -> bool {
         && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !label.starts_with('-')
         && !label.ends_with('-')
+}
+
+/// The longest label key.
+const MAX_LABEL_KEY_CHARS: usize = 128;
+
+/// Checks a node label's key (constraints name it as `node.labels.KEY`).
+pub fn label_key(key: &str) -> Result<(), ValidationError> {
+    let first_ok = key.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+    if first_ok && rest_ok && key.len() <= MAX_LABEL_KEY_CHARS {
+        Ok(())
+    } else {
+        Err(ValidationError::InvalidLabelKey(printable(key, MAX_LABEL_KEY_CHARS)))
+    }
 }
 
 /// Checks a replica count.

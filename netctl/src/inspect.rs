@@ -40,10 +40,38 @@ pub fn network(network: &Network) -> Value {
 /// One service as `docker service inspect` prints it.
 pub fn service(view: &ServiceView) -> Value {
     let service = view.service.clone().unwrap_or_default();
-    let time = |unix: i64| {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
-        humantime::format_rfc3339_seconds(at).to_string()
-    };
+    let vips: Vec<Value> =
+        service.virtual_ips.iter().map(|v| json!({ "NetworkID": v.network_id, "Addr": v.address })).collect();
+    let mut shown = json!({
+        "ID": service.id,
+        "Version": { "Index": service.version },
+        "CreatedAt": time(service.created_unix),
+        "UpdatedAt": time(service.updated_unix),
+        "Spec": spec(&service),
+        "Endpoint": { "Ports": ports(&service), "VirtualIPs": vips },
+    });
+    if let Some(previous) = &service.previous_spec {
+        shown["PreviousSpec"] = spec(previous);
+    }
+    if let Some(status) = &service.update_status {
+        shown["UpdateStatus"] = json!({
+            "State": status.state,
+            "StartedAt": time(status.started_unix),
+            "CompletedAt": (status.completed_unix != 0).then(|| time(status.completed_unix)),
+            "Message": status.message,
+        });
+    }
+    shown
+}
+
+/// Seconds since the epoch as RFC 3339.
+fn time(unix: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// What a service asks for, in Docker's `Spec` shape.
+fn spec(service: &netctl_proto::Service) -> Value {
     let env: Vec<String> = service.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     // Docker's shape: `{"Target": id, "Aliases": [...]}` per network.
     let networks: Vec<Value> = service
@@ -63,30 +91,37 @@ pub fn service(view: &ServiceView) -> Value {
         netctl_proto::EndpointMode::Vip => "vip",
         netctl_proto::EndpointMode::Dnsrr => "dnsrr",
     };
-    let vips: Vec<Value> =
-        service.virtual_ips.iter().map(|v| json!({ "NetworkID": v.network_id, "Addr": v.address })).collect();
-    let ports: Vec<Value> = service
+    let update = netctl_manager::updates::config_of(service);
+    json!({
+        "Name": service.name,
+        "TaskTemplate": {
+            "ContainerSpec": { "Command": service.command, "Env": env, "Dir": service.workdir },
+            "Networks": networks,
+            "Placement": { "Constraints": service.constraints },
+        },
+        "Mode": match service.mode() {
+            netctl_proto::ServiceMode::Replicated => json!({ "Replicated": { "Replicas": service.replicas } }),
+            netctl_proto::ServiceMode::Global => json!({ "Global": {} }),
+        },
+        "UpdateConfig": {
+            "Parallelism": update.parallelism,
+            "Delay": update.delay_ms * 1_000_000,
+            "FailureAction": update.failure_action,
+            "Monitor": update.monitor_ms * 1_000_000,
+        },
+        "EndpointSpec": { "Mode": mode, "Ports": ports(service) },
+    })
+}
+
+/// A service's published ports in Docker's shape.
+fn ports(service: &netctl_proto::Service) -> Vec<Value> {
+    service
         .ports
         .iter()
         .map(|p| {
             json!({ "Protocol": p.protocol, "TargetPort": p.target_port, "PublishedPort": p.published_port, "PublishMode": "ingress" })
         })
-        .collect();
-    json!({
-        "ID": service.id,
-        "CreatedAt": time(service.created_unix),
-        "UpdatedAt": time(service.updated_unix),
-        "Spec": {
-            "Name": service.name,
-            "TaskTemplate": {
-                "ContainerSpec": { "Command": service.command, "Env": env, "Dir": service.workdir },
-                "Networks": networks,
-            },
-            "Mode": { "Replicated": { "Replicas": service.replicas } },
-            "EndpointSpec": { "Mode": mode, "Ports": ports },
-        },
-        "Endpoint": { "Ports": ports, "VirtualIPs": vips },
-    })
+        .collect()
 }
 
 #[cfg(test)]

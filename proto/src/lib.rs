@@ -33,6 +33,7 @@ impl TaskState {
             TaskState::Complete => "complete",
             TaskState::Failed => "failed",
             TaskState::Shutdown => "shutdown",
+            TaskState::Pending => "pending",
         }
     }
 

@@ -127,15 +127,17 @@ impl Model {
         for task in cluster.tasks.iter().filter(|t| t.desired_state() == TaskState::Running) {
             let Some(service) = services.get(task.service_id.as_str()) else { continue };
             if let Some(part) = self.nodes.get_mut(&task.node_id) {
+                // A task not replaced by an update yet runs the spec before.
+                let runs = crate::updates::spec_of(service, task);
                 let spec = TaskSpec {
                     id: task.id.clone(),
                     name: crate::services::task_name(service, task),
                     service_id: service.id.clone(),
-                    command: service.command.clone(),
-                    env: service.env.clone(),
-                    workdir: service.workdir.clone(),
+                    command: runs.command.clone(),
+                    env: runs.env.clone(),
+                    workdir: runs.workdir.clone(),
                     endpoints: task.endpoints.clone(),
-                    runtime: service.runtime.clone(),
+                    runtime: runs.runtime.clone(),
                 };
                 put(&mut part.items, Item::Task(spec), None);
                 let attached = task.endpoints.iter().map(|e| &e.network_id);

@@ -1,10 +1,12 @@
-//! `netctl node ls`, `netctl node inspect`, `netctl node rm`.
+//! `netctl node ls`, `netctl node inspect`, `netctl node update`,
+//! `netctl node rm`.
 
 use crate::cli::{ClientArgs, ListFormat};
 use crate::client::{self, for_each, rpc_error};
+use crate::syntax::parse_label;
 use crate::table;
 use clap::Subcommand;
-use netctl_proto::{NodeListRequest, NodeRemoveRequest, NodeStatus};
+use netctl_proto::{NodeListRequest, NodeRemoveRequest, NodeStatus, NodeUpdateRequest};
 use serde_json::{json, Value};
 
 /// `netctl node ...`
@@ -22,6 +24,22 @@ pub enum NodeCommand {
         /// Hostnames or IDs (or unique ID prefixes).
         #[arg(required = true)]
         nodes: Vec<String>,
+    },
+    /// Change a node's availability or labels.
+    Update {
+        /// active (takes new tasks), pause (keeps its tasks, takes no new
+        /// one) or drain (its tasks move to other nodes).
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add or change a label: KEY=VALUE or KEY (constraints match it as
+        /// node.labels.KEY).
+        #[arg(long, value_parser = parse_label)]
+        label_add: Vec<(String, String)>,
+        /// Remove a label.
+        #[arg(long)]
+        label_rm: Vec<String>,
+        /// Hostname or ID (or unique ID prefix).
+        node: String,
     },
     /// Remove nodes from the cluster: their certificates are refused from
     /// then on, their tasks are placed elsewhere, their agents stop.
@@ -62,6 +80,20 @@ pub async fn run(args: &ClientArgs, command: NodeCommand) -> anyhow::Result<()> 
                 }
             }
             println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        NodeCommand::Update { availability, label_add, label_rm, node } => {
+            if availability.is_none() && label_add.is_empty() && label_rm.is_empty() {
+                anyhow::bail!("nothing to update: give --availability, --label-add or --label-rm");
+            }
+            let request = NodeUpdateRequest {
+                reference: node.clone(),
+                availability: availability.unwrap_or_default(),
+                label_add: label_add.into_iter().collect(),
+                label_rm,
+            };
+            control.update_node(request).await.map_err(rpc_error)?;
+            println!("{node}");
             Ok(())
         }
         NodeCommand::Rm { force, nodes } => {
@@ -122,12 +154,16 @@ fn list(nodes: &[NodeStatus], format: ListFormat) {
 /// One node as `node inspect` shows it, with what its certificate says.
 fn inspect(status: &NodeStatus) -> Value {
     let node = status.node.clone().unwrap_or_default();
-    let certificate = node.certificate.unwrap_or_default();
+    let certificate = node.certificate.clone().unwrap_or_default();
     json!({
         "ID": node.id,
         "CreatedAt": rfc3339(node.created_unix),
         "Description": { "Hostname": node.hostname },
-        "Spec": { "Role": "worker", "Availability": node.availability.to_lowercase() },
+        "Spec": {
+            "Role": netctl_manager::constraints::role(&node),
+            "Availability": node.availability.to_lowercase(),
+            "Labels": node.labels,
+        },
         "Status": { "State": status.status.to_lowercase(), "Addr": node.advertise_addr },
         "ManagerStatus": match status.manager_status.as_str() {
             "" => Value::Null,

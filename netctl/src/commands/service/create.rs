@@ -3,7 +3,7 @@
 use crate::client::{rpc_error, Control};
 use crate::syntax::{parse_key_value, parse_log_opt, parse_network, parse_publish, LogOpt, NetworkFlag};
 use clap::Args;
-use netctl_proto::{EndpointMode, NetworkAlias, PortConfig, ServiceCreateRequest, TaskRuntime};
+use netctl_proto::{EndpointMode, NetworkAlias, PortConfig, ServiceCreateRequest, ServiceMode, TaskRuntime};
 use std::time::Duration;
 
 /// `netctl service create` arguments.
@@ -12,9 +12,18 @@ pub struct CreateArgs {
     /// Service name [default: generated].
     #[arg(long)]
     name: Option<String>,
-    /// Number of tasks.
-    #[arg(long, default_value_t = 1)]
-    replicas: u32,
+    /// Number of tasks [default: 1; none with --mode global].
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// replicated (--replicas tasks, spread over the nodes) or global (one
+    /// task on every Active node the constraints allow).
+    #[arg(long, default_value = "replicated", value_parser = parse_mode)]
+    mode: ServiceMode,
+    /// Placement constraint, Docker's expression: node.hostname==NAME,
+    /// node.id!=ID, node.role==worker, node.labels.KEY==VALUE (repeat:
+    /// all must hold).
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
     /// Overlay networks to attach, in order (eth0, eth1, ...): NET, or
     /// name=NET,alias=NAME to give the service more names on it.
     #[arg(long = "network", value_parser = parse_network)]
@@ -62,6 +71,15 @@ fn parse_endpoint_mode(text: &str) -> Result<EndpointMode, String> {
     }
 }
 
+/// `replicated` or `global`.
+fn parse_mode(text: &str) -> Result<ServiceMode, String> {
+    match text {
+        "replicated" => Ok(ServiceMode::Replicated),
+        "global" => Ok(ServiceMode::Global),
+        other => Err(format!("invalid mode {other:?}: expected replicated or global")),
+    }
+}
+
 /// Creates the service and prints its ID.
 pub async fn run(control: &mut Control, args: CreateArgs) -> anyhow::Result<()> {
     let mut runtime = TaskRuntime {
@@ -83,9 +101,18 @@ pub async fn run(control: &mut Control, args: CreateArgs) -> anyhow::Result<()> 
         .filter(|n| !n.aliases.is_empty())
         .map(|n| NetworkAlias { network: n.network.clone(), aliases: n.aliases.clone() })
         .collect();
+    let replicas = match (args.mode, args.replicas) {
+        (ServiceMode::Global, Some(_)) => {
+            anyhow::bail!("--replicas can only be used with replicated mode: a global service runs one task on every node")
+        }
+        (ServiceMode::Global, None) => 0,
+        (ServiceMode::Replicated, given) => given.unwrap_or(1),
+    };
     let request = ServiceCreateRequest {
         name: args.name.unwrap_or_default(),
-        replicas: args.replicas,
+        replicas,
+        mode: args.mode.into(),
+        constraints: args.constraints,
         networks: args.networks.into_iter().map(|n| n.network).collect(),
         endpoint_mode: args.endpoint_mode.into(),
         aliases,

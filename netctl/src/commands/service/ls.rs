@@ -4,7 +4,7 @@ use crate::cli::ListFormat;
 use crate::client::{rpc_error, Control};
 use crate::table;
 use clap::Args;
-use netctl_proto::{Service, ServiceListRequest, ServiceView, TaskState};
+use netctl_proto::{Service, ServiceListRequest, ServiceMode, ServiceView, TaskState};
 use serde_json::json;
 
 /// `netctl service ls` arguments.
@@ -18,12 +18,20 @@ pub struct LsArgs {
 /// Lists services with their running/desired replicas.
 pub async fn run(control: &mut Control, args: LsArgs) -> anyhow::Result<()> {
     let views = control.list_services(ServiceListRequest {}).await.map_err(rpc_error)?.into_inner().services;
-    let running = |view: &ServiceView| {
-        view.tasks
+    // Running of wanted: a replicated service wants its replica count, a
+    // global one a task on each node it placed one on.
+    let replicas = |view: &ServiceView| {
+        let service = view.service.clone().unwrap_or_default();
+        let wanted = view
+            .tasks
             .iter()
             .filter_map(|t| t.task.as_ref())
-            .filter(|t| t.desired_state() == TaskState::Running && t.state() == TaskState::Running)
-            .count()
+            .filter(|t| t.desired_state() == TaskState::Running);
+        let running = wanted.clone().filter(|t| t.state() == TaskState::Running).count();
+        match service.mode() {
+            ServiceMode::Replicated => format!("{running}/{}", service.replicas),
+            ServiceMode::Global => format!("{running}/{}", wanted.count()),
+        }
     };
     match args.format {
         ListFormat::Table => {
@@ -34,8 +42,8 @@ pub async fn run(control: &mut Control, args: LsArgs) -> anyhow::Result<()> {
                     vec![
                         service.id.chars().take(12).collect(),
                         service.name.clone(),
-                        "replicated".into(),
-                        format!("{}/{}", running(view), service.replicas),
+                        mode_word(&service).into(),
+                        replicas(view),
                         service.command.join(" "),
                         ports(&service),
                     ]
@@ -47,8 +55,8 @@ pub async fn run(control: &mut Control, args: LsArgs) -> anyhow::Result<()> {
             for view in &views {
                 let service = view.service.clone().unwrap_or_default();
                 let line = json!({
-                    "ID": service.id, "Name": service.name, "Mode": "replicated",
-                    "Replicas": format!("{}/{}", running(view), service.replicas),
+                    "ID": service.id, "Name": service.name, "Mode": mode_word(&service),
+                    "Replicas": replicas(view),
                     "Command": service.command.join(" "),
                     "Ports": ports(&service),
                 });
@@ -67,4 +75,12 @@ fn ports(service: &Service) -> String {
         .map(|p| format!("*:{}->{}/{}", p.published_port, p.target_port, p.protocol))
         .collect();
     ports.join(", ")
+}
+
+/// `replicated` or `global`, as `service ls` shows the mode.
+pub fn mode_word(service: &Service) -> &'static str {
+    match service.mode() {
+        ServiceMode::Replicated => "replicated",
+        ServiceMode::Global => "global",
+    }
 }

@@ -1,4 +1,5 @@
-//! `netctl service create | ls | inspect | ps | logs | scale | rm`: one
+//! `netctl service create | ls | inspect | ps | logs | scale | update |
+//! rollback | rm`: one
 //! file per command, holding its arguments and its handler.
 
 mod create;
@@ -8,6 +9,7 @@ mod ls;
 mod ps;
 mod rm;
 mod scale;
+mod update;
 
 use crate::cli::ClientArgs;
 use crate::client;
@@ -29,6 +31,11 @@ pub enum ServiceCommand {
     Logs(logs::LogsArgs),
     /// Set the number of tasks: SERVICE=REPLICAS...
     Scale(scale::ScaleArgs),
+    /// Change a service; tasks are replaced a batch at a time when what
+    /// they run changes.
+    Update(Box<update::UpdateArgs>),
+    /// Return a service to its spec before the last update.
+    Rollback(update::RollbackArgs),
     /// Remove services and their tasks.
     #[command(alias = "remove")]
     Rm(rm::RmArgs),
@@ -44,6 +51,8 @@ pub async fn run(args: &ClientArgs, command: ServiceCommand) -> anyhow::Result<(
         ServiceCommand::Ps(args) => ps::run(&mut control, args).await,
         ServiceCommand::Logs(args) => logs::run(&mut control, args).await,
         ServiceCommand::Scale(args) => scale::run(&mut control, args).await,
+        ServiceCommand::Update(args) => update::run(&mut control, *args).await,
+        ServiceCommand::Rollback(args) => update::rollback(&mut control, args).await,
         ServiceCommand::Rm(args) => rm::run(&mut control, args).await,
     }
 }

@@ -48,18 +48,19 @@ pub async fn run(control: &mut Control, args: PsArgs) -> anyhow::Result<()> {
     let id_len = if args.no_trunc { usize::MAX } else { 12 };
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let mut previous_slot = None;
+    let mut previous_name: Option<String> = None;
     let rows: Vec<Vec<String>> = view
         .tasks
         .iter()
         .map(|entry| {
             let task = entry.task.clone().unwrap_or_default();
-            let name = if previous_slot == Some(task.slot) {
+            // A task's predecessors in its slot (or on its node) under it.
+            let name = if previous_name.as_ref() == Some(&entry.name) {
                 format!(" \\_ {}", entry.name)
             } else {
                 entry.name.clone()
             };
-            previous_slot = Some(task.slot);
+            previous_name = Some(entry.name.clone());
             vec![
                 task.id.chars().take(id_len).collect(),
                 name,
