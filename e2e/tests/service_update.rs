@@ -155,3 +155,77 @@ fn bad_updates_change_nothing() {
     }
     assert_eq!(inspect(&lab, "steady"), before);
 }
+
+#[test]
+fn published_ports_and_networks_are_added_and_removed_by_rolling_updates() {
+    let lab = Lab::start(2);
+    lab.create_network("pubnet", "10.28.0.0/24");
+    lab.create_network("extranet", "10.29.0.0/24");
+    let create = ["service", "create", "--replicas", "2", "--network", "pubnet", "--name", "web"];
+    lab.ok(&[&create[..], &["--publish", "8080:80", HOSTNAME_HTTP]].concat());
+    lab.wait_running("web", 2);
+    let vip_before = inspect(&lab, "web")["Endpoint"]["VirtualIPs"].clone();
+    let answers = |port: u16| {
+        (0..2).all(|i| {
+            let url = format!("http://{}:{port}/", lab.hosts()[i].address);
+            let output = lab.in_namespace(&lab.underlay().path(), "curl", &["-s", "--max-time", "2", &url]);
+            String::from_utf8_lossy(&output.stdout).starts_with("web.")
+        })
+    };
+    let closed = |port: u16| {
+        (0..2).all(|i| {
+            let url = format!("http://{}:{port}/", lab.hosts()[i].address);
+            !lab.in_namespace(&lab.underlay().path(), "curl", &["-s", "--max-time", "2", &url])
+                .status
+                .success()
+        })
+    };
+    let fast = ["--update-parallelism", "0", "--update-monitor", "1s"];
+    lab.ok(&[&["service", "update", "--publish-add", "9090:80"][..], &fast, &["web"]].concat());
+    wait_update(&lab, "web", "completed");
+    assert!(
+        wait_until(Duration::from_secs(10), || answers(9090) && answers(8080)),
+        "9090 and 8080 on every node"
+    );
+
+    lab.ok(&["service", "update", "--publish-rm", "8080", "web"]);
+    wait_update(&lab, "web", "completed");
+    assert!(wait_until(Duration::from_secs(10), || closed(8080) && answers(9090)), "8080 closed everywhere");
+
+    lab.ok(&["service", "update", "--network-add", "extranet", "--network-rm", "pubnet", "web"]);
+    wait_update(&lab, "web", "completed");
+    let tasks = lab.wait_running("web", 2);
+    let extranet = lab.network_id("extranet");
+    for task in &tasks {
+        let networks: Vec<&str> =
+            task["Endpoints"].as_array().unwrap().iter().map(|e| e["NetworkID"].as_str().unwrap()).collect();
+        assert_eq!(networks.len(), 2, "ingress and extranet: {task:#}");
+        assert_eq!(networks[1], extranet);
+    }
+    for (args, needle) in [
+        (
+            &["service", "update", "--network-rm", "extranet", "web"][..],
+            "network extranet is the only network of service web, which publishes ports",
+        ),
+        (
+            &["service", "update", "--network-add", "extranet", "web"][..],
+            "service web is already attached to network extranet",
+        ),
+        (
+            &["service", "update", "--network-rm", "pubnet", "web"][..],
+            "service web is not attached to network pubnet",
+        ),
+        (
+            &["service", "update", "--publish-rm", "7070", "web"][..],
+            "service web does not publish port 7070/tcp",
+        ),
+        (&["service", "update", "--network-add", "ingress", "web"][..], "attached through --publish"),
+    ] {
+        e2e::assert_refused(&lab.netctl(args), args, needle);
+    }
+
+    // Back to pubnet, with its VIP kept for it.
+    lab.ok(&["service", "rollback", "web"]);
+    let back = wait_update(&lab, "web", "rollback_completed");
+    assert_eq!(back["Endpoint"]["VirtualIPs"], vip_before);
+}

@@ -244,7 +244,7 @@ impl Control for ControlService {
         &self,
         request: Request<ServiceUpdateRequest>,
     ) -> Result<Response<ServiceUpdateResponse>, Status> {
-        let service = services::update(&self.store, request.get_ref()).await?;
+        let service = services::update(&self.store, request.get_ref(), &self.reserved_ports).await?;
         let state = service.update_status.as_ref().map_or("", |s| s.state.as_str());
         tracing::info!(name = %service.name, version = service.version, state, "service updated");
         Ok(Response::new(ServiceUpdateResponse { service: Some(service) }))

@@ -67,16 +67,21 @@ impl ReservedPorts {
 }
 
 /// Checks `requested` and gives each a published port, refusing ports that
-/// `others` (other services) already publish and `reserved` ones.
+/// `others` (other services) already publish or held before their last
+/// update, and `reserved` ones.
 pub fn assign(
     name: &str,
     requested: &[PortConfig],
     others: &[Service],
     reserved: &ReservedPorts,
 ) -> Result<Vec<PortConfig>, PortError> {
+    // A previous spec's ports stay taken: a rollback gets them back.
+    let held = |s: &Service| {
+        s.ports.iter().chain(s.previous_spec.iter().flat_map(|p| &p.ports)).cloned().collect::<Vec<_>>()
+    };
     let mut used: Vec<(String, u32, String)> = others
         .iter()
-        .flat_map(|s| s.ports.iter().map(move |p| (p.protocol.clone(), p.published_port, s.name.clone())))
+        .flat_map(|s| held(s).into_iter().map(move |p| (p.protocol, p.published_port, s.name.clone())))
         .collect();
     let mut assigned = Vec::new();
     for port in requested {
@@ -150,6 +155,14 @@ mod tests {
 
     fn port_of(published: u32) -> PortConfig {
         port("udp", published, 80)
+    }
+
+    #[test]
+    fn a_port_a_service_published_before_its_last_update_stays_its_own() {
+        let previous = service("web", vec![port("tcp", 8080, 80)]);
+        let web = Service { previous_spec: Some(Box::new(previous)), ..service("web", vec![]) };
+        let taken = assign("other", &[port("tcp", 8080, 80)], &[web]).unwrap_err();
+        assert_eq!(taken.to_string(), "port 8080/tcp is already published by service web");
     }
 
     #[test]

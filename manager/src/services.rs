@@ -25,7 +25,11 @@ pub fn taken_addresses(
     tasks: &[Task],
     nodes: &[Node],
 ) -> HashSet<Ipv4Addr> {
-    let vips = services.iter().flat_map(|s| &s.virtual_ips).filter(|v| v.network_id == network.id);
+    // A previous spec's VIPs stay taken: a rollback gets them back.
+    let vips = services
+        .iter()
+        .flat_map(|s| s.virtual_ips.iter().chain(s.previous_spec.iter().flat_map(|p| &p.virtual_ips)))
+        .filter(|v| v.network_id == network.id);
     let endpoints = tasks
         .iter()
         .filter(|t| t.desired_state() == TaskState::Running)
@@ -106,7 +110,7 @@ async fn create_once(
     }
 
     let mut writer = store.write_lock().await;
-    let mut services: Vec<Service> = store.all()?;
+    let services: Vec<Service> = store.all()?;
     if services.iter().any(|s| s.name == name) {
         return Err(ManagerError::NameTaken { kind: "service", name });
     }
@@ -150,29 +154,17 @@ async fn create_once(
             reference,
             networks.iter().map(|n| (n.id.as_str(), n.name.as_str())),
         )?];
-        if network.ingress {
-            return Err(ManagerError::Refused(format!(
-                "network {} is the routing mesh's and is attached through --publish, not --network",
-                network.name
-            )));
-        }
         if service.network_ids.contains(&network.id) {
             continue;
         }
-        let taken = taken_addresses(network, &services, &tasks, &nodes);
-        service.network_ids.push(network.id.clone());
-        if endpoint_mode == EndpointMode::Dnsrr {
-            ensure_room(network, &taken, request.replicas as usize)?;
-            continue;
-        }
-        ensure_room(network, &taken, request.replicas as usize + 1)?;
-        let last = address_cursors::read_one(store, &network.id)?;
-        let vip = addresses::next_free(subnet_of(network)?, &taken, last).expect("room was checked");
-        address_cursors::record(&mut batch, &network.id, vip);
-        service.virtual_ips.push(VirtualIp { network_id: network.id.clone(), address: vip.to_string() });
-        services.push(service.clone());
+        attach(
+            store,
+            &mut service,
+            network,
+            &taken_addresses(network, &services, &tasks, &nodes),
+            &mut batch,
+        )?;
     }
-    services.retain(|s| s.id != service.id);
     service.aliases = aliases(&service, &request.aliases, &networks, &services)?;
     ensure_state_fits(&service, &services, &networks)?;
     batch.put(&service);
@@ -347,27 +339,164 @@ fn ensure_fits(store: &Store, service: &Service) -> Result<(), ManagerError> {
 /// Changes a service (`service update`) or returns it to its spec before
 /// the last update (`service rollback`); the orchestrator replaces its
 /// tasks a batch at a time when what they run changed.
-pub async fn update(store: &Store, request: &ServiceUpdateRequest) -> Result<Service, ManagerError> {
+pub async fn update(
+    store: &Store,
+    request: &ServiceUpdateRequest,
+    reserved: &ReservedPorts,
+) -> Result<Service, ManagerError> {
     if let Some(replicas) = request.replicas {
         validate::replicas(replicas)?;
     }
-    crate::store::retrying(|| update_once(store, request)).await
+    crate::store::retrying(|| update_once(store, request, reserved)).await
 }
 
-async fn update_once(store: &Store, request: &ServiceUpdateRequest) -> Result<Service, ManagerError> {
+async fn update_once(
+    store: &Store,
+    request: &ServiceUpdateRequest,
+    reserved: &ReservedPorts,
+) -> Result<Service, ManagerError> {
     let mut writer = store.write_lock().await;
     let service = find(store, &request.reference)?;
+    let now = now_unix();
+    let mut batch = Batch::new();
     let changed = match request.rollback {
-        true => crate::updates::rollback(&service, now_unix(), "rollback requested"),
-        false => crate::updates::apply(&service, request, now_unix()),
-    }
-    .map_err(ManagerError::Refused)?;
+        true => {
+            crate::updates::rollback(&service, now, "rollback requested").map_err(ManagerError::Refused)?
+        }
+        false => {
+            let mut changed = crate::updates::apply(&service, request, now).map_err(ManagerError::Refused)?;
+            let others: Vec<Service> =
+                store.all::<Service>()?.into_iter().filter(|s| s.id != service.id).collect();
+            change_ports(&mut changed, request, &others, reserved)?;
+            change_networks(store, &mut changed, request, &others, &mut batch)?;
+            // New endpoints: the tasks are replaced.
+            if changed.ports != service.ports || changed.network_ids != service.network_ids {
+                crate::updates::begin(&mut changed, &service, now);
+                changed.updated_unix = now;
+            }
+            changed
+        }
+    };
     if changed == service {
         return Ok(service);
     }
     ensure_fits(store, &changed)?;
-    writer.put(&changed).await?;
+    batch.put(&changed);
+    writer.commit(batch).await?;
     Ok(changed)
+}
+
+/// `--publish-rm` then `--publish-add` applied to `changed`; `others` are
+/// the other services.
+fn change_ports(
+    changed: &mut Service,
+    request: &ServiceUpdateRequest,
+    others: &[Service],
+    reserved: &ReservedPorts,
+) -> Result<(), ManagerError> {
+    for gone in &request.publish_rm {
+        let protocol = if gone.protocol.is_empty() { "tcp" } else { gone.protocol.as_str() };
+        let before = changed.ports.len();
+        changed.ports.retain(|p| !(p.published_port == gone.published_port && p.protocol == protocol));
+        if changed.ports.len() == before {
+            return Err(ManagerError::Refused(format!(
+                "service {} does not publish port {}/{protocol}",
+                changed.name, gone.published_port
+            )));
+        }
+    }
+    if request.publish_add.is_empty() {
+        return Ok(());
+    }
+    if changed.endpoint_mode() == EndpointMode::Dnsrr {
+        return Err(ManagerError::Refused(format!(
+            "service {} has endpoint mode dnsrr: a port published in ingress mode needs a VIP to balance over",
+            changed.name
+        )));
+    }
+    let mut holders = others.to_vec();
+    holders.push(Service { name: changed.name.clone(), ports: changed.ports.clone(), ..Default::default() });
+    let added = crate::ports::assign(&changed.name, &request.publish_add, &holders, reserved)?;
+    changed.ports.extend(added);
+    Ok(())
+}
+
+/// `--network-add` then `--network-rm` applied to `changed` (a service
+/// moved to another network keeps its ports), a VIP given on each added
+/// network (the allocation recorded in `batch`).
+fn change_networks(
+    store: &Store,
+    changed: &mut Service,
+    request: &ServiceUpdateRequest,
+    others: &[Service],
+    batch: &mut Batch,
+) -> Result<(), ManagerError> {
+    if request.network_rm.is_empty() && request.network_add.is_empty() {
+        return Ok(());
+    }
+    let networks = store.networks()?;
+    let network_of = |reference: &str| -> Result<&Network, ManagerError> {
+        let names = networks.iter().map(|n| (n.id.as_str(), n.name.as_str()));
+        Ok(&networks[resolve::resolve("network", reference, names)?])
+    };
+    let (tasks, nodes): (Vec<Task>, Vec<Node>) = (store.all()?, store.nodes()?);
+    for reference in &request.network_add {
+        let network = network_of(reference)?;
+        if changed.network_ids.contains(&network.id) {
+            return Err(ManagerError::Refused(format!(
+                "service {} is already attached to network {}",
+                changed.name, network.name
+            )));
+        }
+        attach(store, changed, network, &taken_addresses(network, others, &tasks, &nodes), batch)?;
+    }
+    for reference in &request.network_rm {
+        let network = network_of(reference)?;
+        if !changed.network_ids.contains(&network.id) {
+            return Err(ManagerError::Refused(format!(
+                "service {} is not attached to network {}",
+                changed.name, network.name
+            )));
+        }
+        if changed.network_ids.len() == 1 && !changed.ports.is_empty() {
+            return Err(ManagerError::Refused(format!(
+                "network {} is the only network of service {}, which publishes ports: remove its ports (--publish-rm) or add another network first",
+                network.name, changed.name
+            )));
+        }
+        changed.network_ids.retain(|id| *id != network.id);
+        changed.virtual_ips.retain(|v| v.network_id != network.id);
+        changed.aliases.retain(|a| a.network != network.id);
+    }
+    Ok(())
+}
+
+/// Attaches `service` to `network`: room for its tasks, and a VIP unless
+/// its endpoint mode is dnsrr (where the allocation goes on from is
+/// recorded in `batch`).
+fn attach(
+    store: &Store,
+    service: &mut Service,
+    network: &Network,
+    taken: &HashSet<Ipv4Addr>,
+    batch: &mut Batch,
+) -> Result<(), ManagerError> {
+    if network.ingress {
+        return Err(ManagerError::Refused(format!(
+            "network {} is the routing mesh's and is attached through --publish, not --network",
+            network.name
+        )));
+    }
+    service.network_ids.push(network.id.clone());
+    if service.endpoint_mode() == EndpointMode::Dnsrr {
+        return ensure_room(network, taken, service.replicas as usize);
+    }
+    ensure_room(network, taken, service.replicas as usize + 1)?;
+    let last = address_cursors::read_one(store, &network.id)?;
+    let vip = addresses::next_free(subnet_of(network)?, taken, last).expect("room was checked");
+    address_cursors::record(batch, &network.id, vip);
+    service.virtual_ips.push(VirtualIp { network_id: network.id.clone(), address: vip.to_string() });
+    Ok(())
 }
 
 /// Removes a service and its tasks (agents stop them on their next pass);

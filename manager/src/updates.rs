@@ -107,16 +107,29 @@ pub fn rollback(service: &Service, now: i64, message: &str) -> Result<Service, S
     let Some(previous) = service.previous_spec.as_deref() else {
         return Err(format!("service {} has no previous spec to roll back to", service.name));
     };
+    // Its VIPs and ports were kept for it (`previous_spec`).
     let mut back = Service {
         env: previous.env.clone(),
         replicas: previous.replicas,
         update_config: previous.update_config.clone(),
+        ports: previous.ports.clone(),
+        network_ids: previous.network_ids.clone(),
+        virtual_ips: previous.virtual_ips.clone(),
+        aliases: previous.aliases.clone(),
         ..service.clone()
     };
     start(&mut back, service, ROLLBACK_STARTED, now);
     back.updated_unix = now;
     back.update_status.as_mut().expect("just started").message = message.to_string();
     Ok(back)
+}
+
+/// Makes `next` a new version after `current` unless it is one already:
+/// its tasks are replaced.
+pub fn begin(next: &mut Service, current: &Service, now: i64) {
+    if next.version == current.version {
+        start(next, current, UPDATING, now);
+    }
 }
 
 /// Makes `next` a new version after `current`, replacing its tasks.

@@ -1,9 +1,9 @@
 //! `netctl service update` and `netctl service rollback`.
 
 use crate::client::{rpc_error, Control};
-use crate::syntax::parse_key_value;
+use crate::syntax::{parse_key_value, parse_publish};
 use clap::Args;
-use netctl_proto::ServiceUpdateRequest;
+use netctl_proto::{PortConfig, ServiceUpdateRequest};
 use std::time::Duration;
 
 /// `netctl service update` arguments.
@@ -32,8 +32,35 @@ pub struct UpdateArgs {
     /// When a new task fails: pause, continue or rollback [default: pause].
     #[arg(long)]
     update_failure_action: Option<String>,
+    /// Publish a port (the --publish syntax): opened on every node as the
+    /// tasks are replaced.
+    #[arg(long, value_parser = parse_publish)]
+    publish_add: Vec<PortConfig>,
+    /// Stop publishing a port: PUBLISHED[/PROTOCOL].
+    #[arg(long, value_parser = parse_published)]
+    publish_rm: Vec<PortConfig>,
+    /// Attach the tasks to a network too (it gets a VIP there).
+    #[arg(long)]
+    network_add: Vec<String>,
+    /// Detach the tasks from a network.
+    #[arg(long)]
+    network_rm: Vec<String>,
     /// Service name or ID.
     service: String,
+}
+
+/// `--publish-rm 8080` or `8080/udp`.
+fn parse_published(text: &str) -> Result<PortConfig, String> {
+    let (port, protocol) = text.split_once('/').unwrap_or((text, "tcp"));
+    let published_port = port
+        .parse()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| format!("invalid published port {text:?}: expected PORT or PORT/PROTOCOL"))?;
+    match protocol {
+        "tcp" | "udp" => Ok(PortConfig { protocol: protocol.into(), published_port, target_port: 0 }),
+        other => Err(format!("invalid protocol {other:?}: expected tcp or udp")),
+    }
 }
 
 /// `netctl service rollback` arguments.
@@ -54,6 +81,10 @@ pub async fn run(control: &mut Control, args: UpdateArgs) -> anyhow::Result<()> 
         update_delay_ms: args.update_delay.map(|d| d.as_millis() as u64),
         update_failure_action: args.update_failure_action.unwrap_or_default(),
         update_monitor_ms: args.update_monitor.map(|d| d.as_millis() as u64),
+        publish_add: args.publish_add,
+        publish_rm: args.publish_rm,
+        network_add: args.network_add,
+        network_rm: args.network_rm,
         rollback: false,
     };
     send(control, request).await
