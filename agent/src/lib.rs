@@ -13,6 +13,7 @@ mod desired;
 pub mod dns;
 mod gwbridge;
 mod identity;
+mod listeners;
 mod logs;
 pub mod mesh;
 mod model;

@@ -31,6 +31,8 @@ pub struct Reconciler {
     supervisor: Supervisor,
     written: Written,
     resolver: Resolver,
+    /// The held published ports last said in the log.
+    held_ports: BTreeSet<String>,
 }
 
 /// What one pass did.
@@ -66,6 +68,7 @@ impl Reconciler {
             supervisor: Supervisor::new(run_dir, shim_program)?,
             written: Written::load(run_dir),
             resolver: Resolver::new(upstreams),
+            held_ports: BTreeSet::new(),
         })
     }
 
@@ -115,8 +118,11 @@ impl Reconciler {
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());
         let problems = self.node_problems(observed.foreign_gwbridge, &errors);
+        let held = self.held_ports(state);
         let mut reports = Vec::with_capacity(state.tasks.len());
         for task in &state.tasks {
+            let mut problems = problems.clone();
+            problems.extend(held.iter().filter(|(id, _)| *id == task.id).map(|(_, problem)| problem.clone()));
             reports.push(self.task_status(task, &desired, &errors, &problems).await);
         }
         self.resolver.retain(|sandbox| wanted.contains(sandbox));
@@ -133,6 +139,21 @@ impl Reconciler {
                 self.supervisor.mark_lost(task, &sandbox, "the task's sandbox namespace was removed");
             }
         }
+    }
+
+    /// The tasks behind published ports a process on this node holds, and
+    /// what to tell them; the log says so when that changes.
+    fn held_ports(&mut self, state: &NodeState) -> Vec<(String, String)> {
+        let held =
+            crate::listeners::conflicts(&state.published_ports, &state.tasks, &crate::listeners::bound());
+        let said: BTreeSet<String> = held.iter().map(|(_, problem)| problem.clone()).collect();
+        if said != self.held_ports {
+            for problem in said.difference(&self.held_ports) {
+                tracing::warn!("{problem}");
+            }
+            self.held_ports = said;
+        }
+        held
     }
 
     /// What keeps every task of the node from working fully while it runs:

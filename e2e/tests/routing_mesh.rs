@@ -204,3 +204,28 @@ fn bad_published_ports_are_refused() {
     assert_eq!(assigned.trim().len(), 25);
     assert!(lab.ok(&["service", "ls"]).contains("*:30000->80/tcp"));
 }
+
+#[test]
+fn a_published_port_a_host_process_listens_on_is_reported_on_its_tasks() {
+    let lab = Lab::start(1);
+    lab.create_network("heldnet", "10.30.0.0/24");
+    // A process on node0 itself listens on 8080.
+    let mut command = lab.host_command(0, "python3");
+    command.args([
+        "-c",
+        "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 8080))\ns.listen()\ntime.sleep(600)",
+    ]);
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let listener = e2e::Daemon::spawn(command, log.path().to_path_buf(), None);
+    let create = ["service", "create", "--replicas", "1", "--network", "heldnet", "--name", "held"];
+    lab.ok(&[&create[..], &["--publish", "8080:80", "sleep", "10000"]].concat());
+    let problem = "port 8080/tcp is published, but a process on this node listens on it";
+    let error = || lab.running_tasks("held").first().map(|t| t["Error"].as_str().unwrap_or("").to_string());
+    let reported = wait_until(Duration::from_secs(30), || error().is_some_and(|e| e.contains(problem)));
+    assert!(reported, "{:#?}", lab.tasks("held"));
+    assert!(lab.agent_log(0).contains(problem), "the agent's log says it too");
+
+    drop(listener);
+    let cleared = wait_until(Duration::from_secs(30), || error().is_some_and(|e| e.is_empty()));
+    assert!(cleared, "{:#?}", lab.tasks("held"));
+}

@@ -2,6 +2,7 @@
 
 use crate::commands::agent::AgentArgs;
 use crate::commands::cluster::ClusterCommand;
+use crate::commands::completion::CompletionArgs;
 use crate::commands::exec::ExecArgs;
 use crate::commands::lab::LabCommand;
 use crate::commands::manager::ManagerArgs;
@@ -49,10 +50,10 @@ pub enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
-    /// List, inspect and remove the nodes of the cluster.
+    /// List, inspect, update and remove the nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Manage replicated services.
+    /// Manage services.
     #[command(subcommand)]
     Service(ServiceCommand),
     /// Run a command inside a task's sandbox (on the host the task runs on).
@@ -66,6 +67,8 @@ pub enum Command {
     /// Show every node's namespaces, interfaces, veth pairs, bridges, VXLAN
     /// devices, FDB entries, routes and rules, read back from the kernel.
     Topology(TopologyArgs),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completion(CompletionArgs),
 }
 
 /// Output formats of the list commands.

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod completion;
 pub mod exec;
 pub mod lab;
 pub mod manager;
@@ -25,6 +26,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Exec(exec) => exec::run(&cli.client, exec).await,
         Command::Lab(command) => lab::run(command).await,
         Command::Topology(args) => topology::run(&cli.client, args).await,
+        Command::Completion(args) => {
+            completion::run(args, <Cli as clap::CommandFactory>::command());
+            Ok(())
+        }
         Command::TaskShim(_) => unreachable!("the task shim runs before the async runtime starts"),
     }
 }
