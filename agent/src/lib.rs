@@ -24,6 +24,7 @@ mod readback;
 pub mod reconcile;
 mod session;
 pub mod shim;
+mod stale_flows;
 pub mod task_files;
 pub mod tasks;
 

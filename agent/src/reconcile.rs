@@ -33,6 +33,7 @@ pub struct Reconciler {
     resolver: Resolver,
     /// The held published ports last said in the log.
     held_ports: BTreeSet<String>,
+    stale_flows: crate::stale_flows::StaleFlows,
 }
 
 /// What one pass did.
@@ -69,6 +70,7 @@ impl Reconciler {
             written: Written::load(run_dir),
             resolver: Resolver::new(upstreams),
             held_ports: BTreeSet::new(),
+            stale_flows: Default::default(),
         })
     }
 
@@ -114,6 +116,8 @@ impl Reconciler {
                 tracing::warn!("keeping what was written in the run dir: {err}");
             }
         }
+        // After the rules: new packets of a deleted flow meet the new backends.
+        self.stale_flows.clear(state, self.connections.namespaces()).await;
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());

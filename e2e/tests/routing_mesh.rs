@@ -229,3 +229,70 @@ fn a_published_port_a_host_process_listens_on_is_reported_on_its_tasks() {
     let cleared = wait_until(Duration::from_secs(30), || error().is_some_and(|e| e.is_empty()));
     assert!(cleared, "{:#?}", lab.tasks("held"));
 }
+
+/// Python that sends a datagram every 100 ms from each of `clients` source
+/// ports to `address`:`port` for `seconds`, printing "CLIENT TIME REPLICA"
+/// for each answer.
+fn udp_clients(address: &str, port: u16, clients: usize, seconds: u32) -> String {
+    format!(
+        "import select, socket, time\nend = time.time() + {seconds}\nsocks = []\n\
+         for i in range({clients}):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+         s.bind(('0.0.0.0', 41000 + i))\n    socks.append(s)\n\
+         while time.time() < end:\n    for s in socks:\n        s.sendto(b'x', ('{address}', {port}))\n    \
+         start = time.time()\n    while time.time() - start < 0.1:\n        \
+         ready, _, _ = select.select(socks, [], [], max(0, 0.1 - (time.time() - start)))\n        \
+         for s in ready:\n            data, _ = s.recvfrom(256)\n            \
+         print(socks.index(s), time.time(), data.decode(), flush=True)\n"
+    )
+}
+
+#[test]
+fn udp_clients_of_a_removed_replica_reach_the_remaining_one_at_once() {
+    let lab = Lab::start(2);
+    lab.create_network("udpnet", "10.31.0.0/24");
+    let create = ["service", "create", "--replicas", "2", "--network", "udpnet", "--name", "echo"];
+    lab.ok(&[&create[..], &["--publish", "7000:7/udp", "python3", "-c", UDP_SERVER]].concat());
+    lab.wait_running("echo", 2);
+    let address = lab.hosts()[0].address.to_string();
+    let clients = 10;
+    let client = lab
+        .underlay()
+        .command("python3")
+        .args(["-c", &udp_clients(&address, 7000, clients, 10)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_secs(4));
+    let scaled_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    lab.ok(&["service", "scale", "echo=1"]);
+    let output = client.wait_with_output().expect("the UDP clients");
+    let remaining = lab.wait_running("echo", 1)[0]["Name"].as_str().unwrap().to_string();
+
+    // (client, time, replica) of every answer.
+    let answers: Vec<(usize, f64, String)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?, fields.next()?.to_string()))
+        })
+        .collect();
+    let moved: Vec<usize> = (0..clients)
+        .filter(|c| {
+            answers
+                .iter()
+                .any(|(client, at, replica)| client == c && *at < scaled_at && *replica != remaining)
+        })
+        .collect();
+    assert!(!moved.is_empty(), "no client was on the removed replica: {answers:?}");
+    for client in moved {
+        let first_after = answers
+            .iter()
+            .filter(|(c, at, replica)| *c == client && *at > scaled_at && *replica == remaining)
+            .map(|(_, at, _)| at - scaled_at)
+            .next();
+        assert!(
+            first_after.is_some_and(|seconds| seconds < 1.0),
+            "client {client} answered by {remaining} only after {first_after:?} s: {answers:?}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! namespace; namespace switches happen only on dedicated threads.
 
 pub mod addr;
+pub mod conntrack;
 pub mod error;
 pub mod iptables;
 pub mod link;

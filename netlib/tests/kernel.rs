@@ -171,3 +171,34 @@ async fn namespaces_are_created_listed_entered_and_deleted() {
     assert!(!namespaces.exists("nlt-a"));
     assert!(namespaces.list().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn conntrack_flows_are_listed_and_the_picked_ones_deleted() {
+    let scratch = Scratch::new();
+    let netlink = scratch.connect("nlt-ct");
+    netlink.set_up(&netlink.require_link("lo").await.unwrap()).await.unwrap();
+    let path = scratch.namespaces.path("nlt-ct");
+    // A rule that matches on conntrack makes the namespace track flows.
+    let rules =
+        "*filter\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p udp -m conntrack --ctstate NEW -j ACCEPT\nCOMMIT\n";
+    netlib::iptables::restore(Some(("nlt-ct", path.as_path())), rules).await.unwrap();
+    let send = |port: u16| {
+        netns::run_in(&path, move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.send_to(b"x", ("127.0.0.1", port)).unwrap();
+        })
+        .unwrap()
+    };
+    send(9999);
+    send(9998);
+    let to = |port: u16| {
+        move |flow: &netlib::conntrack::Flow| flow.protocol == 17 && flow.original.destination_port == port
+    };
+    assert_eq!(netlib::conntrack::delete_flows("nlt-ct", &path, to(9999)).await.unwrap(), 1);
+    assert_eq!(netlib::conntrack::delete_flows("nlt-ct", &path, to(9999)).await.unwrap(), 0, "gone");
+    assert_eq!(
+        netlib::conntrack::delete_flows("nlt-ct", &path, to(9998)).await.unwrap(),
+        1,
+        "the other stayed"
+    );
+}

@@ -1,0 +1,157 @@
+//! Conntrack entries that lead to a backend no longer there. A UDP client
+//! sending from one source port keeps its conntrack entry, and with it its
+//! backend, for as long as it keeps sending: after a scale-down it would
+//! talk to a removed replica until it paused for the UDP timeout. When the
+//! backends of a published UDP port or of a VIP change, the UDP entries of
+//! that port (in ingress_sbox) or VIP (in each local sandbox on its network)
+//! whose replies come from an address no longer among them are deleted, so
+//! the next packet is balanced again over the live replicas.
+
+use crate::names::{self, INGRESS_SANDBOX};
+use netctl_proto::NodeState;
+use netlib::conntrack::{self, Flow};
+use netlib::NamespaceDir;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+/// UDP.
+const UDP: u8 = 17;
+
+/// What makes a UDP entry stale in one namespace.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Staleness {
+    /// Published port → its backends: an entry to that port is stale when
+    /// its replies come from elsewhere.
+    ports: BTreeMap<u16, BTreeSet<Ipv4Addr>>,
+    /// VIP → its backends, likewise.
+    vips: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>,
+}
+
+impl Staleness {
+    /// Whether `flow` goes to a port or VIP here and its replies come from
+    /// an address no longer behind it (pure).
+    pub fn is_stale(&self, flow: &Flow) -> bool {
+        if flow.protocol != UDP {
+            return false;
+        }
+        let behind = self
+            .ports
+            .get(&flow.original.destination_port)
+            .or_else(|| self.vips.get(&flow.original.destination));
+        behind.is_some_and(|backends| !backends.contains(&flow.reply.source))
+    }
+}
+
+/// What each namespace of the node deletes by (pure): ingress_sbox by the
+/// UDP published ports, each task's sandbox by the VIPs of its networks.
+pub fn wanted(state: &NodeState) -> HashMap<String, Staleness> {
+    let addresses =
+        |list: &[String]| list.iter().filter_map(|a| a.parse().ok()).collect::<BTreeSet<Ipv4Addr>>();
+    let mut by_namespace: HashMap<String, Staleness> = HashMap::new();
+    for port in state.published_ports.iter().filter(|p| p.protocol == "udp") {
+        let Ok(number) = u16::try_from(port.published_port) else { continue };
+        let ingress = by_namespace.entry(INGRESS_SANDBOX.to_string()).or_default();
+        ingress.ports.insert(number, addresses(&port.backends));
+    }
+    for task in &state.tasks {
+        let networks: BTreeSet<&str> = task.endpoints.iter().map(|e| e.network_id.as_str()).collect();
+        for vip in state.service_vips.iter().filter(|v| networks.contains(v.network_id.as_str())) {
+            let Ok(address) = vip.address.parse() else { continue };
+            let sandbox = by_namespace.entry(names::sandbox_namespace(&task.id)).or_default();
+            sandbox.vips.insert(address, addresses(&vip.backends));
+        }
+    }
+    by_namespace
+}
+
+/// Deletes stale entries where what makes them stale changed since the
+/// last pass.
+#[derive(Default)]
+pub struct StaleFlows {
+    last: HashMap<String, Staleness>,
+}
+
+impl StaleFlows {
+    /// Deletes, in each namespace whose ports' or VIPs' backends changed,
+    /// the UDP entries to a backend no longer there; logs what failed.
+    pub async fn clear(&mut self, state: &NodeState, namespaces: &NamespaceDir) {
+        let wanted = wanted(state);
+        for (namespace, staleness) in &wanted {
+            if self.last.get(namespace) == Some(staleness) || !namespaces.exists(namespace) {
+                continue;
+            }
+            let picked = staleness.clone();
+            match conntrack::delete_flows(namespace, &namespaces.path(namespace), move |f| picked.is_stale(f))
+                .await
+            {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(namespace, deleted, "deleted conntrack entries to removed backends")
+                }
+                Err(err) => tracing::warn!("{err}"),
+            }
+        }
+        self.last = wanted;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netctl_proto::{EndpointAddress, PublishedPort, ServiceVip, TaskSpec};
+    use netlib::conntrack::Tuple;
+
+    fn flow(protocol: u8, to: &str, port: u16, reply_from: &str) -> Flow {
+        let tuple = |source: &str, destination: &str| Tuple {
+            source: source.parse().unwrap(),
+            destination: destination.parse().unwrap(),
+            source_port: 40000,
+            destination_port: port,
+        };
+        Flow { protocol, original: tuple("10.0.0.1", to), reply: tuple(reply_from, "10.0.0.1") }
+    }
+
+    fn state() -> NodeState {
+        NodeState {
+            published_ports: vec![
+                PublishedPort {
+                    protocol: "udp".into(),
+                    published_port: 7,
+                    backends: vec!["10.255.0.5".into()],
+                    ..Default::default()
+                },
+                PublishedPort {
+                    protocol: "tcp".into(),
+                    published_port: 80,
+                    backends: vec![],
+                    ..Default::default()
+                },
+            ],
+            service_vips: vec![ServiceVip {
+                network_id: "net".into(),
+                address: "10.1.0.2".into(),
+                backends: vec!["10.1.0.3".into()],
+            }],
+            tasks: vec![TaskSpec {
+                id: "t1".into(),
+                endpoints: vec![EndpointAddress { network_id: "net".into(), ..Default::default() }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn udp_entries_to_a_backend_no_longer_there_are_stale() {
+        let wanted = wanted(&state());
+        let ingress = &wanted[INGRESS_SANDBOX];
+        assert!(ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.6")), "a removed replica");
+        assert!(!ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.5")), "a live replica");
+        assert!(!ingress.is_stale(&flow(6, "172.18.0.2", 7, "10.255.0.6")), "TCP is left alone");
+        assert!(!ingress.is_stale(&flow(UDP, "172.18.0.2", 80, "10.255.0.6")), "not a UDP published port");
+        let sandbox = &wanted[&names::sandbox_namespace("t1")];
+        assert!(sandbox.is_stale(&flow(UDP, "10.1.0.2", 53, "10.1.0.9")));
+        assert!(!sandbox.is_stale(&flow(UDP, "10.1.0.2", 53, "10.1.0.3")));
+        assert!(!sandbox.is_stale(&flow(UDP, "10.1.0.7", 53, "10.1.0.9")), "not a VIP");
+    }
+}
