@@ -16,6 +16,7 @@ mod identity;
 mod listeners;
 mod logs;
 pub mod mesh;
+pub mod metrics;
 mod model;
 mod names;
 mod observe;
@@ -34,6 +35,7 @@ use netctl_proto::{NodeState, NodeTopology, TaskStatusReport};
 use session::{Session, SessionError};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// How an agent is started (the `netctl agent` flags).
@@ -54,6 +56,8 @@ pub struct AgentConfig {
     /// Where the sandboxes' resolver forwards names that are not the
     /// cluster's; empty: the nameservers of the host's /etc/resolv.conf.
     pub dns_forward: Vec<std::net::SocketAddr>,
+    /// Where Prometheus metrics are served (`GET /metrics`); none: off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until the manager refuses it (an error) or it gets
@@ -92,12 +96,26 @@ async fn serve(config: AgentConfig, mut stopping: watch::Receiver<bool>) -> anyh
     let reconciler =
         reconcile::Reconciler::new(&config.run_dir, config.advertise_addr, shim_program, upstreams)
             .with_context(|| format!("preparing the run dir {}", config.run_dir.display()))?;
+    let metrics = Arc::new(metrics::AgentMetrics::new(reconciler.dns_queries()));
+    let _metrics_server = match config.metrics_addr {
+        Some(address) => {
+            let shown = metrics.clone();
+            let render: netctl_proto::metrics::Render = Arc::new(move || shown.render());
+            let server = netctl_proto::metrics::listen(address, render)
+                .await
+                .with_context(|| format!("serving metrics on {address}"))?;
+            tracing::info!(%address, "metrics served on /metrics");
+            Some(server)
+        }
+        None => None,
+    };
     let (desired_sender, desired) = watch::channel(None);
     let (report_sender, reports) = watch::channel(Vec::new());
     let (topology_sender, topology) = watch::channel(None);
     let hostname = config.hostname.clone();
     let reconciling = tokio::spawn(reconcile_forever(
         reconciler,
+        metrics,
         desired,
         report_sender,
         topology_sender,
@@ -150,6 +168,7 @@ const TOPOLOGY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5)
 /// until `stopping` turns true.
 async fn reconcile_forever(
     mut reconciler: reconcile::Reconciler,
+    metrics: Arc<metrics::AgentMetrics>,
     mut desired: watch::Receiver<Option<NodeState>>,
     reports: watch::Sender<Vec<TaskStatusReport>>,
     topology: watch::Sender<Option<NodeTopology>>,
@@ -163,6 +182,7 @@ async fn reconcile_forever(
         if let Some(state) = state {
             let started = std::time::Instant::now();
             let pass = reconciler.pass(&state).await;
+            metrics.record(&pass, started.elapsed());
             let statuses = pass.reports;
             tracing::debug!(
                 revision = state.revision,

@@ -49,6 +49,8 @@ pub struct Pass {
     pub applied_in: Duration,
     /// Of that, how long writing rule sets and sysctls took.
     pub rules_in: Duration,
+    /// How many rule sets and sysctls it wrote.
+    pub rules_written: usize,
 }
 
 impl Reconciler {
@@ -110,7 +112,11 @@ impl Reconciler {
         let mut applier = Applier::new(&self.host, &mut self.connections, &mut self.written);
         let (errors, rules_in) = applier.apply(&actions).await;
         let applied_in = started.elapsed();
-        let wrote = actions.iter().any(|a| matches!(a, Action::SetSysctl { .. } | Action::WriteRules { .. }));
+        let rules_written = actions
+            .iter()
+            .filter(|a| matches!(a, Action::SetSysctl { .. } | Action::WriteRules { .. }))
+            .count();
+        let wrote = rules_written > 0;
         if wrote || actions.iter().any(|a| matches!(a, Action::DeleteNamespace(_))) {
             if let Err(err) = self.written.save() {
                 tracing::warn!("keeping what was written in the run dir: {err}");
@@ -130,7 +136,7 @@ impl Reconciler {
             reports.push(self.task_status(task, &desired, &errors, &problems).await);
         }
         self.resolver.retain(|sandbox| wanted.contains(sandbox));
-        Pass { reports, actions: actions.len(), new_sandboxes, applied_in, rules_in }
+        Pass { reports, actions: actions.len(), new_sandboxes, applied_in, rules_in, rules_written }
     }
 
     /// A sandbox deleted under a running task: the task lost its network for
@@ -217,6 +223,12 @@ impl Reconciler {
             status.error = all.join("; ");
         }
         status
+    }
+
+    /// How many DNS queries the sandboxes' resolver answered, kept up to
+    /// date.
+    pub fn dns_queries(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.resolver.queries()
     }
 
     /// Notified when a task finished stopping, so that its sandbox can be

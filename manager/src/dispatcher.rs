@@ -6,6 +6,7 @@
 use crate::auth::{certificate_node, presented_token};
 use crate::desired::fanout::Fanout;
 use crate::liveness::Heartbeats;
+use crate::metrics::ManagerMetrics;
 use crate::networks::now_unix;
 use crate::pki::ClusterCa;
 use crate::reports::AgentReports;
@@ -32,14 +33,15 @@ pub struct DispatcherService {
     ca: Arc<ClusterCa>,
     tokens: Arc<ClusterTokens>,
     fanout: Arc<Fanout>,
+    metrics: Arc<ManagerMetrics>,
 }
 
 impl DispatcherService {
     /// A Dispatcher telling agents to use `data_path_port` for VXLAN,
     /// signing node certificates with `ca` and admitting first joins with
     /// the join token of `tokens`. Its watch streams are fed by `fanout`
-    /// and end when `stopping` turns true, so that the server can shut down
-    /// gracefully.
+    /// (what each brought its node to is noted in `metrics`) and end when
+    /// `stopping` turns true, so that the server can shut down gracefully.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<Store>,
@@ -50,8 +52,9 @@ impl DispatcherService {
         ca: Arc<ClusterCa>,
         tokens: Arc<ClusterTokens>,
         fanout: Arc<Fanout>,
+        metrics: Arc<ManagerMetrics>,
     ) -> Self {
-        Self { store, heartbeats, data_path_port, stopping, reports, ca, tokens, fanout }
+        Self { store, heartbeats, data_path_port, stopping, reports, ca, tokens, fanout, metrics }
     }
 
     fn heartbeat_interval_ms(&self) -> u32 {
@@ -270,6 +273,7 @@ impl Dispatcher for DispatcherService {
         let (sender, receiver) = mpsc::channel(4);
         let mut subscription = self.fanout.subscribe(&node_id, self.store.clone());
         let mut stopping = self.stopping.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -277,6 +281,9 @@ impl Dispatcher for DispatcherService {
                     _ = sender.closed() => break,
                     _ = stopping.wait_for(|stop| *stop) => break,
                 };
+                if let Ok(message) = &next {
+                    metrics.watched(&node_id, message);
+                }
                 let ends = next.is_err();
                 if sender.send(next).await.is_err() || ends {
                     break;

@@ -20,6 +20,7 @@ mod ipam;
 mod liveness;
 mod logs;
 mod memory;
+mod metrics;
 pub mod networks;
 pub use cluster::migrate_to_etcd;
 mod nodes;

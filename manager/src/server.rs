@@ -42,6 +42,8 @@ pub struct ManagerConfig {
     /// The etcd cluster keeping the state, when several managers share it
     /// (sled in the data dir otherwise).
     pub etcd: Option<EtcdConfig>,
+    /// Where Prometheus metrics are served (`GET /metrics`); none: off.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A bootstrapped manager, ready to serve.
@@ -130,6 +132,11 @@ impl Manager {
         tokio::spawn(crate::memory::release_after_changes(self.store.clone(), stopping.clone()));
         let fanout = crate::desired::fanout::Fanout::new();
         tokio::spawn(fanout.clone().run(self.store.clone(), self.cluster.data_path_port, stopping.clone()));
+        let metrics = Arc::new(crate::metrics::ManagerMetrics::default());
+        let _metrics_server = match self.config.metrics_addr {
+            Some(address) => Some(self.serve_metrics(address, metrics.clone(), heartbeats.clone()).await?),
+            None => None,
+        };
         let dispatcher = DispatcherService::new(
             self.store.clone(),
             heartbeats,
@@ -139,6 +146,7 @@ impl Manager {
             self.cluster.ca.clone(),
             self.cluster.tokens.clone(),
             fanout,
+            metrics.clone(),
         );
         tokio::spawn(async move {
             shutdown.await;
@@ -157,6 +165,7 @@ impl Manager {
             |context: String| move |err| ManagerError::Io { context, source: std::io::Error::other(err) };
         tracing::info!(%listen, ca = %self.cluster.ca.digest, store = %self.store.location(), manager = %self.manager_id, "manager serving (TLS)");
         tonic::transport::Server::builder()
+            .layer(crate::metrics::RpcLayer(metrics))
             .tls_config(tls)
             .map_err(io_error("setting up TLS".to_string()))?
             .add_service(ControlServer::with_interceptor(
@@ -167,6 +176,24 @@ impl Manager {
             .serve_with_incoming_shutdown(crate::plaintext::tls_connections(listener), shutdown)
             .await
             .map_err(io_error(format!("serving on {listen}")))
+    }
+}
+
+impl Manager {
+    /// Serves `metrics` on `address` until the returned server is dropped.
+    async fn serve_metrics(
+        &self,
+        address: SocketAddr,
+        metrics: Arc<crate::metrics::ManagerMetrics>,
+        heartbeats: Arc<Heartbeats>,
+    ) -> Result<netctl_proto::metrics::Server, ManagerError> {
+        let store = self.store.clone();
+        let render: netctl_proto::metrics::Render = Arc::new(move || metrics.render(&store, &heartbeats));
+        let server = netctl_proto::metrics::listen(address, render).await.map_err(|source| {
+            ManagerError::Io { context: format!("serving metrics on {address}"), source }
+        })?;
+        tracing::info!(%address, "metrics served on /metrics");
+        Ok(server)
     }
 }
 

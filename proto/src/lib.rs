@@ -17,6 +17,7 @@ pub use v1::*;
 mod connect;
 pub mod convention;
 pub mod desired;
+pub mod metrics;
 pub mod pki;
 pub use connect::{
     connect, connect_with_token, error_chain, fetch_ca, https_uri, manager_addresses, ConnectError,

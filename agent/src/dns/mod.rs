@@ -17,6 +17,7 @@ use records::Records;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -60,6 +61,8 @@ pub struct Resolver {
     built_from: Option<(Vec<netctl_proto::ServiceNames>, Vec<netctl_proto::NetworkAttachment>)>,
     upstreams: Arc<Upstreams>,
     serving: HashMap<String, Serving>,
+    /// Queries answered, over every sandbox.
+    queries: Arc<AtomicU64>,
 }
 
 /// One sandbox's servers; they stop when this is dropped.
@@ -80,10 +83,12 @@ struct Context {
     networks: Vec<String>,
     records: watch::Receiver<Arc<Records>>,
     upstreams: Arc<Upstreams>,
+    queries: Arc<AtomicU64>,
 }
 
 impl Context {
     fn answer(&self, query: &[u8], transport: Transport) -> Reply {
+        self.queries.fetch_add(1, Ordering::Relaxed);
         answer(query, &self.records.borrow(), &self.networks, transport)
     }
 
@@ -99,7 +104,13 @@ impl Resolver {
     /// A resolver forwarding to `upstreams`, with no names yet.
     pub fn new(upstreams: Upstreams) -> Self {
         let (records, _) = watch::channel(Arc::new(Records::default()));
-        Self { records, built_from: None, upstreams: Arc::new(upstreams), serving: HashMap::new() }
+        let queries = Arc::new(AtomicU64::new(0));
+        Self { records, built_from: None, upstreams: Arc::new(upstreams), serving: HashMap::new(), queries }
+    }
+
+    /// How many queries were answered, over every sandbox, kept up to date.
+    pub fn queries(&self) -> Arc<AtomicU64> {
+        self.queries.clone()
     }
 
     /// Answers from the names in `state` from now on, in every sandbox
@@ -151,6 +162,7 @@ impl Resolver {
             networks: networks.to_vec(),
             records: self.records.subscribe(),
             upstreams: self.upstreams.clone(),
+            queries: self.queries.clone(),
         });
         let tasks = [tokio::spawn(serve_udp(udp, context.clone())), tokio::spawn(serve_tcp(tcp, context))];
         self.serving.insert(sandbox.to_string(), Serving { networks: networks.to_vec(), tasks });

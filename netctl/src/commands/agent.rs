@@ -38,6 +38,9 @@ pub struct AgentArgs {
     /// changes].
     #[arg(long, value_delimiter = ',', value_parser = netctl_agent::dns::upstream::parse_server)]
     pub dns_forward: Vec<std::net::SocketAddr>,
+    /// Serve Prometheus metrics on ADDR:PORT (`GET /metrics`) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until it is refused or stopped.
@@ -58,6 +61,7 @@ pub async fn run(manager: String, args: AgentArgs) -> anyhow::Result<()> {
         run_dir: args.run_dir,
         state_dir: args.state_dir,
         dns_forward: args.dns_forward,
+        metrics_addr: args.metrics_addr,
     })
     .await
 }

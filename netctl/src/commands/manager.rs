@@ -58,6 +58,9 @@ pub struct ManagerArgs {
     /// exit; later starts with --etcd-endpoints use it.
     #[arg(long, requires = "etcd_endpoints")]
     pub migrate_to_etcd: bool,
+    /// Serve Prometheus metrics on ADDR:PORT (`GET /metrics`) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ManagerArgs {
@@ -114,6 +117,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         advertise: reachable_address(args.listen),
         hostname: super::hostname_or_default(args.hostname.clone()),
         etcd: args.etcd(),
+        metrics_addr: args.metrics_addr,
     };
     let manager = Manager::start(config)
         .await
