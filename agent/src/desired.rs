@@ -84,8 +84,25 @@ pub fn build(
             }
         }
     }
-    ingress(&mut desired, state, &networks, facts);
+    let host_ports = host_ports(state, &gateway_addresses);
+    ingress(&mut desired, state, &networks, facts, &host_ports);
     desired
+}
+
+/// The host-mode ports of the node's tasks, each sent to its task's
+/// docker_gwbridge address.
+fn host_ports(state: &NodeState, gateway_addresses: &HashMap<String, Ipv4Addr>) -> Vec<mesh::HostPort> {
+    let mut ports = Vec::new();
+    for task in &state.tasks {
+        let Some(address) = gateway_addresses.get(&names::sandbox_namespace(&task.id)) else { continue };
+        ports.extend(task.host_ports.iter().map(|port| mesh::HostPort {
+            protocol: port.protocol.clone(),
+            published_port: port.published_port,
+            target_port: port.target_port,
+            address: *address,
+        }));
+    }
+    ports
 }
 
 /// The nat table of a sandbox: its resolver's port, and each service VIP
@@ -266,8 +283,14 @@ fn endpoint(
 /// ingress_sbox: eth0 on the ingress overlay (this node's ingress address),
 /// eth1 = 172.18.0.2 on docker_gwbridge, forwarding on, the published
 /// ports balanced over their replicas; and the host's rules sending
-/// published ports to it.
-fn ingress(desired: &mut Desired, state: &NodeState, networks: &BTreeMap<&str, &Network>, facts: &NodeFacts) {
+/// published ports to it, and host-mode ports straight to their tasks.
+fn ingress(
+    desired: &mut Desired,
+    state: &NodeState,
+    networks: &BTreeMap<&str, &Network>,
+    facts: &NodeFacts,
+    host_ports: &[mesh::HostPort],
+) {
     let Some(network) = networks.values().find(|n| n.ingress) else { return };
     let Ok(address) = state.ingress_address.parse::<Ipv4Addr>() else { return };
     if !facts.gateway_bridge {
@@ -287,7 +310,7 @@ fn ingress(desired: &mut Desired, state: &NodeState, networks: &BTreeMap<&str, &
     let text = mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &network.subnet);
     namespace.rules.insert("mesh".into(), RuleSet::tables(text));
     let host = desired.model.namespaces.entry(HOST.to_string()).or_default();
-    let text = mesh::host_rules(&state.published_ports);
+    let text = mesh::host_rules(&state.published_ports, host_ports);
     host.rules.insert("mesh".into(), RuleSet::chains(text, mesh::HOST_JUMPS));
 }
 

@@ -44,13 +44,45 @@ pub fn balance(chain: &str, matching: &str, backends: &[String]) -> String {
     rules
 }
 
-/// The host's nat and filter rules for `ports`.
-pub fn host_rules(ports: &[PublishedPort]) -> String {
+/// A port published in host mode by a task of this node: sent straight to
+/// the task's docker_gwbridge address, with no SNAT (the task sees the
+/// client's address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// "tcp" or "udp".
+    pub protocol: String,
+    /// The port on this node.
+    pub published_port: u32,
+    /// The task's port.
+    pub target_port: u32,
+    /// The task's docker_gwbridge address.
+    pub address: std::net::Ipv4Addr,
+}
+
+/// The host's nat and filter rules for `ports` (to ingress_sbox) and
+/// `host_ports` (to their tasks).
+pub fn host_rules(ports: &[PublishedPort], host_ports: &[HostPort]) -> String {
     let sandbox = INGRESS_SANDBOX_GATEWAY_ADDRESS;
     let mut nat = format!("*nat\n:{INGRESS_CHAIN} - [0:0]\n");
     let mut filter = format!(
         "*filter\n:{INGRESS_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -p icmp -m conntrack --ctstate RELATED -j ACCEPT\n"
     );
+    for port in host_ports {
+        let (protocol, task) = (&port.protocol, port.address);
+        let (published, target) = (port.published_port, port.target_port);
+        let _ = writeln!(
+            nat,
+            "-A {INGRESS_CHAIN} -p {protocol} --dport {published} -j DNAT --to-destination {task}:{target}"
+        );
+        let _ = writeln!(
+            filter,
+            "-A {INGRESS_CHAIN} -o {GWBRIDGE} -d {task} -p {protocol} --dport {target} -j ACCEPT"
+        );
+        let _ = writeln!(
+            filter,
+            "-A {INGRESS_CHAIN} -i {GWBRIDGE} -s {task} -p {protocol} --sport {target} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+        );
+    }
     for port in ports {
         let (protocol, published) = (&port.protocol, port.published_port);
         let _ = writeln!(nat, "-A {INGRESS_CHAIN} -p {protocol} --dport {published} -j DNAT --to-destination {sandbox}:{published}");
@@ -150,7 +182,7 @@ mod tests {
 
     #[test]
     fn the_host_sends_published_ports_to_ingress_sbox() {
-        let rules = host_rules(&[port(&["10.255.0.5"])]);
+        let rules = host_rules(&[port(&["10.255.0.5"])], &[]);
         assert!(
             rules.contains("-A DOCKER-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:8080")
         );

@@ -6,20 +6,20 @@ use e2e::wait_until;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// An HTTP server on port 80 answering with its hostname (the task name).
-const HTTP_SERVER: &str = r#"
-import http.server, socket
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = socket.gethostname().encode()
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()
-"#;
+/// An HTTP server on port 80 answering with the Python expression `body`
+/// (`socket.gethostname()`: the task name).
+fn http_server(body: &str) -> String {
+    format!(
+        "import http.server, socket\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        \
+         body = ({body}).encode()\n        self.send_response(200)\n        \
+         self.send_header('Content-Length', str(len(body)))\n        self.end_headers()\n        \
+         self.wfile.write(body)\n    def log_message(self, *args):\n        pass\n\
+         http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()\n"
+    )
+}
+
+/// The task name, as [`http_server`] answers it.
+const HOSTNAME: &str = "socket.gethostname()";
 
 /// A UDP echo server on port 7 answering with its hostname.
 const UDP_SERVER: &str = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
@@ -69,7 +69,7 @@ fn published_ports_answer_on_every_node_from_every_replica() {
         "8080:80",
         "python3",
         "-c",
-        HTTP_SERVER,
+        &http_server(HOSTNAME),
     ]);
     let tasks = lab.wait_running("web", 3);
     let replicas = names(&tasks);
@@ -137,7 +137,7 @@ fn published_ports_answer_on_every_node_from_every_replica() {
         "8080:80",
         "python3",
         "-c",
-        HTTP_SERVER,
+        &http_server(HOSTNAME),
     ]);
 }
 
@@ -295,4 +295,41 @@ fn udp_clients_of_a_removed_replica_reach_the_remaining_one_at_once() {
             "client {client} answered by {remaining} only after {first_after:?} s: {answers:?}"
         );
     }
+}
+
+#[test]
+fn a_host_mode_port_answers_only_where_a_task_runs_and_the_server_sees_the_client() {
+    let lab = Lab::start(2);
+    lab.create_network("hostnet", "10.33.0.0/24");
+    let create = ["service", "create", "--replicas", "1", "--network", "hostnet", "--name", "direct"];
+    // It answers with its name and the address that asked.
+    let server = http_server("socket.gethostname() + ' ' + self.client_address[0]");
+    let publish = ["--publish", "published=8081,target=80,mode=host", "python3", "-c", &server];
+    lab.ok(&[&create[..], &publish[..]].concat());
+    let task = lab.wait_running("direct", 1).remove(0);
+    let here = lab.host_of(&task);
+    let ask = |i: usize| {
+        let url = format!("http://{}:8081/", lab.hosts()[i].address);
+        let output = lab.in_namespace(&lab.underlay().path(), "curl", &["-s", "--max-time", "2", &url]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let expected = format!("direct.1 {UNDERLAY_ADDRESS}");
+    assert!(wait_until(Duration::from_secs(10), || ask(here) == expected), "{:?}", ask(here));
+    assert_eq!(ask(1 - here), "", "no task on node{}: nothing answers there", 1 - here);
+    let listed = lab.ok(&["service", "ls"]);
+    assert!(listed.contains("*:8081->80/tcp (host)"), "{listed}");
+
+    // One task per node can hold the port: the third waits.
+    lab.ok(&["service", "scale", "direct=3"]);
+    let spread = wait_until(Duration::from_secs(30), || {
+        let mut hosts: Vec<usize> = lab.running_tasks("direct").iter().map(|t| lab.host_of(t)).collect();
+        hosts.sort();
+        hosts == [0, 1]
+    });
+    assert!(spread, "{:#?}", lab.tasks("direct"));
+    let waiting =
+        lab.tasks("direct").into_iter().find(|t| t["CurrentState"] == "pending").expect("a waiting task");
+    assert_eq!(waiting["Error"], "no suitable node (host port 8081/tcp in use on 2 nodes)");
+    assert!(wait_until(Duration::from_secs(10), || ask(0).starts_with("direct.")
+        && ask(1).starts_with("direct.")));
 }

@@ -203,8 +203,8 @@ pub fn plan(state: &ClusterState) -> Batch {
             ServiceMode::Replicated => {
                 (1..=service.replicas).map(|slot| (service.id.as_str(), slot, "")).collect()
             }
-            ServiceMode::Global => eligibility
-                .takers(state, service)
+            ServiceMode::Global => placement
+                .takers(service)
                 .map(|node| (service.id.as_str(), GLOBAL_SLOT, node.id.as_str()))
                 .collect(),
         };
@@ -263,6 +263,9 @@ enum Refusal {
     NotActive,
     /// This constraint of the service does not hold on it.
     Constraint(String),
+    /// A task of another service publishes this port ("8080/tcp") in host
+    /// mode there.
+    HostPort(String),
 }
 
 /// Which nodes may take new tasks of which service: Ready nodes heard from,
@@ -306,49 +309,25 @@ impl<'a> Eligibility<'a> {
             first_unmet(self.constraints(service), node).map(|c| Refusal::Constraint(c.to_string()))
         }
     }
+}
 
-    /// The nodes that take new tasks of `service`.
-    fn takers<'s>(
-        &'s self,
-        state: &'s ClusterState<'a>,
-        service: &'s Service,
-    ) -> impl Iterator<Item = &'a Node> + 's {
-        state.nodes.iter().filter(move |node| self.refusal(state, node, service).is_none())
-    }
-
-    /// Why no node takes a task of `service`, as `service ps` shows it:
-    /// "no suitable node (constraint node.labels.zone==b)".
-    fn no_node_reason(&self, state: &ClusterState, service: &Service) -> String {
-        let mut counts: std::collections::BTreeMap<Refusal, usize> = Default::default();
-        for node in state.nodes {
-            if let Some(refusal) = self.refusal(state, node, service) {
-                *counts.entry(refusal).or_default() += 1;
-            }
-        }
-        let plural = |n: usize| if n == 1 { "1 node".to_string() } else { format!("{n} nodes") };
-        let parts: Vec<String> = match counts.len() {
-            0 => vec!["no node has joined".to_string()],
-            1 if matches!(counts.keys().next(), Some(Refusal::Constraint(_))) => {
-                counts.keys().map(|r| format!("constraint {}", constraint_text(r))).collect()
-            }
-            _ => counts
-                .iter()
-                .map(|(refusal, n)| match refusal {
-                    Refusal::NotReady => format!("{} not ready", plural(*n)),
-                    Refusal::NotActive => format!("{} not available for new tasks", plural(*n)),
-                    Refusal::Constraint(c) => format!("constraint {c} unmet on {}", plural(*n)),
-                })
-                .collect(),
-        };
-        format!("no suitable node ({})", parts.join("; "))
+/// The text of a refusal that names one thing (a constraint, a port).
+fn refusal_text(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Constraint(text) => format!("constraint {text}"),
+        Refusal::HostPort(port) => format!("host port {port} in use"),
+        _ => String::new(),
     }
 }
 
-fn constraint_text(refusal: &Refusal) -> &str {
-    match refusal {
-        Refusal::Constraint(text) => text,
-        _ => "",
-    }
+/// The host-mode ports of `service`: (protocol, port).
+fn host_ports(service: &Service) -> Vec<(&str, u32)> {
+    service
+        .ports
+        .iter()
+        .filter(|p| !p.is_ingress())
+        .map(|p| (p.protocol.as_str(), p.published_port))
+        .collect()
 }
 
 /// Where new tasks go: each node's load and each network's taken
@@ -367,6 +346,8 @@ struct Placement<'a> {
     taken: HashMap<String, HashSet<Ipv4Addr>>,
     /// The address each network handed out last, as tasks are added.
     last_addresses: HashMap<String, Ipv4Addr>,
+    /// Host-mode ports in use by node: (protocol, port).
+    host_ports: HashMap<String, HashSet<(String, u32)>>,
 }
 
 impl<'a> Placement<'a> {
@@ -380,7 +361,15 @@ impl<'a> Placement<'a> {
             failed_lately: HashMap::new(),
             taken: HashMap::new(),
             last_addresses: state.last_addresses.clone(),
+            host_ports: HashMap::new(),
         };
+        let services: HashMap<&str, &Service> = state.services.iter().map(|s| (s.id.as_str(), s)).collect();
+        for task in tasks.iter().filter(|t| t.desired_state() == TaskState::Running && !t.node_id.is_empty())
+        {
+            if let Some(service) = services.get(task.service_id.as_str()) {
+                placement.use_host_ports(&task.node_id, service);
+            }
+        }
         for task in tasks {
             let key = (task.node_id.clone(), task.service_id.clone());
             if task.desired_state() == TaskState::Running {
@@ -393,6 +382,56 @@ impl<'a> Placement<'a> {
             }
         }
         placement
+    }
+
+    /// Counts `service`'s host-mode ports as used on `node_id`.
+    fn use_host_ports(&mut self, node_id: &str, service: &Service) {
+        let used = self.host_ports.entry(node_id.to_string()).or_default();
+        used.extend(host_ports(service).into_iter().map(|(protocol, port)| (protocol.to_string(), port)));
+    }
+
+    /// Why `node` takes no new task of `service` now; `None` if it takes one.
+    fn refusal(&self, node: &Node, service: &Service) -> Option<Refusal> {
+        self.eligibility.refusal(self.state, node, service).or_else(|| {
+            let used = self.host_ports.get(&node.id)?;
+            let (protocol, port) = host_ports(service)
+                .into_iter()
+                .find(|(protocol, port)| used.contains(&(protocol.to_string(), *port)))?;
+            Some(Refusal::HostPort(format!("{port}/{protocol}")))
+        })
+    }
+
+    /// The nodes that take a new task of `service` now.
+    fn takers<'s>(&'s self, service: &'s Service) -> impl Iterator<Item = &'a Node> + 's {
+        self.state.nodes.iter().filter(move |node| self.refusal(node, service).is_none())
+    }
+
+    /// Why no node takes a task of `service`, as `service ps` shows it:
+    /// "no suitable node (constraint node.labels.zone==b)".
+    fn no_node_reason(&self, service: &Service) -> String {
+        let mut counts: std::collections::BTreeMap<Refusal, usize> = Default::default();
+        for node in self.state.nodes {
+            if let Some(refusal) = self.refusal(node, service) {
+                *counts.entry(refusal).or_default() += 1;
+            }
+        }
+        let plural = |n: usize| if n == 1 { "1 node".to_string() } else { format!("{n} nodes") };
+        let parts: Vec<String> = match counts.len() {
+            0 => vec!["no node has joined".to_string()],
+            1 if matches!(counts.keys().next(), Some(Refusal::Constraint(_))) => {
+                counts.keys().map(refusal_text).collect()
+            }
+            _ => counts
+                .iter()
+                .map(|(refusal, n)| match refusal {
+                    Refusal::NotReady => format!("{} not ready", plural(*n)),
+                    Refusal::NotActive => format!("{} not available for new tasks", plural(*n)),
+                    Refusal::Constraint(_) => format!("{} unmet on {}", refusal_text(refusal), plural(*n)),
+                    Refusal::HostPort(_) => format!("{} on {}", refusal_text(refusal), plural(*n)),
+                })
+                .collect(),
+        };
+        format!("no suitable node ({})", parts.join("; "))
     }
 
     /// A new task for `service` at `place`: on its node for a global
@@ -439,8 +478,7 @@ impl<'a> Placement<'a> {
             map.get(&(node.to_string(), service.id.clone())).copied().unwrap_or(0)
         };
         let candidates: Vec<Candidate> = self
-            .eligibility
-            .takers(self.state, service)
+            .takers(service)
             .map(|n| Candidate {
                 node_id: &n.id,
                 hostname: &n.hostname,
@@ -451,7 +489,7 @@ impl<'a> Placement<'a> {
             .collect();
         match scheduler::pick(&candidates) {
             Some(node_id) => Ok(node_id.to_string()),
-            None => Err(self.eligibility.no_node_reason(self.state, service)),
+            None => Err(self.no_node_reason(service)),
         }
     }
 
@@ -459,6 +497,7 @@ impl<'a> Placement<'a> {
     /// node's load; the reason when a network is full.
     fn assign(&mut self, service: &Service, task: &Task, node_id: String) -> Result<Task, String> {
         let endpoints = self.addresses(service)?;
+        self.use_host_ports(&node_id, service);
         *self.live.entry(node_id.clone()).or_default() += 1;
         *self.live_of_service.entry((node_id.clone(), service.id.clone())).or_default() += 1;
         Ok(Task {
@@ -860,6 +899,23 @@ mod tests {
             tasks.iter().filter(|t| t.error == "constraint node.labels.zone==b no longer holds on its node");
         assert_eq!(stopped.count(), 2);
         assert_eq!(live(&tasks).iter().filter(|t| t.state() == TaskState::Pending).count(), 2);
+    }
+
+    #[test]
+    fn two_tasks_publishing_one_host_port_never_share_a_node() {
+        let ready: HashSet<String> = ["a".into(), "b".into()].into();
+        let port = netctl_proto::PortConfig {
+            protocol: "tcp".into(),
+            published_port: 8080,
+            target_port: 80,
+            mode: netctl_proto::HOST_MODE.into(),
+        };
+        let hosted = Service { ports: vec![port], ..service(3) };
+        let mut tasks = Vec::new();
+        settle(&[hosted], &mut tasks, &[node("a"), node("b")], &ready, 100);
+        assert_eq!(nodes_of(&live(&tasks)), ["", "a", "b"]);
+        let waiting = tasks.iter().find(|t| t.state() == TaskState::Pending).unwrap();
+        assert_eq!(waiting.error, "no suitable node (host port 8080/tcp in use on 2 nodes)");
     }
 
     #[test]

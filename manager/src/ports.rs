@@ -37,6 +37,12 @@ pub enum PortError {
         /// What uses it.
         user: String,
     },
+    /// Neither ingress nor host.
+    #[error("invalid publish mode {0:?}: expected ingress or host")]
+    Mode(String),
+    /// A host-mode port needs its number: there is no range to pick from.
+    #[error("a port published in host mode needs published=PORT (target {0})")]
+    HostWithoutPort(u32),
     /// Every port of the dynamic range is in use.
     #[error("no free port left in 30000-32767 for {0}")]
     Exhausted(String),
@@ -79,9 +85,14 @@ pub fn assign(
     let held = |s: &Service| {
         s.ports.iter().chain(s.previous_spec.iter().flat_map(|p| &p.ports)).cloned().collect::<Vec<_>>()
     };
-    let mut used: Vec<(String, u32, String)> = others
+    // (protocol, port, owner, ingress mode) of every port published.
+    let mut used: Vec<(String, u32, String, bool)> = others
         .iter()
-        .flat_map(|s| held(s).into_iter().map(move |p| (p.protocol, p.published_port, s.name.clone())))
+        .flat_map(|s| {
+            held(s)
+                .into_iter()
+                .map(move |p| (p.protocol.clone(), p.published_port, s.name.clone(), p.is_ingress()))
+        })
         .collect();
     let mut assigned = Vec::new();
     for port in requested {
@@ -90,13 +101,19 @@ pub fn assign(
             "udp" => "udp",
             other => return Err(PortError::Protocol(other.to_string())),
         };
+        let ingress = match port.mode.as_str() {
+            "" | "ingress" => true,
+            netctl_proto::HOST_MODE => false,
+            other => return Err(PortError::Mode(other.to_string())),
+        };
         if !(1..=65535).contains(&port.target_port) {
             return Err(PortError::Target(port.target_port));
         }
         let published = match port.published_port {
+            0 if !ingress => return Err(PortError::HostWithoutPort(port.target_port)),
             0 => {
                 let taken: HashSet<u32> =
-                    used.iter().filter(|(p, _, _)| p == protocol).map(|(_, port, _)| *port).collect();
+                    used.iter().filter(|(p, ..)| p == protocol).map(|(_, port, ..)| *port).collect();
                 DYNAMIC_RANGE
                     .clone()
                     .find(|p| !taken.contains(p))
@@ -106,18 +123,24 @@ pub fn assign(
             p => p,
         };
         reserved.check(published)?;
-        if let Some((_, _, owner)) = used.iter().find(|(p, port, _)| p == protocol && *port == published) {
+        // Host-mode ports of different services may be the same: their
+        // tasks are never placed on one node. Any other pair clashes.
+        let clash = used.iter().find(|(p, port, owner, other_ingress)| {
+            p == protocol && *port == published && (ingress || *other_ingress || owner == name)
+        });
+        if let Some((_, _, owner, _)) = clash {
             return Err(PortError::Taken {
                 port: published,
                 protocol: protocol.into(),
                 service: owner.clone(),
             });
         }
-        used.push((protocol.to_string(), published, name.to_string()));
+        used.push((protocol.to_string(), published, name.to_string(), ingress));
         assigned.push(PortConfig {
             protocol: protocol.into(),
             published_port: published,
             target_port: port.target_port,
+            mode: if ingress { "ingress" } else { netctl_proto::HOST_MODE }.to_string(),
         });
     }
     Ok(assigned)
@@ -128,7 +151,16 @@ mod tests {
     use super::*;
 
     fn port(protocol: &str, published: u32, target: u32) -> PortConfig {
-        PortConfig { protocol: protocol.into(), published_port: published, target_port: target }
+        PortConfig {
+            protocol: protocol.into(),
+            published_port: published,
+            target_port: target,
+            mode: "ingress".into(),
+        }
+    }
+
+    fn host(published: u32, target: u32) -> PortConfig {
+        PortConfig { mode: netctl_proto::HOST_MODE.into(), ..port("tcp", published, target) }
     }
 
     fn service(name: &str, ports: Vec<PortConfig>) -> Service {
@@ -163,6 +195,31 @@ mod tests {
         let web = Service { previous_spec: Some(Box::new(previous)), ..service("web", vec![]) };
         let taken = assign("other", &[port("tcp", 8080, 80)], &[web]).unwrap_err();
         assert_eq!(taken.to_string(), "port 8080/tcp is already published by service web");
+    }
+
+    #[test]
+    fn host_mode_ports_may_be_shared_by_services_but_never_with_the_mesh() {
+        let hosted = [service("a", vec![host(8080, 80)])];
+        assert_eq!(
+            assign("b", &[host(8080, 81)], &hosted),
+            Ok(vec![host(8080, 81)]),
+            "placement separates them"
+        );
+        let message = |requested: &[PortConfig], others: &[Service]| {
+            assign("b", requested, others).unwrap_err().to_string()
+        };
+        assert_eq!(
+            message(&[port("tcp", 8080, 80)], &hosted),
+            "port 8080/tcp is already published by service a"
+        );
+        let meshed = [service("a", vec![port("tcp", 8080, 80)])];
+        assert_eq!(message(&[host(8080, 80)], &meshed), "port 8080/tcp is already published by service a");
+        assert_eq!(
+            message(&[host(0, 80)], &[]),
+            "a port published in host mode needs published=PORT (target 80)"
+        );
+        let bridge = PortConfig { mode: "bridge".into(), ..port("tcp", 8080, 80) };
+        assert_eq!(message(&[bridge], &[]), "invalid publish mode \"bridge\": expected ingress or host");
     }
 
     #[test]

@@ -9,8 +9,8 @@ use crate::{address_cursors, addresses};
 use crate::{ids, resolve, validate, Store};
 use ipnetwork::Ipv4Network;
 use netctl_proto::{
-    EndpointAddress, EndpointMode, Network, NetworkAlias, Node, Service, ServiceCreateRequest, ServiceMode,
-    ServiceUpdateRequest, Task, TaskState, VirtualIp,
+    EndpointAddress, EndpointMode, Network, NetworkAlias, Node, PortConfig, Service, ServiceCreateRequest,
+    ServiceMode, ServiceUpdateRequest, Task, TaskState, VirtualIp,
 };
 use prost::Message;
 use std::collections::HashSet;
@@ -103,7 +103,8 @@ async fn create_once(
             request.endpoint_mode
         ))
     })?;
-    if endpoint_mode == EndpointMode::Dnsrr && !request.ports.is_empty() {
+    if endpoint_mode == EndpointMode::Dnsrr && request.ports.iter().any(|p| p.mode != netctl_proto::HOST_MODE)
+    {
         return Err(ManagerError::Refused(
             "a port published in ingress mode can't be used with endpoint mode dnsrr (no VIP to balance over)".into(),
         ));
@@ -118,7 +119,7 @@ async fn create_once(
     let tasks: Vec<Task> = store.all()?;
     let nodes = store.nodes()?;
     let ports = crate::ports::assign(&name, &request.ports, &services, reserved)?;
-    if !ports.is_empty() {
+    if ports.iter().any(PortConfig::is_ingress) {
         let ingress = networks
             .iter()
             .find(|n| n.ingress)
@@ -326,7 +327,10 @@ fn ensure_fits(store: &Store, service: &Service) -> Result<(), ManagerError> {
         .filter(|t| t.service_id == service.id && t.desired_state() == TaskState::Running)
         .count();
     let more = (service.replicas as usize).saturating_sub(running_here);
-    let ingress = store.networks()?.into_iter().filter(|n| n.ingress && !service.ports.is_empty());
+    let ingress = store
+        .networks()?
+        .into_iter()
+        .filter(|n| n.ingress && service.ports.iter().any(PortConfig::is_ingress));
     for network in
         service.network_ids.iter().filter_map(|id| store.get::<Network>(id).ok().flatten()).chain(ingress)
     {
@@ -408,7 +412,9 @@ fn change_ports(
     if request.publish_add.is_empty() {
         return Ok(());
     }
-    if changed.endpoint_mode() == EndpointMode::Dnsrr {
+    if changed.endpoint_mode() == EndpointMode::Dnsrr
+        && request.publish_add.iter().any(|p| p.mode != netctl_proto::HOST_MODE)
+    {
         return Err(ManagerError::Refused(format!(
             "service {} has endpoint mode dnsrr: a port published in ingress mode needs a VIP to balance over",
             changed.name
@@ -519,9 +525,10 @@ async fn remove_once(store: &Store, reference: &str) -> Result<Service, ManagerE
 }
 
 /// The networks a service's tasks attach to, in order: the ingress network
-/// first when it publishes ports (as in Swarm), then its own.
+/// first when it publishes ports through the routing mesh (as in Swarm),
+/// then its own.
 pub fn attached_networks<'a>(service: &'a Service, networks: &'a [Network]) -> Vec<&'a Network> {
-    let ingress = networks.iter().filter(|n| n.ingress && !service.ports.is_empty());
+    let ingress = networks.iter().filter(|n| n.ingress && service.ports.iter().any(PortConfig::is_ingress));
     let own = service.network_ids.iter().filter_map(|id| networks.iter().find(|n| &n.id == id));
     ingress.chain(own).collect()
 }
@@ -609,6 +616,7 @@ mod tests {
             protocol: "tcp".into(),
             published_port: published,
             target_port: 80,
+            ..Default::default()
         };
         let web =
             create(&store, &ServiceCreateRequest { ports: vec![port(8080), port(0)], ..request("web", 2) })
@@ -627,7 +635,12 @@ mod tests {
         let db = create(&store, &dnsrr).await.unwrap();
         assert!(db.virtual_ips.is_empty());
         assert_eq!(db.network_ids.len(), 1);
-        let port = netctl_proto::PortConfig { protocol: "tcp".into(), published_port: 8080, target_port: 80 };
+        let port = netctl_proto::PortConfig {
+            protocol: "tcp".into(),
+            published_port: 8080,
+            target_port: 80,
+            ..Default::default()
+        };
         let published = ServiceCreateRequest { ports: vec![port], ..dnsrr.clone() };
         let refused = create(&store, &ServiceCreateRequest { name: "db2".into(), ..published }).await;
         assert!(refused.unwrap_err().to_string().contains("dnsrr"));

@@ -119,7 +119,7 @@ fn ports(service: &netctl_proto::Service) -> Vec<Value> {
         .ports
         .iter()
         .map(|p| {
-            json!({ "Protocol": p.protocol, "TargetPort": p.target_port, "PublishedPort": p.published_port, "PublishMode": "ingress" })
+            json!({ "Protocol": p.protocol, "TargetPort": p.target_port, "PublishedPort": p.published_port, "PublishMode": if p.is_ingress() { "ingress" } else { "host" } })
         })
         .collect()
 }

@@ -24,6 +24,17 @@ pub use connect::{
     NodeIdentity,
 };
 
+/// The `mode` of a port published only on the nodes running its tasks.
+pub const HOST_MODE: &str = "host";
+
+impl PortConfig {
+    /// Whether it is published on every node through the routing mesh
+    /// (not in host mode).
+    pub fn is_ingress(&self) -> bool {
+        self.mode != HOST_MODE
+    }
+}
+
 impl TaskState {
     /// The word Docker's CLI shows for the state (`running`, `failed` ...).
     pub fn word(self) -> &'static str {

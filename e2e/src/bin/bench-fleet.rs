@@ -249,6 +249,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
                     protocol: "tcp".into(),
                     published_port: PUBLISHED_PORT,
                     target_port: 80,
+                    ..Default::default()
                 }],
                 ..Default::default()
             };

@@ -86,7 +86,7 @@ fn rule_rewrite() -> Value {
         })
         .collect();
     let sandbox_rules = mesh::ingress_sandbox_rules(&ports, "10.255.0.2", "10.255.0.0/16");
-    let host_rules = mesh::host_rules(&ports);
+    let host_rules = mesh::host_rules(&ports, &[]);
     let mut sandbox_ms = Vec::new();
     let mut host_ms = Vec::new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -173,6 +173,7 @@ mod tests {
                         protocol: "tcp".into(),
                         published_port: 8080 + i as u32,
                         target_port: 80,
+                        ..Default::default()
                     }]
                 } else {
                     vec![]

@@ -138,6 +138,7 @@ impl Model {
                     workdir: runs.workdir.clone(),
                     endpoints: task.endpoints.clone(),
                     runtime: runs.runtime.clone(),
+                    host_ports: runs.ports.iter().filter(|p| !p.is_ingress()).cloned().collect(),
                 };
                 put(&mut part.items, Item::Task(spec), None);
                 let attached = task.endpoints.iter().map(|e| &e.network_id);
@@ -183,7 +184,7 @@ impl Model {
     /// The service's published ports, balanced over the ingress addresses
     /// of its running tasks.
     fn add_ports(&mut self, service: &Service, serving: &[&Task], ingress: Option<&str>) {
-        for port in &service.ports {
+        for port in service.ports.iter().filter(|p| p.is_ingress()) {
             put(&mut self.global, Item::Port(port_of(port)), None);
             for endpoint in serving
                 .iter()

@@ -18,10 +18,10 @@ pub fn parse_publish(text: &str) -> Result<netctl_proto::PortConfig, String> {
                 Some(("published", value)) => port.published_port = number("published", value)?,
                 Some(("target", value)) => port.target_port = number("target", value)?,
                 Some(("protocol", value)) => port.protocol = value.to_string(),
-                Some(("mode", "ingress")) => {}
+                Some(("mode", mode @ ("ingress" | "host"))) => port.mode = mode.to_string(),
                 _ => {
                     return Err(format!(
-                        "invalid field {field:?} in {text:?}: expected published=, target=, protocol="
+                        "invalid field {field:?} in {text:?}: expected published=, target=, protocol=, mode=ingress|host"
                     ))
                 }
             }
@@ -56,6 +56,7 @@ mod tests {
             protocol: protocol.into(),
             published_port: published,
             target_port: target,
+            ..Default::default()
         };
         assert_eq!(parse_publish("8080:80"), Ok(port("tcp", 8080, 80)));
         assert_eq!(parse_publish("8080:80/udp"), Ok(port("udp", 8080, 80)));
@@ -66,5 +67,10 @@ mod tests {
             assert!(parse_publish(bad).is_err(), "{bad}");
         }
         assert!(parse_publish("published=8080").unwrap_err().contains("target port is missing"));
+        let host = parse_publish("published=8080,target=80,mode=host").unwrap();
+        assert_eq!((host.published_port, host.mode.as_str()), (8080, "host"));
+        assert!(parse_publish("published=8080,target=80,mode=bridge")
+            .unwrap_err()
+            .contains("mode=ingress|host"));
     }
 }

@@ -72,7 +72,11 @@ fn ports(service: &Service) -> String {
     let ports: Vec<String> = service
         .ports
         .iter()
-        .map(|p| format!("*:{}->{}/{}", p.published_port, p.target_port, p.protocol))
+        .map(|p| {
+            // Host mode: only where a task runs.
+            let host = if p.is_ingress() { "" } else { " (host)" };
+            format!("*:{}->{}/{}{host}", p.published_port, p.target_port, p.protocol)
+        })
         .collect();
     ports.join(", ")
 }

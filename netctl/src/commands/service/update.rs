@@ -58,7 +58,7 @@ fn parse_published(text: &str) -> Result<PortConfig, String> {
         .filter(|p| (1..=65535).contains(p))
         .ok_or_else(|| format!("invalid published port {text:?}: expected PORT or PORT/PROTOCOL"))?;
     match protocol {
-        "tcp" | "udp" => Ok(PortConfig { protocol: protocol.into(), published_port, target_port: 0 }),
+        "tcp" | "udp" => Ok(PortConfig { protocol: protocol.into(), published_port, ..Default::default() }),
         other => Err(format!("invalid protocol {other:?}: expected tcp or udp")),
     }
 }
