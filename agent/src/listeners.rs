@@ -41,28 +41,36 @@ pub fn bound() -> BTreeSet<(&'static str, u16)> {
     bound
 }
 
-/// For each of `tasks` behind a published port some process on this host
-/// holds: what to say in its ERROR (pure).
+/// For each of `tasks` behind a published port (through the mesh, or in
+/// host mode on this node) some process on this host holds: what to say
+/// in its ERROR (pure).
 pub fn conflicts(
     ports: &[PublishedPort],
     tasks: &[TaskSpec],
     bound: &BTreeSet<(&str, u16)>,
 ) -> Vec<(String, String)> {
+    let held = |protocol: &str, published: u32| {
+        let number = u16::try_from(published).ok()?;
+        bound.contains(&(protocol, number)).then(|| {
+            format!(
+                "port {published}/{protocol} is published, but a process on this node listens on it: the published port is DNATed away before that process sees its traffic"
+            )
+        })
+    };
     let mut said = Vec::new();
     for port in ports {
-        let Ok(number) = u16::try_from(port.published_port) else { continue };
-        if !bound.contains(&(port.protocol.as_str(), number)) {
-            continue;
+        let Some(problem) = held(&port.protocol, port.published_port) else { continue };
+        for task in tasks.iter().filter(|t| t.endpoints.iter().any(|e| port.backends.contains(&e.address))) {
+            said.push((task.id.clone(), problem.clone()));
         }
-        let problem = format!(
-            "port {}/{} is published, but a process on this node listens on it: the routing mesh takes its traffic, that process gets none",
-            port.published_port, port.protocol
+    }
+    for task in tasks {
+        said.extend(
+            task.host_ports
+                .iter()
+                .filter_map(|p| held(&p.protocol, p.published_port))
+                .map(|problem| (task.id.clone(), problem)),
         );
-        for task in tasks {
-            if task.endpoints.iter().any(|e| port.backends.contains(&e.address)) {
-                said.push((task.id.clone(), problem.clone()));
-            }
-        }
     }
     said
 }
@@ -107,6 +115,19 @@ mod tests {
         assert!(said[0]
             .1
             .starts_with("port 8080/tcp is published, but a process on this node listens on it"));
-        assert!(conflicts(&[port], &tasks, &BTreeSet::from([("udp", 8080)])).is_empty());
+        assert!(conflicts(std::slice::from_ref(&port), &tasks, &BTreeSet::from([("udp", 8080)])).is_empty());
+        // A host-mode port of a task of this node.
+        let direct = TaskSpec {
+            id: "direct".into(),
+            host_ports: vec![netctl_proto::PortConfig {
+                protocol: "udp".into(),
+                published_port: 8080,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let said = conflicts(&[], &[direct], &BTreeSet::from([("udp", 8080)]));
+        assert_eq!(said.len(), 1);
+        assert_eq!(said[0].0, "direct");
     }
 }

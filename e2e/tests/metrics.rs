@@ -37,6 +37,11 @@ fn the_manager_and_the_agents_serve_prometheus_text() {
         assert!(manager.contains(expected), "manager metrics lack {expected:?}:\n{manager}");
     }
 
+    // Every agent serves its own.
+    for host in 0..2 {
+        let agent = scrape(&lab, host, 9323);
+        assert!(agent.contains("# TYPE netctl_agent_tasks gauge\n"), "node{host}:\n{agent}");
+    }
     let agent_has = |needle: &str| scrape(&lab, asked_on, 9323).contains(needle);
     let counted =
         wait_until(Duration::from_secs(10), || agent_has("netctl_agent_tasks{state=\"running\"} 1\n"));
