@@ -175,21 +175,37 @@ pub fn plan(state: &ClusterState) -> Batch {
     }
 
     // Roll updates on: stop the next batch of tasks of an older version.
-    for service in state.services {
-        let own: Vec<&Task> = tasks.iter().filter(|t| t.service_id == service.id).collect();
-        let step = updates::step(service, &own, state.now);
+    // Only services being updated look at their tasks.
+    let updating: HashSet<&str> = state
+        .services
+        .iter()
+        .filter(|s| {
+            s.update_status
+                .as_ref()
+                .is_some_and(|u| u.state == updates::UPDATING || u.state == updates::ROLLBACK_STARTED)
+        })
+        .map(|s| s.id.as_str())
+        .collect();
+    let mut own: HashMap<&str, Vec<&Task>> = HashMap::new();
+    for task in tasks.iter().filter(|t| updating.contains(t.service_id.as_str())) {
+        own.entry(task.service_id.as_str()).or_default().push(task);
+    }
+    let mut replace: HashSet<String> = HashSet::new();
+    for service in state.services.iter().filter(|s| updating.contains(s.id.as_str())) {
+        let step = updates::step(service, own.get(service.id.as_str()).map_or(&[], Vec::as_slice), state.now);
         if let Some(changed) = &step.service {
             let status = changed.update_status.clone().unwrap_or_default();
             tracing::info!(service = %service.name, state = %status.state, message = %status.message, "update");
             batch.put(changed);
         }
-        for task in tasks.iter_mut().filter(|t| step.replace.contains(&t.id)) {
-            tracing::info!(task = %task.id, service = %service.name, "replacing task (update)");
-            task.set_desired_state(TaskState::Shutdown);
-            task.set_state(TaskState::Shutdown);
-            task.state_changed_unix = state.now;
-            batch.put(task);
-        }
+        replace.extend(step.replace);
+    }
+    for task in tasks.iter_mut().filter(|t| replace.contains(&t.id)) {
+        tracing::info!(task = %task.id, service = %task.service_id, "replacing task (update)");
+        task.set_desired_state(TaskState::Shutdown);
+        task.set_state(TaskState::Shutdown);
+        task.state_changed_unix = state.now;
+        batch.put(task);
     }
 
     // Start what is missing, and place what waits.
