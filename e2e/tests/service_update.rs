@@ -123,7 +123,9 @@ fn a_failing_update_rolls_back_or_pauses_as_its_failure_action_says() {
     assert_eq!(back["Spec"]["UpdateConfig"]["FailureAction"], "pause", "the rolled-back spec's own settings");
     lab.wait_running("picky", 2);
 
-    lab.ok(&["service", "update", "--env-add", "MODE=bad", "picky"]);
+    // Watched long enough that a failure reported late under load still
+    // falls within the first batch.
+    lab.ok(&["service", "update", "--env-add", "MODE=bad", "--update-monitor", "30s", "picky"]);
     let paused = wait_update(&lab, "picky", "paused");
     assert!(
         paused["UpdateStatus"]["Message"].as_str().unwrap().contains("exited with status 1"),
