@@ -62,10 +62,12 @@ impl AgentMetrics {
         let rules = self.rules_written.load(Ordering::Relaxed) as f64;
         text.counter("netctl_agent_rules_written_total", "Rule sets and sysctls written.", &[(&[], rules)]);
         let tasks = self.tasks.lock().expect("metrics lock").clone();
-        let samples: Vec<(Vec<(&str, &str)>, f64)> =
-            tasks.iter().map(|(state, count)| (vec![("state", *state)], *count as f64)).collect();
-        let samples: Vec<_> = samples.iter().map(|(labels, v)| (labels.as_slice(), *v)).collect();
-        text.gauge("netctl_agent_tasks", "Tasks of this node by state.", &samples);
+        text.gauge_counts(
+            "netctl_agent_tasks",
+            "Tasks of this node by state.",
+            "state",
+            tasks.iter().map(|(state, n)| (*state, *n)),
+        );
         let queries = self.dns_queries.load(Ordering::Relaxed) as f64;
         text.counter(
             "netctl_agent_dns_queries_total",

@@ -154,8 +154,11 @@ impl Reconciler {
     /// The tasks behind published ports a process on this node holds, and
     /// what to tell them; the log says so when that changes.
     fn held_ports(&mut self, state: &NodeState) -> Vec<(String, String)> {
-        let held =
-            crate::listeners::conflicts(&state.published_ports, &state.tasks, &crate::listeners::bound());
+        let publishes =
+            !state.published_ports.is_empty() || state.tasks.iter().any(|t| !t.host_ports.is_empty());
+        // The host's sockets are read only when this node publishes ports.
+        let bound = if publishes { crate::listeners::bound() } else { Default::default() };
+        let held = crate::listeners::conflicts(&state.published_ports, &state.tasks, &bound);
         let said: BTreeSet<String> = held.iter().map(|(_, problem)| problem.clone()).collect();
         if said != self.held_ports {
             for problem in said.difference(&self.held_ports) {

@@ -69,12 +69,19 @@ pub fn wanted(state: &NodeState) -> HashMap<String, Staleness> {
 #[derive(Default)]
 pub struct StaleFlows {
     last: HashMap<String, Staleness>,
+    /// The desired state's revision `last` was made from: a pass on the
+    /// same revision has nothing new to delete.
+    revision: Option<u64>,
 }
 
 impl StaleFlows {
     /// Deletes, in each namespace whose ports' or VIPs' backends changed,
     /// the UDP entries to a backend no longer there; logs what failed.
     pub async fn clear(&mut self, state: &NodeState, namespaces: &NamespaceDir) {
+        if self.revision == Some(state.revision) {
+            return;
+        }
+        self.revision = Some(state.revision);
         let wanted = wanted(state);
         for (namespace, staleness) in &wanted {
             if self.last.get(namespace) == Some(staleness) || !namespaces.exists(namespace) {

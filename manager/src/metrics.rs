@@ -49,19 +49,13 @@ impl ManagerMetrics {
             let status = if heartbeats.status(&node.id).0 == NodeLiveness::Ready { "ready" } else { "down" };
             *by_status.entry(status).or_default() += 1;
         }
-        let samples: Vec<([(&str, &str); 1], f64)> =
-            by_status.iter().map(|(status, n)| ([("status", *status)], *n as f64)).collect();
-        let samples: Vec<_> = samples.iter().map(|(l, v)| (&l[..], *v)).collect();
-        text.gauge("netctl_nodes", "Nodes by status.", &samples);
+        text.gauge_counts("netctl_nodes", "Nodes by status.", "status", by_status);
 
         let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
         for task in store.all::<Task>().unwrap_or_default() {
             *by_state.entry(task.state().word()).or_default() += 1;
         }
-        let samples: Vec<([(&str, &str); 1], f64)> =
-            by_state.iter().map(|(state, n)| ([("state", *state)], *n as f64)).collect();
-        let samples: Vec<_> = samples.iter().map(|(l, v)| (&l[..], *v)).collect();
-        text.gauge("netctl_tasks", "Tasks (current and recent history) by state.", &samples);
+        text.gauge_counts("netctl_tasks", "Tasks (current and recent history) by state.", "state", by_state);
 
         let rpcs = self.rpcs.lock().expect("metrics lock").clone();
         let series: Vec<([(&str, &str); 1], &Histogram)> =

@@ -46,6 +46,20 @@ impl Exposition {
         self.family(name, help, "gauge", samples);
     }
 
+    /// A gauge family of counts, one sample per value of one `label`.
+    pub fn gauge_counts<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        counts: impl IntoIterator<Item = (&'a str, usize)>,
+    ) {
+        let labelled: Vec<([(&str, &str); 1], f64)> =
+            counts.into_iter().map(|(value, count)| ([(label, value)], count as f64)).collect();
+        let samples: Vec<(Labels, f64)> = labelled.iter().map(|(labels, v)| (&labels[..], *v)).collect();
+        self.gauge(name, help, &samples);
+    }
+
     /// A counter family (`name` ends in `_total`).
     pub fn counter(&mut self, name: &str, help: &str, samples: &[(Labels, f64)]) {
         self.family(name, help, "counter", samples);
@@ -155,7 +169,7 @@ mod tests {
         histogram.observe(Duration::from_millis(3));
         histogram.observe(Duration::from_secs(20));
         let mut text = Exposition::default();
-        text.gauge("netctl_nodes", "Nodes by status.", &[(&[("status", "ready")], 2.0)]);
+        text.gauge_counts("netctl_nodes", "Nodes by status.", "status", [("ready", 2)]);
         text.histogram("netctl_pass_seconds", "Passes.", &[(&[("node", "a\"b")], &histogram)]);
         let text = text.finish();
         assert!(text.contains("# TYPE netctl_nodes gauge\nnetctl_nodes{status=\"ready\"} 2\n"), "{text}");
