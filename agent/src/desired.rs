@@ -39,6 +39,8 @@ pub struct Desired {
     pub model: KernelModel,
     /// Tasks whose sandbox cannot be built, and why, by task ID.
     pub refused: HashMap<String, String>,
+    /// How the node serves each published port (empty without ingress).
+    pub routes: Vec<mesh::PortRoute>,
 }
 
 /// Builds the desired kernel. `observed` gives the gateway-bridge addresses
@@ -85,8 +87,25 @@ pub fn build(
         }
     }
     let host_ports = host_ports(state, &gateway_addresses);
-    ingress(&mut desired, state, &networks, facts, &host_ports);
+    ingress(&mut desired, state, &networks, facts, &host_ports, &gateway_addresses);
     desired
+}
+
+/// The ingress address → docker_gwbridge address of each task of the node
+/// on the ingress network.
+fn ingress_replicas(
+    state: &NodeState,
+    ingress_network: &str,
+    gateway_addresses: &HashMap<String, Ipv4Addr>,
+) -> HashMap<String, Ipv4Addr> {
+    let mut replicas = HashMap::new();
+    for task in &state.tasks {
+        let Some(gateway) = gateway_addresses.get(&names::sandbox_namespace(&task.id)) else { continue };
+        for endpoint in task.endpoints.iter().filter(|e| e.network_id == ingress_network) {
+            replicas.insert(endpoint.address.clone(), *gateway);
+        }
+    }
+    replicas
 }
 
 /// The host-mode ports of the node's tasks, each sent to its task's
@@ -282,14 +301,16 @@ fn endpoint(
 
 /// ingress_sbox: eth0 on the ingress overlay (this node's ingress address),
 /// eth1 = 172.18.0.2 on docker_gwbridge, forwarding on, the published
-/// ports balanced over their replicas; and the host's rules sending
-/// published ports to it, and host-mode ports straight to their tasks.
+/// ports balanced over their replicas elsewhere; and the host's rules
+/// sending published ports to their replicas here and to ingress_sbox, and
+/// host-mode ports straight to their tasks.
 fn ingress(
     desired: &mut Desired,
     state: &NodeState,
     networks: &BTreeMap<&str, &Network>,
     facts: &NodeFacts,
     host_ports: &[mesh::HostPort],
+    gateway_addresses: &HashMap<String, Ipv4Addr>,
 ) {
     let Some(network) = networks.values().find(|n| n.ingress) else { return };
     let Ok(address) = state.ingress_address.parse::<Ipv4Addr>() else { return };
@@ -307,11 +328,14 @@ fn ingress(
     );
     let namespace = desired.model.namespaces.entry(INGRESS_SANDBOX.to_string()).or_default();
     namespace.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
-    let text = mesh::ingress_sandbox_rules(&state.published_ports, &state.ingress_address, &network.subnet);
+    let here = ingress_replicas(state, &network.id, gateway_addresses);
+    let routes = mesh::port_routes(&state.published_ports, &here);
+    let text = mesh::ingress_sandbox_rules(&routes, &state.ingress_address, &network.subnet);
     namespace.rules.insert("mesh".into(), RuleSet::tables(text));
     let host = desired.model.namespaces.entry(HOST.to_string()).or_default();
-    let text = mesh::host_rules(&state.published_ports, host_ports);
+    let text = mesh::host_rules(&routes, host_ports);
     host.rules.insert("mesh".into(), RuleSet::chains(text, mesh::HOST_JUMPS));
+    desired.routes = routes;
 }
 
 /// The docker_gwbridge address every sandbox holds now, by sandbox name

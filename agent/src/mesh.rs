@@ -4,12 +4,17 @@
 //! sandbox's nat table whole, its jumps included, since it is netctl's
 //! alone):
 //! - host nat `DOCKER-INGRESS` (from PREROUTING and OUTPUT for local
-//!   destinations): each published port DNATed to ingress_sbox (172.18.0.2);
+//!   destinations): each published port balanced over its replicas on this
+//!   node, DNATed straight to their docker_gwbridge addresses (no SNAT: the
+//!   task's default route brings replies back), and ingress_sbox
+//!   (172.18.0.2) for the replicas elsewhere, every replica taking an equal
+//!   share ([`PortRoute`]);
 //! - host filter `DOCKER-INGRESS` (from FORWARD): that traffic accepted;
 //! - ingress_sbox nat `NETCTL-INGRESS` (from PREROUTING): each published port
-//!   balanced over every replica's ingress address, endpoint i of n taken
-//!   with probability 1/(n−i); `NETCTL-INGRESS-SNAT` (from POSTROUTING): SNAT
-//!   to the sandbox's own ingress address so replies come back through it;
+//!   balanced over the ingress addresses of its replicas on other nodes,
+//!   endpoint i of n taken with probability 1/(n−i); `NETCTL-INGRESS-SNAT`
+//!   (from POSTROUTING): SNAT to the sandbox's own ingress address so
+//!   replies come back through it;
 //! - sandbox nat `NETCTL-DNS` (from OUTPUT, to 127.0.0.11): port 53 sent
 //!   to the node's resolver ([`crate::dns`]); `NETCTL-VIP` (from OUTPUT):
 //!   each service VIP balanced the same way over the service's tasks.
@@ -18,7 +23,9 @@ use crate::dns::{RESOLVER_ADDRESS, RESOLVER_PORT};
 use crate::names::GWBRIDGE;
 use netctl_proto::convention::INGRESS_SANDBOX_GATEWAY_ADDRESS;
 use netctl_proto::{PublishedPort, ServiceVip};
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 /// The host's and ingress_sbox's chain for published ports.
 pub const INGRESS_CHAIN: &str = "DOCKER-INGRESS";
@@ -31,17 +38,105 @@ const DNS_CHAIN: &str = "NETCTL-DNS";
 /// (`address` or `address:port`): endpoint i of n with probability 1/(n−i),
 /// the last one unconditional.
 pub fn balance(chain: &str, matching: &str, backends: &[String]) -> String {
+    let weighted: Vec<(&str, usize)> = backends.iter().map(|b| (b.as_str(), 1)).collect();
+    balance_weighted(chain, matching, &weighted)
+}
+
+/// As [`balance`], each backend taking a share of the traffic proportional
+/// to its weight: endpoint i with probability w(i) / (w(i) + … + w(n)).
+fn balance_weighted(chain: &str, matching: &str, backends: &[(&str, usize)]) -> String {
     let mut rules = String::new();
-    let n = backends.len();
-    for (i, backend) in backends.iter().enumerate() {
-        let chance = if i + 1 == n {
+    let mut left: usize = backends.iter().map(|(_, weight)| weight).sum();
+    for (i, (backend, weight)) in backends.iter().enumerate() {
+        let chance = if i + 1 == backends.len() {
             String::new()
         } else {
-            format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+            format!(" -m statistic --mode random --probability {:.10}", *weight as f64 / left as f64)
         };
+        left -= weight;
         let _ = writeln!(rules, "-A {chain} {matching}{chance} -j DNAT --to-destination {backend}");
     }
     rules
+}
+
+/// How this node serves one published port: its replicas here are reached
+/// straight on their docker_gwbridge addresses, skipping ingress_sbox and
+/// the ingress overlay; the others through ingress_sbox. Each replica, here
+/// or elsewhere, takes an equal share of new connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortRoute {
+    /// The port and every replica's ingress address.
+    pub port: PublishedPort,
+    /// The docker_gwbridge addresses of its replicas on this node.
+    pub here: Vec<Ipv4Addr>,
+    /// The ingress addresses of its replicas on other nodes.
+    pub elsewhere: Vec<String>,
+}
+
+impl PortRoute {
+    /// Whether the host sends some of the port's traffic to ingress_sbox:
+    /// when replicas run elsewhere, or none runs here (ingress_sbox then
+    /// answers for the port as the walkthrough's path does).
+    pub fn through_ingress_sandbox(&self) -> bool {
+        !self.elsewhere.is_empty() || self.here.is_empty()
+    }
+
+    /// The path the port takes from this node, in one line: e.g. `8080/tcp:
+    /// 1 of 3 here -> 172.18.0.9:80; 2 of 3 -> ingress_sbox 172.18.0.2:8080
+    /// -> 10.255.0.5:80 10.255.0.7:80`.
+    pub fn describe(&self) -> String {
+        let port = &self.port;
+        let total = port.backends.len();
+        let mut legs = Vec::new();
+        if !self.here.is_empty() {
+            let tasks: Vec<String> = self.here.iter().map(|a| format!("{a}:{}", port.target_port)).collect();
+            legs.push(format!("{} of {total} here -> {}", self.here.len(), tasks.join(" ")));
+        }
+        if self.through_ingress_sandbox() {
+            let behind: Vec<String> =
+                self.sandbox_backends().iter().map(|b| format!("{b}:{}", port.target_port)).collect();
+            let share = if total == 0 {
+                "none running".to_string()
+            } else {
+                format!("{} of {total}", self.elsewhere.len())
+            };
+            let behind = if behind.is_empty() { "nothing".to_string() } else { behind.join(" ") };
+            legs.push(format!(
+                "{share} -> ingress_sbox {INGRESS_SANDBOX_GATEWAY_ADDRESS}:{} -> {behind}",
+                port.published_port
+            ));
+        }
+        format!("{}/{}: {}", port.published_port, port.protocol, legs.join("; "))
+    }
+
+    /// What ingress_sbox balances the port over: the replicas elsewhere,
+    /// or every replica when all run here.
+    pub fn sandbox_backends(&self) -> &[String] {
+        if self.elsewhere.is_empty() {
+            &self.port.backends
+        } else {
+            &self.elsewhere
+        }
+    }
+}
+
+/// The route of each of `ports` on a node whose tasks hold the ingress
+/// addresses in `local` (ingress address → the task's docker_gwbridge
+/// address).
+pub fn port_routes(ports: &[PublishedPort], local: &HashMap<String, Ipv4Addr>) -> Vec<PortRoute> {
+    ports
+        .iter()
+        .map(|port| {
+            let (mut here, mut elsewhere) = (Vec::new(), Vec::new());
+            for backend in &port.backends {
+                match local.get(backend) {
+                    Some(gateway_address) => here.push(*gateway_address),
+                    None => elsewhere.push(backend.clone()),
+                }
+            }
+            PortRoute { port: port.clone(), here, elsewhere }
+        })
+        .collect()
 }
 
 /// A port published in host mode by a task of this node: sent straight to
@@ -59,9 +154,20 @@ pub struct HostPort {
     pub address: std::net::Ipv4Addr,
 }
 
-/// The host's nat and filter rules for `ports` (to ingress_sbox) and
-/// `host_ports` (to their tasks).
-pub fn host_rules(ports: &[PublishedPort], host_ports: &[HostPort]) -> String {
+/// The filter lines accepting `protocol` traffic to `task`'s `port` out of
+/// docker_gwbridge and its replies.
+fn accept_to_task(filter: &mut String, protocol: &str, task: impl std::fmt::Display, port: u32) {
+    let _ =
+        writeln!(filter, "-A {INGRESS_CHAIN} -o {GWBRIDGE} -d {task} -p {protocol} --dport {port} -j ACCEPT");
+    let _ = writeln!(
+        filter,
+        "-A {INGRESS_CHAIN} -i {GWBRIDGE} -s {task} -p {protocol} --sport {port} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+    );
+}
+
+/// The host's nat and filter rules for `routes` (to the replicas here and
+/// ingress_sbox) and `host_ports` (to their tasks).
+pub fn host_rules(routes: &[PortRoute], host_ports: &[HostPort]) -> String {
     let sandbox = INGRESS_SANDBOX_GATEWAY_ADDRESS;
     let mut nat = format!("*nat\n:{INGRESS_CHAIN} - [0:0]\n");
     let mut filter = format!(
@@ -74,43 +180,46 @@ pub fn host_rules(ports: &[PublishedPort], host_ports: &[HostPort]) -> String {
             nat,
             "-A {INGRESS_CHAIN} -p {protocol} --dport {published} -j DNAT --to-destination {task}:{target}"
         );
-        let _ = writeln!(
-            filter,
-            "-A {INGRESS_CHAIN} -o {GWBRIDGE} -d {task} -p {protocol} --dport {target} -j ACCEPT"
-        );
-        let _ = writeln!(
-            filter,
-            "-A {INGRESS_CHAIN} -i {GWBRIDGE} -s {task} -p {protocol} --sport {target} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
-        );
+        accept_to_task(&mut filter, protocol, task, target);
     }
-    for port in ports {
-        let (protocol, published) = (&port.protocol, port.published_port);
-        let _ = writeln!(nat, "-A {INGRESS_CHAIN} -p {protocol} --dport {published} -j DNAT --to-destination {sandbox}:{published}");
-        let _ = writeln!(
-            filter,
-            "-A {INGRESS_CHAIN} -o {GWBRIDGE} -d {sandbox} -p {protocol} --dport {published} -j ACCEPT"
-        );
-        let _ = writeln!(
-            filter,
-            "-A {INGRESS_CHAIN} -i {GWBRIDGE} -s {sandbox} -p {protocol} --sport {published} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
-        );
+    for route in routes {
+        let (protocol, published, target) =
+            (&route.port.protocol, route.port.published_port, route.port.target_port);
+        let mut targets: Vec<String> = route.here.iter().map(|task| format!("{task}:{target}")).collect();
+        for task in &route.here {
+            accept_to_task(&mut filter, protocol, task, target);
+        }
+        let mut weights = vec![1; targets.len()];
+        if route.through_ingress_sandbox() {
+            targets.push(format!("{sandbox}:{published}"));
+            weights.push(route.elsewhere.len().max(1));
+            accept_to_task(&mut filter, protocol, sandbox, published);
+        }
+        let weighted: Vec<(&str, usize)> = targets.iter().map(String::as_str).zip(weights).collect();
+        nat.push_str(&balance_weighted(
+            INGRESS_CHAIN,
+            &format!("-p {protocol} --dport {published}"),
+            &weighted,
+        ));
     }
     let _ = writeln!(nat, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
     let _ = writeln!(filter, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
     nat + &filter
 }
 
-/// ingress_sbox's nat rules: balancing of `ports`, SNAT to `own_address`.
-pub fn ingress_sandbox_rules(ports: &[PublishedPort], own_address: &str, ingress_subnet: &str) -> String {
+/// ingress_sbox's nat rules: balancing of `routes` over their
+/// [`PortRoute::sandbox_backends`], SNAT to `own_address`.
+pub fn ingress_sandbox_rules(routes: &[PortRoute], own_address: &str, ingress_subnet: &str) -> String {
     let mut nat = format!(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
          :{SANDBOX_INGRESS_CHAIN} - [0:0]\n:{SANDBOX_SNAT_CHAIN} - [0:0]\n\
          -A PREROUTING -j {SANDBOX_INGRESS_CHAIN}\n-A POSTROUTING -j {SANDBOX_SNAT_CHAIN}\n"
     );
-    for port in ports {
+    for route in routes {
+        let port = &route.port;
         let matching = format!("-p {} --dport {}", port.protocol, port.published_port);
         let backends: Vec<String> =
-            port.backends.iter().map(|b| format!("{b}:{}", port.target_port)).collect();
+            route.sandbox_backends().iter().map(|b| format!("{b}:{}", port.target_port)).collect();
         if backends.is_empty() {
             let _ =
                 writeln!(nat, "-A {SANDBOX_INGRESS_CHAIN} {matching} -j DNAT --to-destination 127.0.0.1:1");
@@ -162,6 +271,32 @@ mod tests {
         }
     }
 
+    /// The route of a port over `backends` on a node running the replicas
+    /// in `here` (ingress address, docker_gwbridge address).
+    fn route(backends: &[&str], here: &[(&str, &str)]) -> PortRoute {
+        let local = here.iter().map(|(ingress, gateway)| (ingress.to_string(), gateway.parse().unwrap()));
+        port_routes(&[port(backends)], &local.collect()).remove(0)
+    }
+
+    /// Each DNAT target's chance of taking a new connection (to six
+    /// decimals), from the `--probability` of the lines before it and its
+    /// own.
+    fn shares(rules: &str) -> Vec<(String, f64)> {
+        let mut left = 1.0;
+        let mut shares = Vec::new();
+        for line in rules.lines().filter(|l| l.contains("-j DNAT")) {
+            let target = line.rsplit(' ').next().unwrap().to_string();
+            let chance = line
+                .split("--probability ")
+                .nth(1)
+                .map(|rest| rest.split(' ').next().unwrap().parse::<f64>().unwrap())
+                .unwrap_or(1.0);
+            shares.push((target, (left * chance * 1e6).round() / 1e6));
+            left *= 1.0 - chance;
+        }
+        shares
+    }
+
     #[test]
     fn endpoint_i_of_n_is_taken_with_probability_one_over_n_minus_i() {
         let rules = balance("C", "-p tcp --dport 8080", &["a:80".into(), "b:80".into(), "c:80".into()]);
@@ -182,7 +317,7 @@ mod tests {
 
     #[test]
     fn the_host_sends_published_ports_to_ingress_sbox() {
-        let rules = host_rules(&[port(&["10.255.0.5"])], &[]);
+        let rules = host_rules(&[route(&["10.255.0.5"], &[])], &[]);
         assert!(
             rules.contains("-A DOCKER-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:8080")
         );
@@ -193,8 +328,11 @@ mod tests {
 
     #[test]
     fn ingress_sbox_balances_to_target_ports_and_snats() {
-        let rules =
-            ingress_sandbox_rules(&[port(&["10.255.0.5", "10.255.0.6"])], "10.255.0.2", "10.255.0.0/16");
+        let rules = ingress_sandbox_rules(
+            &[route(&["10.255.0.5", "10.255.0.6"], &[])],
+            "10.255.0.2",
+            "10.255.0.0/16",
+        );
         assert!(
             rules.contains("--probability 0.5000000000 -j DNAT --to-destination 10.255.0.5:80"),
             "{rules}"
@@ -204,6 +342,77 @@ mod tests {
         );
         assert!(rules.contains("-A NETCTL-INGRESS-SNAT -d 10.255.0.0/16 -j SNAT --to-source 10.255.0.2"));
         assert!(rules.contains("-A PREROUTING -j NETCTL-INGRESS\n-A POSTROUTING -j NETCTL-INGRESS-SNAT\n"));
+    }
+
+    #[test]
+    fn a_replica_here_is_reached_straight_on_its_gateway_address_and_the_others_through_ingress_sbox() {
+        let route = route(&["10.255.0.5", "10.255.0.6", "10.255.0.7"], &[("10.255.0.6", "172.18.0.9")]);
+        assert_eq!(route.here, ["172.18.0.9".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(route.elsewhere, ["10.255.0.5", "10.255.0.7"]);
+        let host = host_rules(std::slice::from_ref(&route), &[]);
+        let nat = host.split("*filter").next().unwrap();
+        assert_eq!(
+            shares(nat),
+            [("172.18.0.9:80".to_string(), 0.333333), ("172.18.0.2:8080".to_string(), 0.666667)],
+            "{nat}"
+        );
+        assert!(
+            host.contains("-A DOCKER-INGRESS -o docker_gwbridge -d 172.18.0.9 -p tcp --dport 80 -j ACCEPT")
+        );
+        assert!(host.contains(
+            "-A DOCKER-INGRESS -i docker_gwbridge -s 172.18.0.9 -p tcp --sport 80 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+        ));
+        assert_eq!(
+            route.describe(),
+            "8080/tcp: 1 of 3 here -> 172.18.0.9:80; 2 of 3 -> ingress_sbox 172.18.0.2:8080 -> 10.255.0.5:80 10.255.0.7:80"
+        );
+        let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");
+        assert_eq!(
+            shares(&sandbox),
+            [("10.255.0.5:80".to_string(), 0.5), ("10.255.0.7:80".to_string(), 0.5)],
+            "ingress_sbox balances the replicas elsewhere only: {sandbox}"
+        );
+    }
+
+    #[test]
+    fn with_every_replica_here_ingress_sbox_is_not_in_the_path_but_still_knows_them() {
+        let route = route(
+            &["10.255.0.5", "10.255.0.6"],
+            &[("10.255.0.5", "172.18.0.3"), ("10.255.0.6", "172.18.0.4")],
+        );
+        assert!(!route.through_ingress_sandbox());
+        let host = host_rules(std::slice::from_ref(&route), &[]);
+        assert!(!host.contains("172.18.0.2"), "{host}");
+        let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");
+        assert_eq!(shares(&sandbox).len(), 2, "{sandbox}");
+    }
+
+    proptest::proptest! {
+        /// Wherever the replicas run, the host's rules give each of them
+        /// the same share of new connections.
+        #[test]
+        fn every_replica_takes_an_equal_share(here in 0usize..6, elsewhere in 0usize..6) {
+            proptest::prop_assume!(here + elsewhere > 0);
+            let backends: Vec<String> = (0..here + elsewhere).map(|i| format!("10.255.1.{i}")).collect();
+            let local: HashMap<String, Ipv4Addr> =
+                (0..here).map(|i| (backends[i].clone(), Ipv4Addr::new(172, 18, 1, i as u8))).collect();
+            let port = PublishedPort { backends, ..port(&[]) };
+            let routes = port_routes(&[port], &local);
+            let host = host_rules(&routes, &[]);
+            let host = shares(host.split("*filter").next().unwrap());
+            let sandbox = shares(&ingress_sandbox_rules(&routes, "10.255.0.2", "10.255.0.0/16"));
+            let n = (here + elsewhere) as f64;
+            for (target, share) in &host {
+                if target.starts_with("172.18.0.2:") {
+                    for (_, inner) in &sandbox {
+                        proptest::prop_assert!((share * inner - 1.0 / n).abs() < 1e-5, "{target}: {share} × {inner}");
+                    }
+                } else {
+                    proptest::prop_assert!((share - 1.0 / n).abs() < 1e-5, "{target}: {share}");
+                }
+            }
+            proptest::prop_assert_eq!(host.len(), here + usize::from(elsewhere > 0));
+        }
     }
 
     #[test]

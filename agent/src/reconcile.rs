@@ -34,6 +34,8 @@ pub struct Reconciler {
     /// The held published ports last said in the log.
     held_ports: BTreeSet<String>,
     stale_flows: crate::stale_flows::StaleFlows,
+    /// How the last pass served the published ports (for `topology`).
+    routes: Vec<crate::mesh::PortRoute>,
 }
 
 /// What one pass did.
@@ -73,6 +75,7 @@ impl Reconciler {
             resolver: Resolver::new(upstreams),
             held_ports: BTreeSet::new(),
             stale_flows: Default::default(),
+            routes: Vec::new(),
         })
     }
 
@@ -123,7 +126,8 @@ impl Reconciler {
             }
         }
         // After the rules: new packets of a deleted flow meet the new backends.
-        self.stale_flows.clear(state, self.connections.namespaces()).await;
+        self.stale_flows.clear(state, &desired.routes, self.connections.namespaces()).await;
+        self.routes = desired.routes.clone();
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());
@@ -244,6 +248,9 @@ impl Reconciler {
     pub async fn topology(&mut self, state: &NodeState) -> netctl_proto::NodeTopology {
         let mut topology = crate::readback::read(&self.host, &mut self.connections, state).await;
         for namespace in &mut topology.namespaces {
+            if namespace.name == HOST {
+                namespace.published = self.routes.iter().map(crate::mesh::PortRoute::describe).collect();
+            }
             if let Some(names) = self.resolver.names(&namespace.name) {
                 namespace.resolver = format!("{}:53", crate::dns::RESOLVER_ADDRESS);
                 namespace.names = names;

@@ -3,19 +3,30 @@
 //! backend, for as long as it keeps sending: after a scale-down it would
 //! talk to a removed replica until it paused for the UDP timeout. When the
 //! backends of a published UDP port or of a VIP change, the UDP entries of
-//! that port (in ingress_sbox) or VIP (in each local sandbox on its network)
-//! whose replies come from an address no longer among them are deleted, so
-//! the next packet is balanced again over the live replicas.
+//! that port (in the host, DNATed to a replica here or to ingress_sbox; in
+//! ingress_sbox) or VIP (in each local sandbox on its network) whose
+//! replies come from an address no longer among them are deleted, so the
+//! next packet is balanced again over the live replicas.
 
+use crate::mesh::PortRoute;
+use crate::model::HOST;
 use crate::names::{self, INGRESS_SANDBOX};
+use ipnetwork::Ipv4Network;
+use netctl_proto::convention::{
+    GATEWAY_BRIDGE_NETWORK, GATEWAY_BRIDGE_PREFIX, INGRESS_SANDBOX_GATEWAY_ADDRESS,
+};
 use netctl_proto::NodeState;
 use netlib::conntrack::{self, Flow};
 use netlib::NamespaceDir;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 /// UDP.
 const UDP: u8 = 17;
+
+/// The agent's own (the host's) network namespace.
+const OWN_NAMESPACE: &str = "/proc/self/ns/net";
 
 /// What makes a UDP entry stale in one namespace.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -25,13 +36,17 @@ pub struct Staleness {
     ports: BTreeMap<u16, BTreeSet<Ipv4Addr>>,
     /// VIP → its backends, likewise.
     vips: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>,
+    /// Only entries whose replies come from this subnet (the host's own
+    /// flows to a port number it publishes are not the mesh's).
+    replies_from: Option<Ipv4Network>,
 }
 
 impl Staleness {
     /// Whether `flow` goes to a port or VIP here and its replies come from
     /// an address no longer behind it (pure).
     pub fn is_stale(&self, flow: &Flow) -> bool {
-        if flow.protocol != UDP {
+        if flow.protocol != UDP || self.replies_from.is_some_and(|subnet| !subnet.contains(flow.reply.source))
+        {
             return false;
         }
         let behind = self
@@ -42,16 +57,26 @@ impl Staleness {
     }
 }
 
-/// What each namespace of the node deletes by (pure): ingress_sbox by the
-/// UDP published ports, each task's sandbox by the VIPs of its networks.
-pub fn wanted(state: &NodeState) -> HashMap<String, Staleness> {
+/// What each namespace of the node deletes by (pure): the host and
+/// ingress_sbox by the UDP published ports as `routes` send them, each
+/// task's sandbox by the VIPs of its networks.
+pub fn wanted(state: &NodeState, routes: &[PortRoute]) -> HashMap<String, Staleness> {
     let addresses =
         |list: &[String]| list.iter().filter_map(|a| a.parse().ok()).collect::<BTreeSet<Ipv4Addr>>();
     let mut by_namespace: HashMap<String, Staleness> = HashMap::new();
-    for port in state.published_ports.iter().filter(|p| p.protocol == "udp") {
-        let Ok(number) = u16::try_from(port.published_port) else { continue };
+    for route in routes.iter().filter(|r| r.port.protocol == "udp") {
+        let Ok(number) = u16::try_from(route.port.published_port) else { continue };
         let ingress = by_namespace.entry(INGRESS_SANDBOX.to_string()).or_default();
-        ingress.ports.insert(number, addresses(&port.backends));
+        ingress.ports.insert(number, addresses(route.sandbox_backends()));
+        let host = by_namespace.entry(HOST.to_string()).or_insert_with(|| Staleness {
+            replies_from: Ipv4Network::new(GATEWAY_BRIDGE_NETWORK, GATEWAY_BRIDGE_PREFIX).ok(),
+            ..Default::default()
+        });
+        let mut targets: BTreeSet<Ipv4Addr> = route.here.iter().copied().collect();
+        if route.through_ingress_sandbox() {
+            targets.insert(INGRESS_SANDBOX_GATEWAY_ADDRESS);
+        }
+        host.ports.insert(number, targets);
     }
     for task in &state.tasks {
         let networks: BTreeSet<&str> = task.endpoints.iter().map(|e| e.network_id.as_str()).collect();
@@ -76,21 +101,27 @@ pub struct StaleFlows {
 
 impl StaleFlows {
     /// Deletes, in each namespace whose ports' or VIPs' backends changed,
-    /// the UDP entries to a backend no longer there; logs what failed.
-    pub async fn clear(&mut self, state: &NodeState, namespaces: &NamespaceDir) {
+    /// the UDP entries to a backend no longer there (published ports as
+    /// `routes` send them); logs what failed.
+    pub async fn clear(&mut self, state: &NodeState, routes: &[PortRoute], namespaces: &NamespaceDir) {
         if self.revision == Some(state.revision) {
             return;
         }
         self.revision = Some(state.revision);
-        let wanted = wanted(state);
+        let wanted = wanted(state, routes);
         for (namespace, staleness) in &wanted {
-            if self.last.get(namespace) == Some(staleness) || !namespaces.exists(namespace) {
+            let path = if namespace == HOST {
+                PathBuf::from(OWN_NAMESPACE)
+            } else if namespaces.exists(namespace) {
+                namespaces.path(namespace)
+            } else {
+                continue;
+            };
+            if self.last.get(namespace) == Some(staleness) {
                 continue;
             }
             let picked = staleness.clone();
-            match conntrack::delete_flows(namespace, &namespaces.path(namespace), move |f| picked.is_stale(f))
-                .await
-            {
+            match conntrack::delete_flows(namespace, &path, move |f| picked.is_stale(f)).await {
                 Ok(0) => {}
                 Ok(deleted) => {
                     tracing::info!(namespace, deleted, "deleted conntrack entries to removed backends")
@@ -150,7 +181,8 @@ mod tests {
 
     #[test]
     fn udp_entries_to_a_backend_no_longer_there_are_stale() {
-        let wanted = wanted(&state());
+        let state = state();
+        let wanted = wanted(&state, &crate::mesh::port_routes(&state.published_ports, &HashMap::new()));
         let ingress = &wanted[INGRESS_SANDBOX];
         assert!(ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.6")), "a removed replica");
         assert!(!ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.5")), "a live replica");
@@ -160,5 +192,22 @@ mod tests {
         assert!(sandbox.is_stale(&flow(UDP, "10.1.0.2", 53, "10.1.0.9")));
         assert!(!sandbox.is_stale(&flow(UDP, "10.1.0.2", 53, "10.1.0.3")));
         assert!(!sandbox.is_stale(&flow(UDP, "10.1.0.7", 53, "10.1.0.9")), "not a VIP");
+    }
+
+    #[test]
+    fn in_the_host_udp_entries_to_a_replica_that_left_this_node_are_stale() {
+        let state = state();
+        let here = HashMap::from([("10.255.0.5".to_string(), "172.18.0.7".parse().unwrap())]);
+        let by_namespace = wanted(&state, &crate::mesh::port_routes(&state.published_ports, &here));
+        let host = &by_namespace[HOST];
+        assert!(!host.is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.7")), "the replica here");
+        assert!(host.is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.8")), "a replica no longer here");
+        assert!(host.is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.2")), "no replica elsewhere any more");
+        assert!(!host.is_stale(&flow(UDP, "8.8.8.8", 7, "8.8.8.8")), "the host's own flow to port 7");
+        let elsewhere = wanted(&state, &crate::mesh::port_routes(&state.published_ports, &HashMap::new()));
+        assert!(
+            !elsewhere[HOST].is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.2")),
+            "through ingress_sbox"
+        );
     }
 }

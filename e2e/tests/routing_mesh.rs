@@ -248,12 +248,25 @@ fn udp_clients(address: &str, port: u16, clients: usize, seconds: u32) -> String
 
 #[test]
 fn udp_clients_of_a_removed_replica_reach_the_remaining_one_at_once() {
+    // Asked on the removed replica's node, its clients' entries are in the
+    // host (DNATed straight to it); asked on the other, in ingress_sbox.
+    udp_clients_move(true);
+    udp_clients_move(false);
+}
+
+/// Ten UDP clients send to one node's published port from fixed source
+/// ports while the service scales from 2 to 1 (`echo.2` goes); the node is
+/// `echo.2`'s when `ask_removed_replicas_node`, else the other.
+fn udp_clients_move(ask_removed_replicas_node: bool) {
     let lab = Lab::start(2);
     lab.create_network("udpnet", "10.31.0.0/24");
     let create = ["service", "create", "--replicas", "2", "--network", "udpnet", "--name", "echo"];
     lab.ok(&[&create[..], &["--publish", "7000:7/udp", "python3", "-c", UDP_SERVER]].concat());
-    lab.wait_running("echo", 2);
-    let address = lab.hosts()[0].address.to_string();
+    let tasks = lab.wait_running("echo", 2);
+    let removed = tasks.iter().find(|t| t["Name"] == "echo.2").expect("echo.2");
+    let removed_node = lab.host_of(removed);
+    let asked = if ask_removed_replicas_node { removed_node } else { 1 - removed_node };
+    let address = lab.hosts()[asked].address.to_string();
     let clients = 10;
     let client = lab
         .underlay()
@@ -284,6 +297,7 @@ fn udp_clients_of_a_removed_replica_reach_the_remaining_one_at_once() {
         })
         .collect();
     assert!(!moved.is_empty(), "no client was on the removed replica: {answers:?}");
+    assert_eq!(remaining, "echo.1");
     for client in moved {
         let first_after = answers
             .iter()
@@ -332,4 +346,51 @@ fn a_host_mode_port_answers_only_where_a_task_runs_and_the_server_sees_the_clien
     assert_eq!(waiting["Error"], "no suitable node (host port 8081/tcp in use on 2 nodes)");
     assert!(wait_until(Duration::from_secs(10), || ask(0).starts_with("direct.")
         && ask(1).starts_with("direct.")));
+}
+
+#[test]
+fn a_replica_on_the_asked_node_is_reached_straight_and_the_others_through_ingress_sbox() {
+    let lab = Lab::start(2);
+    // It answers with its name and the address that asked.
+    let server = http_server("socket.gethostname() + ' ' + self.client_address[0]");
+    let create = ["service", "create", "--replicas", "2", "--name", "web", "--publish", "8080:80"];
+    lab.ok(&[&create[..], &["python3", "-c", &server]].concat());
+    let tasks = lab.wait_running("web", 2);
+    let here = tasks.iter().find(|t| lab.host_of(t) == 0).expect("a replica on node0");
+    let elsewhere = tasks.iter().find(|t| lab.host_of(t) == 1).expect("a replica on node1");
+    let (here, elsewhere) = (here["Name"].as_str().unwrap(), elsewhere["Name"].as_str().unwrap());
+
+    // Both answer through node0; the one there sees the client, the other
+    // node0's ingress_sbox.
+    let url = format!("http://{}:8080/", lab.hosts()[0].address);
+    let mut seen = BTreeMap::new();
+    let balanced = wait_until(Duration::from_secs(20), || {
+        seen = tally(&from_underlay(&lab, "python3", &http_client(&url, 60)));
+        seen.len() == 2 && seen.values().sum::<usize>() == 60
+    });
+    assert!(balanced, "{seen:?}");
+    let (mut near, mut far) = (0, 0);
+    for (answer, count) in &seen {
+        let (name, client) = answer.split_once(' ').expect("name and client address");
+        if name == here {
+            assert_eq!(client, UNDERLAY_ADDRESS, "the replica on node0 sees the client");
+            near += count;
+        } else {
+            assert_eq!(name, elsewhere);
+            assert!(client.starts_with("10.255."), "the other sees node0's ingress_sbox: {client}");
+            far += count;
+        }
+    }
+    assert!(near >= 10 && far >= 10, "an even share each: {seen:?}");
+
+    // The path is shown as such (once the agent has reported it).
+    let mut topology = String::new();
+    let shown = wait_until(Duration::from_secs(20), || {
+        topology = lab.ok(&["topology", "--node", "node0"]);
+        topology.lines().any(|l| l.trim_start().starts_with("published 8080/tcp"))
+    });
+    assert!(shown, "{topology}");
+    let published = topology.lines().find(|l| l.trim_start().starts_with("published 8080/tcp")).unwrap();
+    assert!(published.contains(": 1 of 2 here -> 172.18.0."), "{published}");
+    assert!(published.contains("; 1 of 2 -> ingress_sbox 172.18.0.2:8080 -> 10.255."), "{published}");
 }

@@ -30,6 +30,7 @@ fn namespace_json(n: &TopologyNamespace) -> Value {
         "Rules": n.rules,
         "Resolver": n.resolver,
         "Names": n.names,
+        "Published": n.published,
     })
 }
 
@@ -86,6 +87,9 @@ pub fn text(nodes: &[NodeTopology]) -> String {
                 let destination =
                     if r.destination == "0.0.0.0/0" { "default" } else { r.destination.as_str() };
                 let _ = writeln!(out, "    route {destination}{via} dev {}", r.device);
+            }
+            for path in &namespace.published {
+                let _ = writeln!(out, "    published {path}");
             }
             for rule in &namespace.rules {
                 let _ = writeln!(out, "    rule  {rule}");

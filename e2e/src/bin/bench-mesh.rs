@@ -85,8 +85,9 @@ fn rule_rewrite() -> Value {
             backends: (0..10).map(|r| format!("10.255.{p}.{}", r + 3)).collect(),
         })
         .collect();
-    let sandbox_rules = mesh::ingress_sandbox_rules(&ports, "10.255.0.2", "10.255.0.0/16");
-    let host_rules = mesh::host_rules(&ports, &[]);
+    let routes = mesh::port_routes(&ports, &Default::default());
+    let sandbox_rules = mesh::ingress_sandbox_rules(&routes, "10.255.0.2", "10.255.0.0/16");
+    let host_rules = mesh::host_rules(&routes, &[]);
     let mut sandbox_ms = Vec::new();
     let mut host_ms = Vec::new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
