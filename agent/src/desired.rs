@@ -30,7 +30,13 @@ pub struct NodeFacts {
     /// Whether docker_gwbridge can be netctl's (no foreign bridge holds the
     /// name).
     pub gateway_bridge: bool,
+    /// Whether the kernel has br_netfilter (then every new namespace passes
+    /// bridged frames through its iptables, unless told not to).
+    pub bridge_netfilter: bool,
 }
+
+/// br_netfilter's switch, one per namespace.
+pub const BRIDGE_NETFILTER: &str = "net.bridge.bridge-nf-call-iptables";
 
 /// The desired kernel and why some tasks cannot have their sandbox.
 #[derive(Debug, Default)]
@@ -177,6 +183,11 @@ fn overlay(network: &Network, facts: &NodeFacts, port: u16) -> NamespaceModel {
     vxlan.up = true;
     vxlan.master = Some(OVERLAY_BRIDGE.to_string());
     namespace.links.insert(VXLAN.to_string(), vxlan);
+    if facts.bridge_netfilter {
+        // br0 only switches: frames need no iptables pass (on the path of
+        // every packet to or from a task, twice across nodes).
+        namespace.sysctls.insert(BRIDGE_NETFILTER.into(), "0".into());
+    }
     namespace
 }
 

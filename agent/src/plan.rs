@@ -440,7 +440,7 @@ mod tests {
     const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 6);
 
     fn facts() -> NodeFacts {
-        NodeFacts { local: LOCAL, underlay_mtu: 1500, gateway_bridge: true }
+        NodeFacts { local: LOCAL, underlay_mtu: 1500, gateway_bridge: true, bridge_netfilter: true }
     }
 
     fn network(i: u8) -> Network {
@@ -551,6 +551,19 @@ mod tests {
     }
 
     const INGRESS: &str = crate::names::INGRESS_SANDBOX;
+
+    #[test]
+    fn overlay_bridges_skip_iptables_where_the_kernel_has_br_netfilter() {
+        let overlay = names::overlay_namespace(&network(1).id);
+        let with = desired_for(&state(), &bare());
+        assert_eq!(
+            with.namespaces[&overlay].sysctls.get(desired::BRIDGE_NETFILTER).map(String::as_str),
+            Some("0")
+        );
+        let without = NodeFacts { bridge_netfilter: false, ..facts() };
+        let model = desired::build(&state(), &without, &bare(), &BTreeSet::new()).model;
+        assert!(model.namespaces[&overlay].sysctls.is_empty(), "no such sysctl to write");
+    }
 
     #[test]
     fn a_converged_node_plans_nothing_also_after_a_restart() {

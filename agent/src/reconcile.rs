@@ -36,6 +36,8 @@ pub struct Reconciler {
     stale_flows: crate::stale_flows::StaleFlows,
     /// How the last pass served the published ports (for `topology`).
     routes: Vec<crate::mesh::PortRoute>,
+    /// Whether the kernel has br_netfilter's sysctls.
+    bridge_netfilter: bool,
 }
 
 /// What one pass did.
@@ -76,6 +78,9 @@ impl Reconciler {
             held_ports: BTreeSet::new(),
             stale_flows: Default::default(),
             routes: Vec::new(),
+            bridge_netfilter: std::path::Path::new("/proc/sys")
+                .join(crate::desired::BRIDGE_NETFILTER.replace('.', "/"))
+                .exists(),
         })
     }
 
@@ -106,7 +111,12 @@ impl Reconciler {
             .filter(|n| !wanted.contains(*n) && self.supervisor.holds(n))
             .cloned()
             .collect();
-        let facts = NodeFacts { local, underlay_mtu, gateway_bridge: !observed.foreign_gwbridge };
+        let facts = NodeFacts {
+            local,
+            underlay_mtu,
+            gateway_bridge: !observed.foreign_gwbridge,
+            bridge_netfilter: self.bridge_netfilter,
+        };
         let desired = desired::build(state, &facts, &observed.model, &kept);
         let actions = plan::plan(&desired.model, &observed.model);
         let new_sandboxes =

@@ -61,6 +61,13 @@ pub async fn build_hosts(namespaces: &NamespaceDir, nodes: usize) -> anyhow::Res
     underlay.add_address(&bridge, UNDERLAY_ADDRESS, 24).await?;
     underlay.set_up(&bridge).await?;
     underlay.set_up(&underlay.require_link("lo").await?).await?;
+    // The underlay is a switch: frames crossing it skip iptables, as on
+    // real hosts (br_netfilter, where the kernel has it, is on in every new
+    // namespace).
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        let target = Some((UNDERLAY, underlay_path.as_path()));
+        netlib::sysctl::write(target, "net.bridge.bridge-nf-call-iptables", "0").await?;
+    }
     for node in 0..nodes {
         let name = host_namespace(node);
         let path = namespaces.create(&name)?;

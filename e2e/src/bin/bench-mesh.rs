@@ -1,8 +1,16 @@
 //! Routing-mesh benchmarks, written to `bench/results/routing_mesh.json` (or
 //! the path given as the first argument):
-//! - requests/s and p99 latency (wrk) through a published port from outside
-//!   the cluster, against the same replica reached straight on its
-//!   docker_gwbridge address from its node;
+//! - what a user pays for the mesh: wrk (`-t1 -c16`, keep-alive, pinned to
+//!   CPU 0) from the underlay, outside the cluster, against one replica of
+//!   `hostname-http` pinned to CPU 1 on node1, asked through node0's
+//!   published port (the replica elsewhere) and node1's (the replica here),
+//!   beside the same server program on node1's underlay address (direct);
+//!   the same three on the walkthrough's path built by hand with ip and
+//!   iptables (`bench/reference-mesh.sh`), to tell the design's cost from
+//!   netctl's; with `NETCTL_BEFORE_BIN`, the same on a netctl built before
+//!   (its lab in the same run). Rounds interleave the paths; each figure is
+//!   the median of its rounds: requests/s, p50/p99 latency, and CPU time
+//!   (both cores, all of it) per request;
 //! - the time to rewrite the balancing rules of 100 published ports × 10
 //!   replicas (ingress_sbox's set, one iptables-restore) and the host's set.
 
@@ -10,8 +18,13 @@ use e2e::lab::Lab;
 use e2e::netns::{command_in, TestNamespace};
 use netctl_agent::mesh;
 use netctl_proto::PublishedPort;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Instant;
+
+/// Rounds over every path.
+const ROUNDS: usize = 5;
 
 /// Milliseconds from a wrk duration such as `812.00us`, `3.10ms` or `1.20s`.
 fn millis(text: &str) -> f64 {
@@ -23,54 +36,223 @@ fn millis(text: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Requests/s and p99 latency from wrk's `--latency` output.
-fn wrk_figures(output: &std::process::Output) -> Value {
-    let text = String::from_utf8_lossy(&output.stdout);
-    let requests = text
+/// Busy jiffies of every CPU together (/proc/stat: all but idle and iowait).
+fn busy_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let fields: Vec<u64> = stat
         .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let p99 =
-        text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|n| millis(n.trim())).unwrap_or(0.0);
-    json!({ "requests_per_second": requests, "latency_ms_p99": p99 })
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    fields.iter().sum::<u64>() - fields[3] - fields[4]
 }
 
-fn wrk(command: &mut std::process::Command, url: &str) -> Value {
-    let output = command
-        .args(["-t", "2", "-c", "16", "-d", "5s", "--latency", url])
+/// One wrk run from the namespace at `client` against `url`: requests/s,
+/// p50/p99 in ms and CPU µs per request.
+fn measure(client: &Path, url: &str) -> [f64; 4] {
+    let before = busy_jiffies();
+    let output = command_in(client, "taskset")
+        .args(["-c", "0", "wrk", "-t", "1", "-c", "16", "-d", "5s", "--latency", url])
         .output()
         .expect("wrk (apt-get install wrk)");
-    wrk_figures(&output)
+    let busy_us = (busy_jiffies() - before) as f64 * 1e6 / 100.0;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field =
+        |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()));
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    let rate = field("Requests/sec:").and_then(|n| n.parse().ok()).unwrap_or(0.0);
+    let p50 = field("50%").map(|v| millis(&v)).unwrap_or(0.0);
+    let p99 = field("99%").map(|v| millis(&v)).unwrap_or(0.0);
+    assert!(rate > 0.0, "wrk got nothing from {url}: {text}");
+    [rate, p50, p99, busy_us / requests.max(1.0)]
 }
 
-fn published_vs_direct() -> Value {
-    let lab = Lab::start(2);
-    let server = std::env::current_exe().expect("own path").with_file_name("hostname-http");
-    let server = server.to_str().expect("UTF-8 path");
-    lab.ok(&["service", "create", "--replicas", "1", "--name", "web", "--publish", "8080:80", server]);
-    let task = lab.wait_running("web", 1).remove(0);
-    let host = lab.host_of(&task);
-    let gateway_leg =
-        String::from_utf8_lossy(&lab.in_task(&task, "ip", &["-o", "-4", "addr", "show", "eth1"]).stdout)
-            .split_whitespace()
-            .nth(3)
-            .and_then(|cidr| cidr.split('/').next())
-            .unwrap_or_default()
-            .to_string();
-    let published_url = format!("http://{}:8080/", lab.hosts()[host].address);
+/// One path through the mesh (or around it) and its runs.
+struct Route {
+    client: PathBuf,
+    url: String,
+    runs: Vec<[f64; 4]>,
+}
+
+impl Route {
+    fn figures(&self) -> Value {
+        let median = |i: usize| {
+            let mut v: Vec<f64> = self.runs.iter().map(|r| r[i]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        json!({
+            "requests_per_second": median(0).round(),
+            "latency_ms_p50": median(1),
+            "latency_ms_p99": median(2),
+            "cpu_us_per_request": (median(3) * 100.0).round() / 100.0,
+            "runs_requests_per_second": self.runs.iter().map(|r| r[0].round()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A netctl lab of two nodes with `web` (one `hostname-http` replica on
+/// node1, pinned to CPU 1, published on 8080) and the same program on
+/// node1's underlay address, port 8081.
+struct NetctlPaths {
+    lab: Lab,
+    direct: Child,
+}
+
+impl NetctlPaths {
+    fn start(server: &str) -> Self {
+        let lab = Lab::start(2);
+        let create = ["service", "create", "--name", "web", "--publish", "8080:80"];
+        let pinned = ["--constraint", "node.hostname==node1", "taskset", "-c", "1", server];
+        lab.ok(&[&create[..], &pinned[..]].concat());
+        lab.wait_running("web", 1);
+        let direct =
+            lab.host_command(1, "taskset").args(["-c", "1", server, "8081"]).spawn().expect("server");
+        for i in 0..2 {
+            answers(&lab.underlay().path(), &format!("http://{}:8080/", lab.hosts()[i].address));
+        }
+        answers(&lab.underlay().path(), &format!("http://{}:8081/", lab.hosts()[1].address));
+        Self { lab, direct }
+    }
+
+    /// direct, replica here, replica elsewhere.
+    fn paths(&self) -> Vec<Route> {
+        let client = self.lab.underlay().path();
+        let address = |i: usize| self.lab.hosts()[i].address;
+        let urls = [
+            format!("http://{}:8081/", address(1)),
+            format!("http://{}:8080/", address(1)),
+            format!("http://{}:8080/", address(0)),
+        ];
+        urls.into_iter().map(|url| Route { client: client.clone(), url, runs: Vec::new() }).collect()
+    }
+}
+
+impl Drop for NetctlPaths {
+    fn drop(&mut self) {
+        let _ = self.direct.kill();
+        let _ = self.direct.wait();
+    }
+}
+
+/// The walkthrough's path built by hand (`bench/reference-mesh.sh`), with
+/// the task's server and the direct one running; removed on drop.
+struct HandBuilt {
+    prefix: String,
+    servers: Vec<Child>,
+}
+
+impl HandBuilt {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/reference-mesh.sh")
+    }
+
+    fn namespace(&self, name: &str) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(format!("{}-{name}", self.prefix))
+    }
+
+    fn start(server: &str) -> Self {
+        let prefix = e2e::netns::unique_prefix();
+        let mut built = Self { prefix, servers: Vec::new() };
+        let status =
+            Command::new("bash").arg(Self::script()).args(["up", &built.prefix]).status().expect("bash");
+        assert!(status.success(), "bench/reference-mesh.sh up failed");
+        for (namespace, port) in [("t", "80"), ("h1", "8081")] {
+            let child =
+                command_in(&built.namespace(namespace), "taskset").args(["-c", "1", server, port]).spawn();
+            built.servers.push(child.expect("server"));
+        }
+        for url in ["http://192.168.77.7:8081/", "http://192.168.77.7:8080/", "http://192.168.77.6:8080/"] {
+            answers(&built.namespace("u"), url);
+        }
+        built
+    }
+
+    /// direct, replica here, replica elsewhere.
+    fn paths(&self) -> Vec<Route> {
+        let urls = ["http://192.168.77.7:8081/", "http://192.168.77.7:8080/", "http://192.168.77.6:8080/"];
+        urls.into_iter()
+            .map(|url| Route { client: self.namespace("u"), url: url.into(), runs: Vec::new() })
+            .collect()
+    }
+}
+
+impl Drop for HandBuilt {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = Command::new("bash").arg(Self::script()).args(["down", &self.prefix]).status();
+    }
+}
+
+/// Waits until `url` answers from the namespace at `client`.
+fn answers(client: &Path, url: &str) {
     let answered = e2e::wait_until(std::time::Duration::from_secs(20), || {
-        command_in(&lab.underlay().path(), "curl")
-            .args(["-sf", "-o", "/dev/null", "-m", "2", &published_url])
+        command_in(client, "curl")
+            .args(["-sf", "-o", "/dev/null", "-m", "2", url])
             .status()
             .is_ok_and(|s| s.success())
     });
-    assert!(answered, "the published port does not answer");
-    let through_mesh = wrk(&mut command_in(&lab.underlay().path(), "wrk"), &published_url);
-    let direct = wrk(&mut lab.host_command(host, "wrk"), &format!("http://{gateway_leg}:80/"));
-    let ratio = through_mesh["requests_per_second"].as_f64().unwrap_or(0.0)
-        / direct["requests_per_second"].as_f64().unwrap_or(1.0).max(1.0);
-    json!({ "through_published_port": through_mesh, "straight_to_replica": direct, "mesh_over_direct_rps": ratio })
+    assert!(answered, "{url} does not answer");
+}
+
+fn published_vs_direct() -> Value {
+    let server = std::env::current_exe().expect("own path").with_file_name("hostname-http");
+    let server = server.to_str().expect("UTF-8 path");
+    let hand_built = HandBuilt::start(server);
+    let mut reference = hand_built.paths();
+    let mut groups = Vec::new();
+    // A lab per netctl binary, one after the other (both at once would
+    // share the cores and the underlay addresses).
+    let mut labs = vec![("netctl", e2e::netctl_bin())];
+    if let Some(before) = std::env::var_os("NETCTL_BEFORE_BIN") {
+        labs.push(("netctl_before", before.into()));
+    }
+    for (group, binary) in labs {
+        // The lab starts the binary NETCTL_BIN names.
+        std::env::set_var("NETCTL_BIN", binary);
+        let netctl = NetctlPaths::start(server);
+        let mut own = netctl.paths();
+        for _ in 0..ROUNDS {
+            for path in own.iter_mut().chain(reference.iter_mut()) {
+                path.runs.push(measure(&path.client, &path.url));
+            }
+        }
+        groups.push((group, own));
+    }
+    groups.push(("hand_built", reference));
+    let mut report = Map::new();
+    for (group, routes) in groups {
+        let [direct, here, elsewhere] = [&routes[0], &routes[1], &routes[2]].map(Route::figures);
+        let ratio = |v: &Value| {
+            v["requests_per_second"].as_f64().unwrap_or(0.0)
+                / direct["requests_per_second"].as_f64().unwrap_or(1.0).max(1.0)
+        };
+        let added = |v: &Value| {
+            v["latency_ms_p99"].as_f64().unwrap_or(0.0) - direct["latency_ms_p99"].as_f64().unwrap_or(0.0)
+        };
+        report.insert(
+            group.to_string(),
+            json!({
+                "direct": direct,
+                "replica_here": here,
+                "replica_elsewhere": elsewhere,
+                "here_over_direct_rps": (ratio(&here) * 1000.0).round() / 1000.0,
+                "elsewhere_over_direct_rps": (ratio(&elsewhere) * 1000.0).round() / 1000.0,
+                "here_p99_added_ms": added(&here),
+                "elsewhere_p99_added_ms": added(&elsewhere),
+            }),
+        );
+    }
+    Value::Object(report)
 }
 
 fn rule_rewrite() -> Value {
@@ -115,5 +297,6 @@ fn main() {
     let output = std::env::args().nth(1).unwrap_or_else(|| "bench/results/routing_mesh.json".into());
     let rules = rule_rewrite();
     let traffic = published_vs_direct();
-    e2e::write_report(&output, json!({ "http": traffic, "rule_rewrite": rules }));
+    let method = "wrk -t1 -c16 -d5s keep-alive from the underlay namespace pinned to CPU 0; hostname-http pinned to CPU 1 on node1; direct = the same program on node1's underlay address; medians of 5 interleaved rounds; cpu_us_per_request = busy time of both CPUs / requests";
+    e2e::write_report(&output, json!({ "method": method, "http": traffic, "rule_rewrite": rules }));
 }
