@@ -73,7 +73,7 @@ for address in 192.168.10.6 192.168.10.7; do
   say "curl $address:8080, four times: every node answers, from both replicas."
   for _ in 1 2 3 4; do on node0 curl -s -m 2 "http://$address:8080/" || echo "(no answer)"; done
 done
-say "node0's DOCKER-INGRESS chain sends 8080 to ingress_sbox (172.18.0.2), which balances it over the replicas."
+say "node0's DOCKER-INGRESS chain sends 8080 to its own replica straight (its docker_gwbridge address) and to ingress_sbox (172.18.0.2), one share per replica; ingress_sbox balances over the replicas on other nodes."
 run "$netctl" lab exec --name "$lab" node0 -- iptables -t nat -S DOCKER-INGRESS
 # shellcheck disable=SC2016 # expanded on the lab host, not here
 netns0="$(on node0 sh -c 'echo $NETCTL_RUN_DIR')/netns"

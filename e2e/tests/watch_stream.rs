@@ -16,13 +16,41 @@ fn stdout(output: std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// The load-balancing rules of host `i`'s ingress_sbox (its DNAT lines:
-/// which ingress address serves which published port), the same on every
-/// node.
-fn mesh_rules(lab: &Lab, i: usize) -> BTreeSet<String> {
+/// The load-balancing rules of host `i`'s ingress_sbox: (published port,
+/// the ingress address and port it DNATs to).
+fn mesh_rules(lab: &Lab, i: usize) -> BTreeSet<(String, String)> {
     let sbox = lab.hosts()[i].run_dir.join("netns").join("ingress_sbox");
     let rules = stdout(lab.in_namespace(&sbox, "iptables-save", &["-t", "nat"]));
-    rules.lines().filter(|l| l.starts_with("-A") && l.contains("DNAT")).map(str::to_string).collect()
+    rules
+        .lines()
+        .filter(|l| l.starts_with("-A") && l.contains("DNAT"))
+        .filter_map(|l| {
+            let after = |flag: &str| l.split(flag).nth(1)?.split_whitespace().next().map(str::to_string);
+            Some((after("--dport ")?, after("--to-destination ")?))
+        })
+        .collect()
+}
+
+/// What host `i`'s ingress_sbox should balance: each of `services`' port
+/// (`sK` publishes 3100K) over the ingress addresses of its running tasks
+/// on other hosts, or of all of them when every one runs on host `i`.
+fn expected_mesh_rules(lab: &Lab, i: usize, services: &[String]) -> BTreeSet<(String, String)> {
+    let ingress = lab.network_id("ingress");
+    let mut expected = BTreeSet::new();
+    for service in services {
+        let port = 31000 + service[1..].parse::<u16>().expect("service sK");
+        let tasks = lab.running_tasks(service);
+        let elsewhere: Vec<&Value> = tasks.iter().filter(|t| lab.host_of(t) != i).collect();
+        let behind = if elsewhere.is_empty() { tasks.iter().collect() } else { elsewhere };
+        for task in behind {
+            let endpoints = task["Endpoints"].as_array().expect("endpoints");
+            let on_ingress =
+                endpoints.iter().find(|e| e["NetworkID"] == ingress).expect("an ingress endpoint");
+            let address = on_ingress["Address"].as_str().expect("ingress address");
+            expected.insert((port.to_string(), format!("{address}:80")));
+        }
+    }
+    expected
 }
 
 /// The remote entries (`MAC dst ADDRESS`) of host `i`'s overlay of `network`.
@@ -111,26 +139,25 @@ fn a_watch_stream_cut_during_a_burst_of_changes_converges_like_one_never_cut() {
     assert!(reconnected, "the stream was not cut: {}", lab.agent_log(CUT_HOST));
 
     let converged = wait_until(Duration::from_secs(30), || {
-        mesh_rules(&lab, CUT_HOST) == mesh_rules(&lab, 0)
-            && (0..3)
-                .all(|i| overlay_peers(&lab, i, &network) == expected_peers(&lab, i, &network, &services))
+        (0..3).all(|i| {
+            mesh_rules(&lab, i) == expected_mesh_rules(&lab, i, &services)
+                && overlay_peers(&lab, i, &network) == expected_peers(&lab, i, &network, &services)
+        })
     });
-    let rules = mesh_rules(&lab, CUT_HOST);
-    let reference = mesh_rules(&lab, 0);
-    let differ: Vec<_> = rules.symmetric_difference(&reference).collect();
-    assert!(
-        differ.is_empty(),
-        "host {CUT_HOST} balances unlike host 0 (converged: {converged}): {differ:#?}"
-    );
     for i in 0..3 {
+        let rules = mesh_rules(&lab, i);
+        let expected = expected_mesh_rules(&lab, i, &services);
+        let differ: Vec<_> = rules.symmetric_difference(&expected).collect();
+        assert!(differ.is_empty(), "host {i}'s ingress_sbox (converged: {converged}): {differ:#?}");
         assert_eq!(
             overlay_peers(&lab, i, &network),
             expected_peers(&lab, i, &network, &services),
             "host {i}"
         );
     }
+    let rules = mesh_rules(&lab, CUT_HOST);
     for port in 31000..31006 {
-        let published = rules.iter().any(|r| r.contains(&format!("--dport {port} ")));
+        let published = rules.iter().any(|(dport, _)| *dport == port.to_string());
         assert_eq!(published, port != 31002, "port {port} in {rules:#?}");
     }
 
