@@ -117,7 +117,7 @@ impl Reconciler {
             gateway_bridge: !observed.foreign_gwbridge,
             bridge_netfilter: self.bridge_netfilter,
         };
-        let desired = desired::build(state, &facts, &observed.model, &kept);
+        let mut desired = desired::build(state, &facts, &observed.model, &kept);
         let actions = plan::plan(&desired.model, &observed.model);
         let new_sandboxes =
             actions.iter().filter(|a| matches!(a, Action::CreateNamespace(n) if wanted.contains(n))).count();
@@ -137,7 +137,7 @@ impl Reconciler {
         }
         // After the rules: new packets of a deleted flow meet the new backends.
         self.stale_flows.clear(state, &desired.routes, self.connections.namespaces()).await;
-        self.routes = desired.routes.clone();
+        self.routes = std::mem::take(&mut desired.routes);
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
         self.supervisor.stop(&unwanted, self.connections.namespaces());

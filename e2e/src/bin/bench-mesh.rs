@@ -36,8 +36,12 @@ fn millis(text: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Busy jiffies of every CPU together (/proc/stat: all but idle and iowait).
-fn busy_jiffies() -> u64 {
+/// Clock ticks per second of /proc/stat's counters.
+const USER_HZ: f64 = 100.0;
+
+/// Busy clock ticks of every CPU together (/proc/stat: user, nice, system,
+/// irq and softirq; not idle, iowait, steal, nor guest, already in user).
+fn busy_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
     let fields: Vec<u64> = stat
         .lines()
@@ -47,18 +51,18 @@ fn busy_jiffies() -> u64 {
         .skip(1)
         .filter_map(|n| n.parse().ok())
         .collect();
-    fields.iter().sum::<u64>() - fields[3] - fields[4]
+    [0, 1, 2, 5, 6].iter().map(|&i| fields[i]).sum()
 }
 
 /// One wrk run from the namespace at `client` against `url`: requests/s,
 /// p50/p99 in ms and CPU µs per request.
 fn measure(client: &Path, url: &str) -> [f64; 4] {
-    let before = busy_jiffies();
+    let before = busy_ticks();
     let output = command_in(client, "taskset")
         .args(["-c", "0", "wrk", "-t", "1", "-c", "16", "-d", "5s", "--latency", url])
         .output()
         .expect("wrk (apt-get install wrk)");
-    let busy_us = (busy_jiffies() - before) as f64 * 1e6 / 100.0;
+    let busy_us = (busy_ticks() - before) as f64 * 1e6 / USER_HZ;
     let text = String::from_utf8_lossy(&output.stdout);
     let field =
         |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()));
