@@ -9,7 +9,8 @@
 //! Down (from its last heartbeat until the others dropped its tasks'
 //! endpoints and hold the replacements). For each: delivery p50/p99/max, the Watch
 //! bytes the manager sent (to concerned nodes and to the others) and the
-//! manager's CPU time; and the manager's RSS. Then real labs of namespace
+//! manager's CPU time and RSS after it (and after the join); and the
+//! manager's RSS and peak at the end. Then real labs of namespace
 //! hosts: 20 nodes serving a 200-replica published service (time until
 //! every node answers through the routing mesh), and one node running 200
 //! tasks (its agent's RSS); `FLEET_LAB=0` skips them. JSON to
@@ -137,6 +138,7 @@ async fn timed(
         "messages": messages,
         "manager_cpu_ms": cpu_ms,
         "converged_seconds": converged_s,
+        "manager_rss_mib_after": usage.rss_mib().0,
     });
     match outcome {
         Ok(mut times) => {
@@ -225,6 +227,8 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     let joined = Instant::now();
     let fleet = Fleet::join(&target, nodes, 32).await;
     let join_seconds = joined.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    let rss_after_join = usage.rss_mib().0;
     let mut control = control(&target.manager, &admin_token).await;
     let setup = background(&mut control, &fleet, &usage).await;
     if setup.get("not_converged_nodes").is_some() {
@@ -335,6 +339,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
         "nodes": nodes,
         "tasks": SERVICES * REPLICAS as usize,
         "join_seconds": join_seconds,
+        "manager_rss_mib_after_join": rss_after_join,
         "setup": setup,
         "service_create": create,
         "service_remove": remove,
