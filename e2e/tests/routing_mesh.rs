@@ -383,14 +383,16 @@ fn a_replica_on_the_asked_node_is_reached_straight_and_the_others_through_ingres
     }
     assert!(near >= 10 && far >= 10, "an even share each: {seen:?}");
 
-    // The path is shown as such (once the agent has reported it).
-    let mut topology = String::new();
-    let shown = wait_until(Duration::from_secs(20), || {
-        topology = lab.ok(&["topology", "--node", "node0"]);
-        topology.lines().any(|l| l.trim_start().starts_with("published 8080/tcp"))
+    // The path is shown as such (once the agent has reported it with both
+    // replicas running).
+    let mut published = String::new();
+    let shown = wait_until(Duration::from_secs(30), || {
+        let topology = lab.ok(&["topology", "--node", "node0"]);
+        let line = topology.lines().find(|l| l.trim_start().starts_with("published 8080/tcp"));
+        published = line.unwrap_or_default().trim().to_string();
+        published.contains("of 2")
     });
-    assert!(shown, "{topology}");
-    let published = topology.lines().find(|l| l.trim_start().starts_with("published 8080/tcp")).unwrap();
+    assert!(shown, "{published}");
     assert!(published.contains(": 1 of 2 here -> 172.18.0."), "{published}");
     assert!(published.contains("; 1 of 2 -> ingress_sbox 172.18.0.2:8080 -> 10.255."), "{published}");
 }
