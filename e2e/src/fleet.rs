@@ -328,7 +328,8 @@ async fn heartbeat(
 }
 
 /// Holds the node's desired state as the manager sends it and reports each
-/// new task Running.
+/// new task Running. As an agent does, it opens a broken stream again (the
+/// new one starts with a whole state).
 async fn watch(
     mut dispatcher: Dispatcher,
     node_id: String,
@@ -337,42 +338,69 @@ async fn watch(
     scenario: Arc<Mutex<Option<Arc<Scenario>>>>,
 ) {
     let request = WatchRequest { node_id: node_id.clone() };
-    let mut stream = dispatcher.watch(request).await.expect("watch").into_inner();
     let mut reported = HashSet::new();
     loop {
-        let message = match stream.message().await {
-            Ok(Some(message)) => message,
-            Ok(None) => panic!("sim-{index}: the manager ended the watch stream"),
-            Err(status) => panic!("sim-{index}: watch stream broke: {status}"),
-        };
-        let new_tasks: Vec<TaskStatusReport> = given_tasks(&message)
-            .filter(|id| reported.insert(id.to_string()))
-            .map(|id| TaskStatusReport {
-                task_id: id.to_string(),
-                state: TaskState::Running.into(),
-                ..Default::default()
-            })
-            .collect();
-        {
-            let mut view = view.lock().unwrap();
-            view.bytes += message.encoded_len() as u64;
-            view.messages += 1;
-            let complete = view.held.apply(message).unwrap_or_else(|gap| panic!("sim-{index}: {gap}"));
-            if let Some(scenario) = scenario.lock().unwrap().as_ref().filter(|_| complete) {
-                scenario.observe(index, view.held.items());
+        let mut stream = match dispatcher.watch(request.clone()).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                eprintln!("sim-{index}: opening the watch stream: {status}; again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
-        }
-        if !new_tasks.is_empty() {
-            let request = ReportStatusRequest { node_id: node_id.clone(), tasks: new_tasks };
-            let mut reporter = dispatcher.clone();
-            tokio::spawn(async move {
-                // As an agent does: a report that did not get through is sent again.
-                while let Err(status) = reporter.report_status(request.clone()).await {
-                    eprintln!("sim-{index}: reporting tasks Running: {status}; again in a second");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => panic!("sim-{index}: the manager ended the watch stream"),
+                Err(status) => {
+                    eprintln!("sim-{index}: watch stream broke: {status}; opening it again");
+                    break;
                 }
-            });
+            };
+            hold(&dispatcher, &node_id, index, &view, &scenario, &mut reported, message);
         }
+    }
+}
+
+/// Applies one Watch `message` to the node's view, tells the scenario when
+/// the view is complete, and reports the tasks it gives for the first time
+/// Running.
+fn hold(
+    dispatcher: &Dispatcher,
+    node_id: &str,
+    index: usize,
+    view: &Mutex<NodeView>,
+    scenario: &Mutex<Option<Arc<Scenario>>>,
+    reported: &mut HashSet<String>,
+    message: WatchMessage,
+) {
+    let new_tasks: Vec<TaskStatusReport> = given_tasks(&message)
+        .filter(|id| reported.insert(id.to_string()))
+        .map(|id| TaskStatusReport {
+            task_id: id.to_string(),
+            state: TaskState::Running.into(),
+            ..Default::default()
+        })
+        .collect();
+    {
+        let mut view = view.lock().unwrap();
+        view.bytes += message.encoded_len() as u64;
+        view.messages += 1;
+        let complete = view.held.apply(message).unwrap_or_else(|gap| panic!("sim-{index}: {gap}"));
+        if let Some(scenario) = scenario.lock().unwrap().as_ref().filter(|_| complete) {
+            scenario.observe(index, view.held.items());
+        }
+    }
+    if !new_tasks.is_empty() {
+        let request = ReportStatusRequest { node_id: node_id.to_string(), tasks: new_tasks };
+        let mut reporter = dispatcher.clone();
+        tokio::spawn(async move {
+            // As an agent does: a report that did not get through is sent again.
+            while let Err(status) = reporter.report_status(request.clone()).await {
+                eprintln!("sim-{index}: reporting tasks Running: {status}; again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 }
 
