@@ -35,9 +35,6 @@ pub struct NodeFacts {
     pub bridge_netfilter: bool,
 }
 
-/// br_netfilter's switch, one per namespace.
-pub const BRIDGE_NETFILTER: &str = "net.bridge.bridge-nf-call-iptables";
-
 /// The desired kernel and why some tasks cannot have their sandbox.
 #[derive(Debug, Default)]
 pub struct Desired {
@@ -186,7 +183,7 @@ fn overlay(network: &Network, facts: &NodeFacts, port: u16) -> NamespaceModel {
     if facts.bridge_netfilter {
         // br0 only switches: frames need no iptables pass (on the path of
         // every packet to or from a task, twice across nodes).
-        namespace.sysctls.insert(BRIDGE_NETFILTER.into(), "0".into());
+        namespace.sysctls.insert(netlib::sysctl::BRIDGE_NETFILTER.into(), "0".into());
     }
     namespace
 }

@@ -38,16 +38,17 @@ const DNS_CHAIN: &str = "NETCTL-DNS";
 /// (`address` or `address:port`): endpoint i of n with probability 1/(n−i),
 /// the last one unconditional.
 pub fn balance(chain: &str, matching: &str, backends: &[String]) -> String {
-    let weighted: Vec<(&str, usize)> = backends.iter().map(|b| (b.as_str(), 1)).collect();
+    let weighted: Vec<(&String, usize)> = backends.iter().map(|b| (b, 1)).collect();
     balance_weighted(chain, matching, &weighted)
 }
 
 /// As [`balance`], each backend taking a share of the traffic proportional
 /// to its weight: endpoint i with probability w(i) / (w(i) + … + w(n)).
-fn balance_weighted(chain: &str, matching: &str, backends: &[(&str, usize)]) -> String {
+fn balance_weighted(chain: &str, matching: &str, backends: &[(impl AsRef<str>, usize)]) -> String {
     let mut rules = String::new();
     let mut left: usize = backends.iter().map(|(_, weight)| weight).sum();
     for (i, (backend, weight)) in backends.iter().enumerate() {
+        let backend = backend.as_ref();
         let chance = if i + 1 == backends.len() {
             String::new()
         } else {
@@ -185,21 +186,20 @@ pub fn host_rules(routes: &[PortRoute], host_ports: &[HostPort]) -> String {
     for route in routes {
         let (protocol, published, target) =
             (&route.port.protocol, route.port.published_port, route.port.target_port);
-        let mut targets: Vec<String> = route.here.iter().map(|task| format!("{task}:{target}")).collect();
+        // (DNAT target, how many replicas it stands for)
+        let mut targets: Vec<(String, usize)> = Vec::new();
         for task in &route.here {
+            targets.push((format!("{task}:{target}"), 1));
             accept_to_task(&mut filter, protocol, task, target);
         }
-        let mut weights = vec![1; targets.len()];
         if route.through_ingress_sandbox() {
-            targets.push(format!("{sandbox}:{published}"));
-            weights.push(route.elsewhere.len().max(1));
+            targets.push((format!("{sandbox}:{published}"), route.elsewhere.len().max(1)));
             accept_to_task(&mut filter, protocol, sandbox, published);
         }
-        let weighted: Vec<(&str, usize)> = targets.iter().map(String::as_str).zip(weights).collect();
         nat.push_str(&balance_weighted(
             INGRESS_CHAIN,
             &format!("-p {protocol} --dport {published}"),
-            &weighted,
+            &targets,
         ));
     }
     let _ = writeln!(nat, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");

@@ -557,7 +557,7 @@ mod tests {
         let overlay = names::overlay_namespace(&network(1).id);
         let with = desired_for(&state(), &bare());
         assert_eq!(
-            with.namespaces[&overlay].sysctls.get(desired::BRIDGE_NETFILTER).map(String::as_str),
+            with.namespaces[&overlay].sysctls.get(netlib::sysctl::BRIDGE_NETFILTER).map(String::as_str),
             Some("0")
         );
         let without = NodeFacts { bridge_netfilter: false, ..facts() };

@@ -78,9 +78,7 @@ impl Reconciler {
             held_ports: BTreeSet::new(),
             stale_flows: Default::default(),
             routes: Vec::new(),
-            bridge_netfilter: std::path::Path::new("/proc/sys")
-                .join(crate::desired::BRIDGE_NETFILTER.replace('.', "/"))
-                .exists(),
+            bridge_netfilter: netlib::sysctl::exists(netlib::sysctl::BRIDGE_NETFILTER),
         })
     }
 

@@ -64,9 +64,9 @@ pub async fn build_hosts(namespaces: &NamespaceDir, nodes: usize) -> anyhow::Res
     // The underlay is a switch: frames crossing it skip iptables, as on
     // real hosts (br_netfilter, where the kernel has it, is on in every new
     // namespace).
-    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+    if netlib::sysctl::exists(netlib::sysctl::BRIDGE_NETFILTER) {
         let target = Some((UNDERLAY, underlay_path.as_path()));
-        netlib::sysctl::write(target, "net.bridge.bridge-nf-call-iptables", "0").await?;
+        netlib::sysctl::write(target, netlib::sysctl::BRIDGE_NETFILTER, "0").await?;
     }
     for node in 0..nodes {
         let name = host_namespace(node);
