@@ -27,9 +27,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// About how many encoded bytes one Watch message carries at most: a
 /// larger whole state or delta goes in parts. The gRPC encoder keeps a
 /// buffer as large as the largest message of each stream for as long as
-/// the stream lives; at a thousand nodes, whole states of 200 KB kept
-/// 200 MB of them.
-const MESSAGE_BUDGET: usize = 16 * 1024;
+/// the stream lives (at a thousand nodes, whole states of 200 KB kept
+/// 200 MB of them); a part fits the 8 KiB it starts with
+/// (`netctl_proto::codec`).
+const MESSAGE_BUDGET: usize = 6 * 1024;
 
 /// The latest model and the watching nodes.
 pub struct Fanout {
@@ -233,6 +234,9 @@ impl Subscription {
             if let Some(part) = self.parts.as_mut().and_then(Iterator::next) {
                 return Ok(part);
             }
+            // Sent in full: its lists keep their buffers until dropped (at a
+            // thousand nodes, 50 MB of them).
+            self.parts = None;
             let (resync, gone, pending) = {
                 let mut outbox = self.subscriber.outbox.lock().expect("outbox lock");
                 (std::mem::take(&mut outbox.resync), std::mem::take(&mut outbox.gone), outbox.pending.take())
