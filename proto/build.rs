@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(["netctl.proto"], ["proto"])?;
-    tonic_prost_build::compile_fds(descriptors)?;
+    // Every service uses netctl's codec: prost's, with smaller encoder buffers.
+    tonic_prost_build::configure().codec_path("crate::codec::NetctlCodec").compile_fds(descriptors)?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod codec;
 mod connect;
 pub mod convention;
 pub mod desired;
