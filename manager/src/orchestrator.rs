@@ -33,6 +33,8 @@ pub const ASSIGNED_TIMEOUT_SECONDS: i64 = 60;
 /// How long a failure of a service on a node makes the scheduler prefer
 /// other nodes for that service.
 const FAILURE_MEMORY_SECONDS: i64 = 300;
+/// The longest rest between two passes (see [`run`]).
+const MAX_REST: Duration = Duration::from_millis(500);
 /// How long after a node's Down deadline the pass that moves its tasks runs.
 const JUST_AFTER: Duration = Duration::from_millis(20);
 /// From this many nodes on, a cluster most of whose nodes look Down at
@@ -570,7 +572,13 @@ impl<'a> Placement<'a> {
 }
 
 /// Applies [`plan`] after every store change and every second while this
-/// manager leads, until `stopping` turns true.
+/// manager leads, until `stopping` turns true. Between two passes it rests
+/// as long as the last one took ([`MAX_REST`] at most): a pass reads and
+/// plans the whole cluster, which takes a while at scale, and a burst of
+/// changes (a thousand nodes reporting their new tasks Running) would keep
+/// it running back to back, on one core and holding the write lock the
+/// reports wait for. So it plans on half a core at most, and the changes of
+/// a burst together.
 pub async fn run(
     store: Arc<Store>,
     heartbeats: Arc<Heartbeats>,
@@ -580,6 +588,7 @@ pub async fn run(
     let mut revisions = store.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut holding = false;
+    let mut rested = tokio::time::Instant::now();
     loop {
         // A pass also just after the next silent node turns Down: its tasks
         // move then, not at the next tick.
@@ -595,7 +604,17 @@ pub async fn run(
         if !*leading.borrow() {
             continue;
         }
-        match pass(&store, &heartbeats).await {
+        tokio::select! {
+            _ = tokio::time::sleep_until(rested) => {},
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        // This pass reads the state as it is now: what was committed
+        // while it rested is planned in it.
+        revisions.mark_unchanged();
+        let started = tokio::time::Instant::now();
+        let passed = pass(&store, &heartbeats).await;
+        rested = tokio::time::Instant::now() + started.elapsed().min(MAX_REST);
+        match passed {
             Err(err) if err.is_conflict() => tracing::debug!("orchestrator pass lost a race: {err}"),
             Err(err) => tracing::error!("orchestrator pass failed: {err}"),
             Ok(Liveness { ready, nodes, held }) if held != holding => {
