@@ -5,6 +5,7 @@
 
 use super::model::{Model, Placed, Scope};
 use netctl_proto::desired::{ItemChanges, ItemKey};
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -32,17 +33,33 @@ pub struct Changes {
     nodes: HashMap<String, Vec<Changed>>,
 }
 
-/// The keys of `old` and `new` whose items differ.
+/// The keys of `old` and `new` whose items differ, in one walk over both
+/// in key order (none when both models share the scope).
 fn compare(old: Option<&Scope>, new: Option<&Scope>) -> Vec<Changed> {
-    let empty = Scope::new();
-    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-    let keys: BTreeSet<&Arc<ItemKey>> = old.keys().chain(new.keys()).collect();
-    keys.into_iter()
-        .filter_map(|key| {
-            let (before, after) = (old.get(key), new.get(key));
-            (before != after).then(|| (key.clone(), before.cloned(), after.cloned()))
-        })
-        .collect()
+    if let (Some(old), Some(new)) = (old, new) {
+        if std::ptr::eq(old, new) {
+            // Shared by both models: not built anew, so unchanged.
+            return Vec::new();
+        }
+    }
+    let mut old = old.into_iter().flatten().peekable();
+    let mut new = new.into_iter().flatten().peekable();
+    let mut changed = Vec::new();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => return changed,
+            (Some((before, _)), Some((after, _))) => before.cmp(after),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+        };
+        let before = if order == Ordering::Greater { None } else { old.next() };
+        let after = if order == Ordering::Less { None } else { new.next() };
+        let Some((key, _)) = before.or(after) else { return changed };
+        let (before, after) = (before.map(|(_, placed)| placed), after.map(|(_, placed)| placed));
+        if before != after {
+            changed.push((key.clone(), before.cloned(), after.cloned()));
+        }
+    }
 }
 
 /// Compares the scope (`scope` of each value) of every key of `old` and
@@ -64,7 +81,7 @@ impl Changes {
     pub fn between(old: &Model, new: &Model) -> Self {
         Self {
             global: compare(Some(&old.global), Some(&new.global)),
-            networks: compare_all(&old.networks, &new.networks, |scope| scope),
+            networks: compare_all(&old.networks, &new.networks, |scope| &**scope),
             nodes: compare_all(&old.nodes, &new.nodes, |part| &part.items),
         }
     }
@@ -79,13 +96,13 @@ impl Changes {
         delta.changes(self.nodes.get(node_id).map_or(&[][..], Vec::as_slice));
         for network in &now.networks {
             if !before.networks.contains(network) {
-                delta.whole_scope(new.networks.get(network), true);
+                delta.whole_scope(new.networks.get(network).map(|scope| &**scope), true);
             } else if let Some(changed) = self.networks.get(network) {
                 delta.changes(changed);
             }
         }
         for network in before.networks.difference(&now.networks) {
-            delta.whole_scope(old.networks.get(network), false);
+            delta.whole_scope(old.networks.get(network).map(|scope| &**scope), false);
         }
         if delta.changes.is_empty() {
             NodeDelta::Unchanged
@@ -130,13 +147,14 @@ impl DeltaBuilder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::ClusterView;
+    use crate::desired::model::{ClusterView, Rebuild};
     use netctl_proto::desired::DesiredItems;
     use netctl_proto::{
         watch_message, EndpointAddress, Network, Node, NodeState, PortConfig, Service, Task, TaskState,
         VirtualIp, WatchMessage,
     };
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     const NETWORKS: [&str; 3] = ["ing", "n1", "n2"];
     const NODES: [&str; 3] = ["a", "b", "c"];
@@ -151,19 +169,17 @@ mod tests {
         nodes: Vec<Node>,
     }
 
-    fn cluster() -> impl Strategy<Value = Cluster> {
-        let node = (0..3usize, proptest::option::of(2..4u8)).prop_map(|(i, ingress)| Node {
+    fn node() -> impl Strategy<Value = Node> {
+        (0..3usize, proptest::option::of(2..4u8)).prop_map(|(i, ingress)| Node {
             id: NODES[i].into(),
             advertise_addr: format!("192.168.10.{}", 6 + i),
             ingress_address: ingress.map(|h| format!("10.255.0.{h}")).unwrap_or_default(),
             ..Default::default()
-        });
-        let service = (
-            0..2usize,
-            proptest::sample::subsequence(vec![0usize, 1, 2], 0..=3),
-            any::<bool>(),
-            any::<bool>(),
-        )
+        })
+    }
+
+    fn service() -> impl Strategy<Value = Service> {
+        (0..2usize, proptest::sample::subsequence(vec![0usize, 1, 2], 0..=3), any::<bool>(), any::<bool>())
             .prop_map(|(i, networks, port, vip)| Service {
                 id: format!("s{i}"),
                 name: format!("web{i}"),
@@ -190,8 +206,11 @@ mod tests {
                     vec![]
                 },
                 ..Default::default()
-            });
-        let task = (
+            })
+    }
+
+    fn task() -> impl Strategy<Value = Task> {
+        (
             0..6usize,
             0..2usize,
             0..3usize,
@@ -219,7 +238,10 @@ mod tests {
                 task.set_desired_state(if wanted { TaskState::Running } else { TaskState::Shutdown });
                 task.set_state(if running { TaskState::Running } else { TaskState::Assigned });
                 task
-            });
+            })
+    }
+
+    fn cluster() -> impl Strategy<Value = Cluster> {
         let networks = proptest::sample::subsequence(vec![1usize, 2], 0..=2).prop_map(|chosen| {
             let mut networks = vec![Network { id: "ing".into(), ingress: true, ..Default::default() }];
             networks.extend(chosen.into_iter().map(|n| Network {
@@ -231,26 +253,69 @@ mod tests {
         });
         (
             networks,
-            proptest::collection::vec(service, 0..3),
-            proptest::collection::vec(task, 0..7),
-            proptest::collection::vec(node, 0..4),
+            proptest::collection::vec(service(), 0..3),
+            proptest::collection::vec(task(), 0..7),
+            proptest::collection::vec(node(), 0..4),
         )
             .prop_map(|(networks, services, tasks, nodes)| Cluster {
                 networks,
-                services,
-                tasks,
-                nodes,
+                services: distinct(services, |s| &s.id),
+                tasks: distinct(tasks, |t| &t.id),
+                nodes: distinct(nodes, |n| &n.id),
             })
     }
 
+    /// `records` with one record per ID, the last (a store holds one).
+    fn distinct<R>(records: Vec<R>, id: fn(&R) -> &String) -> Vec<R> {
+        let mut seen = HashSet::new();
+        let mut kept: Vec<R> = records.into_iter().rev().filter(|r| seen.insert(id(r).clone())).collect();
+        kept.reverse();
+        kept
+    }
+
+    /// A cluster and the same a change later: some of its services and
+    /// tasks kept, some new or replaced, and now and then its networks or
+    /// nodes changed too.
+    fn changed_cluster() -> impl Strategy<Value = (Cluster, Cluster)> {
+        (
+            cluster(),
+            cluster(),
+            any::<u64>(),
+            proptest::collection::vec(service(), 0..2),
+            proptest::collection::vec(task(), 0..3),
+            0..8u8,
+        )
+            .prop_map(|(first, other, kept, services, tasks, rare)| {
+                let keep = |i: usize| kept >> (i % 64) & 1 == 1;
+                let mut second = first.clone();
+                second.services.retain(|_| keep(0));
+                second.services = distinct([second.services, services].concat(), |s| &s.id);
+                let old_tasks = std::mem::take(&mut second.tasks);
+                let tasks_kept =
+                    old_tasks.into_iter().enumerate().filter(|(i, _)| keep(i + 1)).map(|(_, t)| t);
+                second.tasks = distinct(tasks_kept.chain(tasks).collect(), |t| &t.id);
+                match rare {
+                    0 => second.networks = other.networks,
+                    1 => second.nodes = other.nodes,
+                    _ => {}
+                }
+                (first, second)
+            })
+    }
+
+    impl Cluster {
+        fn view(&self) -> ClusterView<'_> {
+            ClusterView {
+                networks: &self.networks,
+                services: &self.services,
+                tasks: &self.tasks,
+                nodes: &self.nodes,
+            }
+        }
+    }
+
     fn model(cluster: &Cluster, revision: u64) -> Model {
-        let view = ClusterView {
-            networks: &cluster.networks,
-            services: &cluster.services,
-            tasks: &cluster.tasks,
-            nodes: &cluster.nodes,
-        };
-        Model::build(&view, 4789, revision)
+        Model::build(&cluster.view(), 4789, revision)
     }
 
     /// What a node holds after `delta` is applied to `before`, every part
@@ -272,6 +337,22 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// A model built after another, anew only in the scopes the change
+        /// touched, is the model built from nothing; the scopes it did not
+        /// build anew it shares.
+        #[test]
+        fn a_model_built_after_another_is_the_one_built_from_nothing((first, second) in changed_cluster()) {
+            let (old, view) = (model(&first, 1), second.view());
+            let rebuild = Rebuild::between(&first.view(), &view);
+            let new = Model::build_after(&old, &rebuild, &view, 4789, 2);
+            prop_assert_eq!(&new, &model(&second, 2));
+            for (id, scope) in &new.networks {
+                if !rebuild.network(id) {
+                    prop_assert!(Arc::ptr_eq(scope, &old.networks[id]), "network {} shared", id);
+                }
+            }
+        }
 
         /// Snapshot + delta always equals the next snapshot, for every node,
         /// whatever changed; a node leaving or arriving is told so.

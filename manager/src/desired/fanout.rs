@@ -9,7 +9,7 @@
 //! states and deltas go in parts of about [`MESSAGE_BUDGET`] bytes.
 
 use super::changes::{Changes, NodeDelta};
-use super::model::{ClusterView, Model};
+use super::model::{ClusterView, Model, Rebuild};
 use crate::nodes;
 use crate::store::{Store, StoreError};
 use netctl_proto::desired::{ItemChanges, Parts};
@@ -85,13 +85,58 @@ impl Subscriber {
     }
 }
 
+/// Every record a model is built from, as read from the store.
+#[derive(Default)]
+struct Records {
+    networks: Vec<netctl_proto::Network>,
+    services: Vec<netctl_proto::Service>,
+    tasks: Vec<netctl_proto::Task>,
+    nodes: Vec<netctl_proto::Node>,
+}
+
+impl Records {
+    fn read(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            networks: store.networks()?,
+            services: store.all()?,
+            tasks: store.all()?,
+            nodes: store.nodes()?,
+        })
+    }
+
+    fn view(&self) -> ClusterView<'_> {
+        ClusterView {
+            networks: &self.networks,
+            services: &self.services,
+            tasks: &self.tasks,
+            nodes: &self.nodes,
+        }
+    }
+}
+
+/// The last model built and the records it was built from.
+type Built = (Arc<Model>, Records);
+
 /// Reads the store and builds the model labelled `revision`, a revision
 /// this manager saw committed before the read: the records read hold that
-/// revision and maybe parts of later ones, still to be announced.
-fn read_model(store: &Store, revision: u64, data_path_port: u32) -> Result<Model, StoreError> {
-    let (networks, services, tasks, nodes) = (store.networks()?, store.all()?, store.all()?, store.nodes()?);
-    let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
-    Ok(Model::build(&cluster, data_path_port, revision))
+/// revision and maybe parts of later ones, still to be announced. Only the
+/// scopes the records changed since `last` are built anew.
+fn read_model(
+    store: &Store,
+    revision: u64,
+    data_path_port: u32,
+    last: Option<&Built>,
+) -> Result<Built, StoreError> {
+    let records = Records::read(store)?;
+    let cluster = records.view();
+    let model = match last {
+        Some((model, before)) => {
+            let rebuild = Rebuild::between(&before.view(), &cluster);
+            Model::build_after(model, &rebuild, &cluster, data_path_port, revision)
+        }
+        None => Model::build(&cluster, data_path_port, revision),
+    };
+    Ok((Arc::new(model), records))
 }
 
 impl Fanout {
@@ -114,6 +159,7 @@ impl Fanout {
     ) {
         let mut revisions = store.subscribe();
         let mut failing = false;
+        let mut last: Option<Built> = None;
         loop {
             revisions.mark_unchanged();
             let revision = store.revision();
@@ -128,18 +174,21 @@ impl Fanout {
                 }
                 continue;
             }
-            let (fanout, reader) = (self.clone(), store.clone());
+            let (fanout, reader, before) = (self.clone(), store.clone(), last.take());
             let built = tokio::task::spawn_blocking(move || {
-                let model = Arc::new(read_model(&reader, revision, u32::from(data_path_port))?);
-                fanout.publish(model);
-                Ok::<_, StoreError>(())
+                let built = read_model(&reader, revision, u32::from(data_path_port), before.as_ref());
+                if let Ok((model, _)) = &built {
+                    fanout.publish(model.clone());
+                }
+                built
             });
             match built.await.expect("the model builder does not panic") {
-                Ok(()) if failing => {
-                    tracing::info!("desired state built again from the store");
-                    failing = false;
+                Ok(built) => {
+                    last = Some(built);
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("desired state built again from the store");
+                    }
                 }
-                Ok(()) => {}
                 Err(err) => {
                     if !std::mem::replace(&mut failing, true) {
                         tracing::warn!("building the nodes' desired state: {err}; retrying every second");

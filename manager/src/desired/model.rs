@@ -13,7 +13,9 @@ use netctl_proto::{
     DesiredItem, NameTask, Network, Node, NodeHeader, PortBackend, PublishedPort, RemoteEndpoint, Service,
     ServiceNames, ServiceVip, Task, TaskName, TaskSpec, TaskState, VipBackend,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+pub use super::rebuild::Rebuild;
 use std::sync::Arc;
 
 /// Everything the desired state is computed from.
@@ -49,7 +51,7 @@ impl Placed {
 pub type Scope = BTreeMap<Arc<ItemKey>, Placed>;
 
 /// One node's own items and the networks it holds.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct NodePart {
     /// Its header and the tasks it runs.
     pub items: Scope,
@@ -57,17 +59,37 @@ pub struct NodePart {
     pub networks: BTreeSet<String>,
 }
 
-/// The desired state of every node at one revision.
-#[derive(Debug, Default)]
+/// The desired state of every node at one revision. Its scopes are shared
+/// with the model before it where they did not change ([`Model::build_after`]).
+#[derive(Debug, Default, PartialEq)]
 pub struct Model {
     /// The store revision it was built at.
     pub revision: u64,
     /// What every node holds.
-    pub global: Scope,
+    pub global: Arc<Scope>,
     /// What the nodes on each network hold, by network ID.
-    pub networks: HashMap<String, Scope>,
+    pub networks: HashMap<String, Arc<Scope>>,
     /// Each node's own part, by node ID.
-    pub nodes: HashMap<String, NodePart>,
+    pub nodes: HashMap<String, Arc<NodePart>>,
+}
+
+/// The scopes a model is building anew; the others are left out here and
+/// taken from the model before.
+#[derive(Default)]
+struct Draft {
+    /// What every node holds, if rebuilt.
+    global: Option<Scope>,
+    /// The networks rebuilt.
+    networks: HashMap<String, Scope>,
+    /// The nodes' parts rebuilt.
+    nodes: HashMap<String, NodePart>,
+    /// Every network's ID.
+    known: HashSet<String>,
+}
+
+/// A scope `built` anew, or else the one `before` (shared).
+fn kept<T>(built: Option<T>, before: Option<&Arc<T>>) -> Option<Arc<T>> {
+    built.map(Arc::new).or_else(|| before.cloned())
 }
 
 fn put(scope: &mut Scope, new: Item, node: Option<&str>) {
@@ -86,14 +108,47 @@ impl Model {
     /// with their backends (tasks that run, not ones still starting), and
     /// the names its resolver answers.
     pub fn build(cluster: &ClusterView, data_path_port: u32, revision: u64) -> Self {
-        let mut model = Model { revision, ..Default::default() };
+        Draft::build(cluster, &Rebuild::All, data_path_port).finish(None, cluster, revision)
+    }
+
+    /// The same as [`Model::build`], building anew only the scopes
+    /// `rebuild` names and sharing the others with `previous`: a change's
+    /// cost grows with the scopes it touches, not with the cluster.
+    /// `rebuild` must name every scope whose items differ from
+    /// `previous`'s ([`Rebuild::between`] the clusters both were built
+    /// from).
+    pub fn build_after(
+        previous: &Model,
+        rebuild: &Rebuild,
+        cluster: &ClusterView,
+        data_path_port: u32,
+        revision: u64,
+    ) -> Self {
+        Draft::build(cluster, rebuild, data_path_port).finish(Some(previous), cluster, revision)
+    }
+}
+
+impl Draft {
+    /// Builds the scopes `rebuild` names from `cluster`.
+    fn build(cluster: &ClusterView, rebuild: &Rebuild, data_path_port: u32) -> Self {
+        let mut draft = Draft {
+            global: rebuild.global().then(Scope::new),
+            known: cluster.networks.iter().map(|n| n.id.clone()).collect(),
+            ..Default::default()
+        };
         let ingress = cluster.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
-        for network in cluster.networks {
-            let scope = model.networks.entry(network.id.clone()).or_default();
+        for network in cluster.networks.iter().filter(|n| rebuild.network(&n.id)) {
+            let scope = draft.networks.entry(network.id.clone()).or_default();
             put(scope, Item::Network(network.clone()), None);
         }
         for node in cluster.nodes {
-            let part = model.nodes.entry(node.id.clone()).or_default();
+            if let Some(global) = draft.global.as_mut() {
+                put(global, Item::ClusterNode(node.advertise_addr.clone()), None);
+            }
+            if !rebuild.node(&node.id) {
+                continue;
+            }
+            let part = draft.nodes.entry(node.id.clone()).or_default();
             part.networks.extend(ingress.map(str::to_string));
             let header = NodeHeader {
                 node_id: node.id.clone(),
@@ -102,19 +157,34 @@ impl Model {
                 ingress_address: node.ingress_address.clone(),
             };
             put(&mut part.items, Item::Header(header), None);
-            put(&mut model.global, Item::ClusterNode(node.advertise_addr.clone()), None);
         }
-        let serving = model.add_tasks(cluster);
+        let serving = draft.add_tasks(cluster);
         if let Some(ingress) = ingress {
-            model.add_ingress_sandboxes(ingress, cluster.nodes);
+            draft.add_ingress_sandboxes(ingress, cluster.nodes);
         }
         for service in cluster.services {
             let serving = serving.get(service.id.as_str()).map_or(&[][..], Vec::as_slice);
-            model.add_ports(service, serving, ingress);
-            model.add_vips(service, serving);
-            model.add_names(service, serving, ingress);
+            draft.add_ports(service, serving, ingress);
+            draft.add_vips(service, serving);
+            draft.add_names(service, serving, ingress);
         }
-        model
+        draft
+    }
+
+    /// The model of `cluster` at `revision`: the scopes built here, the
+    /// others `previous`'s.
+    fn finish(mut self, previous: Option<&Model>, cluster: &ClusterView, revision: u64) -> Model {
+        let global = kept(self.global.take(), previous.map(|p| &p.global));
+        let networks = cluster.networks.iter().filter_map(|network| {
+            let before = previous.and_then(|p| p.networks.get(&network.id));
+            Some((network.id.clone(), kept(self.networks.remove(&network.id), before)?))
+        });
+        let networks = networks.collect();
+        let nodes = cluster.nodes.iter().filter_map(|node| {
+            let before = previous.and_then(|p| p.nodes.get(&node.id));
+            Some((node.id.clone(), kept(self.nodes.remove(&node.id), before)?))
+        });
+        Model { revision, global: global.unwrap_or_default(), networks, nodes: nodes.collect() }
     }
 
     /// Each wanted task on its node and its endpoints on their networks;
@@ -142,7 +212,7 @@ impl Model {
                 };
                 put(&mut part.items, Item::Task(spec), None);
                 let attached = task.endpoints.iter().map(|e| &e.network_id);
-                part.networks.extend(attached.filter(|id| self.networks.contains_key(*id)).cloned());
+                part.networks.extend(attached.filter(|id| self.known.contains(*id)).cloned());
             }
             for endpoint in &task.endpoints {
                 let (Some(scope), Some(node_addr)) =
@@ -184,8 +254,9 @@ impl Model {
     /// The service's published ports, balanced over the ingress addresses
     /// of its running tasks.
     fn add_ports(&mut self, service: &Service, serving: &[&Task], ingress: Option<&str>) {
+        let Some(global) = self.global.as_mut() else { return };
         for port in service.ports.iter().filter(|p| p.is_ingress()) {
-            put(&mut self.global, Item::Port(port_of(port)), None);
+            put(global, Item::Port(port_of(port)), None);
             for endpoint in serving
                 .iter()
                 .filter_map(|t| t.endpoints.iter().find(|e| Some(e.network_id.as_str()) == ingress))
@@ -195,7 +266,7 @@ impl Model {
                     published_port: port.published_port,
                     address: endpoint.address.clone(),
                 };
-                put(&mut self.global, Item::PortBackend(backend), None);
+                put(global, Item::PortBackend(backend), None);
             }
         }
     }
@@ -265,14 +336,16 @@ impl Model {
             }
         }
     }
+}
 
+impl Model {
     /// How many items a whole state of `node_id` has at most (its own
     /// endpoints, left out of it, are counted); 0 if it is not in this
     /// model.
     pub fn item_count(&self, node_id: &str) -> usize {
         let Some(part) = self.nodes.get(node_id) else { return 0 };
         let networks: usize =
-            part.networks.iter().filter_map(|id| self.networks.get(id)).map(Scope::len).sum();
+            part.networks.iter().filter_map(|id| self.networks.get(id)).map(|scope| scope.len()).sum();
         self.global.len() + part.items.len() + networks
     }
 
@@ -281,7 +354,8 @@ impl Model {
     pub fn items(&self, node_id: &str) -> Option<Vec<Arc<DesiredItem>>> {
         let part = self.nodes.get(node_id)?;
         let networks = part.networks.iter().filter_map(|id| self.networks.get(id));
-        let scopes = self.global.values().chain(part.items.values()).chain(networks.flat_map(Scope::values));
+        let scopes =
+            self.global.values().chain(part.items.values()).chain(networks.flat_map(|scope| scope.values()));
         Some(scopes.filter_map(|placed| placed.for_node(node_id)).cloned().collect())
     }
 

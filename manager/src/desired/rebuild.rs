@@ -1,0 +1,275 @@
+//! Which scopes of the desired-state model a change touches (pure). Two
+//! reads of the cluster are compared record by record, and each changed
+//! record names the scopes its items live in: a task its node and the
+//! networks of its endpoints (and the published ports, when it has an
+//! ingress endpoint), a service its networks and the nodes of its tasks (and
+//! the published ports, when it publishes one). A new model builds those
+//! anew and shares the others with the model before
+//! ([`Model::build_after`](super::model::Model::build_after)): at a
+//! thousand nodes, a task reporting Running touches a few scopes, not the
+//! fifty thousand items of the cluster.
+
+use super::model::ClusterView;
+use netctl_proto::{Service, Task};
+use std::collections::{HashMap, HashSet};
+
+/// The scopes a new model builds anew.
+#[derive(Debug, PartialEq)]
+pub enum Rebuild {
+    /// Every scope: a network or a node changed, and every scope holds
+    /// something of them (the network's item, node addresses, headers,
+    /// ingress_sbox endpoints).
+    All,
+    /// Only these.
+    Scopes {
+        /// What every node holds (published ports and their backends).
+        global: bool,
+        /// Networks, by ID.
+        networks: HashSet<String>,
+        /// Nodes' own parts, by node ID.
+        nodes: HashSet<String>,
+    },
+}
+
+/// A record kind compared by ID.
+trait Keyed: PartialEq {
+    fn id(&self) -> &str;
+}
+
+impl Keyed for Task {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Keyed for Service {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Keyed for netctl_proto::Network {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Keyed for netctl_proto::Node {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// The records of `new` that differ from `old`'s of the same ID, added or
+/// removed ones included: (before, after).
+fn changed<'a, R: Keyed>(old: &'a [R], new: &'a [R]) -> Vec<(Option<&'a R>, Option<&'a R>)> {
+    let mut before: HashMap<&str, &R> = old.iter().map(|r| (r.id(), r)).collect();
+    let mut changed = Vec::new();
+    for record in new {
+        match before.remove(record.id()) {
+            Some(old) if old == record => {}
+            old => changed.push((old, Some(record))),
+        }
+    }
+    changed.extend(before.into_values().map(|old| (Some(old), None)));
+    changed
+}
+
+impl Rebuild {
+    /// The scopes whose items may differ between the models of `old` and
+    /// `new`.
+    pub fn between(old: &ClusterView, new: &ClusterView) -> Self {
+        if !changed(old.networks, new.networks).is_empty() || !changed(old.nodes, new.nodes).is_empty() {
+            return Rebuild::All;
+        }
+        let ingress = new.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
+        let mut scopes = Touched { ingress, ..Default::default() };
+        for (before, after) in changed(old.tasks, new.tasks) {
+            before.into_iter().chain(after).for_each(|task| scopes.task(task));
+        }
+        let services = changed(old.services, new.services);
+        if !services.is_empty() {
+            let ids: HashSet<&str> =
+                services.iter().flat_map(|(b, a)| b.iter().chain(a)).map(|s| s.id()).collect();
+            let tasks = old.tasks.iter().chain(new.tasks).filter(|t| ids.contains(t.service_id.as_str()));
+            tasks.for_each(|task| scopes.task(task));
+            for service in services.iter().flat_map(|(before, after)| before.iter().chain(after)) {
+                scopes.service(service);
+            }
+        }
+        Rebuild::Scopes {
+            global: scopes.global,
+            networks: scopes.networks.into_iter().map(str::to_string).collect(),
+            nodes: scopes.nodes.into_iter().map(str::to_string).collect(),
+        }
+    }
+
+    /// Whether the published ports are built anew.
+    pub fn global(&self) -> bool {
+        match self {
+            Rebuild::All => true,
+            Rebuild::Scopes { global, .. } => *global,
+        }
+    }
+
+    /// Whether network `id`'s scope is built anew.
+    pub fn network(&self, id: &str) -> bool {
+        match self {
+            Rebuild::All => true,
+            Rebuild::Scopes { networks, .. } => networks.contains(id),
+        }
+    }
+
+    /// Whether node `id`'s own part is built anew.
+    pub fn node(&self, id: &str) -> bool {
+        match self {
+            Rebuild::All => true,
+            Rebuild::Scopes { nodes, .. } => nodes.contains(id),
+        }
+    }
+}
+
+/// The scopes touched so far.
+#[derive(Default)]
+struct Touched<'a> {
+    ingress: Option<&'a str>,
+    global: bool,
+    networks: HashSet<&'a str>,
+    nodes: HashSet<&'a str>,
+}
+
+impl<'a> Touched<'a> {
+    /// A task's items: on its node, an endpoint (and its name, its VIP
+    /// backend) on each of its networks, a published port's backend when
+    /// it has an ingress endpoint.
+    fn task(&mut self, task: &'a Task) {
+        self.nodes.insert(&task.node_id);
+        for endpoint in &task.endpoints {
+            self.networks.insert(&endpoint.network_id);
+            self.global |= Some(endpoint.network_id.as_str()) == self.ingress;
+        }
+    }
+
+    /// A service's own items: its names and VIPs on its networks, its
+    /// published ports (its tasks are touched by the caller).
+    fn service(&mut self, service: &'a Service) {
+        self.networks.extend(service.network_ids.iter().map(String::as_str));
+        self.networks.extend(service.virtual_ips.iter().map(|vip| vip.network_id.as_str()));
+        self.global |= service.ports.iter().any(|port| port.is_ingress());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netctl_proto::{EndpointAddress, Network, Node, PortConfig};
+
+    fn task(id: &str, node: &str, networks: &[&str]) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "s".into(),
+            node_id: node.into(),
+            endpoints: networks
+                .iter()
+                .map(|n| EndpointAddress { network_id: n.to_string(), ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn scopes(global: bool, networks: &[&str], nodes: &[&str]) -> Rebuild {
+        Rebuild::Scopes {
+            global,
+            networks: networks.iter().map(|n| n.to_string()).collect(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    struct Cluster {
+        networks: Vec<Network>,
+        services: Vec<Service>,
+        tasks: Vec<Task>,
+        nodes: Vec<Node>,
+    }
+
+    impl Cluster {
+        fn view(&self) -> ClusterView<'_> {
+            ClusterView {
+                networks: &self.networks,
+                services: &self.services,
+                tasks: &self.tasks,
+                nodes: &self.nodes,
+            }
+        }
+    }
+
+    fn cluster() -> Cluster {
+        Cluster {
+            networks: vec![
+                Network { id: "ing".into(), ingress: true, ..Default::default() },
+                Network { id: "n1".into(), ..Default::default() },
+                Network { id: "n2".into(), ..Default::default() },
+            ],
+            services: vec![Service { id: "s".into(), network_ids: vec!["n1".into()], ..Default::default() }],
+            tasks: vec![task("t1", "a", &["n1"]), task("t2", "b", &["n1"])],
+            nodes: vec![
+                Node { id: "a".into(), ..Default::default() },
+                Node { id: "b".into(), ..Default::default() },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_task_touches_its_node_and_its_networks_and_the_ports_only_with_an_ingress_endpoint() {
+        let old = cluster();
+        let mut new = cluster();
+        new.tasks[1].state = 2;
+        assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(false, &["n1"], &["b"]));
+
+        new.tasks.push(task("t3", "a", &["ing", "n2"]));
+        assert_eq!(
+            Rebuild::between(&old.view(), &new.view()),
+            scopes(true, &["ing", "n1", "n2"], &["a", "b"])
+        );
+
+        // Moved from b to a, removed: before and after both count.
+        let mut new = cluster();
+        new.tasks[1].node_id = "a".into();
+        assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(false, &["n1"], &["a", "b"]));
+        new.tasks.remove(0);
+        assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(false, &["n1"], &["a", "b"]));
+        assert_eq!(Rebuild::between(&old.view(), &old.view()), scopes(false, &[], &[]), "nothing changed");
+    }
+
+    #[test]
+    fn a_service_touches_its_networks_the_nodes_of_its_tasks_and_the_ports_it_publishes() {
+        let old = cluster();
+        let mut new = cluster();
+        new.services[0].ports.push(PortConfig { published_port: 8080, ..Default::default() });
+        new.services[0].network_ids.push("n2".into());
+        assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(true, &["n1", "n2"], &["a", "b"]));
+
+        let mut new = cluster();
+        new.services[0].ports.push(PortConfig {
+            published_port: 8080,
+            mode: "host".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            Rebuild::between(&old.view(), &new.view()),
+            scopes(false, &["n1"], &["a", "b"]),
+            "a host-mode port is not on every node"
+        );
+    }
+
+    #[test]
+    fn a_network_or_a_node_changed_rebuilds_everything() {
+        let old = cluster();
+        let mut new = cluster();
+        new.nodes[0].ingress_address = "10.255.0.2".into();
+        assert_eq!(Rebuild::between(&old.view(), &new.view()), Rebuild::All);
+        let mut new = cluster();
+        new.networks.pop();
+        assert_eq!(Rebuild::between(&old.view(), &new.view()), Rebuild::All);
+    }
+}
