@@ -21,6 +21,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tonic::Status;
 
+/// The longest rest between two builds (see [`Fanout::run`]).
+const MAX_REST: Duration = Duration::from_millis(250);
 /// How long after a failed read of the store the model is built again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -174,6 +176,7 @@ impl Fanout {
                 }
                 continue;
             }
+            let started = tokio::time::Instant::now();
             let (fanout, reader, before) = (self.clone(), store.clone(), last.take());
             let built = tokio::task::spawn_blocking(move || {
                 let built = read_model(&reader, revision, u32::from(data_path_port), before.as_ref());
@@ -198,6 +201,14 @@ impl Fanout {
                         _ = stopping.wait_for(|stop| *stop) => return,
                     }
                 }
+            }
+            // A build reads the whole store: in a burst of changes (a
+            // thousand nodes reporting their tasks), builds back to back
+            // would each send every node a sliver. Resting as long as the
+            // build took sends each a delta of what came meanwhile.
+            tokio::select! {
+                _ = tokio::time::sleep(started.elapsed().min(MAX_REST)) => {},
+                _ = stopping.wait_for(|stop| *stop) => return,
             }
             tokio::select! {
                 changed = revisions.changed() => if changed.is_err() { return },
