@@ -147,7 +147,8 @@ impl DeltaBuilder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::{ClusterView, Rebuild};
+    use crate::desired::model::ClusterView;
+    use crate::desired::rebuild::Rebuild;
     use netctl_proto::desired::DesiredItems;
     use netctl_proto::{
         watch_message, EndpointAddress, Network, Node, NodeState, PortConfig, Service, Task, TaskState,

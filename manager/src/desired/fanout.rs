@@ -9,7 +9,8 @@
 //! states and deltas go in parts of about [`MESSAGE_BUDGET`] bytes.
 
 use super::changes::{Changes, NodeDelta};
-use super::model::{ClusterView, Model, Rebuild};
+use super::model::{ClusterView, Model};
+use super::rebuild::Rebuild;
 use crate::nodes;
 use crate::store::{Store, StoreError};
 use netctl_proto::desired::{ItemChanges, Parts};

@@ -15,7 +15,7 @@ use netctl_proto::{
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-pub use super::rebuild::Rebuild;
+use super::rebuild::Rebuild;
 use std::sync::Arc;
 
 /// Everything the desired state is computed from.
