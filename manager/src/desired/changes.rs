@@ -147,7 +147,7 @@ impl DeltaBuilder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::ClusterView;
+    use crate::desired::model::Records;
     use crate::desired::rebuild::Rebuild;
     use netctl_proto::desired::DesiredItems;
     use netctl_proto::{
@@ -162,13 +162,7 @@ mod tests {
 
     /// A cluster over small alphabets: 3 possible nodes, 2 services on
     /// ingress and two overlays, up to 6 tasks in any state.
-    #[derive(Debug, Clone)]
-    struct Cluster {
-        networks: Vec<Network>,
-        services: Vec<Service>,
-        tasks: Vec<Task>,
-        nodes: Vec<Node>,
-    }
+    type Cluster = Records;
 
     fn node() -> impl Strategy<Value = Node> {
         (0..3usize, proptest::option::of(2..4u8)).prop_map(|(i, ingress)| Node {
@@ -302,17 +296,6 @@ mod tests {
                 }
                 (first, second)
             })
-    }
-
-    impl Cluster {
-        fn view(&self) -> ClusterView<'_> {
-            ClusterView {
-                networks: &self.networks,
-                services: &self.services,
-                tasks: &self.tasks,
-                nodes: &self.nodes,
-            }
-        }
     }
 
     fn model(cluster: &Cluster, revision: u64) -> Model {

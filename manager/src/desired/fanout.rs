@@ -9,7 +9,7 @@
 //! states and deltas go in parts of about [`MESSAGE_BUDGET`] bytes.
 
 use super::changes::{Changes, NodeDelta};
-use super::model::{ClusterView, Model};
+use super::model::{Model, Records};
 use super::rebuild::Rebuild;
 use crate::nodes;
 use crate::store::{Store, StoreError};
@@ -88,33 +88,14 @@ impl Subscriber {
     }
 }
 
-/// Every record a model is built from, as read from the store.
-#[derive(Default)]
-struct Records {
-    networks: Vec<netctl_proto::Network>,
-    services: Vec<netctl_proto::Service>,
-    tasks: Vec<netctl_proto::Task>,
-    nodes: Vec<netctl_proto::Node>,
-}
-
-impl Records {
-    fn read(store: &Store) -> Result<Self, StoreError> {
-        Ok(Self {
-            networks: store.networks()?,
-            services: store.all()?,
-            tasks: store.all()?,
-            nodes: store.nodes()?,
-        })
-    }
-
-    fn view(&self) -> ClusterView<'_> {
-        ClusterView {
-            networks: &self.networks,
-            services: &self.services,
-            tasks: &self.tasks,
-            nodes: &self.nodes,
-        }
-    }
+/// Every record a model is built from, read from the store.
+fn read_records(store: &Store) -> Result<Records, StoreError> {
+    Ok(Records {
+        networks: store.networks()?,
+        services: store.all()?,
+        tasks: store.all()?,
+        nodes: store.nodes()?,
+    })
 }
 
 /// The last model built and the records it was built from.
@@ -130,7 +111,7 @@ fn read_model(
     data_path_port: u32,
     last: Option<&Built>,
 ) -> Result<Built, StoreError> {
-    let records = Records::read(store)?;
+    let records = read_records(store)?;
     let cluster = records.view();
     let model = match last {
         Some((model, before)) => {
@@ -352,6 +333,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::model::ClusterView;
     use netctl_proto::{watch_message, Network, Node};
 
     /// A model at `revision` of one node on ingress whose ingress_sbox

@@ -30,6 +30,31 @@ pub struct ClusterView<'a> {
     pub nodes: &'a [Node],
 }
 
+/// Every record a model is built from, owned: one read of the store.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    /// All networks.
+    pub networks: Vec<Network>,
+    /// All services.
+    pub services: Vec<Service>,
+    /// All tasks.
+    pub tasks: Vec<Task>,
+    /// All nodes.
+    pub nodes: Vec<Node>,
+}
+
+impl Records {
+    /// The records to build a model from.
+    pub fn view(&self) -> ClusterView<'_> {
+        ClusterView {
+            networks: &self.networks,
+            services: &self.services,
+            tasks: &self.tasks,
+            nodes: &self.nodes,
+        }
+    }
+}
+
 /// An item and the node it lives on, if it is an endpoint (a node is not
 /// sent its own endpoints).
 #[derive(Debug, Clone, PartialEq)]

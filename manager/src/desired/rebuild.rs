@@ -162,6 +162,7 @@ impl<'a> Touched<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::model::Records;
     use netctl_proto::{EndpointAddress, Network, Node, PortConfig};
 
     fn task(id: &str, node: &str, networks: &[&str]) -> Task {
@@ -185,26 +186,8 @@ mod tests {
         }
     }
 
-    struct Cluster {
-        networks: Vec<Network>,
-        services: Vec<Service>,
-        tasks: Vec<Task>,
-        nodes: Vec<Node>,
-    }
-
-    impl Cluster {
-        fn view(&self) -> ClusterView<'_> {
-            ClusterView {
-                networks: &self.networks,
-                services: &self.services,
-                tasks: &self.tasks,
-                nodes: &self.nodes,
-            }
-        }
-    }
-
-    fn cluster() -> Cluster {
-        Cluster {
+    fn cluster() -> Records {
+        Records {
             networks: vec![
                 Network { id: "ing".into(), ingress: true, ..Default::default() },
                 Network { id: "n1".into(), ..Default::default() },
