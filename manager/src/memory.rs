@@ -30,18 +30,6 @@ pub async fn release_after_changes(store: Arc<Store>, mut stopping: watch::Recei
         }
         revisions.mark_unchanged();
         // Walks every arena: off the async workers.
-        let _ = tokio::task::spawn_blocking(trim).await;
+        let _ = tokio::task::spawn_blocking(netctl_proto::memory::release_freed_heap).await;
     }
 }
-
-#[cfg(target_env = "gnu")]
-fn trim() {
-    // SAFETY: malloc_trim only returns free pages of malloc's own arenas
-    // to the kernel; it takes no pointers.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(target_env = "gnu"))]
-fn trim() {}

@@ -18,6 +18,7 @@ pub mod codec;
 mod connect;
 pub mod convention;
 pub mod desired;
+pub mod memory;
 pub mod metrics;
 pub mod pki;
 pub use connect::{

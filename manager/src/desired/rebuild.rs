@@ -31,42 +31,17 @@ pub enum Rebuild {
     },
 }
 
-/// A record kind compared by ID.
-trait Keyed: PartialEq {
-    fn id(&self) -> &str;
-}
-
-impl Keyed for Task {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl Keyed for Service {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl Keyed for netctl_proto::Network {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl Keyed for netctl_proto::Node {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-/// The records of `new` that differ from `old`'s of the same ID, added or
-/// removed ones included: (before, after).
-fn changed<'a, R: Keyed>(old: &'a [R], new: &'a [R]) -> Vec<(Option<&'a R>, Option<&'a R>)> {
-    let mut before: HashMap<&str, &R> = old.iter().map(|r| (r.id(), r)).collect();
+/// The records of `new` that differ from `old`'s of the same `id`, added
+/// or removed ones included: (before, after).
+fn changed<'a, R: PartialEq>(
+    old: &'a [R],
+    new: &'a [R],
+    id: fn(&R) -> &str,
+) -> Vec<(Option<&'a R>, Option<&'a R>)> {
+    let mut before: HashMap<&str, &R> = old.iter().map(|r| (id(r), r)).collect();
     let mut changed = Vec::new();
     for record in new {
-        match before.remove(record.id()) {
+        match before.remove(id(record)) {
             Some(old) if old == record => {}
             old => changed.push((old, Some(record))),
         }
@@ -79,18 +54,19 @@ impl Rebuild {
     /// The scopes whose items may differ between the models of `old` and
     /// `new`.
     pub fn between(old: &ClusterView, new: &ClusterView) -> Self {
-        if !changed(old.networks, new.networks).is_empty() || !changed(old.nodes, new.nodes).is_empty() {
+        let networks = changed(old.networks, new.networks, |n| &n.id);
+        if !networks.is_empty() || !changed(old.nodes, new.nodes, |n| &n.id).is_empty() {
             return Rebuild::All;
         }
         let ingress = new.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
         let mut scopes = Touched { ingress, ..Default::default() };
-        for (before, after) in changed(old.tasks, new.tasks) {
+        for (before, after) in changed(old.tasks, new.tasks, |t| &t.id) {
             before.into_iter().chain(after).for_each(|task| scopes.task(task));
         }
-        let services = changed(old.services, new.services);
+        let services = changed(old.services, new.services, |s| &s.id);
         if !services.is_empty() {
             let ids: HashSet<&str> =
-                services.iter().flat_map(|(b, a)| b.iter().chain(a)).map(|s| s.id()).collect();
+                services.iter().flat_map(|(b, a)| b.iter().chain(a)).map(|s| s.id.as_str()).collect();
             let tasks = old.tasks.iter().chain(new.tasks).filter(|t| ids.contains(t.service_id.as_str()));
             tasks.for_each(|task| scopes.task(task));
             for service in services.iter().flat_map(|(before, after)| before.iter().chain(after)) {
