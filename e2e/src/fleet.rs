@@ -4,12 +4,12 @@
 //! Running at once, with no kernel work. A [`Scenario`] lets a benchmark
 //! time when each node's state first satisfies a condition.
 
-use netctl_proto::desired::{DesiredItems, HeldState};
+use netctl_proto::desired::{DesiredItems, HeldState, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::dispatcher_client::DispatcherClient;
 use netctl_proto::pki::{NodeKey, Token};
 use netctl_proto::{
-    watch_message, BearerToken, HeartbeatRequest, JoinRequest, NodeIdentity, ReportStatusRequest, TaskState,
+    BearerToken, HeartbeatRequest, JoinRequest, NodeIdentity, ReportStatusRequest, TaskState,
     TaskStatusReport, WatchMessage, WatchRequest,
 };
 use prost::Message;
@@ -374,15 +374,7 @@ fn hold(
     reported: &mut HashSet<String>,
     message: WatchMessage,
 ) {
-    let new_tasks: Vec<TaskStatusReport> = given_tasks(&message)
-        .filter(|id| reported.insert(id.to_string()))
-        .map(|id| TaskStatusReport {
-            task_id: id.to_string(),
-            state: TaskState::Running.into(),
-            ..Default::default()
-        })
-        .collect();
-    {
+    let new_tasks: Vec<TaskStatusReport> = {
         let mut view = view.lock().unwrap();
         view.bytes += message.encoded_len() as u64;
         view.messages += 1;
@@ -390,7 +382,15 @@ fn hold(
         if let Some(scenario) = scenario.lock().unwrap().as_ref().filter(|_| complete) {
             scenario.observe(index, view.held.items());
         }
-    }
+        held_tasks(view.held.items())
+            .filter(|id| reported.insert(id.to_string()))
+            .map(|id| TaskStatusReport {
+                task_id: id.to_string(),
+                state: TaskState::Running.into(),
+                ..Default::default()
+            })
+            .collect()
+    };
     if !new_tasks.is_empty() {
         let request = ReportStatusRequest { node_id: node_id.to_string(), tasks: new_tasks };
         let mut reporter = dispatcher.clone();
@@ -404,17 +404,12 @@ fn hold(
     }
 }
 
-/// The IDs of the tasks a Watch message gives the node (all of them in a
-/// whole state, the added or changed ones in a delta).
-fn given_tasks(message: &WatchMessage) -> Box<dyn Iterator<Item = &str> + '_> {
-    match &message.message {
-        Some(watch_message::Message::Snapshot(state)) => Box::new(state.tasks.iter().map(|t| t.id.as_str())),
-        Some(watch_message::Message::Delta(delta)) => {
-            Box::new(delta.upserts.iter().filter_map(|upsert| match &upsert.item {
-                Some(Item::Task(task)) => Some(task.id.as_str()),
-                _ => None,
-            }))
+/// The IDs of the tasks a node's state gives it.
+fn held_tasks(items: &DesiredItems) -> impl Iterator<Item = &str> {
+    items.range(&ItemKey::Task(String::new()), |key| matches!(key, ItemKey::Task(_))).filter_map(|item| {
+        match item {
+            Item::Task(task) => Some(task.id.as_str()),
+            _ => None,
         }
-        None => Box::new(std::iter::empty()),
-    }
+    })
 }

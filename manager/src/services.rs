@@ -249,7 +249,7 @@ fn task_state_bytes(service: &Service, networks: &[Network]) -> usize {
         name: format!("{}.{}", service.name, validate::MAX_REPLICAS),
         service_id: service.id.clone(),
         command: service.command.clone(),
-        env: service.env.clone(),
+        env: service.env.clone().into_iter().collect(),
         workdir: service.workdir.clone(),
         endpoints: vec![endpoint; attached.len()],
         ..Default::default()

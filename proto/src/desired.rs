@@ -10,6 +10,7 @@ use crate::{
     DesiredItem, NameTask, Network, NetworkAttachment, NodeHeader, NodeState, NodeStateDelta, PortBackend,
     PublishedPort, RemoteEndpoint, ServiceNames, ServiceVip, TaskName, TaskSpec, VipBackend, WatchMessage,
 };
+use bytes::Bytes;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -48,8 +49,8 @@ impl ItemKey {
         item(match self {
             ItemKey::Header => Item::Header(NodeHeader::default()),
             ItemKey::ClusterNode(address) => Item::ClusterNode(s(address)),
-            ItemKey::Network(id) => Item::Network(Network { id: s(id), ..Default::default() }),
-            ItemKey::Task(id) => Item::Task(TaskSpec { id: s(id), ..Default::default() }),
+            ItemKey::Network(id) => Item::Network(Box::new(Network { id: s(id), ..Default::default() })),
+            ItemKey::Task(id) => Item::Task(Box::new(TaskSpec { id: s(id), ..Default::default() })),
             ItemKey::RemoteEndpoint(network_id, address) => Item::RemoteEndpoint(RemoteEndpoint {
                 network_id: s(network_id),
                 address: s(address),
@@ -172,10 +173,10 @@ impl DesiredItems {
             items.insert(item(Item::ClusterNode(address.clone())));
         }
         for network in state.networks.iter().filter_map(|a| a.network.clone()) {
-            items.insert(item(Item::Network(network)));
+            items.insert(item(Item::Network(Box::new(network))));
         }
         for task in &state.tasks {
-            items.insert(item(Item::Task(task.clone())));
+            items.insert(item(Item::Task(Box::new(task.clone()))));
         }
         for endpoint in &state.remote_endpoints {
             items.insert(item(Item::RemoteEndpoint(endpoint.clone())));
@@ -227,8 +228,8 @@ impl DesiredItems {
                     state.ingress_address = header.ingress_address.clone();
                 }
                 Item::ClusterNode(address) => state.cluster_nodes.push(address.clone()),
-                Item::Network(n) => state.networks.push(NetworkAttachment { network: Some(n.clone()) }),
-                Item::Task(task) => state.tasks.push(task.clone()),
+                Item::Network(n) => state.networks.push(NetworkAttachment { network: Some((**n).clone()) }),
+                Item::Task(task) => state.tasks.push((**task).clone()),
                 Item::RemoteEndpoint(endpoint) => state.remote_endpoints.push(endpoint.clone()),
                 Item::Port(port) => state.published_ports.push(port.clone()),
                 Item::Vip(vip) => state.service_vips.push(vip.clone()),
@@ -284,14 +285,20 @@ impl DesiredItems {
         }
     }
 
-    /// Applies `delta`: its removals, then its upserts.
-    pub fn apply(&mut self, delta: &NodeStateDelta) {
-        for removed in delta.removals.iter().filter_map(key) {
+    /// Applies `delta`: its removals, then its upserts. An item that does
+    /// not decode is an error, and then nothing is applied.
+    pub fn apply(&mut self, delta: &NodeStateDelta) -> Result<(), prost::DecodeError> {
+        let decode = |items: &[Bytes]| -> Result<Vec<DesiredItem>, prost::DecodeError> {
+            items.iter().map(|encoded| DesiredItem::decode(encoded.as_ref())).collect()
+        };
+        let (removals, upserts) = (decode(&delta.removals)?, decode(&delta.upserts)?);
+        for removed in removals.iter().filter_map(key) {
             self.items.remove(&removed);
         }
-        for upserted in &delta.upserts {
-            self.insert(upserted.clone());
+        for upserted in upserts {
+            self.insert(upserted);
         }
+        Ok(())
     }
 
     /// What turns these items into `next`.
@@ -299,7 +306,7 @@ impl DesiredItems {
         let mut changes = ItemChanges::default();
         for (key, item) in &next.items {
             if self.items.get(key) != Some(item) {
-                changes.upsert(Arc::new(key.clone()), Arc::new(item.clone()));
+                changes.upsert(Arc::new(key.clone()), encode(item));
             }
         }
         for key in self.items.keys().filter(|k| !next.items.contains_key(*k)) {
@@ -344,7 +351,12 @@ impl HeldState {
                         self.revision.map_or_else(|| "none".to_string(), |r| r.to_string())
                     ));
                 }
-                self.items.apply(&delta);
+                self.items.apply(&delta).map_err(|err| {
+                    format!(
+                        "a desired-state change to revision {} has an item that does not decode: {err}",
+                        delta.revision
+                    )
+                })?;
                 self.revision = Some(delta.revision);
             }
             None => return Ok(false),
@@ -368,25 +380,47 @@ impl HeldState {
     }
 }
 
-/// Changes to a node's items by key: the new item, or `None` where it is
-/// removed. Merging later changes keeps one entry per key, so that the
-/// changes of several revisions never outgrow the items they touch. Keys
-/// and items are shared: a change many nodes wait for is one key and one
-/// item in memory until it is encoded.
+/// `item` encoded, as a delta carries it.
+pub fn encode(item: &DesiredItem) -> Bytes {
+    Bytes::from(item.encode_to_vec())
+}
+
+/// What a delta does to one key, with the encoded item it sends for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The key holds this item (encoded).
+    Upsert(Bytes),
+    /// The key is removed: its [`ItemKey::removal`] item (encoded).
+    Remove(Bytes),
+}
+
+/// Changes to a node's items by key. Merging later changes keeps one entry
+/// per key, so that the changes of several revisions never outgrow the
+/// items they touch. Keys and encoded items are shared: a change many
+/// nodes wait for is one key and one encoding in memory, made once.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemChanges {
-    changes: BTreeMap<Arc<ItemKey>, Option<Arc<DesiredItem>>>,
+    changes: BTreeMap<Arc<ItemKey>, Change>,
+}
+
+impl FromIterator<(Arc<ItemKey>, Change)> for ItemChanges {
+    /// The changes of distinct keys (built in one pass once sorted, not
+    /// key by key).
+    fn from_iter<I: IntoIterator<Item = (Arc<ItemKey>, Change)>>(changes: I) -> Self {
+        Self { changes: changes.into_iter().collect() }
+    }
 }
 
 impl ItemChanges {
-    /// `key` now holds `item`.
-    pub fn upsert(&mut self, key: Arc<ItemKey>, item: Arc<DesiredItem>) {
-        self.changes.insert(key, Some(item));
+    /// `key` now holds the item `encoded`.
+    pub fn upsert(&mut self, key: Arc<ItemKey>, encoded: Bytes) {
+        self.changes.insert(key, Change::Upsert(encoded));
     }
 
     /// `key` is removed.
     pub fn remove(&mut self, key: Arc<ItemKey>) {
-        self.changes.insert(key, None);
+        let removal = encode(&key.removal());
+        self.changes.insert(key, Change::Remove(removal));
     }
 
     /// Adds `later` changes over these (a later change to a key wins).
@@ -413,10 +447,10 @@ impl ItemChanges {
     /// ([`Parts`]).
     pub fn into_parts(self, base_revision: u64, revision: u64, budget: usize) -> Parts {
         let (mut removals, mut upserts) = (Vec::new(), Vec::new());
-        for (key, item) in self.changes {
-            match item {
-                Some(item) => upserts.push(item),
-                None => removals.push(key),
+        for change in self.changes.into_values() {
+            match change {
+                Change::Upsert(item) => upserts.push(item),
+                Change::Remove(removal) => removals.push(removal),
             }
         }
         Parts::new(Start::Delta(base_revision), revision, budget, removals, upserts)
@@ -434,54 +468,46 @@ enum Start {
 
 /// A whole state or a delta as Watch messages of at most about `budget`
 /// encoded bytes each (an item larger than that goes alone), made one at a
-/// time from items shared with the desired state they were cut from: the
-/// first from the revision the node holds (or a whole state), the others
-/// deltas from the new revision to itself, every one but the last marked
-/// `continues`. A node whose stream is slow holds pointers to the keys and
-/// items it is still to be sent, not copies; a removal's item is made as
-/// its part is (a thousand nodes each waiting to remove thousands of items
-/// held a gigabyte of them).
+/// time from encoded items shared with the desired state they were cut
+/// from and with every other node's messages: the first from the revision
+/// the node holds (or a whole state), the others deltas from the new
+/// revision to itself, every one but the last marked `continues`.
 pub struct Parts {
     start: Option<Start>,
     revision: u64,
     budget: usize,
-    removals: std::iter::Peekable<std::vec::IntoIter<Arc<ItemKey>>>,
-    upserts: std::iter::Peekable<std::vec::IntoIter<Arc<DesiredItem>>>,
+    removals: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
+    upserts: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
     done: bool,
 }
 
-/// An item's share of a message: its encoding and its field header.
-fn encoded_size(item: &DesiredItem) -> usize {
-    item.encoded_len() + 4
+/// An encoded item's share of a message: itself and its field header.
+fn encoded_size(item: &Bytes) -> usize {
+    1 + prost::encoding::encoded_len_varint(item.len() as u64) + item.len()
 }
 
 impl Parts {
-    fn new(
-        start: Start,
-        revision: u64,
-        budget: usize,
-        removals: Vec<Arc<ItemKey>>,
-        upserts: Vec<Arc<DesiredItem>>,
-    ) -> Self {
+    fn new(start: Start, revision: u64, budget: usize, removals: Vec<Bytes>, upserts: Vec<Bytes>) -> Self {
         let (removals, upserts) = (removals.into_iter().peekable(), upserts.into_iter().peekable());
         Self { start: Some(start), revision, budget, removals, upserts, done: false }
     }
 
-    /// The whole state of `items` at `revision`.
-    pub fn whole(items: Vec<Arc<DesiredItem>>, revision: u64, budget: usize) -> Self {
+    /// The whole state of the encoded `items` at `revision`.
+    pub fn whole(items: Vec<Bytes>, revision: u64, budget: usize) -> Self {
         Self::new(Start::Whole, revision, budget, Vec::new(), items)
     }
 
-    /// The whole state, if it is to go in one message.
+    /// The whole state, if it is to go in one message (else, or if an item
+    /// does not decode, it goes as deltas).
     fn whole_in_one(&mut self) -> Option<WatchMessage> {
         let size: usize = self.upserts.clone().map(|item| encoded_size(&item)).sum();
         if size > self.budget {
             return None;
         }
         let mut items = DesiredItems::default();
-        for item in self.upserts.by_ref() {
-            items.insert(Arc::unwrap_or_clone(item));
-        }
+        let decoded: Result<Vec<DesiredItem>, _> = self.upserts.clone().map(DesiredItem::decode).collect();
+        decoded.ok()?.into_iter().for_each(|item| items.insert(item));
+        self.upserts.by_ref().for_each(drop);
         self.done = true;
         Some(WatchMessage {
             message: Some(watch_message::Message::Snapshot(items.to_state(self.revision))),
@@ -494,21 +520,15 @@ impl Parts {
     fn next_delta(&mut self, base: u64) -> WatchMessage {
         let mut delta = NodeStateDelta { base_revision: base, revision: self.revision, ..Default::default() };
         let mut size = 0;
-        while let Some(key) = self.removals.peek() {
-            let removal = key.removal();
-            if size > 0 && size + encoded_size(&removal) > self.budget {
-                break;
+        let mut fits = |item: &Bytes| {
+            let fits = size == 0 || size + encoded_size(item) <= self.budget;
+            if fits {
+                size += encoded_size(item);
             }
-            self.removals.next();
-            size += encoded_size(&removal);
-            delta.removals.push(removal);
-        }
-        while let Some(item) =
-            self.upserts.next_if(|item| size == 0 || size + encoded_size(item) <= self.budget)
-        {
-            size += encoded_size(&item);
-            delta.upserts.push(Arc::unwrap_or_clone(item));
-        }
+            fits
+        };
+        delta.removals.extend(std::iter::from_fn(|| self.removals.next_if(&mut fits)));
+        delta.upserts.extend(std::iter::from_fn(|| self.upserts.next_if(&mut fits)));
         self.done = self.removals.peek().is_none() && self.upserts.peek().is_none();
         WatchMessage { message: Some(watch_message::Message::Delta(delta)), continues: !self.done }
     }
@@ -656,7 +676,7 @@ mod tests {
         fn a_state_plus_its_delta_to_the_next_is_the_next(before in node_state(), after in node_state()) {
             let (old, new) = (DesiredItems::from_state(&before), DesiredItems::from_state(&after));
             let mut applied = old.clone();
-            applied.apply(&one_delta(old.diff(&new)));
+            applied.apply(&one_delta(old.diff(&new))).unwrap();
             prop_assert_eq!(applied.to_state(2), new.to_state(2));
         }
 
@@ -676,7 +696,7 @@ mod tests {
             prop_assert!(merged.len() <= items.iter().map(DesiredItems::len).sum::<usize>());
             for start in &items {
                 let mut applied = start.clone();
-                applied.apply(&one_delta(merged.clone()));
+                applied.apply(&one_delta(merged.clone())).unwrap();
                 prop_assert_eq!(&applied, last);
             }
         }
@@ -694,7 +714,7 @@ mod tests {
             let (before, after) = (header(before), header(after));
             let (old, new) = (DesiredItems::from_state(&before), DesiredItems::from_state(&after));
             let mut held = HeldState::default();
-            let whole: Vec<Arc<DesiredItem>> = old.items.values().cloned().map(Arc::new).collect();
+            let whole: Vec<Bytes> = old.items.values().map(encode).collect();
             let parts = Parts::whole(whole, 3, budget).chain(old.diff(&new).into_parts(3, 4, budget));
             let mut states = Vec::new();
             for part in parts {
@@ -718,7 +738,10 @@ mod tests {
             message: Some(watch_message::Message::Delta(NodeStateDelta {
                 base_revision,
                 revision,
-                upserts: vec![item(Item::Task(TaskSpec { id: task.into(), ..Default::default() }))],
+                upserts: vec![encode(&item(Item::Task(Box::new(TaskSpec {
+                    id: task.into(),
+                    ..Default::default()
+                }))))],
                 removals: vec![],
             })),
             continues: false,
@@ -744,6 +767,6 @@ mod tests {
         let items = DesiredItems::from_state(&state);
         assert!(items.diff(&items).is_empty());
         let delta = one_delta(items.diff(&DesiredItems::from_state(&NodeState::default())));
-        assert_eq!(delta.removals, [ItemKey::Task("t1".into()).removal()]);
+        assert_eq!(delta.removals, [encode(&ItemKey::Task("t1".into()).removal())]);
     }
 }

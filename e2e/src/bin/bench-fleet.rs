@@ -98,16 +98,20 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 
 /// Runs one timed change: `change` starts it, `check` says when a node
 /// holds it. Reports delivery times, bytes to concerned nodes and to the
-/// others, and the manager's CPU time.
+/// others, and the CPU time of the manager and of the simulated nodes
+/// (this process, on the same cores).
 async fn timed(
+    name: &str,
     fleet: &Fleet,
     timeout: Duration,
     usage: &Usage,
     change: impl std::future::Future<Output = ()>,
     check: impl Fn(&DesiredItems) -> Option<bool> + Send + Sync + 'static,
 ) -> serde_json::Value {
+    eprintln!("{} nodes: {name}", fleet.nodes.len());
     let before = fleet.received();
-    let cpu = usage.cpu();
+    let simulator = Usage { pid: std::process::id() as i32 };
+    let (cpu, simulator_cpu) = (usage.cpu(), simulator.cpu());
     let scenario = Scenario::new(fleet.nodes.len(), Box::new(check));
     let started = Instant::now();
     change.await;
@@ -115,6 +119,7 @@ async fn timed(
     let converged_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     let cpu_ms = (usage.cpu() - cpu).as_millis() as u64;
+    let simulator_cpu_ms = (simulator.cpu() - simulator_cpu).as_millis() as u64;
     let after = fleet.received();
     let concerned = scenario.concerned();
     let (mut to_concerned, mut to_others, mut messages, mut others_reached) = (0u64, 0u64, 0u64, 0usize);
@@ -137,6 +142,7 @@ async fn timed(
         "other_nodes_sent_anything": others_reached,
         "messages": messages,
         "manager_cpu_ms": cpu_ms,
+        "simulator_cpu_ms": simulator_cpu_ms,
         "converged_seconds": converged_s,
         "manager_rss_mib_after": usage.rss_mib().0,
     });
@@ -194,6 +200,7 @@ fn port_backends(state: &DesiredItems, port: u32) -> Option<usize> {
 /// holds them all running.
 async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serde_json::Value {
     timed(
+        "setup",
         fleet,
         SETUP_TIMEOUT,
         usage,
@@ -240,6 +247,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     control.create_network(network).await.expect("create network");
     let replicas = nodes;
     let create = timed(
+        "service create",
         &fleet,
         SCENARIO_TIMEOUT,
         &usage,
@@ -263,6 +271,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     )
     .await;
     let remove = timed(
+        "service rm",
         &fleet,
         SCENARIO_TIMEOUT,
         &usage,
@@ -275,6 +284,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     .await;
     let scaled = HashMap::from([("bg0".to_string(), REPLICAS as usize + 1)]);
     let scale = timed(
+        "service scale",
         &fleet,
         SCENARIO_TIMEOUT,
         &usage,
@@ -305,8 +315,13 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
             _ => None,
         })
         .collect();
-    let mut node_down =
-        timed(&fleet, SCENARIO_TIMEOUT, &usage, async { fleet.nodes[victim].kill() }, move |state| {
+    let mut node_down = timed(
+        "node down",
+        &fleet,
+        SCENARIO_TIMEOUT,
+        &usage,
+        async { fleet.nodes[victim].kill() },
+        move |state| {
             if matches!(state.get(&ItemKey::Header), Some(Item::Header(h)) if h.node_id == dead_id)
                 || !its_networks.iter().any(|id| state.get(&ItemKey::Network(id.clone())).is_some())
             {
@@ -321,8 +336,9 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
                     .any(|item| matches!(item, Item::RemoteEndpoint(e) if e.node_addr == dead_address))
             });
             Some(gone && names_complete(state, &scaled))
-        })
-        .await;
+        },
+    )
+    .await;
     // Delivery also counted from when the manager could judge the node
     // Down: three heartbeat periods after the last one it answered.
     let down_after = HEARTBEAT * MISSED_HEARTBEATS_BEFORE_DOWN;

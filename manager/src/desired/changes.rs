@@ -4,13 +4,31 @@
 //! what changed among the items it holds, and nothing when none did.
 
 use super::model::{Model, Placed, Scope};
-use netctl_proto::desired::{ItemChanges, ItemKey};
+use bytes::Bytes;
+use netctl_proto::desired::{encode, Change, ItemChanges, ItemKey};
+use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// One key of a scope whose item changed: before and after (`None`: absent).
-type Changed = (Arc<ItemKey>, Option<Placed>, Option<Placed>);
+/// One key of a scope whose item changed.
+#[derive(Debug)]
+struct Changed {
+    key: Arc<ItemKey>,
+    /// The item before (`None`: absent).
+    before: Option<Placed>,
+    /// The item after (`None`: absent).
+    after: Option<Placed>,
+    /// The key's removal, encoded for the first node that is sent it.
+    removal: OnceCell<Bytes>,
+}
+
+impl Changed {
+    /// The key's removal, encoded once for every node.
+    fn removal(&self) -> Bytes {
+        self.removal.get_or_init(|| encode(&self.key.removal())).clone()
+    }
+}
 
 /// What a node is to be sent for a new model.
 #[derive(Debug, PartialEq)]
@@ -57,7 +75,8 @@ fn compare(old: Option<&Scope>, new: Option<&Scope>) -> Vec<Changed> {
         let Some((key, _)) = before.or(after) else { return changed };
         let (before, after) = (before.map(|(_, placed)| placed), after.map(|(_, placed)| placed));
         if before != after {
-            changed.push((key.clone(), before.cloned(), after.cloned()));
+            let (before, after) = (before.cloned(), after.cloned());
+            changed.push(Changed { key: key.clone(), before, after, removal: OnceCell::new() });
         }
     }
 }
@@ -91,7 +110,7 @@ impl Changes {
     pub fn for_node(&self, old: &Model, new: &Model, node_id: &str) -> NodeDelta {
         let Some(now) = new.nodes.get(node_id) else { return NodeDelta::Gone };
         let Some(before) = old.nodes.get(node_id) else { return NodeDelta::Whole };
-        let mut delta = DeltaBuilder { node_id, changes: ItemChanges::default() };
+        let mut delta = DeltaBuilder { node_id, changes: Vec::new() };
         delta.changes(&self.global);
         delta.changes(self.nodes.get(node_id).map_or(&[][..], Vec::as_slice));
         for network in &now.networks {
@@ -107,25 +126,33 @@ impl Changes {
         if delta.changes.is_empty() {
             NodeDelta::Unchanged
         } else {
-            NodeDelta::Changed(delta.changes)
+            // Each key belongs to one scope: no key comes twice.
+            NodeDelta::Changed(delta.changes.into_iter().collect())
         }
     }
 }
 
-/// A node's delta being cut from changed scopes.
+/// A node's delta being cut from changed scopes: its changes, each key
+/// once, gathered in a list and sorted once at the end (a thousand nodes
+/// each given thousands of changes spent most of a change's time keeping
+/// them in a tree).
 struct DeltaBuilder<'a> {
     node_id: &'a str,
-    changes: ItemChanges,
+    changes: Vec<(Arc<ItemKey>, Change)>,
 }
 
 impl DeltaBuilder<'_> {
     /// Adds what changed among the items the node sees.
     fn changes(&mut self, changed: &[Changed]) {
-        for (key, before, after) in changed {
-            let before = before.as_ref().and_then(|p| p.for_node(self.node_id));
-            match after.as_ref().and_then(|p| p.for_node(self.node_id)) {
-                Some(after) if before != Some(after) => self.changes.upsert(key.clone(), after.clone()),
-                None if before.is_some() => self.changes.remove(key.clone()),
+        for change in changed {
+            let before = change.before.as_ref().and_then(|p| p.for_node(self.node_id));
+            match change.after.as_ref().and_then(|p| p.for_node(self.node_id)) {
+                Some(after) if before != Some(after) => {
+                    self.changes.push((change.key.clone(), Change::Upsert(after.clone())));
+                }
+                None if before.is_some() => {
+                    self.changes.push((change.key.clone(), Change::Remove(change.removal())))
+                }
                 _ => {}
             }
         }
@@ -135,11 +162,12 @@ impl DeltaBuilder<'_> {
     /// lost.
     fn whole_scope(&mut self, scope: Option<&Scope>, added: bool) {
         for (key, placed) in scope.into_iter().flatten() {
-            match placed.for_node(self.node_id) {
-                Some(item) if added => self.changes.upsert(key.clone(), item.clone()),
-                Some(_) => self.changes.remove(key.clone()),
-                None => {}
-            }
+            let change = match placed.for_node(self.node_id) {
+                Some(item) if added => Change::Upsert(item.clone()),
+                Some(_) => Change::Remove(encode(&key.removal())),
+                None => continue,
+            };
+            self.changes.push((key.clone(), change));
         }
     }
 }
@@ -311,7 +339,7 @@ mod tests {
             NodeDelta::Changed(changes) => {
                 for part in changes.into_parts(before.revision, revision, usize::MAX) {
                     let Some(watch_message::Message::Delta(delta)) = part.message else { panic!("a delta") };
-                    items.apply(&delta);
+                    items.apply(&delta).unwrap();
                 }
             }
             NodeDelta::Whole | NodeDelta::Gone => return None,

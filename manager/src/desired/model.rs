@@ -7,11 +7,12 @@
 //! every Watch stream.
 
 use crate::addresses::mac_for;
+use bytes::Bytes;
 use netctl_proto::desired::{item, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::{
-    DesiredItem, NameTask, Network, Node, NodeHeader, PortBackend, PublishedPort, RemoteEndpoint, Service,
-    ServiceNames, ServiceVip, Task, TaskName, TaskSpec, TaskState, VipBackend,
+    NameTask, Network, Node, NodeHeader, PortBackend, PublishedPort, RemoteEndpoint, Service, ServiceNames,
+    ServiceVip, Task, TaskName, TaskSpec, TaskState, VipBackend,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -55,19 +56,21 @@ impl Records {
     }
 }
 
-/// An item and the node it lives on, if it is an endpoint (a node is not
-/// sent its own endpoints).
+/// An item, encoded once for every node it is sent to (an item always
+/// encodes the same, so equal encodings are equal items), and the node it
+/// lives on, if it is an endpoint (a node is not sent its own endpoints).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placed {
-    /// The item, shared with the deltas that carry it.
-    pub item: Arc<DesiredItem>,
+    /// The encoded item, shared with the messages that carry it.
+    pub item: Bytes,
     /// The node of an endpoint.
     pub node: Option<String>,
 }
 
 impl Placed {
-    /// The item as `node_id` sees it: none if it is that node's endpoint.
-    pub fn for_node(&self, node_id: &str) -> Option<&Arc<DesiredItem>> {
+    /// The encoded item as `node_id` sees it: none if it is that node's
+    /// endpoint.
+    pub fn for_node(&self, node_id: &str) -> Option<&Bytes> {
         (self.node.as_deref() != Some(node_id)).then_some(&self.item)
     }
 }
@@ -120,7 +123,8 @@ fn kept<T>(built: Option<T>, before: Option<&Arc<T>>) -> Option<Arc<T>> {
 fn put(scope: &mut Scope, new: Item, node: Option<&str>) {
     let new = item(new);
     if let Some(key) = netctl_proto::desired::key(&new) {
-        scope.insert(Arc::new(key), Placed { item: Arc::new(new), node: node.map(str::to_string) });
+        let item = netctl_proto::desired::encode(&new);
+        scope.insert(Arc::new(key), Placed { item, node: node.map(str::to_string) });
     }
 }
 
@@ -164,7 +168,7 @@ impl Draft {
         let ingress = cluster.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
         for network in cluster.networks.iter().filter(|n| rebuild.network(&n.id)) {
             let scope = draft.networks.entry(network.id.clone()).or_default();
-            put(scope, Item::Network(network.clone()), None);
+            put(scope, Item::Network(Box::new(network.clone())), None);
         }
         for node in cluster.nodes {
             if let Some(global) = draft.global.as_mut() {
@@ -229,13 +233,13 @@ impl Draft {
                     name: crate::services::task_name(service, task),
                     service_id: service.id.clone(),
                     command: runs.command.clone(),
-                    env: runs.env.clone(),
+                    env: runs.env.clone().into_iter().collect(),
                     workdir: runs.workdir.clone(),
                     endpoints: task.endpoints.clone(),
                     runtime: runs.runtime.clone(),
                     host_ports: runs.ports.iter().filter(|p| !p.is_ingress()).cloned().collect(),
                 };
-                put(&mut part.items, Item::Task(spec), None);
+                put(&mut part.items, Item::Task(Box::new(spec)), None);
                 let attached = task.endpoints.iter().map(|e| &e.network_id);
                 part.networks.extend(attached.filter(|id| self.known.contains(*id)).cloned());
             }
@@ -374,9 +378,9 @@ impl Model {
         self.global.len() + part.items.len() + networks
     }
 
-    /// The items of the whole desired state of `node_id`, shared with
-    /// this model; `None` if the node is not in it.
-    pub fn items(&self, node_id: &str) -> Option<Vec<Arc<DesiredItem>>> {
+    /// The encoded items of the whole desired state of `node_id`, shared
+    /// with this model; `None` if the node is not in it.
+    pub fn items(&self, node_id: &str) -> Option<Vec<Bytes>> {
         let part = self.nodes.get(node_id)?;
         let networks = part.networks.iter().filter_map(|id| self.networks.get(id));
         let scopes =
@@ -390,7 +394,7 @@ impl Model {
     pub fn snapshot(&self, node_id: &str) -> Option<netctl_proto::NodeState> {
         let mut items = netctl_proto::desired::DesiredItems::default();
         for item in self.items(node_id)? {
-            items.insert(DesiredItem::clone(&item));
+            items.insert(prost::Message::decode(item).expect("an item encoded here decodes"));
         }
         Some(items.to_state(self.revision))
     }
