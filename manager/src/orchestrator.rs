@@ -660,7 +660,7 @@ fn plan_from_store(
     store: &Store,
     heartbeats: &Heartbeats,
 ) -> Result<(Batch, Liveness), crate::store::StoreError> {
-    let nodes = store.nodes()?;
+    let nodes = store.shared::<Node>()?;
     // While heartbeats other managers received do not arrive (the store
     // stalls), no node is judged Down.
     let judging = heartbeats.can_judge();
@@ -673,7 +673,7 @@ fn plan_from_store(
     let liveness = Liveness { ready: live.len(), nodes: nodes.len(), held };
     let schedulable: HashSet<String> = live.iter().filter(|id| heartbeats.heard_from(id)).cloned().collect();
     let ready = if held { nodes.iter().map(|n| n.id.clone()).collect() } else { live };
-    let (services, tasks, networks) = (store.all()?, store.all()?, store.networks()?);
+    let (services, tasks, networks) = (store.shared()?, store.shared()?, store.shared()?);
     let last_addresses = crate::address_cursors::read(store, &networks)?;
     let state = ClusterState {
         services: &services,

@@ -175,7 +175,7 @@ impl DeltaBuilder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::Records;
+    use crate::desired::model::TestCluster;
     use crate::desired::rebuild::Rebuild;
     use netctl_proto::desired::DesiredItems;
     use netctl_proto::{
@@ -190,7 +190,7 @@ mod tests {
 
     /// A cluster over small alphabets: 3 possible nodes, 2 services on
     /// ingress and two overlays, up to 6 tasks in any state.
-    type Cluster = Records;
+    type Cluster = TestCluster;
 
     fn node() -> impl Strategy<Value = Node> {
         (0..3usize, proptest::option::of(2..4u8)).prop_map(|(i, ingress)| Node {

@@ -91,10 +91,10 @@ impl Subscriber {
 /// Every record a model is built from, read from the store.
 fn read_records(store: &Store) -> Result<Records, StoreError> {
     Ok(Records {
-        networks: store.networks()?,
-        services: store.all()?,
-        tasks: store.all()?,
-        nodes: store.nodes()?,
+        networks: store.shared()?,
+        services: store.shared()?,
+        tasks: store.shared()?,
+        nodes: store.shared()?,
     })
 }
 

@@ -31,9 +31,36 @@ pub struct ClusterView<'a> {
     pub nodes: &'a [Node],
 }
 
-/// Every record a model is built from, owned: one read of the store.
+/// Every record a model is built from: one read of the store, shared with
+/// its other readers ([`crate::store::Store::shared`]).
 #[derive(Debug, Clone, Default)]
 pub struct Records {
+    /// All networks.
+    pub networks: Arc<Vec<Network>>,
+    /// All services.
+    pub services: Arc<Vec<Service>>,
+    /// All tasks.
+    pub tasks: Arc<Vec<Task>>,
+    /// All nodes.
+    pub nodes: Arc<Vec<Node>>,
+}
+
+impl Records {
+    /// The records to build a model from.
+    pub fn view(&self) -> ClusterView<'_> {
+        ClusterView {
+            networks: &self.networks,
+            services: &self.services,
+            tasks: &self.tasks,
+            nodes: &self.nodes,
+        }
+    }
+}
+
+/// A cluster's records owned by a test, to change between two models.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub struct TestCluster {
     /// All networks.
     pub networks: Vec<Network>,
     /// All services.
@@ -44,7 +71,8 @@ pub struct Records {
     pub nodes: Vec<Node>,
 }
 
-impl Records {
+#[cfg(test)]
+impl TestCluster {
     /// The records to build a model from.
     pub fn view(&self) -> ClusterView<'_> {
         ClusterView {

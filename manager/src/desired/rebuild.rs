@@ -138,7 +138,7 @@ impl<'a> Touched<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::Records;
+    use crate::desired::model::TestCluster;
     use netctl_proto::{EndpointAddress, Network, Node, PortConfig};
 
     fn task(id: &str, node: &str, networks: &[&str]) -> Task {
@@ -162,8 +162,8 @@ mod tests {
         }
     }
 
-    fn cluster() -> Records {
-        Records {
+    fn cluster() -> TestCluster {
+        TestCluster {
             networks: vec![
                 Network { id: "ing".into(), ingress: true, ..Default::default() },
                 Network { id: "n1".into(), ..Default::default() },

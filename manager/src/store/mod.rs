@@ -20,6 +20,8 @@ mod suite;
 
 use netctl_proto::{ManagerRecord, Network, Node, RemovedNode, Service, Task};
 use prost::Message;
+use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -88,7 +90,7 @@ pub enum StoreError {
 }
 
 /// The kinds of entry the store keeps, each in its own tree or key range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// Overlay networks.
     Network,
@@ -278,6 +280,9 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     revisions: watch::Receiver<u64>,
     write_lock: Mutex<()>,
+    /// The records of each kind last read whole, decoded, with the
+    /// revision seen before the read ([`Store::shared`]).
+    decoded: std::sync::Mutex<HashMap<Kind, (u64, Arc<dyn Any + Send + Sync>)>>,
 }
 
 impl Store {
@@ -295,7 +300,7 @@ impl Store {
 
     fn over(backend: Arc<dyn Backend>) -> Self {
         let revisions = backend.revisions();
-        Self { backend, revisions, write_lock: Mutex::new(()) }
+        Self { backend, revisions, write_lock: Mutex::new(()), decoded: Default::default() }
     }
 
     /// Where the state lives: `sled PATH` or `etcd ENDPOINTS (prefix P)`.
@@ -323,6 +328,25 @@ impl Store {
     /// Every record of kind `R`.
     pub fn all<R: Record>(&self) -> Result<Vec<R>, StoreError> {
         self.backend.scan(R::KIND)?.into_iter().map(|(key, value)| decode(R::KIND, &key, &value)).collect()
+    }
+
+    /// Every record of kind `R`, decoded once per revision and shared by
+    /// every reader of that revision: the orchestrator and the nodes'
+    /// desired state each read the whole cluster at every change. What a
+    /// read returns holds the revision this manager has seen, maybe with
+    /// parts of later ones (as [`Store::all`]), and this manager's own
+    /// commits once they returned (each is seen before it returns).
+    pub fn shared<R: Record + Send + Sync + 'static>(&self) -> Result<Arc<Vec<R>>, StoreError> {
+        let revision = self.revision();
+        let cached = self.decoded.lock().expect("decoded records lock").get(&R::KIND).cloned();
+        let current = cached.filter(|(read_at, _)| *read_at == revision);
+        if let Some(records) = current.and_then(|(_, records)| records.downcast::<Vec<R>>().ok()) {
+            return Ok(records);
+        }
+        let records = Arc::new(self.all::<R>()?);
+        let entry = (revision, records.clone() as Arc<dyn Any + Send + Sync>);
+        self.decoded.lock().expect("decoded records lock").insert(R::KIND, entry);
+        Ok(records)
     }
 
     /// The record of kind `R` with key `key`.

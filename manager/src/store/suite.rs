@@ -253,6 +253,24 @@ async fn a_large_batch_is_committed_in_parts(fixture: &mut impl Fixture) {
     assert_eq!(store.networks().unwrap().len(), 250);
 }
 
+async fn shared_records_are_read_once_per_revision_and_hold_every_write_seen(fixture: &mut impl Fixture) {
+    let store = fixture.store().await;
+    let peer = fixture.peer().await;
+    store.write_lock().await.put(&network("a", 4097)).await.unwrap();
+    let first = store.shared::<Network>().unwrap();
+    assert_eq!(*first, vec![network("a", 4097)]);
+    assert!(Arc::ptr_eq(&first, &store.shared().unwrap()), "read once at one revision");
+    // Its own write, read right after the commit returned.
+    store.write_lock().await.put(&network("b", 4098)).await.unwrap();
+    assert_eq!(*store.shared::<Network>().unwrap(), vec![network("a", 4097), network("b", 4098)]);
+    // Another manager's write, once this manager has seen its revision.
+    let mut revisions = store.subscribe();
+    peer.write_lock().await.delete::<Network>("a").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), revisions.wait_for(|r| *r == 3)).await.unwrap().unwrap();
+    assert_eq!(*store.shared::<Network>().unwrap(), vec![network("b", 4098)]);
+    assert_eq!(*first, vec![network("a", 4097)], "a reader keeps what it read");
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod on_sled {
@@ -281,6 +299,7 @@ suite!(
     concurrent_creates_on_two_managers_never_share,
     clusters_never_see_each_other,
     a_large_batch_is_committed_in_parts,
+    shared_records_are_read_once_per_revision_and_hold_every_write_seen,
 );
 
 /// etcd only: a member that refuses connections and one that accepts them
