@@ -10,6 +10,7 @@ use crate::metrics::ManagerMetrics;
 use crate::networks::now_unix;
 use crate::pki::ClusterCa;
 use crate::reports::AgentReports;
+use crate::status_reports::StatusReports;
 use crate::store::Batch;
 use crate::tokens::ClusterTokens;
 use crate::{ids, nodes, ManagerError, Store};
@@ -35,6 +36,7 @@ pub struct DispatcherService {
     tokens: Arc<ClusterTokens>,
     fanout: Arc<Fanout>,
     metrics: Arc<ManagerMetrics>,
+    status_reports: StatusReports,
 }
 
 impl DispatcherService {
@@ -55,7 +57,19 @@ impl DispatcherService {
         fanout: Arc<Fanout>,
         metrics: Arc<ManagerMetrics>,
     ) -> Self {
-        Self { store, heartbeats, data_path_port, stopping, reports, ca, tokens, fanout, metrics }
+        let status_reports = StatusReports::default();
+        Self {
+            store,
+            heartbeats,
+            data_path_port,
+            stopping,
+            reports,
+            ca,
+            tokens,
+            fanout,
+            metrics,
+            status_reports,
+        }
     }
 
     fn heartbeat_interval_ms(&self) -> u32 {
@@ -140,46 +154,6 @@ impl DispatcherService {
             writer.commit(batch).await.map_err(ManagerError::from)?;
         }
         Ok((node, existing.is_some()))
-    }
-
-    /// Applies a node's task reports: Running, Failed and Complete of tasks
-    /// still meant to run.
-    async fn apply_reports(
-        &self,
-        node: &Node,
-        reports: &[netctl_proto::TaskStatusReport],
-    ) -> Result<(), Status> {
-        let mut writer = self.store.write_lock().await;
-        let mut batch = crate::store::Batch::new();
-        for status in reports {
-            let error = netctl_proto::printable(&status.error, netctl_proto::MAX_REPORTED_CHARS);
-            let Some(mut task) = self.store.get::<Task>(&status.task_id).map_err(ManagerError::from)? else {
-                continue;
-            };
-            if task.node_id != node.id {
-                return Err(Status::permission_denied(format!(
-                    "task {} is not node {}'s: a node reports only its own tasks",
-                    task.id, node.id
-                )));
-            }
-            let changed = task.state != status.state || task.error != error;
-            if task.desired_state() != TaskState::Running || !changed {
-                continue;
-            }
-            let state = status.state();
-            if !matches!(state, TaskState::Running | TaskState::Failed | TaskState::Complete) {
-                continue;
-            }
-            tracing::info!(task = %task.id, state = state.word(), %error, "task status");
-            task.set_state(state);
-            task.error = error;
-            task.state_changed_unix = now_unix();
-            batch.put(&task);
-        }
-        if !batch.is_empty() {
-            writer.commit_in_parts(batch).await.map_err(ManagerError::from)?;
-        }
-        Ok(())
     }
 
     /// The node ID a Join is for: the certificate's on a rejoin or renewal;
@@ -313,7 +287,7 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<ReportStatusResponse>, Status> {
         let node = self.caller(&request, &request.get_ref().node_id, "report task status")?;
         let report = request.into_inner();
-        crate::store::retrying(|| self.apply_reports(&node, &report.tasks)).await?;
+        self.status_reports.apply(&self.store, &node.id, report.tasks).await?;
         Ok(Response::new(ReportStatusResponse {}))
     }
 

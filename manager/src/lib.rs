@@ -34,6 +34,7 @@ mod scheduler;
 mod secrets;
 mod server;
 mod services;
+mod status_reports;
 pub mod store;
 mod tokens;
 pub mod updates;

@@ -36,7 +36,7 @@ pub const MAX_CHANGES_PER_COMMIT: usize = 100;
 
 /// How many times an operation is started over after losing a race with
 /// another writer before it gives up.
-const CONFLICT_RETRIES: usize = 50;
+pub const CONFLICT_RETRIES: usize = 50;
 
 /// A failure of the state store, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -280,10 +280,13 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     revisions: watch::Receiver<u64>,
     write_lock: Mutex<()>,
-    /// The records of each kind last read whole, decoded, with the
-    /// revision seen before the read ([`Store::shared`]).
-    decoded: std::sync::Mutex<HashMap<Kind, (u64, Arc<dyn Any + Send + Sync>)>>,
+    /// The records of each kind last read whole ([`Store::shared`]).
+    decoded: std::sync::Mutex<HashMap<Kind, Decoded>>,
 }
+
+/// Records of one kind decoded (a `Vec` of them), with the revision seen
+/// before they were read.
+type Decoded = (u64, Arc<dyn Any + Send + Sync>);
 
 impl Store {
     /// Opens (or creates) the embedded sled store in `path`.

@@ -265,7 +265,8 @@ async fn shared_records_are_read_once_per_revision_and_hold_every_write_seen(fix
     assert_eq!(*store.shared::<Network>().unwrap(), vec![network("a", 4097), network("b", 4098)]);
     // Another manager's write, once this manager has seen its revision.
     let mut revisions = store.subscribe();
-    peer.write_lock().await.delete::<Network>("a").await.unwrap();
+    // (The peer may not have seen revision 2 yet: a lost race is retried.)
+    retrying(|| async { peer.write_lock().await.delete::<Network>("a").await }).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), revisions.wait_for(|r| *r == 3)).await.unwrap().unwrap();
     assert_eq!(*store.shared::<Network>().unwrap(), vec![network("b", 4098)]);
     assert_eq!(*first, vec![network("a", 4097)], "a reader keeps what it read");
