@@ -175,7 +175,7 @@ impl DeltaBuilder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::TestCluster;
+    use crate::desired::model::Records;
     use crate::desired::rebuild::Rebuild;
     use netctl_proto::desired::DesiredItems;
     use netctl_proto::{
@@ -190,7 +190,7 @@ mod tests {
 
     /// A cluster over small alphabets: 3 possible nodes, 2 services on
     /// ingress and two overlays, up to 6 tasks in any state.
-    type Cluster = TestCluster;
+    type Cluster = Records;
 
     fn node() -> impl Strategy<Value = Node> {
         (0..3usize, proptest::option::of(2..4u8)).prop_map(|(i, ingress)| Node {
@@ -281,10 +281,10 @@ mod tests {
             proptest::collection::vec(node(), 0..4),
         )
             .prop_map(|(networks, services, tasks, nodes)| Cluster {
-                networks,
-                services: distinct(services, |s| &s.id),
-                tasks: distinct(tasks, |t| &t.id),
-                nodes: distinct(nodes, |n| &n.id),
+                networks: networks.into(),
+                services: distinct(services, |s| &s.id).into(),
+                tasks: distinct(tasks, |t| &t.id).into(),
+                nodes: distinct(nodes, |n| &n.id).into(),
             })
     }
 
@@ -311,12 +311,11 @@ mod tests {
             .prop_map(|(first, other, kept, services, tasks, rare)| {
                 let keep = |i: usize| kept >> (i % 64) & 1 == 1;
                 let mut second = first.clone();
-                second.services.retain(|_| keep(0));
-                second.services = distinct([second.services, services].concat(), |s| &s.id);
-                let old_tasks = std::mem::take(&mut second.tasks);
+                let services_kept = if keep(0) { first.services.to_vec() } else { Vec::new() };
+                second.services = distinct([services_kept, services].concat(), |s| &s.id).into();
                 let tasks_kept =
-                    old_tasks.into_iter().enumerate().filter(|(i, _)| keep(i + 1)).map(|(_, t)| t);
-                second.tasks = distinct(tasks_kept.chain(tasks).collect(), |t| &t.id);
+                    first.tasks.iter().cloned().enumerate().filter(|(i, _)| keep(i + 1)).map(|(_, t)| t);
+                second.tasks = distinct(tasks_kept.chain(tasks).collect(), |t| &t.id).into();
                 match rare {
                     0 => second.networks = other.networks,
                     1 => second.nodes = other.nodes,
@@ -393,23 +392,27 @@ mod tests {
             networks: vec![
                 Network { id: "ing".into(), ingress: true, ..Default::default() },
                 Network { id: "n1".into(), vni: 4097, ..Default::default() },
-            ],
+            ]
+            .into(),
             services: vec![Service {
                 id: "s0".into(),
                 name: "web".into(),
                 network_ids: vec!["n1".into()],
                 ..Default::default()
-            }],
-            tasks: Vec::new(),
-            nodes: NODES
-                .iter()
-                .enumerate()
-                .map(|(i, id)| Node {
-                    id: id.to_string(),
-                    advertise_addr: format!("192.168.10.{}", 6 + i),
-                    ..Default::default()
-                })
-                .collect(),
+            }]
+            .into(),
+            tasks: Default::default(),
+            nodes: Arc::new(
+                NODES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| Node {
+                        id: id.to_string(),
+                        advertise_addr: format!("192.168.10.{}", 6 + i),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
         };
         let task = |id: &str, node: &str, host: u8| {
             let mut task = Task {
@@ -427,9 +430,9 @@ mod tests {
             task.set_state(TaskState::Running);
             task
         };
-        cluster.tasks = vec![task("t1", "a", 2), task("t2", "b", 3)];
+        cluster.tasks = vec![task("t1", "a", 2), task("t2", "b", 3)].into();
         let old = model(&cluster, 1);
-        cluster.tasks.push(task("t3", "b", 4));
+        Arc::make_mut(&mut cluster.tasks).push(task("t3", "b", 4));
         let new = model(&cluster, 2);
         let changes = Changes::between(&old, &new);
         assert_eq!(changes.for_node(&old, &new, "c"), NodeDelta::Unchanged, "c has no task on n1");

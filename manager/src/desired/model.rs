@@ -57,33 +57,6 @@ impl Records {
     }
 }
 
-/// A cluster's records owned by a test, to change between two models.
-#[cfg(test)]
-#[derive(Debug, Clone, Default)]
-pub struct TestCluster {
-    /// All networks.
-    pub networks: Vec<Network>,
-    /// All services.
-    pub services: Vec<Service>,
-    /// All tasks.
-    pub tasks: Vec<Task>,
-    /// All nodes.
-    pub nodes: Vec<Node>,
-}
-
-#[cfg(test)]
-impl TestCluster {
-    /// The records to build a model from.
-    pub fn view(&self) -> ClusterView<'_> {
-        ClusterView {
-            networks: &self.networks,
-            services: &self.services,
-            tasks: &self.tasks,
-            nodes: &self.nodes,
-        }
-    }
-}
-
 /// An item, encoded once for every node it is sent to (an item always
 /// encodes the same, so equal encodings are equal items), and the node it
 /// lives on, if it is an endpoint (a node is not sent its own endpoints).

@@ -138,8 +138,9 @@ impl<'a> Touched<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::TestCluster;
+    use crate::desired::model::Records;
     use netctl_proto::{EndpointAddress, Network, Node, PortConfig};
+    use std::sync::Arc;
 
     fn task(id: &str, node: &str, networks: &[&str]) -> Task {
         Task {
@@ -162,19 +163,22 @@ mod tests {
         }
     }
 
-    fn cluster() -> TestCluster {
-        TestCluster {
+    fn cluster() -> Records {
+        Records {
             networks: vec![
                 Network { id: "ing".into(), ingress: true, ..Default::default() },
                 Network { id: "n1".into(), ..Default::default() },
                 Network { id: "n2".into(), ..Default::default() },
-            ],
-            services: vec![Service { id: "s".into(), network_ids: vec!["n1".into()], ..Default::default() }],
-            tasks: vec![task("t1", "a", &["n1"]), task("t2", "b", &["n1"])],
+            ]
+            .into(),
+            services: vec![Service { id: "s".into(), network_ids: vec!["n1".into()], ..Default::default() }]
+                .into(),
+            tasks: vec![task("t1", "a", &["n1"]), task("t2", "b", &["n1"])].into(),
             nodes: vec![
                 Node { id: "a".into(), ..Default::default() },
                 Node { id: "b".into(), ..Default::default() },
-            ],
+            ]
+            .into(),
         }
     }
 
@@ -182,10 +186,10 @@ mod tests {
     fn a_task_touches_its_node_and_its_networks_and_the_ports_only_with_an_ingress_endpoint() {
         let old = cluster();
         let mut new = cluster();
-        new.tasks[1].state = 2;
+        Arc::make_mut(&mut new.tasks)[1].state = 2;
         assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(false, &["n1"], &["b"]));
 
-        new.tasks.push(task("t3", "a", &["ing", "n2"]));
+        Arc::make_mut(&mut new.tasks).push(task("t3", "a", &["ing", "n2"]));
         assert_eq!(
             Rebuild::between(&old.view(), &new.view()),
             scopes(true, &["ing", "n1", "n2"], &["a", "b"])
@@ -193,9 +197,9 @@ mod tests {
 
         // Moved from b to a, removed: before and after both count.
         let mut new = cluster();
-        new.tasks[1].node_id = "a".into();
+        Arc::make_mut(&mut new.tasks)[1].node_id = "a".into();
         assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(false, &["n1"], &["a", "b"]));
-        new.tasks.remove(0);
+        Arc::make_mut(&mut new.tasks).remove(0);
         assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(false, &["n1"], &["a", "b"]));
         assert_eq!(Rebuild::between(&old.view(), &old.view()), scopes(false, &[], &[]), "nothing changed");
     }
@@ -204,12 +208,14 @@ mod tests {
     fn a_service_touches_its_networks_the_nodes_of_its_tasks_and_the_ports_it_publishes() {
         let old = cluster();
         let mut new = cluster();
-        new.services[0].ports.push(PortConfig { published_port: 8080, ..Default::default() });
-        new.services[0].network_ids.push("n2".into());
+        Arc::make_mut(&mut new.services)[0]
+            .ports
+            .push(PortConfig { published_port: 8080, ..Default::default() });
+        Arc::make_mut(&mut new.services)[0].network_ids.push("n2".into());
         assert_eq!(Rebuild::between(&old.view(), &new.view()), scopes(true, &["n1", "n2"], &["a", "b"]));
 
         let mut new = cluster();
-        new.services[0].ports.push(PortConfig {
+        Arc::make_mut(&mut new.services)[0].ports.push(PortConfig {
             published_port: 8080,
             mode: "host".into(),
             ..Default::default()
@@ -225,10 +231,10 @@ mod tests {
     fn a_network_or_a_node_changed_rebuilds_everything() {
         let old = cluster();
         let mut new = cluster();
-        new.nodes[0].ingress_address = "10.255.0.2".into();
+        Arc::make_mut(&mut new.nodes)[0].ingress_address = "10.255.0.2".into();
         assert_eq!(Rebuild::between(&old.view(), &new.view()), Rebuild::All);
         let mut new = cluster();
-        new.networks.pop();
+        Arc::make_mut(&mut new.networks).pop();
         assert_eq!(Rebuild::between(&old.view(), &new.view()), Rebuild::All);
     }
 }
