@@ -57,7 +57,6 @@ impl DispatcherService {
         fanout: Arc<Fanout>,
         metrics: Arc<ManagerMetrics>,
     ) -> Self {
-        let status_reports = StatusReports::default();
         Self {
             store,
             heartbeats,
@@ -68,7 +67,7 @@ impl DispatcherService {
             tokens,
             fanout,
             metrics,
-            status_reports,
+            status_reports: StatusReports::default(),
         }
     }
 
