@@ -1,12 +1,16 @@
 //! Conntrack entries that lead to a backend no longer there. A UDP client
 //! sending from one source port keeps its conntrack entry, and with it its
 //! backend, for as long as it keeps sending: after a scale-down it would
-//! talk to a removed replica until it paused for the UDP timeout. When the
-//! backends of a published UDP port or of a VIP change, the UDP entries of
-//! that port (in the host, DNATed to a replica here or to ingress_sbox; in
-//! ingress_sbox) or VIP (in each local sandbox on its network) whose
-//! replies come from an address no longer among them are deleted, so the
-//! next packet is balanced again over the live replicas.
+//! talk to a removed replica until it paused for the UDP timeout. A TCP
+//! connection whose SYN was balanced to a replica just as it went (a rolling
+//! update) retries its SYN on the same entry, to the same gone replica, until
+//! the client gives up. When the backends of a published port or of a VIP
+//! change, the UDP entries and the unanswered TCP ones of that port (in the
+//! host, DNATed to a replica here or to ingress_sbox; in ingress_sbox) or VIP
+//! (in each local sandbox on its network) whose replies would come from an
+//! address no longer among them are deleted, so the next packet is balanced
+//! again over the live replicas. Answered TCP connections are left alone:
+//! they end with their replica.
 
 use crate::mesh::PortRoute;
 use crate::model::HOST;
@@ -22,6 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+/// TCP.
+const TCP: u8 = 6;
 /// UDP.
 const UDP: u8 = 17;
 
@@ -31,9 +37,9 @@ const OWN_NAMESPACE: &str = "/proc/self/ns/net";
 /// What makes a UDP entry stale in one namespace.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Staleness {
-    /// Published port → its backends: an entry to that port is stale when
-    /// its replies come from elsewhere.
-    ports: BTreeMap<u16, BTreeSet<Ipv4Addr>>,
+    /// Published (protocol, port) → its backends: an entry to that port is
+    /// stale when its replies come from elsewhere.
+    ports: BTreeMap<(u8, u16), BTreeSet<Ipv4Addr>>,
     /// VIP → its backends, likewise.
     vips: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>,
     /// Only entries whose replies come from this subnet (the host's own
@@ -42,30 +48,33 @@ pub struct Staleness {
 }
 
 impl Staleness {
-    /// Whether `flow` goes to a port or VIP here and its replies come from
-    /// an address no longer behind it (pure).
+    /// Whether `flow` (UDP, or TCP not answered yet) goes to a port or VIP
+    /// here and its replies would come from an address no longer behind it
+    /// (pure).
     pub fn is_stale(&self, flow: &Flow) -> bool {
-        if flow.protocol != UDP || self.replies_from.is_some_and(|subnet| !subnet.contains(flow.reply.source))
-        {
+        let movable = flow.protocol == UDP || (flow.protocol == TCP && !flow.replied);
+        if !movable || self.replies_from.is_some_and(|subnet| !subnet.contains(flow.reply.source)) {
             return false;
         }
         let behind = self
             .ports
-            .get(&flow.original.destination_port)
+            .get(&(flow.protocol, flow.original.destination_port))
             .or_else(|| self.vips.get(&flow.original.destination));
         behind.is_some_and(|backends| !backends.contains(&flow.reply.source))
     }
 }
 
 /// What each namespace of the node deletes by (pure): the host and
-/// ingress_sbox by the UDP published ports as `routes` send them, each
-/// task's sandbox by the VIPs of its networks.
+/// ingress_sbox by the published ports as `routes` send them, each task's
+/// sandbox by the VIPs of its networks.
 pub fn wanted(state: &NodeState, routes: &[PortRoute]) -> HashMap<String, Staleness> {
     let addresses =
         |list: &[String]| list.iter().filter_map(|a| a.parse().ok()).collect::<BTreeSet<Ipv4Addr>>();
     let mut by_namespace: HashMap<String, Staleness> = HashMap::new();
-    for route in routes.iter().filter(|r| r.port.protocol == "udp") {
+    for route in routes {
+        let protocol = if route.port.protocol == "udp" { UDP } else { TCP };
         let Ok(number) = u16::try_from(route.port.published_port) else { continue };
+        let number = (protocol, number);
         let ingress = by_namespace.entry(INGRESS_SANDBOX.to_string()).or_default();
         ingress.ports.insert(number, addresses(route.sandbox_backends()));
         let host = by_namespace.entry(HOST.to_string()).or_insert_with(|| Staleness {
@@ -101,8 +110,8 @@ pub struct StaleFlows {
 
 impl StaleFlows {
     /// Deletes, in each namespace whose ports' or VIPs' backends changed,
-    /// the UDP entries to a backend no longer there (published ports as
-    /// `routes` send them); logs what failed.
+    /// the UDP and unanswered TCP entries to a backend no longer there
+    /// (published ports as `routes` send them); logs what failed.
     pub async fn clear(&mut self, state: &NodeState, routes: &[PortRoute], namespaces: &NamespaceDir) {
         if self.revision == Some(state.revision) {
             return;
@@ -146,7 +155,16 @@ mod tests {
             source_port: 40000,
             destination_port: port,
         };
-        Flow { protocol, original: tuple("10.0.0.1", to), reply: tuple(reply_from, "10.0.0.1") }
+        Flow {
+            protocol,
+            original: tuple("10.0.0.1", to),
+            reply: tuple(reply_from, "10.0.0.1"),
+            replied: false,
+        }
+    }
+
+    fn answered(flow: Flow) -> Flow {
+        Flow { replied: true, ..flow }
     }
 
     fn state() -> NodeState {
@@ -161,7 +179,7 @@ mod tests {
                 PublishedPort {
                     protocol: "tcp".into(),
                     published_port: 80,
-                    backends: vec![],
+                    backends: vec!["10.255.0.8".into()],
                     ..Default::default()
                 },
             ],
@@ -180,18 +198,23 @@ mod tests {
     }
 
     #[test]
-    fn udp_entries_to_a_backend_no_longer_there_are_stale() {
+    fn udp_and_unanswered_tcp_entries_to_a_backend_no_longer_there_are_stale() {
         let state = state();
         let wanted = wanted(&state, &crate::mesh::port_routes(&state.published_ports, &HashMap::new()));
         let ingress = &wanted[INGRESS_SANDBOX];
         assert!(ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.6")), "a removed replica");
         assert!(!ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.5")), "a live replica");
-        assert!(!ingress.is_stale(&flow(6, "172.18.0.2", 7, "10.255.0.6")), "TCP is left alone");
+        assert!(!ingress.is_stale(&flow(TCP, "172.18.0.2", 7, "10.255.0.6")), "not a TCP published port");
         assert!(!ingress.is_stale(&flow(UDP, "172.18.0.2", 80, "10.255.0.6")), "not a UDP published port");
+        assert!(ingress.is_stale(&flow(TCP, "172.18.0.2", 80, "10.255.0.6")), "an unanswered SYN, moved");
+        assert!(!ingress.is_stale(&answered(flow(TCP, "172.18.0.2", 80, "10.255.0.6"))), "a connection");
+        assert!(!ingress.is_stale(&flow(TCP, "172.18.0.2", 80, "10.255.0.8")), "a SYN to a live replica");
         let sandbox = &wanted[&names::sandbox_namespace("t1")];
         assert!(sandbox.is_stale(&flow(UDP, "10.1.0.2", 53, "10.1.0.9")));
         assert!(!sandbox.is_stale(&flow(UDP, "10.1.0.2", 53, "10.1.0.3")));
         assert!(!sandbox.is_stale(&flow(UDP, "10.1.0.7", 53, "10.1.0.9")), "not a VIP");
+        assert!(sandbox.is_stale(&flow(TCP, "10.1.0.2", 80, "10.1.0.9")), "an unanswered SYN to a VIP");
+        assert!(!sandbox.is_stale(&answered(flow(TCP, "10.1.0.2", 80, "10.1.0.9"))));
     }
 
     #[test]

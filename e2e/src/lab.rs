@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// The underlay namespace's own address (a server "outside" the cluster).
 pub const UNDERLAY_ADDRESS: &str = "192.168.10.1";
+/// How much of each daemon's log a failed test prints.
+const LOG_TAIL_LINES: usize = 80;
 
 /// A namespace of the lab (a host or the underlay), by its file.
 pub struct LabNamespace {
@@ -221,6 +223,19 @@ impl Lab {
         self.manager.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
+    /// Prints the end of every daemon's log, for a failed test's report.
+    fn print_log_tails(&self) {
+        let daemons = self.manager.iter().map(|m| ("manager".to_string(), m));
+        let agents =
+            self.agents.iter().enumerate().filter_map(|(i, a)| Some((format!("agent {i}"), a.as_ref()?)));
+        for (name, daemon) in daemons.chain(agents) {
+            let log = daemon.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+            eprintln!("--- the last {LOG_TAIL_LINES} lines of the {name}'s log ---\n{tail}");
+        }
+    }
+
     /// The manager's process ID.
     pub fn manager_pid(&self) -> i32 {
         self.manager.as_ref().expect("manager is running").pid()
@@ -353,6 +368,9 @@ fn netlib_is_namespace(path: &Path) -> bool {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         for agent in self.agents.iter_mut() {
             if let Some(mut agent) = agent.take() {
                 agent.stop(Signal::SIGKILL);

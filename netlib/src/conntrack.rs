@@ -1,7 +1,8 @@
 //! Conntrack entries over netfilter netlink (ctnetlink): a namespace's
 //! IPv4 flows listed, and the ones a caller picks deleted. A UDP flow DNATed
-//! to a backend that is gone keeps going there until its entry times out;
-//! deleting the entry lets the next packet be balanced again, at once.
+//! to a backend that is gone keeps going there until its entry times out,
+//! and so do a TCP connection's retried SYNs; deleting the entry lets the
+//! next packet be balanced again, at once.
 //! Messages are built and read here (no ctnetlink crate in the offline set);
 //! the socket is opened on a thread inside the namespace.
 
@@ -22,6 +23,9 @@ const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
+/// `IPS_SEEN_REPLY` in `CTA_STATUS`: a packet came back.
+const IPS_SEEN_REPLY: u32 = 1 << 1;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -56,6 +60,9 @@ pub struct Flow {
     pub original: Tuple,
     /// As replies come back.
     pub reply: Tuple,
+    /// Whether any reply came back yet (a TCP connection whose SYN went
+    /// unanswered has none).
+    pub replied: bool,
 }
 
 /// Deletes, in the namespace at `path` (`name` in errors), the IPv4 flows
@@ -189,7 +196,9 @@ fn parse_flow(bytes: &[u8]) -> Option<Flow> {
     let direction = |kind: u16| all.iter().find(|(k, _)| *k == kind).and_then(|(_, v)| parse_tuple(v));
     let (protocol, original) = direction(CTA_TUPLE_ORIG)?;
     let (_, reply) = direction(CTA_TUPLE_REPLY)?;
-    Some(Flow { protocol, original, reply })
+    let status = all.iter().find(|(k, _)| *k == CTA_STATUS).and_then(|(_, v)| <[u8; 4]>::try_from(*v).ok());
+    let replied = status.is_some_and(|bits| u32::from_be_bytes(bits) & IPS_SEEN_REPLY != 0);
+    Some(Flow { protocol, original, reply, replied })
 }
 
 fn parse_tuple(bytes: &[u8]) -> Option<(u8, Tuple)> {
@@ -251,12 +260,16 @@ mod tests {
             protocol: 17,
             original: tuple([10, 0, 0, 1], [172, 18, 0, 2], (40000, 7)),
             reply: tuple([10, 255, 0, 5], [10, 255, 0, 2], (7, 40000)),
+            replied: false,
         };
         let mut bytes = Vec::new();
         push_tuple(&mut bytes, CTA_TUPLE_ORIG, flow.protocol, &flow.original);
         push_tuple(&mut bytes, CTA_TUPLE_REPLY, flow.protocol, &flow.reply);
-        push_attribute(&mut bytes, 3, &[0, 0, 0, 8]); // CTA_STATUS, skipped
-        assert_eq!(parse_flow(&bytes), Some(flow));
+        let mut unreplied = bytes.clone();
+        push_attribute(&mut unreplied, CTA_STATUS, &0x188u32.to_be_bytes()); // confirmed, NATed
+        assert_eq!(parse_flow(&unreplied), Some(flow));
+        push_attribute(&mut bytes, CTA_STATUS, &0x18au32.to_be_bytes()); // and a reply seen
+        assert_eq!(parse_flow(&bytes), Some(Flow { replied: true, ..flow }));
         assert_eq!(parse_flow(&bytes[..bytes.len() / 2]), None, "a message cut short is no flow");
     }
 
