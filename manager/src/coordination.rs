@@ -11,7 +11,7 @@
 //! merges into its own liveness table. On sled there is one manager, and it
 //! always leads.
 
-use crate::liveness::Heartbeats;
+use crate::liveness::{Heartbeats, MISSED_HEARTBEATS_BEFORE_DOWN};
 use crate::store::etcd::EtcdBackend;
 use crate::store::Store;
 use crate::ManagerError;
@@ -32,6 +32,14 @@ const KEEP_ALIVE_DEADLINE: Duration = Duration::from_millis(1500);
 /// How long granting a lease and putting this manager's presence on it may
 /// take before the attempt is given up and made again.
 const HOLD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long another manager may take to share heartbeats again after etcd
+/// stalled or the leader changed: a failed term's pause, a lease attempt on
+/// a member that is gone (up to [`HOLD_DEADLINE`]), the pause and a lease on
+/// the next member, its next publication, and the grace every node gets.
+fn recovery(heartbeat_interval: Duration) -> Duration {
+    KEEP_ALIVE_EVERY * 2 + HOLD_DEADLINE + heartbeat_interval * (1 + MISSED_HEARTBEATS_BEFORE_DOWN)
+}
 
 /// Where this manager stands among the managers of its cluster.
 #[derive(Clone)]
@@ -66,14 +74,13 @@ impl Coordination {
         manager_id: String,
         backend: Arc<EtcdBackend>,
         heartbeats: Arc<Heartbeats>,
-        store: Arc<Store>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         let leading = Arc::new(watch::Sender::new(false));
         let (current, held) = watch::channel(None);
-        heartbeats.share_with_other_managers();
+        heartbeats.share_with_other_managers(recovery(heartbeats.interval()));
         let lease = Lease { current, backend: backend.clone(), manager_id: manager_id.clone() };
-        tokio::spawn(lease.run(leading.clone(), heartbeats.clone(), store, stopping.clone()));
+        tokio::spawn(lease.run(leading.clone(), heartbeats.clone(), stopping.clone()));
         tokio::spawn(publish_heartbeats(
             backend.clone(),
             manager_id.clone(),
@@ -175,13 +182,12 @@ impl Lease {
         self,
         leading: Arc<watch::Sender<bool>>,
         heartbeats: Arc<Heartbeats>,
-        store: Arc<Store>,
         mut stopping: watch::Receiver<bool>,
     ) {
         let mut failing = false;
         loop {
             let outcome = tokio::select! {
-                outcome = self.term(&leading, &heartbeats, &store, &mut failing) => outcome,
+                outcome = self.term(&leading, &heartbeats, &mut failing) => outcome,
                 _ = stopping.wait_for(|stop| *stop) => Ok(()),
             };
             if leading.send_replace(false) {
@@ -225,7 +231,6 @@ impl Lease {
         &self,
         leading: &watch::Sender<bool>,
         heartbeats: &Heartbeats,
-        store: &Store,
         failing: &mut bool,
     ) -> Result<(), String> {
         let HeldLease { id: lease, mut keeper, mut answers, mut client } =
@@ -256,9 +261,10 @@ impl Lease {
         let lead = async {
             client.campaign(election, self.manager_id.clone(), lease).await.map_err(|e| e.to_string())?;
             self.put_on_lease("leader", lease).await?;
-            // A new leader gives every node the usual grace: a failover
-            // must not reschedule the cluster.
-            heartbeats.grant_grace(store.nodes().unwrap_or_default().into_iter().map(|n| n.id));
+            // A new leader judges no node before the other managers share
+            // their heartbeats again: a failover must not reschedule the
+            // cluster.
+            heartbeats.hold_judgement();
             leading.send_replace(true);
             tracing::info!(manager = %self.manager_id, "this manager leads");
             std::future::pending::<Result<(), String>>().await

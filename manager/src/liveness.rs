@@ -51,6 +51,11 @@ pub struct Heartbeats {
     /// With several managers: when heartbeats were last exchanged with
     /// the others through the store (`Some(None)`: not yet).
     exchanged: Mutex<Option<Option<Instant>>>,
+    /// How long judging waits after a stall or a change of leader: long
+    /// enough for every other manager to share its heartbeats again.
+    recovery: Mutex<Duration>,
+    /// No node is judged Down before this.
+    quiet_until: Mutex<Option<Instant>>,
 }
 
 impl Heartbeats {
@@ -65,6 +70,8 @@ impl Heartbeats {
             here: Mutex::default(),
             new_node: tokio::sync::Notify::new(),
             exchanged: Mutex::default(),
+            recovery: Mutex::new(interval * MISSED_HEARTBEATS_BEFORE_DOWN),
+            quiet_until: Mutex::default(),
         }
     }
 
@@ -106,44 +113,50 @@ impl Heartbeats {
     }
 
     /// From now on, heartbeats other managers received count too: nodes are
-    /// judged only while they are exchanged ([`Heartbeats::exchanged`]).
-    pub fn share_with_other_managers(&self) {
+    /// judged only while they are exchanged ([`Heartbeats::exchanged`]),
+    /// and not for `recovery` after a stall or a change of leader: the time
+    /// another manager may take to share its heartbeats again (to hold a
+    /// lease again, perhaps after trying a member that is gone).
+    pub fn share_with_other_managers(&self, recovery: Duration) {
         *self.exchanged.lock().expect("heartbeat table poisoned") = Some(None);
+        *self.recovery.lock().expect("heartbeat table poisoned") = recovery;
     }
 
     /// Notes an exchange with the other managers through the store. After a
-    /// stall (none for two intervals: the store did not answer) every node
-    /// gets the usual grace, as after a change of leader: what arrived late
-    /// is not a node that died.
+    /// stall (none for two intervals: the store did not answer) judging
+    /// waits while the others catch up ([`Heartbeats::hold_judgement`]):
+    /// what arrives late is not a node that died.
     pub fn exchanged(&self) {
         let now = Instant::now();
         let mut exchanged = self.exchanged.lock().expect("heartbeat table poisoned");
         let previous = exchanged.flatten();
         if previous.is_none_or(|at| now - at > self.interval * 2) {
             // Before judging resumes: a pass that sees the exchange again
-            // also sees the grace.
-            let known: Vec<String> =
-                self.last_seen.lock().expect("heartbeat table poisoned").keys().cloned().collect();
-            self.grant_grace(known);
+            // also sees the wait.
+            self.hold_judgement();
         }
         *exchanged = Some(Some(now));
     }
 
-    /// Whether nodes may be judged Down now: always for a manager alone;
-    /// with several, only while heartbeats are exchanged.
+    /// No node is judged Down for the recovery time from now (a new
+    /// leader's wait, as after a stall): the heartbeats other managers
+    /// received reach this one again meanwhile.
+    pub fn hold_judgement(&self) {
+        let until = Instant::now() + *self.recovery.lock().expect("heartbeat table poisoned");
+        *self.quiet_until.lock().expect("heartbeat table poisoned") = Some(until);
+    }
+
+    /// Whether nodes may be judged Down now: not while judgement is held;
+    /// otherwise always for a manager alone and, with several, only while
+    /// heartbeats are exchanged.
     pub fn can_judge(&self) -> bool {
+        let quiet_until = *self.quiet_until.lock().expect("heartbeat table poisoned");
+        if quiet_until.is_some_and(|until| Instant::now() < until) {
+            return false;
+        }
         match *self.exchanged.lock().expect("heartbeat table poisoned") {
             None => true,
             Some(last) => last.is_some_and(|at| at.elapsed() <= self.interval * 2),
-        }
-    }
-
-    /// Counts `nodes` as seen now (a new leader's grace, as after a start).
-    pub fn grant_grace(&self, nodes: impl IntoIterator<Item = String>) {
-        let now = SystemTime::now();
-        let mut last_seen = self.last_seen.lock().expect("heartbeat table poisoned");
-        for node in nodes {
-            last_seen.insert(node, now);
         }
     }
 
@@ -220,24 +233,28 @@ mod tests {
         assert_eq!(heartbeats.status("far").0, NodeLiveness::Ready);
         assert!(heartbeats.heard_from("far"));
         assert!(heartbeats.heard_here().is_empty());
-        heartbeats.grant_grace(["gone".to_string()]);
-        assert_eq!(heartbeats.status("gone").0, NodeLiveness::Ready);
-        assert!(!heartbeats.heard_from("gone"));
     }
 
     #[test]
-    fn nodes_are_judged_only_while_managers_exchange_heartbeats() {
-        let heartbeats = Heartbeats::new(Duration::from_millis(250), ["quiet".to_string()]);
+    fn nodes_are_judged_only_while_managers_exchange_heartbeats_and_not_while_they_recover() {
+        let heartbeats = Heartbeats::new(Duration::from_secs(1), ["quiet".to_string()]);
         assert!(heartbeats.can_judge(), "a manager alone always judges");
-        heartbeats.share_with_other_managers();
+        heartbeats.share_with_other_managers(Duration::from_millis(100));
         assert!(!heartbeats.can_judge(), "nothing exchanged yet");
         heartbeats.exchanged();
-        assert!(heartbeats.can_judge());
-        std::thread::sleep(Duration::from_millis(800));
-        assert_eq!(heartbeats.status("quiet").0, NodeLiveness::Down);
-        assert!(!heartbeats.can_judge(), "the exchange stalled");
+        assert!(!heartbeats.can_judge(), "the first exchange: the others may not have shared yet");
+        std::thread::sleep(Duration::from_millis(200));
         heartbeats.exchanged();
-        assert_eq!(heartbeats.status("quiet").0, NodeLiveness::Ready, "grace after a stall");
-        assert!(heartbeats.can_judge());
+        assert!(heartbeats.can_judge(), "exchanging, recovered");
+        heartbeats.hold_judgement();
+        assert!(!heartbeats.can_judge(), "a new leader waits for the others");
+
+        let stalling = Heartbeats::new(Duration::from_millis(100), []);
+        stalling.share_with_other_managers(Duration::from_millis(300));
+        stalling.exchanged();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!stalling.can_judge(), "the exchange stalled");
+        stalling.exchanged();
+        assert!(!stalling.can_judge(), "after a stall, the others recover first");
     }
 }

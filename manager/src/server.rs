@@ -98,7 +98,6 @@ impl Manager {
                 self.manager_id.clone(),
                 backend.clone(),
                 heartbeats.clone(),
-                self.store.clone(),
                 stopping.clone(),
             ),
             None => Coordination::alone(self.manager_id.clone()),
