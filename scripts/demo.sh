@@ -73,8 +73,12 @@ for address in 192.168.10.6 192.168.10.7; do
   say "curl $address:8080, four times: every node answers, from both replicas."
   for _ in 1 2 3 4; do on node0 curl -s -m 2 "http://$address:8080/" || echo "(no answer)"; done
 done
-say "node0's DOCKER-INGRESS chain sends 8080 to its own replica straight (its docker_gwbridge address) and to ingress_sbox (172.18.0.2), one share per replica; ingress_sbox balances over the replicas on other nodes."
+say "node0's DOCKER-INGRESS chain sends 8080 to its own replica straight (its docker_gwbridge address) and to node1's own published port over the underlay (SNAT to node0 in NETCTL-MESH-SNAT), one share per replica."
 run "$netctl" lab exec --name "$lab" node0 -- iptables -t nat -S DOCKER-INGRESS
+say "node1 sends what another node forwarded (NETCTL-MESH-PEERS: from a node's address) to its own replica only (NETCTL-MESH-HERE), never on to a third node."
+run "$netctl" lab exec --name "$lab" node1 -- iptables -t nat -S NETCTL-MESH-PEERS
+run "$netctl" lab exec --name "$lab" node1 -- iptables -t nat -S NETCTL-MESH-HERE
+say "The walkthrough's path is still built: ingress_sbox balances over the replicas on other nodes, through the ingress overlay, for a replica whose node is not known yet."
 # shellcheck disable=SC2016 # expanded on the lab host, not here
 netns0="$(on node0 sh -c 'echo $NETCTL_RUN_DIR')/netns"
 run nsenter --net="$netns0/ingress_sbox" iptables -t nat -S NETCTL-INGRESS

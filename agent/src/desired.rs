@@ -111,6 +111,17 @@ fn ingress_replicas(
     replicas
 }
 
+/// The node (data-path address) of each replica on another node, by its
+/// ingress address.
+fn replica_nodes(state: &NodeState, ingress_network: &str) -> HashMap<String, Ipv4Addr> {
+    state
+        .remote_endpoints
+        .iter()
+        .filter(|e| e.network_id == ingress_network)
+        .filter_map(|e| Some((e.address.clone(), e.node_addr.parse().ok()?)))
+        .collect()
+}
+
 /// The host-mode ports of the node's tasks, each sent to its task's
 /// docker_gwbridge address.
 fn host_ports(state: &NodeState, gateway_addresses: &HashMap<String, Ipv4Addr>) -> Vec<mesh::HostPort> {
@@ -310,8 +321,9 @@ fn endpoint(
 /// ingress_sbox: eth0 on the ingress overlay (this node's ingress address),
 /// eth1 = 172.18.0.2 on docker_gwbridge, forwarding on, the published
 /// ports balanced over their replicas elsewhere; and the host's rules
-/// sending published ports to their replicas here and to ingress_sbox, and
-/// host-mode ports straight to their tasks.
+/// sending published ports to their replicas here, to the other nodes that
+/// run them and to ingress_sbox, and host-mode ports straight to their
+/// tasks.
 fn ingress(
     desired: &mut Desired,
     state: &NodeState,
@@ -337,11 +349,12 @@ fn ingress(
     let namespace = desired.model.namespaces.entry(INGRESS_SANDBOX.to_string()).or_default();
     namespace.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
     let here = ingress_replicas(state, &network.id, gateway_addresses);
-    let routes = mesh::port_routes(&state.published_ports, &here);
+    let routes = mesh::port_routes(&state.published_ports, &here, &replica_nodes(state, &network.id));
     let text = mesh::ingress_sandbox_rules(&routes, &state.ingress_address, &network.subnet);
     namespace.rules.insert("mesh".into(), RuleSet::tables(text));
     let host = desired.model.namespaces.entry(HOST.to_string()).or_default();
-    let text = mesh::host_rules(&routes, host_ports);
+    let peers: Vec<Ipv4Addr> = state.cluster_nodes.iter().filter_map(|n| n.parse().ok()).collect();
+    let text = mesh::host_rules(&routes, host_ports, facts.local, &peers);
     host.rules.insert("mesh".into(), RuleSet::chains(text, mesh::HOST_JUMPS));
     desired.routes = routes;
 }

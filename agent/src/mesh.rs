@@ -4,11 +4,16 @@
 //! sandbox's nat table whole, its jumps included, since it is netctl's
 //! alone):
 //! - host nat `DOCKER-INGRESS` (from PREROUTING and OUTPUT for local
-//!   destinations): each published port balanced over its replicas on this
-//!   node, DNATed straight to their docker_gwbridge addresses (no SNAT: the
-//!   task's default route brings replies back), and ingress_sbox
-//!   (172.18.0.2) for the replicas elsewhere, every replica taking an equal
-//!   share ([`PortRoute`]);
+//!   destinations): each published port balanced over its replicas, every
+//!   replica taking an equal share ([`PortRoute`]): those on this node
+//!   DNATed straight to their docker_gwbridge addresses (no SNAT: the
+//!   task's default route brings replies back), those on another node sent
+//!   to that node's own published port over the underlay (SNAT to this
+//!   node's address in `NETCTL-MESH-SNAT`, from POSTROUTING, so replies come
+//!   back through it), and ingress_sbox (172.18.0.2) for replicas whose node
+//!   is not known. `NETCTL-MESH-PEERS` (first in `DOCKER-INGRESS`) sends
+//!   what another node forwarded to `NETCTL-MESH-HERE`: the replicas here,
+//!   or ingress_sbox when none runs here, never on to a third node;
 //! - host filter `DOCKER-INGRESS` (from FORWARD): that traffic accepted;
 //! - ingress_sbox nat `NETCTL-INGRESS` (from PREROUTING): each published port
 //!   balanced over the ingress addresses of its replicas on other nodes,
@@ -23,12 +28,19 @@ use crate::dns::{RESOLVER_ADDRESS, RESOLVER_PORT};
 use crate::names::GWBRIDGE;
 use netctl_proto::convention::INGRESS_SANDBOX_GATEWAY_ADDRESS;
 use netctl_proto::{PublishedPort, ServiceVip};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 /// The host's and ingress_sbox's chain for published ports.
 pub const INGRESS_CHAIN: &str = "DOCKER-INGRESS";
+/// The host's chain sending what other nodes forwarded to [`HERE_CHAIN`].
+const PEERS_CHAIN: &str = "NETCTL-MESH-PEERS";
+/// The host's chain balancing a published port over its replicas here only.
+const HERE_CHAIN: &str = "NETCTL-MESH-HERE";
+/// The host's chain giving connections forwarded to other nodes this
+/// node's address.
+const FORWARD_SNAT_CHAIN: &str = "NETCTL-MESH-SNAT";
 const SANDBOX_INGRESS_CHAIN: &str = "NETCTL-INGRESS";
 const SANDBOX_SNAT_CHAIN: &str = "NETCTL-INGRESS-SNAT";
 const VIP_CHAIN: &str = "NETCTL-VIP";
@@ -62,29 +74,38 @@ fn balance_weighted(chain: &str, matching: &str, backends: &[(impl AsRef<str>, u
 
 /// How this node serves one published port: its replicas here are reached
 /// straight on their docker_gwbridge addresses, skipping ingress_sbox and
-/// the ingress overlay; the others through ingress_sbox. Each replica, here
-/// or elsewhere, takes an equal share of new connections.
+/// the ingress overlay; those on other nodes on their node's own published
+/// port, over the underlay, where that node sends them to its replicas; the
+/// rest (whose node is not known) through ingress_sbox. Each replica takes
+/// an equal share of new connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortRoute {
     /// The port and every replica's ingress address.
     pub port: PublishedPort,
     /// The docker_gwbridge addresses of its replicas on this node.
     pub here: Vec<Ipv4Addr>,
+    /// The other nodes running its replicas (data-path address), with how
+    /// many each runs.
+    pub nodes: Vec<(Ipv4Addr, usize)>,
     /// The ingress addresses of its replicas on other nodes.
     pub elsewhere: Vec<String>,
+    /// How many of those have no known node (reached through ingress_sbox).
+    pub unplaced: usize,
 }
 
 impl PortRoute {
     /// Whether the host sends some of the port's traffic to ingress_sbox:
-    /// when replicas run elsewhere, or none runs here (ingress_sbox then
-    /// answers for the port as the walkthrough's path does).
+    /// for replicas whose node is not known, or when no replica runs at all
+    /// (ingress_sbox then answers for the port as the walkthrough's path
+    /// does).
     pub fn through_ingress_sandbox(&self) -> bool {
-        !self.elsewhere.is_empty() || self.here.is_empty()
+        self.unplaced > 0 || (self.here.is_empty() && self.nodes.is_empty())
     }
 
     /// The path the port takes from this node, in one line: e.g. `8080/tcp:
-    /// 1 of 3 here -> 172.18.0.9:80; 2 of 3 -> ingress_sbox 172.18.0.2:8080
-    /// -> 10.255.0.5:80 10.255.0.7:80`.
+    /// 1 of 3 here -> 172.18.0.9:80; 2 of 3 -> nodes 192.168.10.7:8080 (1)
+    /// 192.168.10.8:8080 (1)`, with a leg `-> ingress_sbox 172.18.0.2:8080 ->
+    /// 10.255.0.5:80` for replicas whose node is not known.
     pub fn describe(&self) -> String {
         let port = &self.port;
         let total = port.backends.len();
@@ -93,14 +114,20 @@ impl PortRoute {
             let tasks: Vec<String> = self.here.iter().map(|a| format!("{a}:{}", port.target_port)).collect();
             legs.push(format!("{} of {total} here -> {}", self.here.len(), tasks.join(" ")));
         }
+        if !self.nodes.is_empty() {
+            let share: usize = self.nodes.iter().map(|(_, count)| count).sum();
+            let nodes: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|(node, count)| format!("{node}:{} ({count})", port.published_port))
+                .collect();
+            legs.push(format!("{share} of {total} -> nodes {}", nodes.join(" ")));
+        }
         if self.through_ingress_sandbox() {
             let behind: Vec<String> =
                 self.sandbox_backends().iter().map(|b| format!("{b}:{}", port.target_port)).collect();
-            let share = if total == 0 {
-                "none running".to_string()
-            } else {
-                format!("{} of {total}", self.elsewhere.len())
-            };
+            let share =
+                if total == 0 { "none running".to_string() } else { format!("{} of {total}", self.unplaced) };
             let behind = if behind.is_empty() { "nothing".to_string() } else { behind.join(" ") };
             legs.push(format!(
                 "{share} -> ingress_sbox {INGRESS_SANDBOX_GATEWAY_ADDRESS}:{} -> {behind}",
@@ -123,19 +150,30 @@ impl PortRoute {
 
 /// The route of each of `ports` on a node whose tasks hold the ingress
 /// addresses in `local` (ingress address → the task's docker_gwbridge
-/// address).
-pub fn port_routes(ports: &[PublishedPort], local: &HashMap<String, Ipv4Addr>) -> Vec<PortRoute> {
+/// address), the other replicas running on the nodes `node_of` gives
+/// (ingress address → node's data-path address).
+pub fn port_routes(
+    ports: &[PublishedPort],
+    local: &HashMap<String, Ipv4Addr>,
+    node_of: &HashMap<String, Ipv4Addr>,
+) -> Vec<PortRoute> {
     ports
         .iter()
         .map(|port| {
-            let (mut here, mut elsewhere) = (Vec::new(), Vec::new());
+            let (mut here, mut elsewhere, mut unplaced) = (Vec::new(), Vec::new(), 0);
+            let mut nodes: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
             for backend in &port.backends {
-                match local.get(backend) {
-                    Some(gateway_address) => here.push(*gateway_address),
-                    None => elsewhere.push(backend.clone()),
+                if let Some(gateway_address) = local.get(backend) {
+                    here.push(*gateway_address);
+                    continue;
+                }
+                elsewhere.push(backend.clone());
+                match node_of.get(backend) {
+                    Some(node) => *nodes.entry(*node).or_default() += 1,
+                    None => unplaced += 1,
                 }
             }
-            PortRoute { port: port.clone(), here, elsewhere }
+            PortRoute { port: port.clone(), here, nodes: nodes.into_iter().collect(), elsewhere, unplaced }
         })
         .collect()
 }
@@ -166,11 +204,20 @@ fn accept_to_task(filter: &mut String, protocol: &str, task: impl std::fmt::Disp
     );
 }
 
-/// The host's nat and filter rules for `routes` (to the replicas here and
-/// ingress_sbox) and `host_ports` (to their tasks).
-pub fn host_rules(routes: &[PortRoute], host_ports: &[HostPort]) -> String {
+/// The host's nat and filter rules for `routes` (to the replicas here, to
+/// other nodes and ingress_sbox) and `host_ports` (to their tasks), as
+/// node `own_address` among `peers` (the other nodes' data-path addresses).
+pub fn host_rules(
+    routes: &[PortRoute],
+    host_ports: &[HostPort],
+    own_address: Ipv4Addr,
+    peers: &[Ipv4Addr],
+) -> String {
     let sandbox = INGRESS_SANDBOX_GATEWAY_ADDRESS;
-    let mut nat = format!("*nat\n:{INGRESS_CHAIN} - [0:0]\n");
+    let mut nat = format!(
+        "*nat\n:{INGRESS_CHAIN} - [0:0]\n:{PEERS_CHAIN} - [0:0]\n:{HERE_CHAIN} - [0:0]\n:{FORWARD_SNAT_CHAIN} - [0:0]\n\
+         -A {INGRESS_CHAIN} -j {PEERS_CHAIN}\n"
+    );
     let mut filter = format!(
         "*filter\n:{INGRESS_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -p icmp -m conntrack --ctstate RELATED -j ACCEPT\n"
     );
@@ -183,24 +230,45 @@ pub fn host_rules(routes: &[PortRoute], host_ports: &[HostPort]) -> String {
         );
         accept_to_task(&mut filter, protocol, task, target);
     }
+    let mut here_rules = String::new();
     for route in routes {
         let (protocol, published, target) =
             (&route.port.protocol, route.port.published_port, route.port.target_port);
+        let matching = format!("-p {protocol} --dport {published}");
         // (DNAT target, how many replicas it stands for)
         let mut targets: Vec<(String, usize)> = Vec::new();
         for task in &route.here {
             targets.push((format!("{task}:{target}"), 1));
             accept_to_task(&mut filter, protocol, task, target);
         }
-        if route.through_ingress_sandbox() {
-            targets.push((format!("{sandbox}:{published}"), route.elsewhere.len().max(1)));
+        for (node, count) in &route.nodes {
+            targets.push((format!("{node}:{published}"), *count));
+        }
+        if !route.nodes.is_empty() {
+            let forwarded = format!("{matching} -m conntrack --ctstate DNAT ! -o {GWBRIDGE}");
+            let _ = writeln!(nat, "-A {FORWARD_SNAT_CHAIN} {forwarded} -j SNAT --to-source {own_address}");
+            let _ = writeln!(
+                filter,
+                "-A {INGRESS_CHAIN} -p {protocol} -m conntrack --ctstate DNAT --ctorigdstport {published} ! -i {GWBRIDGE} ! -o {GWBRIDGE} -j ACCEPT"
+            );
+        }
+        if route.through_ingress_sandbox() || route.here.is_empty() {
             accept_to_task(&mut filter, protocol, sandbox, published);
         }
-        nat.push_str(&balance_weighted(
-            INGRESS_CHAIN,
-            &format!("-p {protocol} --dport {published}"),
-            &targets,
-        ));
+        if route.through_ingress_sandbox() {
+            targets.push((format!("{sandbox}:{published}"), route.unplaced.max(1)));
+        }
+        nat.push_str(&balance_weighted(INGRESS_CHAIN, &matching, &targets));
+        // What another node forwarded: to the replicas here, or ingress_sbox.
+        let here: Vec<(String, usize)> = match route.here.is_empty() {
+            true => vec![(format!("{sandbox}:{published}"), 1)],
+            false => route.here.iter().map(|task| (format!("{task}:{target}"), 1)).collect(),
+        };
+        here_rules.push_str(&balance_weighted(HERE_CHAIN, &matching, &here));
+    }
+    nat.push_str(&here_rules);
+    for peer in peers.iter().filter(|peer| **peer != own_address) {
+        let _ = writeln!(nat, "-A {PEERS_CHAIN} -s {peer}/32 -j {HERE_CHAIN}");
     }
     let _ = writeln!(nat, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
     let _ = writeln!(filter, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
@@ -251,10 +319,12 @@ pub fn sandbox_rules(vips: &[&ServiceVip]) -> String {
     nat
 }
 
-/// The host's jumps into its DOCKER-INGRESS chains.
+/// The host's jumps into its DOCKER-INGRESS chains and the SNAT of
+/// connections forwarded to other nodes.
 pub const HOST_JUMPS: &[(&str, &str, &[&str])] = &[
     ("nat", "PREROUTING", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", INGRESS_CHAIN]),
     ("nat", "OUTPUT", &["-m", "addrtype", "--dst-type", "LOCAL", "-j", INGRESS_CHAIN]),
+    ("nat", "POSTROUTING", &["-j", FORWARD_SNAT_CHAIN]),
     ("filter", "FORWARD", &["-j", INGRESS_CHAIN]),
 ];
 
@@ -271,20 +341,32 @@ mod tests {
         }
     }
 
+    /// This node's data-path address in the tests.
+    const OWN: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 6);
+
     /// The route of a port over `backends` on a node running the replicas
-    /// in `here` (ingress address, docker_gwbridge address).
-    fn route(backends: &[&str], here: &[(&str, &str)]) -> PortRoute {
-        let local = here.iter().map(|(ingress, gateway)| (ingress.to_string(), gateway.parse().unwrap()));
-        port_routes(&[port(backends)], &local.collect()).remove(0)
+    /// in `here` (ingress address, docker_gwbridge address), the others on
+    /// the nodes in `nodes` (ingress address, node address).
+    fn route_on(backends: &[&str], here: &[(&str, &str)], nodes: &[(&str, &str)]) -> PortRoute {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, Ipv4Addr> {
+            pairs.iter().map(|(ingress, address)| (ingress.to_string(), address.parse().unwrap())).collect()
+        };
+        port_routes(&[port(backends)], &map(here), &map(nodes)).remove(0)
     }
 
-    /// Each DNAT target's chance of taking a new connection (to six
-    /// decimals), from the `--probability` of the lines before it and its
-    /// own.
-    fn shares(rules: &str) -> Vec<(String, f64)> {
+    /// As [`route_on`], no other node known.
+    fn route(backends: &[&str], here: &[(&str, &str)]) -> PortRoute {
+        route_on(backends, here, &[])
+    }
+
+    /// Each DNAT target's chance of taking a new connection in `chain` (to
+    /// six decimals), from the `--probability` of the lines before it and
+    /// its own.
+    fn shares(rules: &str, chain: &str) -> Vec<(String, f64)> {
         let mut left = 1.0;
         let mut shares = Vec::new();
-        for line in rules.lines().filter(|l| l.contains("-j DNAT")) {
+        let start = format!("-A {chain} ");
+        for line in rules.lines().filter(|l| l.starts_with(&start) && l.contains("-j DNAT")) {
             let target = line.rsplit(' ').next().unwrap().to_string();
             let chance = line
                 .split("--probability ")
@@ -316,8 +398,8 @@ mod tests {
     }
 
     #[test]
-    fn the_host_sends_published_ports_to_ingress_sbox() {
-        let rules = host_rules(&[route(&["10.255.0.5"], &[])], &[]);
+    fn the_host_sends_published_ports_whose_replicas_have_no_known_node_to_ingress_sbox() {
+        let rules = host_rules(&[route(&["10.255.0.5"], &[])], &[], OWN, &[]);
         assert!(
             rules.contains("-A DOCKER-INGRESS -p tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:8080")
         );
@@ -345,30 +427,88 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_here_is_reached_straight_on_its_gateway_address_and_the_others_through_ingress_sbox() {
-        let route = route(&["10.255.0.5", "10.255.0.6", "10.255.0.7"], &[("10.255.0.6", "172.18.0.9")]);
+    fn a_replica_here_is_reached_straight_on_its_gateway_address_and_the_others_on_their_nodes() {
+        let backends = ["10.255.0.5", "10.255.0.6", "10.255.0.7", "10.255.0.8"];
+        let nodes =
+            [("10.255.0.5", "192.168.10.7"), ("10.255.0.7", "192.168.10.7"), ("10.255.0.8", "192.168.10.8")];
+        let route = route_on(&backends, &[("10.255.0.6", "172.18.0.9")], &nodes);
         assert_eq!(route.here, ["172.18.0.9".parse::<Ipv4Addr>().unwrap()]);
-        assert_eq!(route.elsewhere, ["10.255.0.5", "10.255.0.7"]);
-        let host = host_rules(std::slice::from_ref(&route), &[]);
+        assert_eq!(route.elsewhere, ["10.255.0.5", "10.255.0.7", "10.255.0.8"]);
+        assert!(!route.through_ingress_sandbox());
+        let peers: Vec<Ipv4Addr> =
+            ["192.168.10.6", "192.168.10.7", "192.168.10.8"].map(|a| a.parse().unwrap()).into();
+        let host = host_rules(std::slice::from_ref(&route), &[], OWN, &peers);
         let nat = host.split("*filter").next().unwrap();
         assert_eq!(
-            shares(nat),
-            [("172.18.0.9:80".to_string(), 0.333333), ("172.18.0.2:8080".to_string(), 0.666667)],
+            shares(nat, INGRESS_CHAIN),
+            [
+                ("172.18.0.9:80".to_string(), 0.25),
+                ("192.168.10.7:8080".to_string(), 0.5),
+                ("192.168.10.8:8080".to_string(), 0.25)
+            ],
             "{nat}"
         );
+        // What another node forwarded goes to the replica here only.
+        assert_eq!(shares(nat, HERE_CHAIN), [("172.18.0.9:80".to_string(), 1.0)], "{nat}");
+        assert!(nat.starts_with("*nat\n:DOCKER-INGRESS - [0:0]\n"), "{nat}");
+        assert!(nat.contains("\n-A DOCKER-INGRESS -j NETCTL-MESH-PEERS\n"), "the first rule: {nat}");
+        assert!(nat.contains("-A NETCTL-MESH-PEERS -s 192.168.10.7/32 -j NETCTL-MESH-HERE\n"), "{nat}");
+        assert!(!nat.contains("-s 192.168.10.6/32"), "not this node itself: {nat}");
+        assert!(nat.contains(
+            "-A NETCTL-MESH-SNAT -p tcp --dport 8080 -m conntrack --ctstate DNAT ! -o docker_gwbridge -j SNAT --to-source 192.168.10.6"
+        ));
         assert!(
             host.contains("-A DOCKER-INGRESS -o docker_gwbridge -d 172.18.0.9 -p tcp --dport 80 -j ACCEPT")
         );
         assert!(host.contains(
             "-A DOCKER-INGRESS -i docker_gwbridge -s 172.18.0.9 -p tcp --sport 80 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
         ));
+        assert!(host.contains(
+            "-A DOCKER-INGRESS -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 ! -i docker_gwbridge ! -o docker_gwbridge -j ACCEPT"
+        ));
+        assert_eq!(
+            route.describe(),
+            "8080/tcp: 1 of 4 here -> 172.18.0.9:80; 3 of 4 -> nodes 192.168.10.7:8080 (2) 192.168.10.8:8080 (1)"
+        );
+        let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");
+        assert_eq!(
+            shares(&sandbox, SANDBOX_INGRESS_CHAIN).len(),
+            3,
+            "ingress_sbox knows those elsewhere: {sandbox}"
+        );
+    }
+
+    #[test]
+    fn with_no_replica_here_what_other_nodes_forward_goes_to_ingress_sbox_never_to_a_third_node() {
+        let route = route_on(&["10.255.0.5"], &[], &[("10.255.0.5", "192.168.10.7")]);
+        let host = host_rules(std::slice::from_ref(&route), &[], OWN, &[Ipv4Addr::new(192, 168, 10, 8)]);
+        let nat = host.split("*filter").next().unwrap();
+        assert_eq!(shares(nat, INGRESS_CHAIN), [("192.168.10.7:8080".to_string(), 1.0)], "{nat}");
+        assert_eq!(shares(nat, HERE_CHAIN), [("172.18.0.2:8080".to_string(), 1.0)], "{nat}");
+        assert!(
+            host.contains("-A DOCKER-INGRESS -o docker_gwbridge -d 172.18.0.2 -p tcp --dport 8080 -j ACCEPT")
+        );
+    }
+
+    #[test]
+    fn replicas_of_no_known_node_go_through_ingress_sbox() {
+        let route = route(&["10.255.0.5", "10.255.0.6", "10.255.0.7"], &[("10.255.0.6", "172.18.0.9")]);
+        assert!(route.through_ingress_sandbox());
+        let host = host_rules(std::slice::from_ref(&route), &[], OWN, &[]);
+        let nat = host.split("*filter").next().unwrap();
+        assert_eq!(
+            shares(nat, INGRESS_CHAIN),
+            [("172.18.0.9:80".to_string(), 0.333333), ("172.18.0.2:8080".to_string(), 0.666667)],
+            "{nat}"
+        );
+        assert!(!nat.contains("NETCTL-MESH-SNAT -p"), "nothing forwarded: {nat}");
         assert_eq!(
             route.describe(),
             "8080/tcp: 1 of 3 here -> 172.18.0.9:80; 2 of 3 -> ingress_sbox 172.18.0.2:8080 -> 10.255.0.5:80 10.255.0.7:80"
         );
         let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");
         assert_eq!(
-            shares(&sandbox),
+            shares(&sandbox, SANDBOX_INGRESS_CHAIN),
             [("10.255.0.5:80".to_string(), 0.5), ("10.255.0.7:80".to_string(), 0.5)],
             "ingress_sbox balances the replicas elsewhere only: {sandbox}"
         );
@@ -381,37 +521,49 @@ mod tests {
             &[("10.255.0.5", "172.18.0.3"), ("10.255.0.6", "172.18.0.4")],
         );
         assert!(!route.through_ingress_sandbox());
-        let host = host_rules(std::slice::from_ref(&route), &[]);
+        let host = host_rules(std::slice::from_ref(&route), &[], OWN, &[]);
         assert!(!host.contains("172.18.0.2"), "{host}");
         let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");
-        assert_eq!(shares(&sandbox).len(), 2, "{sandbox}");
+        assert_eq!(shares(&sandbox, SANDBOX_INGRESS_CHAIN).len(), 2, "{sandbox}");
     }
 
     proptest::proptest! {
-        /// Wherever the replicas run, the host's rules give each of them
-        /// the same share of new connections.
+        /// Wherever the replicas run (here, on known nodes, or on nodes not
+        /// known), the host's rules give each of them the same share of new
+        /// connections.
         #[test]
-        fn every_replica_takes_an_equal_share(here in 0usize..6, elsewhere in 0usize..6) {
+        fn every_replica_takes_an_equal_share(here in 0usize..6, elsewhere in 0usize..6, placed: bool) {
             proptest::prop_assume!(here + elsewhere > 0);
             let backends: Vec<String> = (0..here + elsewhere).map(|i| format!("10.255.1.{i}")).collect();
             let local: HashMap<String, Ipv4Addr> =
                 (0..here).map(|i| (backends[i].clone(), Ipv4Addr::new(172, 18, 1, i as u8))).collect();
+            let node_of: HashMap<String, Ipv4Addr> = match placed {
+                true => (here..here + elsewhere)
+                    .map(|i| (backends[i].clone(), Ipv4Addr::new(192, 168, 10, 7 + (i % 3) as u8)))
+                    .collect(),
+                false => HashMap::new(),
+            };
             let port = PublishedPort { backends, ..port(&[]) };
-            let routes = port_routes(&[port], &local);
-            let host = host_rules(&routes, &[]);
-            let host = shares(host.split("*filter").next().unwrap());
-            let sandbox = shares(&ingress_sandbox_rules(&routes, "10.255.0.2", "10.255.0.0/16"));
+            let routes = port_routes(&[port], &local, &node_of);
+            let host = host_rules(&routes, &[], OWN, &[]);
+            let host = shares(host.split("*filter").next().unwrap(), INGRESS_CHAIN);
+            let sandbox = shares(&ingress_sandbox_rules(&routes, "10.255.0.2", "10.255.0.0/16"), SANDBOX_INGRESS_CHAIN);
             let n = (here + elsewhere) as f64;
             for (target, share) in &host {
                 if target.starts_with("172.18.0.2:") {
                     for (_, inner) in &sandbox {
                         proptest::prop_assert!((share * inner - 1.0 / n).abs() < 1e-5, "{target}: {share} × {inner}");
                     }
+                } else if target.starts_with("192.168.10.") {
+                    let node: Ipv4Addr = target.split(':').next().unwrap().parse().unwrap();
+                    let count = node_of.values().filter(|a| **a == node).count() as f64;
+                    proptest::prop_assert!((share - count / n).abs() < 1e-5, "{target}: {share}");
                 } else {
                     proptest::prop_assert!((share - 1.0 / n).abs() < 1e-5, "{target}: {share}");
                 }
             }
-            proptest::prop_assert_eq!(host.len(), here + usize::from(elsewhere > 0));
+            let nodes = if placed { elsewhere.min(3) } else { usize::from(elsewhere > 0) };
+            proptest::prop_assert_eq!(host.len(), here + nodes);
         }
     }
 

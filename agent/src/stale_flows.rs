@@ -9,8 +9,9 @@
 //! host, DNATed to a replica here or to ingress_sbox; in ingress_sbox) or VIP
 //! (in each local sandbox on its network) whose replies would come from an
 //! address no longer among them are deleted, so the next packet is balanced
-//! again over the live replicas. Answered TCP connections are left alone:
-//! they end with their replica.
+//! again over the live replicas (in the host, also those forwarded to
+//! another node that runs none any more). Answered TCP connections are left
+//! alone: they end with their replica.
 
 use crate::mesh::PortRoute;
 use crate::model::HOST;
@@ -34,7 +35,7 @@ const UDP: u8 = 17;
 /// The agent's own (the host's) network namespace.
 const OWN_NAMESPACE: &str = "/proc/self/ns/net";
 
-/// What makes a UDP entry stale in one namespace.
+/// What makes a UDP or unanswered TCP entry stale in one namespace.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Staleness {
     /// Published (protocol, port) → its backends: an entry to that port is
@@ -42,9 +43,10 @@ pub struct Staleness {
     ports: BTreeMap<(u8, u16), BTreeSet<Ipv4Addr>>,
     /// VIP → its backends, likewise.
     vips: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>,
-    /// Only entries whose replies come from this subnet (the host's own
-    /// flows to a port number it publishes are not the mesh's).
-    replies_from: Option<Ipv4Network>,
+    /// Only entries whose replies come from this subnet or from these
+    /// nodes (connections forwarded to them): the host's own flows to a
+    /// port number it publishes are not the mesh's.
+    replies_from: Option<(Ipv4Network, BTreeSet<Ipv4Addr>)>,
 }
 
 impl Staleness {
@@ -53,7 +55,12 @@ impl Staleness {
     /// (pure).
     pub fn is_stale(&self, flow: &Flow) -> bool {
         let movable = flow.protocol == UDP || (flow.protocol == TCP && !flow.replied);
-        if !movable || self.replies_from.is_some_and(|subnet| !subnet.contains(flow.reply.source)) {
+        let source = flow.reply.source;
+        let foreign = self
+            .replies_from
+            .as_ref()
+            .is_some_and(|(subnet, nodes)| !subnet.contains(source) && !nodes.contains(&source));
+        if !movable || foreign {
             return false;
         }
         let behind = self
@@ -78,11 +85,15 @@ pub fn wanted(state: &NodeState, routes: &[PortRoute]) -> HashMap<String, Stalen
         let ingress = by_namespace.entry(INGRESS_SANDBOX.to_string()).or_default();
         ingress.ports.insert(number, addresses(route.sandbox_backends()));
         let host = by_namespace.entry(HOST.to_string()).or_insert_with(|| Staleness {
-            replies_from: Ipv4Network::new(GATEWAY_BRIDGE_NETWORK, GATEWAY_BRIDGE_PREFIX).ok(),
+            replies_from: Ipv4Network::new(GATEWAY_BRIDGE_NETWORK, GATEWAY_BRIDGE_PREFIX)
+                .ok()
+                .map(|subnet| (subnet, addresses(&state.cluster_nodes))),
             ..Default::default()
         });
         let mut targets: BTreeSet<Ipv4Addr> = route.here.iter().copied().collect();
-        if route.through_ingress_sandbox() {
+        targets.extend(route.nodes.iter().map(|(node, _)| *node));
+        // ingress_sbox also takes what other nodes forward when none runs here.
+        if route.through_ingress_sandbox() || route.here.is_empty() {
             targets.insert(INGRESS_SANDBOX_GATEWAY_ADDRESS);
         }
         host.ports.insert(number, targets);
@@ -200,7 +211,7 @@ mod tests {
     #[test]
     fn udp_and_unanswered_tcp_entries_to_a_backend_no_longer_there_are_stale() {
         let state = state();
-        let wanted = wanted(&state, &crate::mesh::port_routes(&state.published_ports, &HashMap::new()));
+        let wanted = wanted(&state, &routes(&state, &[], &[]));
         let ingress = &wanted[INGRESS_SANDBOX];
         assert!(ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.6")), "a removed replica");
         assert!(!ingress.is_stale(&flow(UDP, "172.18.0.2", 7, "10.255.0.5")), "a live replica");
@@ -217,20 +228,42 @@ mod tests {
         assert!(!sandbox.is_stale(&answered(flow(TCP, "10.1.0.2", 80, "10.1.0.9"))));
     }
 
+    /// The routes of `state`'s ports with the replicas `here` (ingress
+    /// address, docker_gwbridge address) and on the `nodes` (ingress
+    /// address, node address).
+    fn routes(state: &NodeState, here: &[(&str, &str)], nodes: &[(&str, &str)]) -> Vec<PortRoute> {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, Ipv4Addr> {
+            pairs.iter().map(|(ingress, address)| (ingress.to_string(), address.parse().unwrap())).collect()
+        };
+        crate::mesh::port_routes(&state.published_ports, &map(here), &map(nodes))
+    }
+
     #[test]
     fn in_the_host_udp_entries_to_a_replica_that_left_this_node_are_stale() {
         let state = state();
-        let here = HashMap::from([("10.255.0.5".to_string(), "172.18.0.7".parse().unwrap())]);
-        let by_namespace = wanted(&state, &crate::mesh::port_routes(&state.published_ports, &here));
+        let by_namespace = wanted(&state, &routes(&state, &[("10.255.0.5", "172.18.0.7")], &[]));
         let host = &by_namespace[HOST];
         assert!(!host.is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.7")), "the replica here");
         assert!(host.is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.8")), "a replica no longer here");
         assert!(host.is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.2")), "no replica elsewhere any more");
         assert!(!host.is_stale(&flow(UDP, "8.8.8.8", 7, "8.8.8.8")), "the host's own flow to port 7");
-        let elsewhere = wanted(&state, &crate::mesh::port_routes(&state.published_ports, &HashMap::new()));
+        let elsewhere = wanted(&state, &routes(&state, &[], &[]));
         assert!(
             !elsewhere[HOST].is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.2")),
             "through ingress_sbox"
         );
+    }
+
+    #[test]
+    fn in_the_host_entries_forwarded_to_a_node_that_runs_no_replica_any_more_are_stale() {
+        let mut state = state();
+        state.cluster_nodes = vec!["192.168.10.6".into(), "192.168.10.7".into(), "192.168.10.8".into()];
+        let by_namespace = wanted(&state, &routes(&state, &[], &[("10.255.0.5", "192.168.10.7")]));
+        let host = &by_namespace[HOST];
+        assert!(!host.is_stale(&flow(UDP, "192.168.10.6", 7, "192.168.10.7")), "its node");
+        assert!(host.is_stale(&flow(UDP, "192.168.10.6", 7, "192.168.10.8")), "a node that ran it");
+        assert!(host.is_stale(&flow(TCP, "192.168.10.6", 80, "192.168.10.8")), "a SYN to a node that ran it");
+        assert!(!host.is_stale(&flow(UDP, "192.168.10.6", 7, "172.18.0.2")), "what other nodes forward");
+        assert!(!host.is_stale(&flow(UDP, "192.168.10.6", 7, "192.168.10.9")), "not a node of the cluster");
     }
 }

@@ -111,7 +111,8 @@ fn make_demo_runs_both_walkthroughs_and_lab_down_cleans_up() {
         "default via 172.18.0.1 dev eth1",
         "3 received",
         "hello from web.",
-        "DNAT --to-destination 172.18.0.2:8080",
+        "DNAT --to-destination 192.168.10.7:8080",
+        "-A NETCTL-MESH-PEERS -s 192.168.10.6/32 -j NETCTL-MESH-HERE",
         "--mode random --probability",
         "lab down",
     ] {

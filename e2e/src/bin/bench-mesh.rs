@@ -271,9 +271,16 @@ fn rule_rewrite() -> Value {
             backends: (0..10).map(|r| format!("10.255.{p}.{}", r + 3)).collect(),
         })
         .collect();
-    let routes = mesh::port_routes(&ports, &Default::default());
+    // Replica r of each port on node r of 10.
+    let node = |r: usize| std::net::Ipv4Addr::new(192, 168, 10, 10 + r as u8);
+    let node_of = ports
+        .iter()
+        .flat_map(|p| p.backends.iter().enumerate().map(move |(r, b)| (b.clone(), node(r))))
+        .collect();
+    let routes = mesh::port_routes(&ports, &Default::default(), &node_of);
     let sandbox_rules = mesh::ingress_sandbox_rules(&routes, "10.255.0.2", "10.255.0.0/16");
-    let host_rules = mesh::host_rules(&routes, &[]);
+    let peers: Vec<std::net::Ipv4Addr> = (0..10).map(node).collect();
+    let host_rules = mesh::host_rules(&routes, &[], std::net::Ipv4Addr::new(192, 168, 10, 9), &peers);
     let mut sandbox_ms = Vec::new();
     let mut host_ms = Vec::new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
