@@ -137,6 +137,30 @@ impl PortRoute {
         format!("{}/{}: {}", port.published_port, port.protocol, legs.join("; "))
     }
 
+    /// Where the host sends the port's new connections, each with how many
+    /// replicas it stands for: the replicas here, the other nodes, and
+    /// ingress_sbox for replicas of no known node (or none at all).
+    fn targets(&self) -> Vec<(String, usize)> {
+        let (published, target) = (self.port.published_port, self.port.target_port);
+        let mut targets: Vec<(String, usize)> =
+            self.here.iter().map(|task| (format!("{task}:{target}"), 1)).collect();
+        targets.extend(self.nodes.iter().map(|(node, count)| (format!("{node}:{published}"), *count)));
+        if self.through_ingress_sandbox() {
+            targets.push((format!("{INGRESS_SANDBOX_GATEWAY_ADDRESS}:{published}"), self.unplaced.max(1)));
+        }
+        targets
+    }
+
+    /// Where the host sends what another node forwarded: the replicas here,
+    /// or ingress_sbox when none runs here.
+    fn forwarded_targets(&self) -> Vec<(String, usize)> {
+        let (published, target) = (self.port.published_port, self.port.target_port);
+        match self.here.is_empty() {
+            true => vec![(format!("{INGRESS_SANDBOX_GATEWAY_ADDRESS}:{published}"), 1)],
+            false => self.here.iter().map(|task| (format!("{task}:{target}"), 1)).collect(),
+        }
+    }
+
     /// What ingress_sbox balances the port over: the replicas elsewhere,
     /// or every replica when all run here.
     pub fn sandbox_backends(&self) -> &[String] {
@@ -213,66 +237,87 @@ pub fn host_rules(
     own_address: Ipv4Addr,
     peers: &[Ipv4Addr],
 ) -> String {
-    let sandbox = INGRESS_SANDBOX_GATEWAY_ADDRESS;
-    let mut nat = format!(
-        "*nat\n:{INGRESS_CHAIN} - [0:0]\n:{PEERS_CHAIN} - [0:0]\n:{HERE_CHAIN} - [0:0]\n:{FORWARD_SNAT_CHAIN} - [0:0]\n\
-         -A {INGRESS_CHAIN} -j {PEERS_CHAIN}\n"
-    );
-    let mut filter = format!(
-        "*filter\n:{INGRESS_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -p icmp -m conntrack --ctstate RELATED -j ACCEPT\n"
-    );
+    let mut rules = HostRules::new();
     for port in host_ports {
+        rules.host_port(port);
+    }
+    for route in routes {
+        rules.published(route, own_address);
+    }
+    rules.finish(own_address, peers)
+}
+
+/// The host's nat and filter tables as they are written.
+struct HostRules {
+    /// nat: the chains' declarations and `DOCKER-INGRESS`, then the rest.
+    nat: String,
+    /// nat `NETCTL-MESH-HERE`.
+    here: String,
+    /// filter `DOCKER-INGRESS`.
+    filter: String,
+}
+
+impl HostRules {
+    fn new() -> Self {
+        let nat = format!(
+            "*nat\n:{INGRESS_CHAIN} - [0:0]\n:{PEERS_CHAIN} - [0:0]\n:{HERE_CHAIN} - [0:0]\n:{FORWARD_SNAT_CHAIN} - [0:0]\n\
+             -A {INGRESS_CHAIN} -j {PEERS_CHAIN}\n"
+        );
+        let filter = format!(
+            "*filter\n:{INGRESS_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -p icmp -m conntrack --ctstate RELATED -j ACCEPT\n"
+        );
+        Self { nat, here: String::new(), filter }
+    }
+
+    /// A host-mode port: straight to its task.
+    fn host_port(&mut self, port: &HostPort) {
         let (protocol, task) = (&port.protocol, port.address);
         let (published, target) = (port.published_port, port.target_port);
         let _ = writeln!(
-            nat,
+            self.nat,
             "-A {INGRESS_CHAIN} -p {protocol} --dport {published} -j DNAT --to-destination {task}:{target}"
         );
-        accept_to_task(&mut filter, protocol, task, target);
+        accept_to_task(&mut self.filter, protocol, task, target);
     }
-    let mut here_rules = String::new();
-    for route in routes {
+
+    /// A published port: balanced over every replica, what another node
+    /// forwarded over the replicas here (or ingress_sbox), what goes to
+    /// another node given this node's address; all of it accepted.
+    fn published(&mut self, route: &PortRoute, own_address: Ipv4Addr) {
         let (protocol, published, target) =
             (&route.port.protocol, route.port.published_port, route.port.target_port);
+        let sandbox = INGRESS_SANDBOX_GATEWAY_ADDRESS;
         let matching = format!("-p {protocol} --dport {published}");
-        // (DNAT target, how many replicas it stands for)
-        let mut targets: Vec<(String, usize)> = Vec::new();
         for task in &route.here {
-            targets.push((format!("{task}:{target}"), 1));
-            accept_to_task(&mut filter, protocol, task, target);
+            accept_to_task(&mut self.filter, protocol, task, target);
         }
-        for (node, count) in &route.nodes {
-            targets.push((format!("{node}:{published}"), *count));
+        if route.through_ingress_sandbox() || route.here.is_empty() {
+            accept_to_task(&mut self.filter, protocol, sandbox, published);
         }
         if !route.nodes.is_empty() {
             let forwarded = format!("{matching} -m conntrack --ctstate DNAT ! -o {GWBRIDGE}");
-            let _ = writeln!(nat, "-A {FORWARD_SNAT_CHAIN} {forwarded} -j SNAT --to-source {own_address}");
+            let _ =
+                writeln!(self.nat, "-A {FORWARD_SNAT_CHAIN} {forwarded} -j SNAT --to-source {own_address}");
             let _ = writeln!(
-                filter,
+                self.filter,
                 "-A {INGRESS_CHAIN} -p {protocol} -m conntrack --ctstate DNAT --ctorigdstport {published} ! -i {GWBRIDGE} ! -o {GWBRIDGE} -j ACCEPT"
             );
         }
-        if route.through_ingress_sandbox() || route.here.is_empty() {
-            accept_to_task(&mut filter, protocol, sandbox, published);
-        }
-        if route.through_ingress_sandbox() {
-            targets.push((format!("{sandbox}:{published}"), route.unplaced.max(1)));
-        }
-        nat.push_str(&balance_weighted(INGRESS_CHAIN, &matching, &targets));
-        // What another node forwarded: to the replicas here, or ingress_sbox.
-        let here: Vec<(String, usize)> = match route.here.is_empty() {
-            true => vec![(format!("{sandbox}:{published}"), 1)],
-            false => route.here.iter().map(|task| (format!("{task}:{target}"), 1)).collect(),
-        };
-        here_rules.push_str(&balance_weighted(HERE_CHAIN, &matching, &here));
+        self.nat.push_str(&balance_weighted(INGRESS_CHAIN, &matching, &route.targets()));
+        self.here.push_str(&balance_weighted(HERE_CHAIN, &matching, &route.forwarded_targets()));
     }
-    nat.push_str(&here_rules);
-    for peer in peers.iter().filter(|peer| **peer != own_address) {
-        let _ = writeln!(nat, "-A {PEERS_CHAIN} -s {peer}/32 -j {HERE_CHAIN}");
+
+    /// Both tables whole, with what each of `peers` (but this node) forwards
+    /// sent to `NETCTL-MESH-HERE`.
+    fn finish(mut self, own_address: Ipv4Addr, peers: &[Ipv4Addr]) -> String {
+        self.nat.push_str(&self.here);
+        for peer in peers.iter().filter(|peer| **peer != own_address) {
+            let _ = writeln!(self.nat, "-A {PEERS_CHAIN} -s {peer}/32 -j {HERE_CHAIN}");
+        }
+        let _ = writeln!(self.nat, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
+        let _ = writeln!(self.filter, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
+        self.nat + &self.filter
     }
-    let _ = writeln!(nat, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
-    let _ = writeln!(filter, "-A {INGRESS_CHAIN} -j RETURN\nCOMMIT");
-    nat + &filter
 }
 
 /// ingress_sbox's nat rules: balancing of `routes` over their
