@@ -286,7 +286,10 @@ fn sandbox(
     if let Some(address) = gateway {
         let outer = names::gateway_veth(owner);
         let inner = names::sandbox_interface(legs.len());
-        let outer_link = endpoint(namespace, &inner, facts.underlay_mtu, None, Some(GWBRIDGE), true);
+        // Tasks' ports are isolated from each other; ingress_sbox's is not,
+        // so that tasks reach their own node's published ports through it.
+        let isolated = owner != INGRESS_SANDBOX;
+        let outer_link = endpoint(namespace, &inner, facts.underlay_mtu, None, Some(GWBRIDGE), isolated);
         model.namespaces.entry(HOST.to_string()).or_default().links.insert(outer.clone(), outer_link);
         let mut inner_link = endpoint(HOST, &outer, facts.underlay_mtu, Some(address), None, false);
         inner_link.addresses.insert((address, GATEWAY_BRIDGE_PREFIX));

@@ -14,12 +14,15 @@
 //!   is not known. `NETCTL-MESH-PEERS` (first in `DOCKER-INGRESS`) sends
 //!   what another node forwarded to `NETCTL-MESH-HERE`: the replicas here,
 //!   or ingress_sbox when none runs here, never on to a third node;
+//!   `NETCTL-MESH-TASKS` (second) sends what this node's tasks ask to the
+//!   other nodes and ingress_sbox, never straight to a replica here (with
+//!   br_netfilter on, that DNAT would be bridged back to an isolated port);
 //! - host filter `DOCKER-INGRESS` (from FORWARD): that traffic accepted;
 //! - ingress_sbox nat `NETCTL-INGRESS` (from PREROUTING): each published port
 //!   balanced over the ingress addresses of its replicas on other nodes,
 //!   endpoint i of n taken with probability 1/(n−i); `NETCTL-INGRESS-SNAT`
 //!   (from POSTROUTING): SNAT to the sandbox's own ingress address so
-//!   replies come back through it;
+//!   replies come back through it; filter FORWARD: those flows only;
 //! - sandbox nat `NETCTL-DNS` (from OUTPUT, to 127.0.0.11): port 53 sent
 //!   to the node's resolver ([`crate::dns`]); `NETCTL-VIP` (from OUTPUT):
 //!   each service VIP balanced the same way over the service's tasks.
@@ -38,6 +41,8 @@ pub const INGRESS_CHAIN: &str = "DOCKER-INGRESS";
 const PEERS_CHAIN: &str = "NETCTL-MESH-PEERS";
 /// The host's chain balancing a published port over its replicas here only.
 const HERE_CHAIN: &str = "NETCTL-MESH-HERE";
+/// The host's chain for what this node's own tasks ask of a published port.
+const TASKS_CHAIN: &str = "NETCTL-MESH-TASKS";
 /// The host's chain giving connections forwarded to other nodes this
 /// node's address.
 const FORWARD_SNAT_CHAIN: &str = "NETCTL-MESH-SNAT";
@@ -161,6 +166,22 @@ impl PortRoute {
         }
     }
 
+    /// Where the host sends what this node's own tasks ask (from
+    /// docker_gwbridge): the other nodes, and ingress_sbox for replicas of
+    /// no known node or when all run here, never a replica's docker_gwbridge
+    /// address: with br_netfilter on, that DNAT is bridged straight back to
+    /// an isolated port and dropped.
+    fn task_targets(&self) -> Vec<(String, usize)> {
+        let published = self.port.published_port;
+        let sandbox = format!("{INGRESS_SANDBOX_GATEWAY_ADDRESS}:{published}");
+        let mut targets: Vec<(String, usize)> =
+            self.nodes.iter().map(|(node, count)| (format!("{node}:{published}"), *count)).collect();
+        if self.unplaced > 0 || targets.is_empty() {
+            targets.push((sandbox, self.unplaced.max(1)));
+        }
+        targets
+    }
+
     /// What ingress_sbox balances the port over: the replicas elsewhere,
     /// or every replica when all run here.
     pub fn sandbox_backends(&self) -> &[String] {
@@ -253,6 +274,8 @@ struct HostRules {
     nat: String,
     /// nat `NETCTL-MESH-HERE`.
     here: String,
+    /// nat `NETCTL-MESH-TASKS`.
+    tasks: String,
     /// filter `DOCKER-INGRESS`.
     filter: String,
 }
@@ -260,13 +283,13 @@ struct HostRules {
 impl HostRules {
     fn new() -> Self {
         let nat = format!(
-            "*nat\n:{INGRESS_CHAIN} - [0:0]\n:{PEERS_CHAIN} - [0:0]\n:{HERE_CHAIN} - [0:0]\n:{FORWARD_SNAT_CHAIN} - [0:0]\n\
-             -A {INGRESS_CHAIN} -j {PEERS_CHAIN}\n"
+            "*nat\n:{INGRESS_CHAIN} - [0:0]\n:{PEERS_CHAIN} - [0:0]\n:{HERE_CHAIN} - [0:0]\n:{TASKS_CHAIN} - [0:0]\n\
+             :{FORWARD_SNAT_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -j {PEERS_CHAIN}\n-A {INGRESS_CHAIN} -i {GWBRIDGE} -j {TASKS_CHAIN}\n"
         );
         let filter = format!(
             "*filter\n:{INGRESS_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -p icmp -m conntrack --ctstate RELATED -j ACCEPT\n"
         );
-        Self { nat, here: String::new(), filter }
+        Self { nat, here: String::new(), tasks: String::new(), filter }
     }
 
     /// A host-mode port: straight to its task.
@@ -281,36 +304,40 @@ impl HostRules {
     }
 
     /// A published port: balanced over every replica, what another node
-    /// forwarded over the replicas here (or ingress_sbox), what goes to
-    /// another node given this node's address; all of it accepted.
+    /// forwarded over the replicas here (or ingress_sbox), what this node's
+    /// tasks ask over the other nodes and ingress_sbox, what goes to another
+    /// node given this node's address; all of it accepted.
     fn published(&mut self, route: &PortRoute, own_address: Ipv4Addr) {
         let (protocol, published, target) =
             (&route.port.protocol, route.port.published_port, route.port.target_port);
-        let sandbox = INGRESS_SANDBOX_GATEWAY_ADDRESS;
         let matching = format!("-p {protocol} --dport {published}");
         for task in &route.here {
             accept_to_task(&mut self.filter, protocol, task, target);
         }
-        if route.through_ingress_sandbox() || route.here.is_empty() {
-            accept_to_task(&mut self.filter, protocol, sandbox, published);
-        }
+        accept_to_task(&mut self.filter, protocol, INGRESS_SANDBOX_GATEWAY_ADDRESS, published);
         if !route.nodes.is_empty() {
             let forwarded = format!("{matching} -m conntrack --ctstate DNAT ! -o {GWBRIDGE}");
             let _ =
                 writeln!(self.nat, "-A {FORWARD_SNAT_CHAIN} {forwarded} -j SNAT --to-source {own_address}");
-            let _ = writeln!(
-                self.filter,
-                "-A {INGRESS_CHAIN} -p {protocol} -m conntrack --ctstate DNAT --ctorigdstport {published} ! -i {GWBRIDGE} ! -o {GWBRIDGE} -j ACCEPT"
-            );
+            // Both ways of a flow to another node, from outside or from a
+            // task here.
+            for side in ["! -o", "! -i"] {
+                let _ = writeln!(
+                    self.filter,
+                    "-A {INGRESS_CHAIN} -p {protocol} -m conntrack --ctstate DNAT --ctorigdstport {published} {side} {GWBRIDGE} -j ACCEPT"
+                );
+            }
         }
         self.nat.push_str(&balance_weighted(INGRESS_CHAIN, &matching, &route.targets()));
         self.here.push_str(&balance_weighted(HERE_CHAIN, &matching, &route.forwarded_targets()));
+        self.tasks.push_str(&balance_weighted(TASKS_CHAIN, &matching, &route.task_targets()));
     }
 
     /// Both tables whole, with what each of `peers` (but this node) forwards
     /// sent to `NETCTL-MESH-HERE`.
     fn finish(mut self, own_address: Ipv4Addr, peers: &[Ipv4Addr]) -> String {
         self.nat.push_str(&self.here);
+        self.nat.push_str(&self.tasks);
         for peer in peers.iter().filter(|peer| **peer != own_address) {
             let _ = writeln!(self.nat, "-A {PEERS_CHAIN} -s {peer}/32 -j {HERE_CHAIN}");
         }
@@ -321,7 +348,8 @@ impl HostRules {
 }
 
 /// ingress_sbox's nat rules: balancing of `routes` over their
-/// [`PortRoute::sandbox_backends`], SNAT to `own_address`.
+/// [`PortRoute::sandbox_backends`], SNAT to `own_address`; its filter
+/// rules: only those flows forwarded.
 pub fn ingress_sandbox_rules(routes: &[PortRoute], own_address: &str, ingress_subnet: &str) -> String {
     let mut nat = format!(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
@@ -343,7 +371,11 @@ pub fn ingress_sandbox_rules(routes: &[PortRoute], own_address: &str, ingress_su
         nat,
         "-A {SANDBOX_SNAT_CHAIN} -d {ingress_subnet} -j SNAT --to-source {own_address}\nCOMMIT"
     );
-    nat
+    // Its docker_gwbridge port is not isolated (tasks reach it for their own
+    // node's published ports): it forwards published ports' flows only, so
+    // that no task routes through it to the ingress network or to another
+    // task's docker_gwbridge leg.
+    nat + "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate DNAT -j ACCEPT\n-A FORWARD -j DROP\nCOMMIT\n"
 }
 
 /// A task sandbox's nat table: 127.0.0.11:53 (UDP and TCP) sent to the
@@ -469,6 +501,10 @@ mod tests {
         );
         assert!(rules.contains("-A NETCTL-INGRESS-SNAT -d 10.255.0.0/16 -j SNAT --to-source 10.255.0.2"));
         assert!(rules.contains("-A PREROUTING -j NETCTL-INGRESS\n-A POSTROUTING -j NETCTL-INGRESS-SNAT\n"));
+        assert!(
+            rules.ends_with("*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate DNAT -j ACCEPT\n-A FORWARD -j DROP\nCOMMIT\n"),
+            "it forwards published ports' flows only: {rules}"
+        );
     }
 
     #[test]
@@ -508,9 +544,18 @@ mod tests {
         assert!(host.contains(
             "-A DOCKER-INGRESS -i docker_gwbridge -s 172.18.0.9 -p tcp --sport 80 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
         ));
-        assert!(host.contains(
-            "-A DOCKER-INGRESS -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 ! -i docker_gwbridge ! -o docker_gwbridge -j ACCEPT"
-        ));
+        for side in ["! -o", "! -i"] {
+            assert!(host.contains(&format!(
+                "-A DOCKER-INGRESS -p tcp -m conntrack --ctstate DNAT --ctorigdstport 8080 {side} docker_gwbridge -j ACCEPT"
+            )));
+        }
+        // What a task here asks goes to the other nodes only.
+        assert!(nat.contains("\n-A DOCKER-INGRESS -i docker_gwbridge -j NETCTL-MESH-TASKS\n"), "{nat}");
+        assert_eq!(
+            shares(nat, TASKS_CHAIN),
+            [("192.168.10.7:8080".to_string(), 0.666667), ("192.168.10.8:8080".to_string(), 0.333333)],
+            "{nat}"
+        );
         assert_eq!(
             route.describe(),
             "8080/tcp: 1 of 4 here -> 172.18.0.9:80; 3 of 4 -> nodes 192.168.10.7:8080 (2) 192.168.10.8:8080 (1)"
@@ -567,7 +612,15 @@ mod tests {
         );
         assert!(!route.through_ingress_sandbox());
         let host = host_rules(std::slice::from_ref(&route), &[], OWN, &[]);
-        assert!(!host.contains("172.18.0.2"), "{host}");
+        let nat = host.split("*filter").next().unwrap();
+        assert!(
+            !shares(nat, INGRESS_CHAIN).iter().any(|(target, _)| target.starts_with("172.18.0.2")),
+            "{nat}"
+        );
+        // What a task here asks goes through ingress_sbox and the ingress
+        // overlay: a DNAT to a replica's docker_gwbridge address would be
+        // bridged back to an isolated port when br_netfilter is on.
+        assert_eq!(shares(nat, TASKS_CHAIN), [("172.18.0.2:8080".to_string(), 1.0)], "{nat}");
         let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");
         assert_eq!(shares(&sandbox, SANDBOX_INGRESS_CHAIN).len(), 2, "{sandbox}");
     }

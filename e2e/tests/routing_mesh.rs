@@ -397,3 +397,39 @@ fn a_replica_on_the_asked_node_is_reached_straight_and_the_others_on_their_nodes
     let node1 = lab.hosts()[1].address;
     assert!(published.contains(&format!("; 1 of 2 -> nodes {node1}:8080 (1)")), "{published}");
 }
+
+#[test]
+fn a_task_reaches_its_own_nodes_published_ports() {
+    let lab = Lab::start(2);
+    let server = http_server(HOSTNAME);
+    let on_node0 = ["--constraint", "node.hostname==node0"];
+    let alone = ["service", "create", "--name", "alone", "--publish", "8080:80"];
+    lab.ok(&[&alone[..], &on_node0[..], &["python3", "-c", &server]].concat());
+    let spread = ["service", "create", "--name", "spread", "--replicas", "2", "--publish", "8081:80"];
+    lab.ok(&[&spread[..], &["python3", "-c", &server]].concat());
+    lab.ok(&[&["service", "create", "--name", "client"][..], &on_node0[..], &["sleep", "10000"]].concat());
+    lab.wait_running("alone", 1);
+    lab.wait_running("spread", 2);
+    lab.wait_running("client", 1);
+    let ask = |address: &str, port: u16| {
+        let url = format!("http://{address}:{port}/");
+        let output = lab.netctl_on(0, &["exec", "client.1", "--", "curl", "-s", "-m", "2", &url]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    // Its only replica on the client's own node (br_netfilter or not): asked
+    // on that node's address, its gateway, and the other node.
+    let node0 = lab.hosts()[0].address.to_string();
+    let node1 = lab.hosts()[1].address.to_string();
+    for address in [node0.as_str(), "172.18.0.1", node1.as_str()] {
+        let mut answer = String::new();
+        let answered = wait_until(Duration::from_secs(20), || {
+            answer = ask(address, 8080);
+            answer.starts_with("alone.1")
+        });
+        assert!(answered, "the task asking {address}:8080 got {answer:?}\n{}", lab.agent_log(0));
+    }
+    // A replica on each node: every request from the task is answered.
+    let answers: Vec<String> = (0..10).map(|_| ask(&node0, 8081)).collect();
+    assert!(answers.iter().all(|a| a.starts_with("spread.")), "{answers:?}");
+}
