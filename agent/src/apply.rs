@@ -196,9 +196,9 @@ impl Applier<'_> {
                 let (link, bridge) = (self.link(namespace, name).await?, self.link(namespace, bridge).await?);
                 self.netlink(namespace).await?.set_master(&link, &bridge).await
             }
-            Action::Isolate { namespace, name } => {
+            Action::SetIsolated { namespace, name, isolated } => {
                 let link = self.link(namespace, name).await?;
-                self.netlink(namespace).await?.isolate_bridge_port(&link).await
+                self.netlink(namespace).await?.set_bridge_port_isolated(&link, *isolated).await
             }
             Action::AddAddress { namespace, name, address, prefix } => {
                 let link = self.link(namespace, name).await?;
@@ -308,7 +308,10 @@ fn describe(action: &Action) -> String {
         Action::DeleteLink { name, .. } => format!("deleting {name}"),
         Action::SetMtu { name, mtu, .. } => format!("setting MTU {mtu} on {name}"),
         Action::SetMaster { name, bridge, .. } => format!("enslaving {name} to {bridge}"),
-        Action::Isolate { name, .. } => format!("isolating bridge port {name}"),
+        Action::SetIsolated { name, isolated: true, .. } => format!("isolating bridge port {name}"),
+        Action::SetIsolated { name, isolated: false, .. } => {
+            format!("no longer isolating bridge port {name}")
+        }
         Action::AddAddress { name, address, prefix, .. } => {
             format!("adding address {address}/{prefix} to {name}")
         }

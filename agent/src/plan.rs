@@ -35,8 +35,8 @@ pub enum Action {
     SetMtu { namespace: String, name: String, mtu: u32 },
     /// Enslave a link to a bridge.
     SetMaster { namespace: String, name: String, bridge: String },
-    /// Isolate a bridge port.
-    Isolate { namespace: String, name: String },
+    /// Isolate a bridge port, or no longer.
+    SetIsolated { namespace: String, name: String, isolated: bool },
     /// Add an address to a link.
     AddAddress { namespace: String, name: String, address: Ipv4Addr, prefix: u8 },
     /// Bring a link up.
@@ -75,7 +75,7 @@ impl Action {
             | Action::DeleteLink { name, .. }
             | Action::SetMtu { name, .. }
             | Action::SetMaster { name, .. }
-            | Action::Isolate { name, .. }
+            | Action::SetIsolated { name, .. }
             | Action::AddAddress { name, .. }
             | Action::SetUp { name, .. } => Some(name),
             _ => None,
@@ -92,7 +92,7 @@ impl Action {
             | Action::DeleteLink { namespace, .. }
             | Action::SetMtu { namespace, .. }
             | Action::SetMaster { namespace, .. }
-            | Action::Isolate { namespace, .. }
+            | Action::SetIsolated { namespace, .. }
             | Action::AddAddress { namespace, .. }
             | Action::SetUp { namespace, .. }
             | Action::SetDefaultRoute { namespace, .. }
@@ -258,8 +258,9 @@ fn link_properties(
             actions.push(Action::SetMaster { namespace: namespace.clone(), name: name.clone(), bridge });
         }
     }
-    if link.isolated && current.is_none_or(|c| !c.isolated) {
-        actions.push(Action::Isolate { namespace: namespace.clone(), name: name.clone() });
+    if current.map_or(link.isolated, |c| c.isolated != link.isolated) {
+        let isolated = link.isolated;
+        actions.push(Action::SetIsolated { namespace: namespace.clone(), name: name.clone(), isolated });
     }
     for (address, prefix) in &link.addresses {
         if current.is_none_or(|c| !c.addresses.contains(&(*address, *prefix))) {
@@ -392,7 +393,9 @@ pub mod simulated {
             Action::SetMaster { namespace, name, bridge } => {
                 link(kernel, &namespace, &name).master = Some(bridge)
             }
-            Action::Isolate { namespace, name } => link(kernel, &namespace, &name).isolated = true,
+            Action::SetIsolated { namespace, name, isolated } => {
+                link(kernel, &namespace, &name).isolated = isolated
+            }
             Action::AddAddress { namespace, name, address, prefix } => {
                 link(kernel, &namespace, &name).addresses.insert((address, prefix));
             }
@@ -659,6 +662,9 @@ mod tests {
         let links = &mut kernel.namespaces.get_mut(&overlay).unwrap().links;
         links.get_mut("br0").unwrap().mtu = Some(1400);
         links.get_mut("vxlan0").unwrap().up = false;
+        // A port made isolated by an older agent, or by hand.
+        let overlay_port = links.values_mut().find(|l| l.master.as_deref() == Some("br0")).unwrap();
+        overlay_port.isolated = true;
         let host = kernel.namespaces.get_mut(HOST).unwrap();
         let port = host.links.values_mut().find(|l| l.isolated).unwrap();
         port.isolated = false;
@@ -670,7 +676,8 @@ mod tests {
             mtu: 1450
         }));
         assert!(actions.contains(&Action::SetUp { namespace: overlay.clone(), name: "vxlan0".into() }));
-        assert!(actions.iter().any(|a| matches!(a, Action::Isolate { .. })));
+        assert!(actions.iter().any(|a| matches!(a, Action::SetIsolated { isolated: true, .. })));
+        assert!(actions.iter().any(|a| matches!(a, Action::SetIsolated { isolated: false, .. })));
         assert!(actions.iter().any(|a| matches!(a, Action::ReplaceFdb { .. })));
         assert!(
             !actions.iter().any(|a| matches!(a, Action::CreateBridge { .. } | Action::DeleteLink { .. })),

@@ -102,19 +102,21 @@ impl Netlink {
         Ok(Link { alias: alias.to_string(), ..bridge })
     }
 
-    /// Isolates a bridge port: isolated ports cannot talk to each other,
-    /// only to the bridge and non-isolated ports (inter-container traffic off).
-    pub async fn isolate_bridge_port(&self, link: &Link) -> Result<()> {
+    /// Isolates a bridge port, or no longer: isolated ports cannot talk to
+    /// each other, only to the bridge and non-isolated ports (inter-container
+    /// traffic off).
+    pub async fn set_bridge_port_isolated(&self, link: &Link, isolated: bool) -> Result<()> {
         let message = LinkUnspec::new_with_index(link.index)
             .set_port_kind(InfoPortKind::Bridge)
-            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(true)]))
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(isolated)]))
             .build();
+        let doing = if isolated { "isolating" } else { "no longer isolating" };
         self.handle
             .link()
             .set_port(message)
             .execute()
             .await
-            .map_err(|e| self.error(format!("isolating bridge port {}", link.name), e))
+            .map_err(|e| self.error(format!("{doing} bridge port {}", link.name), e))
     }
 
     /// Creates a VXLAN device: learning off, proxy, l2miss and l3miss on.

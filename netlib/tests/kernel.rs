@@ -75,7 +75,7 @@ async fn overlay_layout_is_built_and_read_back() {
     overlay.create_veth("veth0", "eth0", &sandbox_file, 1450, Some(mac)).await.unwrap();
     let veth = overlay.require_link("veth0").await.unwrap();
     overlay.set_master(&veth, &bridge).await.unwrap();
-    overlay.isolate_bridge_port(&veth).await.unwrap();
+    overlay.set_bridge_port_isolated(&veth, true).await.unwrap();
     overlay.set_up(&veth).await.unwrap();
     let eth0 = sandbox.require_link("eth0").await.unwrap();
     sandbox.add_address(&eth0, Ipv4Addr::new(192, 168, 200, 3), 24).await.unwrap();
@@ -92,6 +92,10 @@ async fn overlay_layout_is_built_and_read_back() {
     let veth = find(&links, "veth0");
     assert_eq!((veth.kind.as_str(), veth.mtu, veth.master), ("veth", 1450, Some(bridge.index)));
     assert!(veth.peer_netns_id.is_some(), "the peer lives in another namespace");
+    assert_eq!(veth.isolated, Some(true));
+    overlay.set_bridge_port_isolated(veth, false).await.unwrap();
+    let links = overlay.links().await.unwrap();
+    assert_ne!(find(&links, "veth0").isolated, Some(true), "no longer isolated");
 
     let sandbox_links = sandbox.links().await.unwrap();
     let eth0 = find(&sandbox_links, "eth0");
