@@ -146,12 +146,10 @@ impl PortRoute {
     /// replicas it stands for: the replicas here, the other nodes, and
     /// ingress_sbox for replicas of no known node (or none at all).
     fn targets(&self) -> Vec<(String, usize)> {
-        let (published, target) = (self.port.published_port, self.port.target_port);
-        let mut targets: Vec<(String, usize)> =
-            self.here.iter().map(|task| (format!("{task}:{target}"), 1)).collect();
-        targets.extend(self.nodes.iter().map(|(node, count)| (format!("{node}:{published}"), *count)));
+        let mut targets = self.here_targets();
+        targets.extend(self.node_targets());
         if self.through_ingress_sandbox() {
-            targets.push((format!("{INGRESS_SANDBOX_GATEWAY_ADDRESS}:{published}"), self.unplaced.max(1)));
+            targets.push(self.sandbox_target());
         }
         targets
     }
@@ -159,10 +157,9 @@ impl PortRoute {
     /// Where the host sends what another node forwarded: the replicas here,
     /// or ingress_sbox when none runs here.
     fn forwarded_targets(&self) -> Vec<(String, usize)> {
-        let (published, target) = (self.port.published_port, self.port.target_port);
         match self.here.is_empty() {
-            true => vec![(format!("{INGRESS_SANDBOX_GATEWAY_ADDRESS}:{published}"), 1)],
-            false => self.here.iter().map(|task| (format!("{task}:{target}"), 1)).collect(),
+            true => vec![self.sandbox_target()],
+            false => self.here_targets(),
         }
     }
 
@@ -172,14 +169,27 @@ impl PortRoute {
     /// address: with br_netfilter on, that DNAT is bridged straight back to
     /// an isolated port and dropped.
     fn task_targets(&self) -> Vec<(String, usize)> {
-        let published = self.port.published_port;
-        let sandbox = format!("{INGRESS_SANDBOX_GATEWAY_ADDRESS}:{published}");
-        let mut targets: Vec<(String, usize)> =
-            self.nodes.iter().map(|(node, count)| (format!("{node}:{published}"), *count)).collect();
+        let mut targets = self.node_targets();
         if self.unplaced > 0 || targets.is_empty() {
-            targets.push((sandbox, self.unplaced.max(1)));
+            targets.push(self.sandbox_target());
         }
         targets
+    }
+
+    /// The replicas here, one share each.
+    fn here_targets(&self) -> Vec<(String, usize)> {
+        self.here.iter().map(|task| (format!("{task}:{}", self.port.target_port), 1)).collect()
+    }
+
+    /// The other nodes' own published port, a share per replica there.
+    fn node_targets(&self) -> Vec<(String, usize)> {
+        let published = self.port.published_port;
+        self.nodes.iter().map(|(node, count)| (format!("{node}:{published}"), *count)).collect()
+    }
+
+    /// ingress_sbox, a share per replica of no known node (at least one).
+    fn sandbox_target(&self) -> (String, usize) {
+        (format!("{INGRESS_SANDBOX_GATEWAY_ADDRESS}:{}", self.port.published_port), self.unplaced.max(1))
     }
 
     /// What ingress_sbox balances the port over: the replicas elsewhere,

@@ -649,9 +649,7 @@ async fn pass(
     let (reader, heartbeats) = (store.clone(), heartbeats.clone());
     let planned = tokio::task::spawn_blocking(move || plan_from_store(&reader, &heartbeats));
     let (batch, liveness) = planned.await.expect("the orchestrator's plan does not panic")?;
-    if !batch.is_empty() {
-        writer.commit_in_parts(batch).await?;
-    }
+    writer.commit_in_parts(batch).await?;
     Ok(liveness)
 }
 

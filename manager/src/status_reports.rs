@@ -91,9 +91,7 @@ async fn commit(
         }
         outcomes.push(changed.map(drop));
     }
-    if !batch.is_empty() {
-        writer.commit_in_parts(batch).await?;
-    }
+    writer.commit_in_parts(batch).await?;
     Ok(outcomes)
 }
 

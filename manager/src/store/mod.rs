@@ -425,7 +425,8 @@ impl Writer<'_> {
 
     /// Applies `batch`, whose changes do not depend on each other, in
     /// commits of at most [`MAX_CHANGES_PER_COMMIT`] changes; the last
-    /// revision. A conflict stops it with the earlier parts applied.
+    /// revision. A conflict stops it with the earlier parts applied. An
+    /// empty batch commits nothing (the revision stays).
     pub async fn commit_in_parts(&mut self, batch: Batch) -> Result<u64, StoreError> {
         let mut revision = self.expected;
         let mut changes = batch.changes;

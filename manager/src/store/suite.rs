@@ -251,6 +251,8 @@ async fn a_large_batch_is_committed_in_parts(fixture: &mut impl Fixture) {
     let revision = store.write_lock().await.commit_in_parts(batch).await.unwrap();
     assert_eq!(revision, 3, "250 changes in parts of {}", super::MAX_CHANGES_PER_COMMIT);
     assert_eq!(store.networks().unwrap().len(), 250);
+    let revision = store.write_lock().await.commit_in_parts(Batch::new()).await.unwrap();
+    assert_eq!((revision, store.revision()), (3, 3), "an empty batch commits nothing");
 }
 
 async fn shared_records_are_read_once_per_revision_and_hold_every_write_seen(fixture: &mut impl Fixture) {
