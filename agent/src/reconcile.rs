@@ -23,6 +23,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The largest MTU a bridge or a veth takes (ETH_MAX_MTU); loopback's is
+/// 65536, so an agent advertising 127.0.0.1 would otherwise make no
+/// docker_gwbridge.
+const MAX_LINK_MTU: u32 = 65535;
+
 /// Converges one node.
 pub struct Reconciler {
     advertise_addr: IpAddr,
@@ -97,10 +102,13 @@ impl Reconciler {
         for error in &observed.errors {
             tracing::warn!("reading the node back: {error}");
         }
-        let underlay_mtu = observed.underlay_mtu.unwrap_or_else(|| {
-            tracing::warn!(advertise = %local, "no interface holds the advertise address: assuming MTU 1500");
-            1500
-        });
+        let underlay_mtu = observed
+            .underlay_mtu
+            .unwrap_or_else(|| {
+                tracing::warn!(advertise = %local, "no interface holds the advertise address: assuming MTU 1500");
+                1500
+            })
+            .min(MAX_LINK_MTU);
         let wanted: BTreeSet<String> = state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
         let kept: BTreeSet<String> = observed
             .model

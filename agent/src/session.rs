@@ -75,6 +75,11 @@ fn spread(managers: &str) -> String {
     addresses.join(",")
 }
 
+/// How long a join or the opening of the watch stream may wait for the
+/// manager's answer before the session starts over: a connection a manager
+/// took but never serves must not hold the agent forever.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An open connection to the manager's Dispatcher.
 #[derive(Clone)]
 pub struct Session {
@@ -126,6 +131,16 @@ impl Session {
         Self { manager, client }
     }
 
+    /// The manager took the request but gave no answer in [`ANSWER_TIMEOUT`]
+    /// (one shutting down, or one still starting): try again.
+    fn unanswered(&self, during: &'static str) -> SessionError {
+        SessionError::Lost {
+            manager: self.manager.clone(),
+            during,
+            message: format!("no answer within {ANSWER_TIMEOUT:?}"),
+        }
+    }
+
     fn status_error(&self, during: &'static str, status: tonic::Status) -> SessionError {
         match status.code() {
             Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied => {
@@ -152,10 +167,9 @@ impl Session {
             advertise_addr: config.advertise_addr.to_string(),
             csr: key.map(|k| k.csr_der.clone()).unwrap_or_default(),
         };
-        let response = self
-            .client
-            .join(request)
+        let response = tokio::time::timeout(ANSWER_TIMEOUT, self.client.join(request))
             .await
+            .map_err(|_| self.unanswered("joining"))?
             .map_err(|status| self.status_error("joining", status))?
             .into_inner();
         Ok(Joined {
@@ -196,8 +210,14 @@ impl Session {
                 tracing::debug!(gap_ms = (now - previous).as_millis() as u64, "heartbeat sent");
             }
             let request = HeartbeatRequest { node_id: joined.node_id.clone() };
-            if let Err(status) = client_session.client.heartbeat(request).await {
-                tracing::warn!(manager = %client_session.manager, "heartbeat failed: {}", status.message());
+            match tokio::time::timeout(ANSWER_TIMEOUT, client_session.client.heartbeat(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => {
+                    tracing::warn!(manager = %client_session.manager, "heartbeat failed: {}", status.message())
+                }
+                Err(_) => {
+                    tracing::warn!(manager = %client_session.manager, "heartbeat unanswered in {ANSWER_TIMEOUT:?}")
+                }
             }
         }
     }
@@ -298,10 +318,9 @@ impl Session {
     ) -> Result<(), SessionError> {
         loop {
             let request = WatchRequest { node_id: node_id.to_string() };
-            let mut stream = self
-                .client
-                .watch(request)
+            let mut stream = tokio::time::timeout(ANSWER_TIMEOUT, self.client.watch(request))
                 .await
+                .map_err(|_| self.unanswered("opening the watch stream"))?
                 .map_err(|status| self.status_error("opening the watch stream", status))?
                 .into_inner();
             let mut held = HeldState::default();

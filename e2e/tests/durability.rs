@@ -35,6 +35,7 @@ fn a_manager_restart_keeps_networks_nodes_and_tokens() {
         agent.log()
     );
     agent.assert_reconnected_with_its_certificate();
+    assert!(!agent.log().contains("ERROR"), "the agent failed to build its node: {}", agent.log());
 }
 
 #[test]

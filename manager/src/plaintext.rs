@@ -6,7 +6,7 @@
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// What a plaintext client is told.
@@ -18,15 +18,21 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections accepted on `listener` that start a TLS handshake; every
-/// other one is answered with [`REQUIRES_TLS`] and closed. Accepting stops
-/// when the stream is dropped (the server shut down).
-pub fn tls_connections(listener: TcpListener) -> ReceiverStream<std::io::Result<TcpStream>> {
+/// other one is answered with [`REQUIRES_TLS`] and closed. The listener is
+/// closed when `stopping` turns true (a new connection is refused at once
+/// rather than held unserved while the server drains) or when the stream is
+/// dropped.
+pub fn tls_connections(
+    listener: TcpListener,
+    mut stopping: watch::Receiver<bool>,
+) -> ReceiverStream<std::io::Result<TcpStream>> {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = sender.closed() => return,
+                _ = stopping.wait_for(|stop| *stop) => return,
             };
             match accepted {
                 Ok((stream, _)) => {

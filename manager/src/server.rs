@@ -151,6 +151,7 @@ impl Manager {
             shutdown.await;
             let _ = stop.send(true);
         });
+        let listening = stopping.clone();
         let mut stopped = stopping;
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -172,7 +173,7 @@ impl Manager {
                 require_admin_token(self.cluster.tokens.clone()),
             ))
             .add_service(DispatcherServer::new(dispatcher))
-            .serve_with_incoming_shutdown(crate::plaintext::tls_connections(listener), shutdown)
+            .serve_with_incoming_shutdown(crate::plaintext::tls_connections(listener, listening), shutdown)
             .await
             .map_err(io_error(format!("serving on {listen}")))
     }
