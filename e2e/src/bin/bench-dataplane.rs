@@ -208,7 +208,7 @@ fn heartbeat_gaps(log: &str) -> Vec<u64> {
 /// The agent's heartbeats while it builds 100 sandboxes with 1,000 routing-
 /// mesh rules, on a one-node lab.
 fn heartbeats_under_load() -> Value {
-    let lab = Lab::start(1);
+    let lab = Lab::start_configured(1, &["--dispatcher-heartbeat", "500ms"], &[]);
     lab.create_network("loadnet", "10.203.0.0/24");
     let before = heartbeat_gaps(&lab.agent_log(0)).len();
     let mut args = vec!["service", "create", "--replicas", "100", "--network", "loadnet", "--name", "load"];
