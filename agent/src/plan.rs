@@ -134,16 +134,48 @@ fn same_link(desired: &LinkModel, observed: &LinkModel) -> bool {
     }
 }
 
-/// The actions that turn `observed` into `desired`.
+/// The actions that turn `observed` into `desired`: new namespaces; wrong
+/// links deleted; bridges, tunnels and veth pairs made; every link's and
+/// namespace's properties set; namespaces no longer wanted deleted.
 pub fn plan(desired: &KernelModel, observed: &KernelModel) -> Vec<Action> {
     let mut actions = Vec::new();
-    let empty = NamespaceModel::default();
     for name in desired.namespaces.keys().filter(|n| *n != HOST && !observed.namespaces.contains_key(*n)) {
         actions.push(Action::CreateNamespace(name.clone()));
     }
-    // Links that are wrong or should not be there go first: their names
-    // are free again for what replaces them.
-    let mut recreated: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut recreated = delete_stale_links(desired, observed, &mut actions);
+    create_bridges_and_tunnels(desired, observed, &recreated, &mut actions);
+    let new_pairs = create_veth_pairs(desired, observed, &recreated, &mut actions);
+    recreated.extend(new_pairs);
+    let empty = NamespaceModel::default();
+    for (namespace, wanted) in &desired.namespaces {
+        let found = observed.namespaces.get(namespace).unwrap_or(&empty);
+        for (name, link) in &wanted.links {
+            let new = missing(observed, &recreated, namespace, name);
+            let current = if new { None } else { found.links.get(name) };
+            link_properties(&mut actions, namespace, name, link, current);
+        }
+        namespace_properties(&mut actions, namespace, wanted, found);
+    }
+    for namespace in observed.namespaces.keys() {
+        if *namespace != HOST
+            && !desired.namespaces.contains_key(namespace)
+            && !desired.keep.contains(namespace)
+        {
+            actions.push(Action::DeleteNamespace(namespace.clone()));
+        }
+    }
+    actions
+}
+
+/// Deletes the links that are wrong or should not be there, first: their
+/// names are free again for what replaces them. Returns them as
+/// (namespace, name).
+fn delete_stale_links(
+    desired: &KernelModel,
+    observed: &KernelModel,
+    actions: &mut Vec<Action>,
+) -> BTreeSet<(String, String)> {
+    let mut recreated = BTreeSet::new();
     for (namespace, found) in &observed.namespaces {
         let Some(wanted) = desired.namespaces.get(namespace) else { continue };
         for (name, link) in &found.links {
@@ -160,11 +192,20 @@ pub fn plan(desired: &KernelModel, observed: &KernelModel) -> Vec<Action> {
             }
         }
     }
-    // Bridges, then tunnels, then veth pairs (whose ends are enslaved to
-    // the bridges).
+    recreated
+}
+
+/// Makes the missing bridges, then the missing VXLAN tunnels (before the
+/// veth pairs, whose ends are enslaved to the bridges).
+fn create_bridges_and_tunnels(
+    desired: &KernelModel,
+    observed: &KernelModel,
+    recreated: &BTreeSet<(String, String)>,
+    actions: &mut Vec<Action>,
+) {
     for (namespace, wanted) in &desired.namespaces {
         for (name, link) in wanted.links.iter().filter(|(_, l)| l.kind == LinkKind::Bridge) {
-            if missing(observed, &recreated, namespace, name) {
+            if missing(observed, recreated, namespace, name) {
                 let mtu = link.mtu.unwrap_or(1500);
                 actions.push(Action::CreateBridge { namespace: namespace.clone(), name: name.clone(), mtu });
             }
@@ -173,7 +214,7 @@ pub fn plan(desired: &KernelModel, observed: &KernelModel) -> Vec<Action> {
     for (namespace, wanted) in &desired.namespaces {
         for (name, link) in &wanted.links {
             if let LinkKind::Vxlan { vni, port, local, .. } = link.kind {
-                if missing(observed, &recreated, namespace, name) {
+                if missing(observed, recreated, namespace, name) {
                     let mtu = link.mtu.unwrap_or(1450);
                     let (namespace, name) = (namespace.clone(), name.clone());
                     actions.push(Action::CreateVxlan { namespace, name, vni, port, local, mtu });
@@ -181,16 +222,26 @@ pub fn plan(desired: &KernelModel, observed: &KernelModel) -> Vec<Action> {
             }
         }
     }
+}
+
+/// Makes every veth pair one of whose ends is missing, once, from its
+/// outer end (the one without a MAC); the end still there is deleted
+/// first. Returns both ends of each new pair as (namespace, name).
+fn create_veth_pairs(
+    desired: &KernelModel,
+    observed: &KernelModel,
+    recreated: &BTreeSet<(String, String)>,
+    actions: &mut Vec<Action>,
+) -> Vec<(String, String)> {
     let mut new_pairs = Vec::new();
     for (namespace, wanted) in &desired.namespaces {
         for (name, link) in &wanted.links {
             let LinkKind::Veth { peer_namespace, peer } = &link.kind else { continue };
-            // Each pair once, from its outer end (the one without a MAC).
             if link.mac.is_some() {
                 continue;
             }
-            if missing(observed, &recreated, namespace, name)
-                || missing(observed, &recreated, peer_namespace, peer)
+            if missing(observed, recreated, namespace, name)
+                || missing(observed, recreated, peer_namespace, peer)
             {
                 for (ns, end) in [(namespace, name), (peer_namespace, peer)] {
                     let there = observed_link(observed, ns, end).is_some();
@@ -212,25 +263,7 @@ pub fn plan(desired: &KernelModel, observed: &KernelModel) -> Vec<Action> {
             }
         }
     }
-    recreated.extend(new_pairs);
-    for (namespace, wanted) in &desired.namespaces {
-        let found = observed.namespaces.get(namespace).unwrap_or(&empty);
-        for (name, link) in &wanted.links {
-            let new = missing(observed, &recreated, namespace, name);
-            let current = if new { None } else { found.links.get(name) };
-            link_properties(&mut actions, namespace, name, link, current);
-        }
-        namespace_properties(&mut actions, namespace, wanted, found);
-    }
-    for namespace in observed.namespaces.keys() {
-        if *namespace != HOST
-            && !desired.namespaces.contains_key(namespace)
-            && !desired.keep.contains(namespace)
-        {
-            actions.push(Action::DeleteNamespace(namespace.clone()));
-        }
-    }
-    actions
+    new_pairs
 }
 
 /// What to set on a link (`current`: as observed; `None` when just made).

@@ -156,28 +156,48 @@ fn place_of(task: &Task) -> Place<'_> {
     (task.service_id.as_str(), task.slot, node)
 }
 
-/// The changes that bring the state closer to what the services ask for.
+/// The changes that bring the state closer to what the services ask for:
+/// stop what should no longer run, roll updates on, start what is missing
+/// and place what waits, forget old history. Each step sees the tasks as
+/// the steps before it left them.
 pub fn plan(state: &ClusterState) -> Batch {
     let mut batch = Batch::new();
-    let services: HashMap<&str, &Service> = state.services.iter().map(|s| (s.id.as_str(), s)).collect();
     let eligibility = Eligibility::new(state);
     let mut tasks: Vec<Task> = state.tasks.to_vec();
+    stop_what_should_not_run(state, &eligibility, &mut tasks, &mut batch);
+    roll_updates_on(state, &mut tasks, &mut batch);
+    start_and_place(state, &eligibility, &tasks, &mut batch);
+    forget_old_history(&tasks, &mut batch);
+    batch
+}
 
-    // Stop what should no longer run.
+/// Stops the tasks meant to run that should not: their service is gone,
+/// their node is Down or drained, a constraint no longer holds, the
+/// service was scaled down, or they ended.
+fn stop_what_should_not_run(
+    state: &ClusterState,
+    eligibility: &Eligibility,
+    tasks: &mut [Task],
+    batch: &mut Batch,
+) {
+    let services: HashMap<&str, &Service> = state.services.iter().map(|s| (s.id.as_str(), s)).collect();
     for task in tasks.iter_mut().filter(|t| t.desired_state() == TaskState::Running) {
         let Some(service) = services.get(task.service_id.as_str()) else {
             batch.delete::<Task>(&task.id);
             continue;
         };
-        if let Some(reason) = StopReason::of(task, service, state, &eligibility) {
+        if let Some(reason) = StopReason::of(task, service, state, eligibility) {
             tracing::info!(task = %task.id, node = %task.node_id, ?reason, "stopping task");
             reason.apply(task, state.now);
             batch.put(task);
         }
     }
+}
 
-    // Roll updates on: stop the next batch of tasks of an older version.
-    // Only services being updated look at their tasks.
+/// Stops the next batch of tasks of an older version of every service
+/// being updated or rolled back, and records each update's new status.
+/// Only services being updated look at their tasks.
+fn roll_updates_on(state: &ClusterState, tasks: &mut [Task], batch: &mut Batch) {
     let updating: HashSet<&str> = state
         .services
         .iter()
@@ -188,6 +208,9 @@ pub fn plan(state: &ClusterState) -> Batch {
         })
         .map(|s| s.id.as_str())
         .collect();
+    if updating.is_empty() {
+        return;
+    }
     let mut own: HashMap<&str, Vec<&Task>> = HashMap::new();
     for task in tasks.iter().filter(|t| updating.contains(t.service_id.as_str())) {
         own.entry(task.service_id.as_str()).or_default().push(task);
@@ -209,13 +232,17 @@ pub fn plan(state: &ClusterState) -> Batch {
         task.state_changed_unix = state.now;
         batch.put(task);
     }
+}
 
-    // Start what is missing, and place what waits.
+/// Gives every place a service asks for (a replicated service's slots, a
+/// global service's eligible nodes) a task meant to run: a new one once
+/// the place's back-off is over, and a node for one still Pending.
+fn start_and_place(state: &ClusterState, eligibility: &Eligibility, tasks: &[Task], batch: &mut Batch) {
     let mut places: HashMap<Place, Vec<&Task>> = HashMap::new();
-    for task in &tasks {
+    for task in tasks {
         places.entry(place_of(task)).or_default().push(task);
     }
-    let mut placement = Placement::new(state, &tasks, &eligibility);
+    let mut placement = Placement::new(state, tasks, eligibility);
     for service in state.services {
         let wanted: Vec<Place> = match service.mode() {
             ServiceMode::Replicated => {
@@ -242,9 +269,12 @@ pub fn plan(state: &ClusterState) -> Batch {
             }
         }
     }
-    placement.record_last_addresses(&mut batch);
+    placement.record_last_addresses(batch);
+}
 
-    // Forget old history.
+/// Deletes all but the newest [`HISTORY_PER_SLOT`] finished tasks of each
+/// place.
+fn forget_old_history(tasks: &[Task], batch: &mut Batch) {
     let mut finished: HashMap<Place, Vec<&Task>> = HashMap::new();
     for task in tasks.iter().filter(|t| t.desired_state() != TaskState::Running) {
         finished.entry(place_of(task)).or_default().push(task);
@@ -255,7 +285,6 @@ pub fn plan(state: &ClusterState) -> Batch {
             batch.delete::<Task>(&old.id);
         }
     }
-    batch
 }
 
 /// Whether the back-off after a slot's trailing failures (or exits: a task is

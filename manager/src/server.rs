@@ -116,21 +116,7 @@ impl Manager {
             },
             coordination.clone(),
         );
-        tokio::spawn(crate::orchestrator::run(
-            self.store.clone(),
-            heartbeats.clone(),
-            coordination.leadership(),
-            stopping.clone(),
-        ));
-        tokio::spawn(crate::secrets::follow_tokens(
-            self.store.clone(),
-            self.cluster.tokens.clone(),
-            stopping.clone(),
-        ));
-        tokio::spawn(forget_removed_task_logs(self.store.clone(), reports.clone(), stopping.clone()));
-        tokio::spawn(crate::memory::release_after_changes(self.store.clone(), stopping.clone()));
-        let fanout = crate::desired::fanout::Fanout::new();
-        tokio::spawn(fanout.clone().run(self.store.clone(), self.cluster.data_path_port, stopping.clone()));
+        let fanout = self.spawn_loops(&heartbeats, &coordination, &reports, &stopping);
         let metrics = Arc::new(crate::metrics::ManagerMetrics::default());
         let _metrics_server = match self.config.metrics_addr {
             Some(address) => Some(self.serve_metrics(address, metrics.clone(), heartbeats.clone()).await?),
@@ -156,11 +142,7 @@ impl Manager {
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let identity = &self.cluster.identity;
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.cluster.ca.ca_pem))
-            .client_auth_optional(true);
+        let tls = self.tls_config();
         let io_error =
             |context: String| move |err| ManagerError::Io { context, source: std::io::Error::other(err) };
         tracing::info!(%listen, ca = %self.cluster.ca.digest, store = %self.store.location(), manager = %self.manager_id, "manager serving (TLS)");
@@ -180,6 +162,45 @@ impl Manager {
 }
 
 impl Manager {
+    /// Starts what runs beside the gRPC services until `stopping`: the
+    /// orchestrator (while this manager leads), the token follower, the
+    /// forgetting of removed tasks' output, the heap release and the Watch
+    /// fan-out, which is returned for the Dispatcher.
+    fn spawn_loops(
+        &self,
+        heartbeats: &Arc<Heartbeats>,
+        coordination: &Coordination,
+        reports: &Arc<crate::reports::AgentReports>,
+        stopping: &tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<crate::desired::fanout::Fanout> {
+        tokio::spawn(crate::orchestrator::run(
+            self.store.clone(),
+            heartbeats.clone(),
+            coordination.leadership(),
+            stopping.clone(),
+        ));
+        tokio::spawn(crate::secrets::follow_tokens(
+            self.store.clone(),
+            self.cluster.tokens.clone(),
+            stopping.clone(),
+        ));
+        tokio::spawn(forget_removed_task_logs(self.store.clone(), reports.clone(), stopping.clone()));
+        tokio::spawn(crate::memory::release_after_changes(self.store.clone(), stopping.clone()));
+        let fanout = crate::desired::fanout::Fanout::new();
+        tokio::spawn(fanout.clone().run(self.store.clone(), self.cluster.data_path_port, stopping.clone()));
+        fanout
+    }
+
+    /// TLS with the manager's certificate; a client certificate (a node's)
+    /// is checked against the cluster CA when one is presented.
+    fn tls_config(&self) -> ServerTlsConfig {
+        let identity = &self.cluster.identity;
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.cluster.ca.ca_pem))
+            .client_auth_optional(true)
+    }
+
     /// Serves `metrics` on `address` until the returned server is dropped.
     async fn serve_metrics(
         &self,

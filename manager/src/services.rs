@@ -74,52 +74,17 @@ async fn create_once(
     request: &ServiceCreateRequest,
     reserved: &ReservedPorts,
 ) -> Result<Service, ManagerError> {
-    let id = ids::new_id();
-    let name = match request.name.as_str() {
-        "" => format!("service-{}", &id[..8]),
-        given => given.to_string(),
-    };
-    validate::service_name(&name)?;
-    validate::replicas(request.replicas)?;
-    let mode = ServiceMode::try_from(request.mode).map_err(|_| {
-        ManagerError::Refused(format!("invalid service mode {}: expected replicated or global", request.mode))
-    })?;
-    if mode == ServiceMode::Global && request.replicas != 0 {
-        return Err(ManagerError::Refused(
-            "replicas can only be used with replicated mode: a global service runs one task on every node"
-                .into(),
-        ));
-    }
-    let constraints = crate::constraints::parse_all(&request.constraints)
-        .map_err(|err| ManagerError::Refused(err.to_string()))?;
-    let runtime = validate::runtime(&request.runtime.clone().unwrap_or_default())?;
-    if request.command.first().is_none_or(|c| c.is_empty()) {
-        return Err(ManagerError::Refused("a service needs a command to run".into()));
-    }
-
-    let endpoint_mode = EndpointMode::try_from(request.endpoint_mode).map_err(|_| {
-        ManagerError::Refused(format!(
-            "invalid endpoint mode {}: expected vip or dnsrr",
-            request.endpoint_mode
-        ))
-    })?;
-    if endpoint_mode == EndpointMode::Dnsrr && request.ports.iter().any(|p| p.mode != netctl_proto::HOST_MODE)
-    {
-        return Err(ManagerError::Refused(
-            "a port published in ingress mode can't be used with endpoint mode dnsrr (no VIP to balance over)".into(),
-        ));
-    }
-
+    let mut service = checked_service(request)?;
     let mut writer = store.write_lock().await;
     let services: Vec<Service> = store.all()?;
-    if services.iter().any(|s| s.name == name) {
-        return Err(ManagerError::NameTaken { kind: "service", name });
+    if services.iter().any(|s| s.name == service.name) {
+        return Err(ManagerError::NameTaken { kind: "service", name: service.name });
     }
     let networks = store.networks()?;
     let tasks: Vec<Task> = store.all()?;
     let nodes = store.nodes()?;
-    let ports = crate::ports::assign(&name, &request.ports, &services, reserved)?;
-    if ports.iter().any(PortConfig::is_ingress) {
+    service.ports = crate::ports::assign(&service.name, &request.ports, &services, reserved)?;
+    if service.ports.iter().any(PortConfig::is_ingress) {
         let ingress = networks
             .iter()
             .find(|n| n.ingress)
@@ -130,23 +95,6 @@ async fn create_once(
             request.replicas as usize,
         )?;
     }
-    let mut service = Service {
-        id,
-        name,
-        replicas: request.replicas,
-        command: request.command.clone(),
-        env: request.env.clone(),
-        workdir: request.workdir.clone(),
-        runtime: Some(runtime),
-        ports,
-        created_unix: now_unix(),
-        updated_unix: now_unix(),
-        endpoint_mode: endpoint_mode.into(),
-        mode: mode.into(),
-        constraints: constraints.iter().map(ToString::to_string).collect(),
-        update_config: Some(crate::updates::default_config()),
-        ..Default::default()
-    };
     // The service, and where its networks' allocation goes on from.
     let mut batch = Batch::new();
     for reference in &request.networks {
@@ -171,6 +119,62 @@ async fn create_once(
     batch.put(&service);
     writer.commit(batch).await?;
     Ok(service)
+}
+
+/// The service `request` asks for, every field that needs no store read
+/// checked (name, replicas and mode, constraints, runtime, command,
+/// endpoint mode); its ports, networks and aliases come later.
+fn checked_service(request: &ServiceCreateRequest) -> Result<Service, ManagerError> {
+    let id = ids::new_id();
+    let name = match request.name.as_str() {
+        "" => format!("service-{}", &id[..8]),
+        given => given.to_string(),
+    };
+    validate::service_name(&name)?;
+    validate::replicas(request.replicas)?;
+    let mode = ServiceMode::try_from(request.mode).map_err(|_| {
+        ManagerError::Refused(format!("invalid service mode {}: expected replicated or global", request.mode))
+    })?;
+    if mode == ServiceMode::Global && request.replicas != 0 {
+        return Err(ManagerError::Refused(
+            "replicas can only be used with replicated mode: a global service runs one task on every node"
+                .into(),
+        ));
+    }
+    let constraints = crate::constraints::parse_all(&request.constraints)
+        .map_err(|err| ManagerError::Refused(err.to_string()))?;
+    let runtime = validate::runtime(&request.runtime.clone().unwrap_or_default())?;
+    if request.command.first().is_none_or(|c| c.is_empty()) {
+        return Err(ManagerError::Refused("a service needs a command to run".into()));
+    }
+    let endpoint_mode = EndpointMode::try_from(request.endpoint_mode).map_err(|_| {
+        ManagerError::Refused(format!(
+            "invalid endpoint mode {}: expected vip or dnsrr",
+            request.endpoint_mode
+        ))
+    })?;
+    if endpoint_mode == EndpointMode::Dnsrr && request.ports.iter().any(|p| p.mode != netctl_proto::HOST_MODE)
+    {
+        return Err(ManagerError::Refused(
+            "a port published in ingress mode can't be used with endpoint mode dnsrr (no VIP to balance over)".into(),
+        ));
+    }
+    Ok(Service {
+        id,
+        name,
+        replicas: request.replicas,
+        command: request.command.clone(),
+        env: request.env.clone(),
+        workdir: request.workdir.clone(),
+        runtime: Some(runtime),
+        created_unix: now_unix(),
+        updated_unix: now_unix(),
+        endpoint_mode: endpoint_mode.into(),
+        mode: mode.into(),
+        constraints: constraints.iter().map(ToString::to_string).collect(),
+        update_config: Some(crate::updates::default_config()),
+        ..Default::default()
+    })
 }
 
 /// The network aliases of a new `service`, by network ID: each a DNS label,
