@@ -26,11 +26,9 @@ pub struct ActionError {
 }
 
 impl ActionError {
-    /// The error of `action`, logged.
-    fn logged(action: &Action, source: netlib::Error) -> Self {
-        let error = ActionError { action: action.clone(), source };
-        tracing::error!("{error}");
-        error
+    /// The error of `action` (logged with the pass's failures).
+    fn new(action: &Action, source: netlib::Error) -> Self {
+        ActionError { action: action.clone(), source }
     }
 }
 
@@ -76,7 +74,7 @@ impl Applier<'_> {
                 writing += started.elapsed();
             }
             if let Err(source) = result {
-                errors.push(ActionError::logged(action, source));
+                errors.push(ActionError::new(action, source));
             }
         }
         let started = std::time::Instant::now();
@@ -103,7 +101,7 @@ impl Applier<'_> {
                 (Action::WriteRules { namespace, purpose, rules }, Ok(())) => {
                     self.written.rules(self.connections, namespace, purpose, rules);
                 }
-                (_, Err(source)) => errors.push(ActionError::logged(action, source)),
+                (_, Err(source)) => errors.push(ActionError::new(action, source)),
                 _ => {}
             }
         }

@@ -11,6 +11,7 @@ mod connections;
 mod datapath;
 mod desired;
 pub mod dns;
+mod failures;
 mod gwbridge;
 mod identity;
 mod listeners;

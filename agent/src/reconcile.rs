@@ -11,6 +11,7 @@ use crate::connections::Connections;
 use crate::desired::{self, Desired, NodeFacts};
 use crate::dns::upstream::Upstreams;
 use crate::dns::Resolver;
+use crate::failures::{self, Failures, Severity};
 use crate::model::HOST;
 use crate::names::{self, GWBRIDGE};
 use crate::observe::{self, Written};
@@ -38,6 +39,8 @@ pub struct Reconciler {
     resolver: Resolver,
     /// The held published ports last said in the log.
     held_ports: BTreeSet<String>,
+    /// What the passes failed to do, for the log.
+    failures: Failures,
     stale_flows: crate::stale_flows::StaleFlows,
     /// How the last pass served the published ports (for `topology`).
     routes: Vec<crate::mesh::PortRoute>,
@@ -81,14 +84,25 @@ impl Reconciler {
             written: Written::load(run_dir),
             resolver: Resolver::new(upstreams),
             held_ports: BTreeSet::new(),
+            failures: Failures::default(),
             stale_flows: Default::default(),
             routes: Vec::new(),
             bridge_netfilter: netlib::sysctl::exists(netlib::sysctl::BRIDGE_NETFILTER),
         })
     }
 
-    /// Runs one pass: observe, plan, apply, then the tasks.
+    /// Runs one pass: observe, plan, apply, then the tasks; logs what
+    /// failed (see [`Failures`]).
     pub async fn pass(&mut self, state: &NodeState) -> Pass {
+        let pass = self.converge(state).await;
+        for report in pass.reports.iter().filter(|r| r.state() == TaskState::Failed) {
+            self.failures.met(Severity::Error, format!("task {}: {}", report.task_id, report.error));
+        }
+        failures::log(&self.failures.end_pass(Instant::now()));
+        pass
+    }
+
+    async fn converge(&mut self, state: &NodeState) -> Pass {
         self.resolver.update(state);
         self.end_tasks_that_lost_their_sandbox(state);
         let IpAddr::V4(local) = self.advertise_addr else {
@@ -100,15 +114,14 @@ impl Reconciler {
         };
         let observed = observe::observe(&self.host, local, &mut self.connections, &mut self.written).await;
         for error in &observed.errors {
-            tracing::warn!("reading the node back: {error}");
+            self.failures.met(Severity::Warning, format!("reading the node back: {error}"));
         }
-        let underlay_mtu = observed
-            .underlay_mtu
-            .unwrap_or_else(|| {
-                tracing::warn!(advertise = %local, "no interface holds the advertise address: assuming MTU 1500");
-                1500
-            })
-            .min(MAX_LINK_MTU);
+        let underlay_mtu = observed.underlay_mtu.unwrap_or_else(|| {
+            let assumed = format!("no interface holds the advertise address {local}: assuming MTU 1500");
+            self.failures.met(Severity::Warning, assumed);
+            1500
+        });
+        let underlay_mtu = underlay_mtu.min(MAX_LINK_MTU);
         let wanted: BTreeSet<String> = state.tasks.iter().map(|t| names::sandbox_namespace(&t.id)).collect();
         let kept: BTreeSet<String> = observed
             .model
@@ -130,6 +143,9 @@ impl Reconciler {
         let started = Instant::now();
         let mut applier = Applier::new(&self.host, &mut self.connections, &mut self.written);
         let (errors, rules_in) = applier.apply(&actions).await;
+        for error in &errors {
+            self.failures.met(Severity::Error, error.to_string());
+        }
         let applied_in = started.elapsed();
         let rules_written = actions
             .iter()
@@ -191,13 +207,13 @@ impl Reconciler {
 
     /// What keeps every task of the node from working fully while it runs:
     /// a foreign docker_gwbridge, or egress NAT that could not be written.
-    fn node_problems(&self, foreign_gwbridge: bool, errors: &[ActionError]) -> Vec<String> {
+    fn node_problems(&mut self, foreign_gwbridge: bool, errors: &[ActionError]) -> Vec<String> {
         let mut problems = Vec::new();
         if foreign_gwbridge {
             let problem = format!(
                 "{GWBRIDGE} exists and was not made by netctl (is Docker running on this host?): tasks get no egress leg"
             );
-            tracing::error!("{problem}");
+            self.failures.met(Severity::Error, problem.clone());
             problems.push(problem);
         }
         let host_errors = errors
@@ -276,8 +292,7 @@ impl Reconciler {
     }
 }
 
-/// A failed task's report.
+/// A failed task's report (logged with the pass's failures).
 fn failed(task: &TaskSpec, error: String) -> TaskStatusReport {
-    tracing::error!(task = %task.id, "{error}");
     TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
 }
