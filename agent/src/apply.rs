@@ -180,9 +180,15 @@ impl Applier<'_> {
             }
             Action::DeleteLink { namespace, name } => {
                 let netlink = self.netlink(namespace).await?;
-                // Gone already (with the other end of its pair) is fine.
+                // Gone already (with the other end of its pair) is fine,
+                // also between the lookup and the delete: a namespace
+                // removed in the pass before is destroyed by the kernel
+                // later, taking its veth pairs with it.
                 match netlink.link(name).await? {
-                    Some(link) => netlink.delete_link(&link).await,
+                    Some(link) => match netlink.delete_link(&link).await {
+                        Err(err) if err.is_not_found() => Ok(()),
+                        deleted => deleted,
+                    },
                     None => Ok(()),
                 }
             }

@@ -43,6 +43,12 @@ pub fn overlay_veth_prefix(task_id: &str) -> String {
     format!("veth{}", prefix(task_id, 9))
 }
 
+/// Whether a link in an overlay namespace is a sandbox's veth end (the
+/// others are the network's own: br0, vxlan0).
+pub fn is_overlay_veth(name: &str) -> bool {
+    name.starts_with("veth")
+}
+
 /// Whether a link is the host end of a sandbox's gateway-bridge veth.
 pub fn is_gateway_veth(name: &str) -> bool {
     name.starts_with("gw")

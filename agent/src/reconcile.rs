@@ -236,17 +236,10 @@ impl Reconciler {
             return failed(task, format!("setting up the sandbox: {reason}"));
         }
         let sandbox = names::sandbox_namespace(&task.id);
-        let overlays: Vec<String> =
-            task.endpoints.iter().map(|e| names::overlay_namespace(&e.network_id)).collect();
-        let gateway_leg = names::gateway_veth(&task.id);
-        let mine = |e: &&ActionError| {
-            let touched = e.action.namespaces();
-            touched.contains(&sandbox.as_str())
-                || overlays.iter().any(|o| touched.contains(&o.as_str()))
-                || (touched.contains(&HOST) && e.action.link() == Some(gateway_leg.as_str()))
-        };
-        let (partial, fatal): (Vec<&ActionError>, Vec<&ActionError>) =
-            errors.iter().filter(mine).partition(|e| matches!(e.action, Action::WriteRules { .. }));
+        let (partial, fatal): (Vec<&ActionError>, Vec<&ActionError>) = errors
+            .iter()
+            .filter(|e| concerns(task, &e.action))
+            .partition(|e| matches!(e.action, Action::WriteRules { .. }));
         if let Some(error) = fatal.first() {
             return failed(task, format!("setting up the sandbox: {error}"));
         }
@@ -292,7 +285,71 @@ impl Reconciler {
     }
 }
 
+/// Whether `action`, failed, keeps `task` from working: it is about the
+/// task's sandbox, its gateway leg, or an overlay namespace of its networks,
+/// there about the network itself (br0, vxlan0, neighbours, rules) or the
+/// task's own veth end, not another task's: an overlay namespace is shared
+/// by every task on its network.
+fn concerns(task: &TaskSpec, action: &Action) -> bool {
+    let touched = action.namespaces();
+    let sandbox = names::sandbox_namespace(&task.id);
+    let own_veth = names::overlay_veth_prefix(&task.id);
+    let in_its_overlay =
+        task.endpoints.iter().any(|e| touched.contains(&names::overlay_namespace(&e.network_id).as_str()))
+            && action.link().is_none_or(|link| !names::is_overlay_veth(link) || link.starts_with(&own_veth));
+    touched.contains(&sandbox.as_str())
+        || in_its_overlay
+        || (touched.contains(&HOST) && action.link() == Some(names::gateway_veth(&task.id).as_str()))
+}
+
 /// A failed task's report (logged with the pass's failures).
 fn failed(task: &TaskSpec, error: String) -> TaskStatusReport {
     TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netctl_proto::EndpointAddress;
+
+    fn task(id: &str, networks: &[&str]) -> TaskSpec {
+        let endpoints = networks
+            .iter()
+            .map(|n| EndpointAddress { network_id: n.to_string(), ..Default::default() })
+            .collect();
+        TaskSpec { id: id.into(), endpoints, ..Default::default() }
+    }
+
+    fn delete(namespace: &str, name: &str) -> Action {
+        Action::DeleteLink { namespace: namespace.into(), name: name.into() }
+    }
+
+    #[test]
+    fn a_failure_in_a_shared_overlay_concerns_the_tasks_whose_end_or_network_it_is_about() {
+        let (mine, other) = (task("aaaaaaaaaaaaaaaaaaaaaaaaa", &["net1"]), "bbbbbbbbbbbbbbbbbbbbbbbbb");
+        let overlay = names::overlay_namespace("net1");
+        let own_end = names::overlay_veth(&mine.id, 0);
+        let others_end = names::overlay_veth(other, 0);
+        assert!(!concerns(&mine, &delete(&overlay, &others_end)), "another task's veth end");
+        assert!(concerns(&mine, &delete(&overlay, &own_end)), "its own veth end");
+        let bridge = Action::CreateBridge {
+            namespace: overlay.clone(),
+            name: names::OVERLAY_BRIDGE.into(),
+            mtu: 1450,
+        };
+        assert!(concerns(&mine, &bridge), "the network's bridge");
+        let elsewhere = names::overlay_namespace("net2");
+        assert!(!concerns(&mine, &delete(&elsewhere, names::VXLAN)), "a network it is not on");
+        let own_pair = Action::CreateVeth {
+            namespace: overlay,
+            name: own_end,
+            inner_namespace: names::sandbox_namespace(&mine.id),
+            inner: names::sandbox_interface(0),
+            mtu: 1450,
+            inner_mac: None,
+        };
+        assert!(concerns(&mine, &own_pair));
+        assert!(concerns(&mine, &delete(HOST, &names::gateway_veth(&mine.id))), "its gateway leg");
+        assert!(!concerns(&mine, &delete(HOST, &names::gateway_veth(other))), "another's gateway leg");
+    }
 }
