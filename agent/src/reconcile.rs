@@ -239,7 +239,7 @@ impl Reconciler {
         let (partial, fatal): (Vec<&ActionError>, Vec<&ActionError>) = errors
             .iter()
             .filter(|e| concerns(task, &e.action))
-            .partition(|e| matches!(e.action, Action::WriteRules { .. }));
+            .partition(|e| partial_problem(&e.action).is_some());
         if let Some(error) = fatal.first() {
             return failed(task, format!("setting up the sandbox: {error}"));
         }
@@ -248,7 +248,8 @@ impl Reconciler {
         let resolver = self.resolver.serve(&sandbox, &path, &networks).await.err();
         let mut status = self.supervisor.ensure_running(task, &sandbox, &path).await;
         if status.state() == TaskState::Running {
-            let rule_problems = partial.iter().map(|e| format!("service VIP and DNS rules: {}", e.source));
+            let rule_problems =
+                partial.iter().filter_map(|e| Some(format!("{}: {}", partial_problem(&e.action)?, e.source)));
             let resolver_problem = resolver.map(|e| format!("name resolution: {e}"));
             let all: Vec<String> =
                 problems.iter().cloned().chain(rule_problems).chain(resolver_problem).collect();
@@ -302,6 +303,21 @@ fn concerns(task: &TaskSpec, action: &Action) -> bool {
         || (touched.contains(&HOST) && action.link() == Some(names::gateway_veth(&task.id).as_str()))
 }
 
+/// What a failed `action` takes from a task that runs without it, if the
+/// task can run without it: its VIP and DNS rules, or the way to another
+/// node's task (a neighbour or FDB entry). Every other failure keeps the
+/// task from starting.
+fn partial_problem(action: &Action) -> Option<&'static str> {
+    match action {
+        Action::WriteRules { .. } => Some("service VIP and DNS rules"),
+        Action::ReplaceNeighbour { .. }
+        | Action::DeleteNeighbour { .. }
+        | Action::ReplaceFdb { .. }
+        | Action::DeleteFdb { .. } => Some("the way to a task on another node"),
+        _ => None,
+    }
+}
+
 /// A failed task's report (logged with the pass's failures).
 fn failed(task: &TaskSpec, error: String) -> TaskStatusReport {
     TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
@@ -351,5 +367,18 @@ mod tests {
         assert!(concerns(&mine, &own_pair));
         assert!(concerns(&mine, &delete(HOST, &names::gateway_veth(&mine.id))), "its gateway leg");
         assert!(!concerns(&mine, &delete(HOST, &names::gateway_veth(other))), "another's gateway leg");
+    }
+
+    #[test]
+    fn a_task_runs_without_its_rules_or_a_way_to_one_remote_task_but_not_without_its_network() {
+        let namespace = names::overlay_namespace("net1");
+        let fdb = Action::ReplaceFdb {
+            namespace: namespace.clone(),
+            mac: [2, 0x42, 10, 0, 0, 5],
+            node: [192, 168, 10, 7].into(),
+        };
+        assert_eq!(partial_problem(&fdb), Some("the way to a task on another node"));
+        let bridge = Action::CreateBridge { namespace, name: names::OVERLAY_BRIDGE.into(), mtu: 1450 };
+        assert_eq!(partial_problem(&bridge), None);
     }
 }
