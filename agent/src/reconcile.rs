@@ -95,9 +95,6 @@ impl Reconciler {
     /// failed (see [`Failures`]).
     pub async fn pass(&mut self, state: &NodeState) -> Pass {
         let pass = self.converge(state).await;
-        for report in pass.reports.iter().filter(|r| r.state() == TaskState::Failed) {
-            self.failures.met(Severity::Error, format!("task {}: {}", report.task_id, report.error));
-        }
         failures::log(&self.failures.end_pass(Instant::now()));
         pass
     }
@@ -108,7 +105,7 @@ impl Reconciler {
         let IpAddr::V4(local) = self.advertise_addr else {
             let error = format!("advertise address {} is not IPv4", self.advertise_addr);
             return Pass {
-                reports: state.tasks.iter().map(|t| failed(t, error.clone())).collect(),
+                reports: state.tasks.iter().map(|t| self.failed(t, error.clone())).collect(),
                 ..Pass::default()
             };
         };
@@ -233,7 +230,7 @@ impl Reconciler {
         problems: &[String],
     ) -> TaskStatusReport {
         if let Some(reason) = desired.refused.get(&task.id) {
-            return failed(task, format!("setting up the sandbox: {reason}"));
+            return self.failed(task, format!("setting up the sandbox: {reason}"));
         }
         let sandbox = names::sandbox_namespace(&task.id);
         let (partial, fatal): (Vec<&ActionError>, Vec<&ActionError>) = errors
@@ -241,7 +238,7 @@ impl Reconciler {
             .filter(|e| concerns(task, &e.action))
             .partition(|e| partial_problem(&e.action).is_some());
         if let Some(error) = fatal.first() {
-            return failed(task, format!("setting up the sandbox: {error}"));
+            return self.failed(task, format!("setting up the sandbox: {error}"));
         }
         let path = self.connections.namespaces().path(&sandbox);
         let networks: Vec<String> = task.endpoints.iter().map(|e| e.network_id.clone()).collect();
@@ -256,6 +253,13 @@ impl Reconciler {
             status.error = all.join("; ");
         }
         status
+    }
+
+    /// A report of `task` failed for `error`, which the pass's failures
+    /// log.
+    fn failed(&mut self, task: &TaskSpec, error: String) -> TaskStatusReport {
+        self.failures.met(Severity::Error, format!("task {}: {error}", task.id));
+        TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
     }
 
     /// How many DNS queries the sandboxes' resolver answered, kept up to
@@ -316,11 +320,6 @@ fn partial_problem(action: &Action) -> Option<&'static str> {
         | Action::DeleteFdb { .. } => Some("the way to a task on another node"),
         _ => None,
     }
-}
-
-/// A failed task's report (logged with the pass's failures).
-fn failed(task: &TaskSpec, error: String) -> TaskStatusReport {
-    TaskStatusReport { task_id: task.id.clone(), state: TaskState::Failed.into(), error }
 }
 
 #[cfg(test)]

@@ -80,6 +80,38 @@ fn spread(managers: &str) -> String {
 /// took but never serves must not hold the agent forever.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a manager's error status means for the session: refused (the
+/// node is not admitted) or lost (try again).
+fn status_error(manager: &str, during: &'static str, status: tonic::Status) -> SessionError {
+    match status.code() {
+        Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied => {
+            SessionError::Refused { manager: manager.to_string(), message: status.message().to_string() }
+        }
+        _ => {
+            SessionError::Lost { manager: manager.to_string(), during, message: status.message().to_string() }
+        }
+    }
+}
+
+/// The answer of a call to `manager` given [`ANSWER_TIMEOUT`]: none in time
+/// (a manager shutting down, or still starting) is a lost session, to be
+/// started over.
+async fn answer<T>(
+    manager: &str,
+    during: &'static str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status_error(manager, during, status)),
+        Err(_) => Err(SessionError::Lost {
+            manager: manager.to_string(),
+            during,
+            message: format!("no answer within {ANSWER_TIMEOUT:?}"),
+        }),
+    }
+}
+
 /// An open connection to the manager's Dispatcher.
 #[derive(Clone)]
 pub struct Session {
@@ -131,29 +163,6 @@ impl Session {
         Self { manager, client }
     }
 
-    /// The manager took the request but gave no answer in [`ANSWER_TIMEOUT`]
-    /// (one shutting down, or one still starting): try again.
-    fn unanswered(&self, during: &'static str) -> SessionError {
-        SessionError::Lost {
-            manager: self.manager.clone(),
-            during,
-            message: format!("no answer within {ANSWER_TIMEOUT:?}"),
-        }
-    }
-
-    fn status_error(&self, during: &'static str, status: tonic::Status) -> SessionError {
-        match status.code() {
-            Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied => {
-                SessionError::Refused { manager: self.manager.clone(), message: status.message().to_string() }
-            }
-            _ => SessionError::Lost {
-                manager: self.manager.clone(),
-                during,
-                message: status.message().to_string(),
-            },
-        }
-    }
-
     /// Joins: as a new node over a token session, as the certificate's node
     /// over a certificate session; `key`'s request is signed when given.
     pub async fn join(
@@ -167,11 +176,7 @@ impl Session {
             advertise_addr: config.advertise_addr.to_string(),
             csr: key.map(|k| k.csr_der.clone()).unwrap_or_default(),
         };
-        let response = tokio::time::timeout(ANSWER_TIMEOUT, self.client.join(request))
-            .await
-            .map_err(|_| self.unanswered("joining"))?
-            .map_err(|status| self.status_error("joining", status))?
-            .into_inner();
+        let response = answer(&self.manager, "joining", self.client.join(request)).await?;
         Ok(Joined {
             node_id: response.node_id,
             heartbeat_interval: Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(100))),
@@ -318,11 +323,8 @@ impl Session {
     ) -> Result<(), SessionError> {
         loop {
             let request = WatchRequest { node_id: node_id.to_string() };
-            let mut stream = tokio::time::timeout(ANSWER_TIMEOUT, self.client.watch(request))
-                .await
-                .map_err(|_| self.unanswered("opening the watch stream"))?
-                .map_err(|status| self.status_error("opening the watch stream", status))?
-                .into_inner();
+            let opening = self.client.watch(request);
+            let mut stream = answer(&self.manager, "opening the watch stream", opening).await?;
             let mut held = HeldState::default();
             loop {
                 let message = match stream.message().await {
@@ -334,7 +336,7 @@ impl Session {
                             message: "the manager closed the stream".into(),
                         })
                     }
-                    Err(status) => return Err(self.status_error("watching", status)),
+                    Err(status) => return Err(status_error(&self.manager, "watching", status)),
                 };
                 match held.receive(message) {
                     Ok(Some(state)) => on_state(state),
