@@ -105,6 +105,15 @@ impl Drop for Daemon {
     }
 }
 
+/// `token` with its last character changed: the same kind and CA digest, a
+/// wrong secret (a last '0' becomes '1', anything else '0').
+pub fn with_wrong_secret(token: &str) -> String {
+    let mut wrong = token.to_string();
+    let last = wrong.pop();
+    wrong.push(if last == Some('0') { '1' } else { '0' });
+    wrong
+}
+
 /// A manager on loopback with its data dir, plus any agents started on it,
 /// all inside one private network namespace.
 pub struct ControlPlane {

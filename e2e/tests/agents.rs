@@ -18,9 +18,7 @@ fn a_good_token_joins_and_a_bad_one_is_refused() {
     let cluster = ControlPlane::start(&[]);
     // Each with a state and run dir of its own, as two hosts would have.
     let malformed = cluster.start_agent("intruder-malformed", "NETCTL-JOIN-1-wrong");
-    let mut wrong_secret = cluster.join_token();
-    wrong_secret.pop();
-    wrong_secret.push('0');
+    let wrong_secret = e2e::with_wrong_secret(&cluster.join_token());
     let wrong = cluster.start_agent("intruder-wrong", &wrong_secret);
     for (mut bad, expected) in [
         (malformed, "join token: the token is not NETCTL-<KIND>-1-<CA digest>-<secret>"),
@@ -28,7 +26,8 @@ fn a_good_token_joins_and_a_bad_one_is_refused() {
     ] {
         assert!(
             wait_until(Duration::from_secs(10), || bad.try_exit_code().is_some()),
-            "a refused agent must exit"
+            "a refused agent must exit: {}",
+            bad.log()
         );
         assert_eq!(bad.try_exit_code(), Some(1));
         assert!(bad.log().contains(expected), "{}", bad.log());

@@ -64,9 +64,7 @@ fn wrong_or_missing_tokens_and_unreachable_managers_are_named() {
     assert_eq!(malformed.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&malformed.stderr);
     assert!(stderr.contains("admin token: the token is not NETCTL-"), "{stderr}");
-    let mut wrong_secret = cluster.admin_token();
-    wrong_secret.pop();
-    wrong_secret.push('0');
+    let wrong_secret = e2e::with_wrong_secret(&cluster.admin_token());
     let wrong = cluster.netctl_with_token(Some(&wrong_secret), &["network", "create", "x"]);
     assert_eq!(wrong.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&wrong.stderr);
