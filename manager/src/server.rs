@@ -20,6 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+/// How long a client may take over its TLS handshake (one that sends the
+/// first bytes and no more would otherwise hold a task for as long as the
+/// manager runs).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a manager is started (the `netctl manager` flags).
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -192,13 +197,16 @@ impl Manager {
     }
 
     /// TLS with the manager's certificate; a client certificate (a node's)
-    /// is checked against the cluster CA when one is presented.
+    /// is checked against the cluster CA when one is presented. A client
+    /// that starts a handshake and does not finish it within
+    /// [`TLS_HANDSHAKE_TIMEOUT`] is dropped.
     fn tls_config(&self) -> ServerTlsConfig {
         let identity = &self.cluster.identity;
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
             .client_ca_root(Certificate::from_pem(&self.cluster.ca.ca_pem))
             .client_auth_optional(true)
+            .timeout(TLS_HANDSHAKE_TIMEOUT)
     }
 
     /// Serves `metrics` on `address` until the returned server is dropped.
