@@ -179,18 +179,8 @@ impl Applier<'_> {
                 outer.create_veth(name, inner, &target, *mtu, *inner_mac).await
             }
             Action::DeleteLink { namespace, name } => {
-                let netlink = self.netlink(namespace).await?;
-                // Gone already (with the other end of its pair) is fine,
-                // also between the lookup and the delete: a namespace
-                // removed in the pass before is destroyed by the kernel
-                // later, taking its veth pairs with it.
-                match netlink.link(name).await? {
-                    Some(link) => match netlink.delete_link(&link).await {
-                        Err(err) if err.is_not_found() => Ok(()),
-                        deleted => deleted,
-                    },
-                    None => Ok(()),
-                }
+                // Gone already (with the other end of its pair) is fine.
+                self.netlink(namespace).await?.delete_link_named(name).await
             }
             Action::SetMtu { namespace, name, mtu } => {
                 let link = self.link(namespace, name).await?;
@@ -259,9 +249,8 @@ impl Applier<'_> {
     /// there), moves it into `namespace` and renames it `name`.
     async fn create_vxlan(&mut self, namespace: &str, name: &str, spec: &VxlanSpec) -> netlib::Result<()> {
         let overlay = self.netlink(namespace).await?;
-        if let Some(leftover) = self.host.link(&spec.name).await? {
-            self.host.delete_link(&leftover).await?;
-        }
+        // A leftover of an attempt that failed half way.
+        self.host.delete_link_named(&spec.name).await?;
         self.host.create_vxlan(spec).await?;
         let staged = self.host.require_link(&spec.name).await?;
         let target = netns::open(&self.connections.namespaces().path(namespace))?;

@@ -37,8 +37,6 @@ pub struct Reconciler {
     supervisor: Supervisor,
     written: Written,
     resolver: Resolver,
-    /// The held published ports last said in the log.
-    held_ports: BTreeSet<String>,
     /// What the passes failed to do, for the log.
     failures: Failures,
     stale_flows: crate::stale_flows::StaleFlows,
@@ -83,7 +81,6 @@ impl Reconciler {
             supervisor: Supervisor::new(run_dir, shim_program)?,
             written: Written::load(run_dir),
             resolver: Resolver::new(upstreams),
-            held_ports: BTreeSet::new(),
             failures: Failures::default(),
             stale_flows: Default::default(),
             routes: Vec::new(),
@@ -185,19 +182,15 @@ impl Reconciler {
     }
 
     /// The tasks behind published ports a process on this node holds, and
-    /// what to tell them; the log says so when that changes.
+    /// what to tell them (logged with the pass's failures).
     fn held_ports(&mut self, state: &NodeState) -> Vec<(String, String)> {
         let publishes =
             !state.published_ports.is_empty() || state.tasks.iter().any(|t| !t.host_ports.is_empty());
         // The host's sockets are read only when this node publishes ports.
         let bound = if publishes { crate::listeners::bound() } else { Default::default() };
         let held = crate::listeners::conflicts(&state.published_ports, &state.tasks, &bound);
-        let said: BTreeSet<String> = held.iter().map(|(_, problem)| problem.clone()).collect();
-        if said != self.held_ports {
-            for problem in said.difference(&self.held_ports) {
-                tracing::warn!("{problem}");
-            }
-            self.held_ports = said;
+        for (_, problem) in &held {
+            self.failures.met(Severity::Warning, problem.clone());
         }
         held
     }

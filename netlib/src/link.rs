@@ -200,6 +200,18 @@ impl Netlink {
             .map_err(|e| self.error(format!("deleting {}", link.name), e))
     }
 
+    /// Deletes the link called `name` if there is one: gone already, or
+    /// gone between the lookup and the delete (a namespace the kernel
+    /// destroys after it was removed takes its veth pairs with it), is
+    /// done as well.
+    pub async fn delete_link_named(&self, name: &str) -> Result<()> {
+        let Some(link) = self.link(name).await? else { return Ok(()) };
+        match self.delete_link(&link).await {
+            Err(err) if err.is_not_found() => Ok(()),
+            deleted => deleted,
+        }
+    }
+
     /// The link called `name`, if any.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         let mut found = self.handle.link().get().match_name(name.to_string()).execute();

@@ -133,6 +133,10 @@ async fn overlay_layout_is_built_and_read_back() {
     // Deleting the veth takes its peer with it.
     overlay.delete_link(veth).await.unwrap();
     assert!(sandbox.link("eth0").await.unwrap().is_none());
+    // A link found and gone before its delete: not found, and done for
+    // the delete by name.
+    assert!(overlay.delete_link(veth).await.unwrap_err().is_not_found());
+    overlay.delete_link_named(&veth.name).await.unwrap();
 }
 
 #[tokio::test]
