@@ -98,6 +98,7 @@ mod tests {
     #[test]
     fn only_tasks_behind_a_held_port_are_told() {
         let port = PublishedPort {
+            service: String::new(),
             protocol: "tcp".into(),
             published_port: 8080,
             target_port: 80,

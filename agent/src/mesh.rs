@@ -421,6 +421,7 @@ mod tests {
 
     fn port(backends: &[&str]) -> PublishedPort {
         PublishedPort {
+            service: String::new(),
             protocol: "tcp".into(),
             published_port: 8080,
             target_port: 80,
@@ -678,6 +679,7 @@ mod tests {
     #[test]
     fn sandboxes_send_dns_to_the_resolver_and_balance_vips() {
         let vip = ServiceVip {
+            service: String::new(),
             network_id: "n".into(),
             address: "192.168.200.2".into(),
             backends: vec!["192.168.200.3".into()],

@@ -528,6 +528,7 @@ mod tests {
             remote_endpoints: vec![remote(1, 0), remote(2, 1)],
             ingress_address: "10.255.0.3".into(),
             published_ports: vec![PublishedPort {
+                service: String::new(),
                 protocol: "tcp".into(),
                 published_port: 8080,
                 target_port: 80,
@@ -665,6 +666,7 @@ mod tests {
         let mut kernel = converge(&state(), bare());
         let mut with_vip = state();
         with_vip.service_vips.push(netctl_proto::ServiceVip {
+            service: String::new(),
             network_id: network(2).id,
             address: "10.2.0.2".into(),
             backends: vec!["10.2.0.13".into()],

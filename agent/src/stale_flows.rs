@@ -195,6 +195,7 @@ mod tests {
                 },
             ],
             service_vips: vec![ServiceVip {
+                service: String::new(),
                 network_id: "net".into(),
                 address: "10.1.0.2".into(),
                 backends: vec!["10.1.0.3".into()],

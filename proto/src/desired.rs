@@ -1,14 +1,18 @@
 //! A node's desired state as a set of keyed items ([`DesiredItems`]), the
 //! form deltas are computed in and applied to. A [`NodeState`] splits into
-//! items (a published port, each of its backends, a remote endpoint, a
-//! task...) and is assembled again from them, its lists ordered by key, so
-//! that a state, its items and a delta between two of them say the same.
+//! items (a published port, a task endpoint, a task...) and is assembled
+//! again from them, its lists ordered by key, so that a state, its items
+//! and a delta between two of them say the same. A task costs a node one
+//! item per network it shares with it, its endpoint: the remote endpoints
+//! and the backends of ports, VIPs and names are derived from the
+//! endpoints when the state is assembled.
 
+use crate::convention::endpoint_mac_text;
 use crate::desired_item::Item;
 use crate::watch_message;
 use crate::{
-    DesiredItem, NameTask, Network, NetworkAttachment, NodeHeader, NodeState, NodeStateDelta, PortBackend,
-    PublishedPort, RemoteEndpoint, ServiceNames, ServiceVip, TaskName, TaskSpec, VipBackend, WatchMessage,
+    DesiredItem, Endpoint, Network, NetworkAttachment, NodeHeader, NodeState, NodeStateDelta, PublishedPort,
+    RemoteEndpoint, ServiceNames, ServiceVip, TaskName, TaskSpec, WatchMessage,
 };
 use bytes::Bytes;
 use prost::Message;
@@ -26,20 +30,14 @@ pub enum ItemKey {
     Network(String),
     /// A task the node runs, by ID.
     Task(String),
-    /// An endpoint on another node: network ID, address.
-    RemoteEndpoint(String, String),
+    /// A task's (or an ingress_sbox's) endpoint: network ID, address.
+    Endpoint(String, String),
     /// A published port: protocol, port.
     Port(String, u32),
-    /// An ingress address serving a published port: protocol, port, address.
-    PortBackend(String, u32, String),
     /// A service VIP: network ID, address.
     Vip(String, String),
-    /// A task address behind a VIP: network ID, VIP, address.
-    VipBackend(String, String, String),
     /// A service's names on a network: network ID, service name.
     Names(String, String),
-    /// A running task a service name answers: network ID, service, task ID.
-    NameTask(String, String, String),
 }
 
 impl ItemKey {
@@ -47,41 +45,30 @@ impl ItemKey {
     pub fn removal(&self) -> DesiredItem {
         let (s, u) = (String::clone, |n: &u32| *n);
         item(match self {
-            ItemKey::Header => Item::Header(NodeHeader::default()),
+            ItemKey::Header => Item::Header(Box::default()),
             ItemKey::ClusterNode(address) => Item::ClusterNode(s(address)),
             ItemKey::Network(id) => Item::Network(Box::new(Network { id: s(id), ..Default::default() })),
             ItemKey::Task(id) => Item::Task(Box::new(TaskSpec { id: s(id), ..Default::default() })),
-            ItemKey::RemoteEndpoint(network_id, address) => Item::RemoteEndpoint(RemoteEndpoint {
+            ItemKey::Endpoint(network_id, address) => Item::Endpoint(Box::new(Endpoint {
                 network_id: s(network_id),
                 address: s(address),
                 ..Default::default()
-            }),
-            ItemKey::Port(protocol, port) => Item::Port(PublishedPort {
+            })),
+            ItemKey::Port(protocol, port) => Item::Port(Box::new(PublishedPort {
                 protocol: s(protocol),
                 published_port: u(port),
                 ..Default::default()
-            }),
-            ItemKey::PortBackend(protocol, port, address) => Item::PortBackend(PortBackend {
-                protocol: s(protocol),
-                published_port: u(port),
+            })),
+            ItemKey::Vip(network_id, address) => Item::Vip(Box::new(ServiceVip {
+                network_id: s(network_id),
                 address: s(address),
-            }),
-            ItemKey::Vip(network_id, address) => {
-                Item::Vip(ServiceVip { network_id: s(network_id), address: s(address), ..Default::default() })
-            }
-            ItemKey::VipBackend(network_id, vip, address) => {
-                Item::VipBackend(VipBackend { network_id: s(network_id), vip: s(vip), address: s(address) })
-            }
-            ItemKey::Names(network_id, service) => Item::Names(ServiceNames {
+                ..Default::default()
+            })),
+            ItemKey::Names(network_id, service) => Item::Names(Box::new(ServiceNames {
                 network_id: s(network_id),
                 service: s(service),
                 ..Default::default()
-            }),
-            ItemKey::NameTask(network_id, service, task_id) => Item::NameTask(NameTask {
-                network_id: s(network_id),
-                service: s(service),
-                task: Some(TaskName { id: s(task_id), ..Default::default() }),
-            }),
+            })),
         })
     }
 }
@@ -93,17 +80,10 @@ pub fn key(item: &DesiredItem) -> Option<ItemKey> {
         Item::ClusterNode(address) => ItemKey::ClusterNode(address.clone()),
         Item::Network(network) => ItemKey::Network(network.id.clone()),
         Item::Task(task) => ItemKey::Task(task.id.clone()),
-        Item::RemoteEndpoint(e) => ItemKey::RemoteEndpoint(e.network_id.clone(), e.address.clone()),
+        Item::Endpoint(e) => ItemKey::Endpoint(e.network_id.clone(), e.address.clone()),
         Item::Port(p) => ItemKey::Port(p.protocol.clone(), p.published_port),
-        Item::PortBackend(b) => ItemKey::PortBackend(b.protocol.clone(), b.published_port, b.address.clone()),
         Item::Vip(v) => ItemKey::Vip(v.network_id.clone(), v.address.clone()),
-        Item::VipBackend(b) => ItemKey::VipBackend(b.network_id.clone(), b.vip.clone(), b.address.clone()),
         Item::Names(n) => ItemKey::Names(n.network_id.clone(), n.service.clone()),
-        Item::NameTask(n) => ItemKey::NameTask(
-            n.network_id.clone(),
-            n.service.clone(),
-            n.task.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
-        ),
     })
 }
 
@@ -160,15 +140,16 @@ impl DesiredItems {
         self.items.is_empty()
     }
 
-    /// Splits `state` into items.
+    /// Splits `state` into items (what is derived from its endpoints is
+    /// not read: remote endpoints, backends, the tasks of names).
     pub fn from_state(state: &NodeState) -> Self {
         let mut items = Self::default();
-        items.insert(item(Item::Header(NodeHeader {
+        items.insert(item(Item::Header(Box::new(NodeHeader {
             node_id: state.node_id.clone(),
             advertise_addr: state.advertise_addr.clone(),
             data_path_port: state.data_path_port,
             ingress_address: state.ingress_address.clone(),
-        })));
+        }))));
         for address in &state.cluster_nodes {
             items.insert(item(Item::ClusterNode(address.clone())));
         }
@@ -178,47 +159,28 @@ impl DesiredItems {
         for task in &state.tasks {
             items.insert(item(Item::Task(Box::new(task.clone()))));
         }
-        for endpoint in &state.remote_endpoints {
-            items.insert(item(Item::RemoteEndpoint(endpoint.clone())));
+        for endpoint in &state.endpoints {
+            items.insert(item(Item::Endpoint(Box::new(endpoint.clone()))));
         }
         for port in &state.published_ports {
-            for address in &port.backends {
-                items.insert(item(Item::PortBackend(PortBackend {
-                    protocol: port.protocol.clone(),
-                    published_port: port.published_port,
-                    address: address.clone(),
-                })));
-            }
-            items.insert(item(Item::Port(PublishedPort { backends: Vec::new(), ..port.clone() })));
+            items.insert(item(Item::Port(Box::new(PublishedPort { backends: Vec::new(), ..port.clone() }))));
         }
         for vip in &state.service_vips {
-            for address in &vip.backends {
-                items.insert(item(Item::VipBackend(VipBackend {
-                    network_id: vip.network_id.clone(),
-                    vip: vip.address.clone(),
-                    address: address.clone(),
-                })));
-            }
-            items.insert(item(Item::Vip(ServiceVip { backends: Vec::new(), ..vip.clone() })));
+            items.insert(item(Item::Vip(Box::new(ServiceVip { backends: Vec::new(), ..vip.clone() }))));
         }
         for names in &state.names {
-            for task in &names.tasks {
-                items.insert(item(Item::NameTask(NameTask {
-                    network_id: names.network_id.clone(),
-                    service: names.service.clone(),
-                    task: Some(task.clone()),
-                })));
-            }
-            items.insert(item(Item::Names(ServiceNames { tasks: Vec::new(), ..names.clone() })));
+            items.insert(item(Item::Names(Box::new(ServiceNames { tasks: Vec::new(), ..names.clone() }))));
         }
         items
     }
 
     /// The [`NodeState`] at `revision` these items make, every list in key
-    /// order (a backend, VIP backend or name task whose port, VIP or names
-    /// entry is missing is left out).
+    /// order, with what the endpoints give: the remote endpoints (those on
+    /// another node), and the running tasks' addresses behind their
+    /// service's published ports (on ingress), VIPs and names.
     pub fn to_state(&self, revision: u64) -> NodeState {
         let mut state = NodeState { revision, ..Default::default() };
+        let mut ingress = None;
         for item in self.items.values().filter_map(|i| i.item.as_ref()) {
             match item {
                 Item::Header(header) => {
@@ -228,61 +190,21 @@ impl DesiredItems {
                     state.ingress_address = header.ingress_address.clone();
                 }
                 Item::ClusterNode(address) => state.cluster_nodes.push(address.clone()),
-                Item::Network(n) => state.networks.push(NetworkAttachment { network: Some((**n).clone()) }),
+                Item::Network(n) => {
+                    if n.ingress {
+                        ingress = Some(n.id.clone());
+                    }
+                    state.networks.push(NetworkAttachment { network: Some((**n).clone()) });
+                }
                 Item::Task(task) => state.tasks.push((**task).clone()),
-                Item::RemoteEndpoint(endpoint) => state.remote_endpoints.push(endpoint.clone()),
-                Item::Port(port) => state.published_ports.push(port.clone()),
-                Item::Vip(vip) => state.service_vips.push(vip.clone()),
-                Item::Names(names) => state.names.push(names.clone()),
-                Item::PortBackend(_) | Item::VipBackend(_) | Item::NameTask(_) => {}
+                Item::Endpoint(endpoint) => state.endpoints.push((**endpoint).clone()),
+                Item::Port(port) => state.published_ports.push((**port).clone()),
+                Item::Vip(vip) => state.service_vips.push((**vip).clone()),
+                Item::Names(names) => state.names.push((**names).clone()),
             }
         }
-        self.attach_members(&mut state);
+        derive_from_endpoints(&mut state, ingress.as_deref());
         state
-    }
-
-    /// Puts each port backend, VIP backend and name task into its port, VIP
-    /// or names entry of `state`.
-    fn attach_members(&self, state: &mut NodeState) {
-        let index = |keys: Vec<ItemKey>| -> HashMap<ItemKey, usize> { keys.into_iter().zip(0..).collect() };
-        let ports = index(
-            state
-                .published_ports
-                .iter()
-                .map(|p| ItemKey::Port(p.protocol.clone(), p.published_port))
-                .collect(),
-        );
-        let vips = index(
-            state
-                .service_vips
-                .iter()
-                .map(|v| ItemKey::Vip(v.network_id.clone(), v.address.clone()))
-                .collect(),
-        );
-        let names = index(
-            state.names.iter().map(|n| ItemKey::Names(n.network_id.clone(), n.service.clone())).collect(),
-        );
-        for item in self.items.values().filter_map(|i| i.item.as_ref()) {
-            match item {
-                Item::PortBackend(b) => {
-                    if let Some(&i) = ports.get(&ItemKey::Port(b.protocol.clone(), b.published_port)) {
-                        state.published_ports[i].backends.push(b.address.clone());
-                    }
-                }
-                Item::VipBackend(b) => {
-                    if let Some(&i) = vips.get(&ItemKey::Vip(b.network_id.clone(), b.vip.clone())) {
-                        state.service_vips[i].backends.push(b.address.clone());
-                    }
-                }
-                Item::NameTask(n) => {
-                    let names_key = ItemKey::Names(n.network_id.clone(), n.service.clone());
-                    if let (Some(&i), Some(task)) = (names.get(&names_key), &n.task) {
-                        state.names[i].tasks.push(task.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
     }
 
     /// Applies `delta`: its removals, then its upserts. An item that does
@@ -313,6 +235,46 @@ impl DesiredItems {
             changes.remove(Arc::new(key.clone()));
         }
         changes
+    }
+}
+
+/// Fills in what `state`'s endpoints give: its remote endpoints, and the
+/// running tasks behind each published port (their addresses on
+/// `ingress`), VIP and names entry of their service, in endpoint order.
+fn derive_from_endpoints(state: &mut NodeState, ingress: Option<&str>) {
+    let mut serving: HashMap<(&str, &str), Vec<&Endpoint>> = HashMap::new();
+    for endpoint in &state.endpoints {
+        if !endpoint.node_addr.is_empty() && endpoint.node_addr != state.advertise_addr {
+            let mac = endpoint.address.parse().map(endpoint_mac_text).unwrap_or_default();
+            state.remote_endpoints.push(RemoteEndpoint {
+                network_id: endpoint.network_id.clone(),
+                address: endpoint.address.clone(),
+                mac,
+                node_addr: endpoint.node_addr.clone(),
+            });
+        }
+        if endpoint.running && !endpoint.service.is_empty() {
+            serving.entry((&endpoint.network_id, &endpoint.service)).or_default().push(endpoint);
+        }
+    }
+    let no_tasks = Vec::new();
+    let addresses = |endpoints: &Vec<&Endpoint>| endpoints.iter().map(|e| e.address.clone()).collect();
+    for port in &mut state.published_ports {
+        let backends = ingress.and_then(|ingress| serving.get(&(ingress, port.service.as_str())));
+        port.backends = addresses(backends.unwrap_or(&no_tasks));
+    }
+    for vip in &mut state.service_vips {
+        vip.backends = addresses(serving.get(&(&vip.network_id, &vip.service)).unwrap_or(&no_tasks));
+    }
+    for names in &mut state.names {
+        let tasks = serving.get(&(&names.network_id, &names.service)).unwrap_or(&no_tasks).iter();
+        names.tasks = tasks
+            .map(|e| TaskName {
+                id: e.task_id.clone(),
+                name: e.task_name.clone(),
+                address: e.address.clone(),
+            })
+            .collect();
     }
 }
 
@@ -557,7 +519,7 @@ impl Iterator for Parts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RemoteEndpoint, TaskName, TaskSpec};
+    use crate::{NetworkAttachment, TaskSpec};
     use proptest::prelude::*;
 
     /// `changes` from revision 1 to 2 as the one delta an unlimited
@@ -577,62 +539,66 @@ mod tests {
         proptest::sample::select(options).prop_map(str::to_string)
     }
 
-    /// Node states over small alphabets, so that two of them share items.
+    /// Node states over small alphabets, so that two of them share items
+    /// (what is derived from endpoints left empty: it is not read).
     fn node_state() -> impl Strategy<Value = NodeState> {
         let addresses = &["10.0.0.2", "10.0.0.3", "10.0.0.4"];
-        let networks = &["n1", "n2"];
-        let endpoint =
-            (pick(networks), pick(addresses), pick(&["m1", "m2"])).prop_map(|(network_id, address, mac)| {
-                RemoteEndpoint { network_id, address, mac, node_addr: "192.168.1.2".into() }
-            });
-        let port = (
-            pick(&["tcp", "udp"]),
-            80u32..82,
-            8000u32..8002,
-            proptest::collection::vec(pick(addresses), 0..3),
+        let networks = &["n1", "n2", "ingress"];
+        let services = &["web", "db"];
+        let endpoint = (
+            pick(networks),
+            pick(addresses),
+            pick(&["192.168.1.2", "192.168.1.3", ""]),
+            pick(services),
+            pick(&["t1", "t2"]),
+            any::<bool>(),
         )
-            .prop_map(|(protocol, published_port, target_port, backends)| PublishedPort {
+            .prop_map(|(network_id, address, node_addr, service, task_id, running)| Endpoint {
+                network_id,
+                address,
+                node_addr,
+                task_name: format!("web.{task_id}"),
+                service,
+                task_id,
+                running,
+            });
+        let port = (pick(&["tcp", "udp"]), 80u32..82, 8000u32..8002, pick(services)).prop_map(
+            |(protocol, published_port, target_port, service)| PublishedPort {
                 protocol,
                 published_port,
                 target_port,
-                backends,
-            });
-        let vip = (
-            pick(networks),
-            pick(&["10.0.0.9", "10.0.0.8"]),
-            proptest::collection::vec(pick(addresses), 0..3),
-        )
-            .prop_map(|(network_id, address, backends)| ServiceVip { network_id, address, backends });
-        let name_task = (pick(&["t1", "t2"]), pick(addresses)).prop_map(|(id, address)| TaskName {
-            name: format!("web.{id}"),
-            id,
-            address,
-        });
-        let names = (
-            pick(networks),
-            pick(&["web", "db"]),
-            proptest::collection::vec(name_task, 0..3),
-            pick(&["", "10.0.0.9"]),
-        )
-            .prop_map(|(network_id, service, tasks, vip)| ServiceNames {
+                service,
+                backends: vec![],
+            },
+        );
+        let vip = (pick(networks), pick(&["10.0.0.9", "10.0.0.8"]), pick(services)).prop_map(
+            |(network_id, address, service)| ServiceVip { network_id, address, service, backends: vec![] },
+        );
+        let names = (pick(networks), pick(services), pick(&["", "10.0.0.9"])).prop_map(
+            |(network_id, service, vip)| ServiceNames {
                 network_id,
                 service,
-                tasks,
                 vip,
+                tasks: vec![],
                 aliases: vec![],
-            });
+            },
+        );
         let task = (pick(&["t1", "t2", "t3"]), pick(&["a", "b"])).prop_map(|(id, command)| TaskSpec {
             id,
             command: vec![command],
             ..Default::default()
         });
-        let network =
-            (pick(networks), 4096u32..4098).prop_map(|(id, vni)| Network { id, vni, ..Default::default() });
+        let network = (pick(networks), 4096u32..4098).prop_map(|(id, vni)| Network {
+            ingress: id == "ingress",
+            id,
+            vni,
+            ..Default::default()
+        });
         (
             pick(&["10.1.0.2", "10.1.0.3"]),
             proptest::collection::vec(network, 0..3),
             proptest::collection::vec(task, 0..3),
-            proptest::collection::vec(endpoint, 0..4),
+            proptest::collection::vec(endpoint, 0..5),
             proptest::collection::vec(port, 0..3),
             proptest::collection::vec(vip, 0..3),
             proptest::collection::vec(names, 0..3),
@@ -643,22 +609,28 @@ mod tests {
                     ingress_address,
                     networks,
                     tasks,
-                    remote_endpoints,
+                    endpoints,
                     published_ports,
                     service_vips,
                     names,
                     cluster_nodes,
-                )| NodeState {
-                    node_id: "node".into(),
-                    ingress_address,
-                    networks: networks.into_iter().map(|n| NetworkAttachment { network: Some(n) }).collect(),
-                    tasks,
-                    remote_endpoints,
-                    published_ports,
-                    service_vips,
-                    names,
-                    cluster_nodes,
-                    ..Default::default()
+                )| {
+                    NodeState {
+                        node_id: "node".into(),
+                        advertise_addr: "192.168.1.2".into(),
+                        ingress_address,
+                        networks: networks
+                            .into_iter()
+                            .map(|n| NetworkAttachment { network: Some(n) })
+                            .collect(),
+                        tasks,
+                        endpoints,
+                        published_ports,
+                        service_vips,
+                        names,
+                        cluster_nodes,
+                        ..Default::default()
+                    }
                 },
             )
     }
@@ -726,6 +698,61 @@ mod tests {
             }
             prop_assert_eq!(states, vec![old.to_state(3), new.to_state(4)]);
         }
+    }
+
+    #[test]
+    fn endpoints_give_remote_endpoints_and_their_running_tasks_to_ports_vips_and_names() {
+        let endpoint = |network_id: &str, address: &str, node_addr: &str, running| Endpoint {
+            network_id: network_id.into(),
+            address: address.into(),
+            node_addr: node_addr.into(),
+            service: "web".into(),
+            task_id: format!("t{address}"),
+            task_name: "web.1".into(),
+            running,
+        };
+        let ingress = Network { id: "in".into(), ingress: true, ..Default::default() };
+        let state = NodeState {
+            advertise_addr: "192.168.1.2".into(),
+            networks: vec![NetworkAttachment { network: Some(ingress) }],
+            endpoints: vec![
+                endpoint("in", "10.0.0.5", "192.168.1.3", true),
+                endpoint("in", "10.0.0.6", "192.168.1.2", true),
+                endpoint("n1", "10.1.0.5", "192.168.1.3", true),
+                endpoint("n1", "10.1.0.6", "192.168.1.3", false),
+                Endpoint { service: String::new(), ..endpoint("in", "10.0.0.2", "192.168.1.3", false) },
+            ],
+            published_ports: vec![PublishedPort { service: "web".into(), ..Default::default() }],
+            service_vips: vec![ServiceVip {
+                network_id: "n1".into(),
+                service: "web".into(),
+                ..Default::default()
+            }],
+            names: vec![ServiceNames {
+                network_id: "n1".into(),
+                service: "web".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let state = DesiredItems::from_state(&state).to_state(1);
+        let remote: Vec<(&str, &str)> =
+            state.remote_endpoints.iter().map(|e| (e.address.as_str(), e.mac.as_str())).collect();
+        assert_eq!(
+            remote,
+            [
+                ("10.0.0.2", "02:42:0a:00:00:02"),
+                ("10.0.0.5", "02:42:0a:00:00:05"),
+                ("10.1.0.5", "02:42:0a:01:00:05"),
+                ("10.1.0.6", "02:42:0a:01:00:06")
+            ],
+            "every endpoint on another node, its MAC from its address"
+        );
+        assert_eq!(state.published_ports[0].backends, ["10.0.0.5", "10.0.0.6"], "running tasks on ingress");
+        assert_eq!(state.service_vips[0].backends, ["10.1.0.5"], "running tasks on the VIP's network");
+        let names: Vec<(&str, &str)> =
+            state.names[0].tasks.iter().map(|t| (t.id.as_str(), t.address.as_str())).collect();
+        assert_eq!(names, [("t10.1.0.5", "10.1.0.5")]);
     }
 
     #[test]

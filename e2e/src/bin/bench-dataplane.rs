@@ -53,6 +53,7 @@ fn node_state(count: usize) -> NodeState {
     let vip = ServiceVip {
         network_id: network.id.clone(),
         address: "10.200.255.254".into(),
+        service: String::new(),
         backends: tasks.iter().map(|t| t.endpoints[0].address.clone()).collect(),
     };
     NodeState {

@@ -26,7 +26,7 @@ use netctl_proto::desired::{DesiredItems, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::pki::Token;
 use netctl_proto::{
-    BearerToken, NetworkCreateRequest, PortConfig, ServiceCreateRequest, ServiceRemoveRequest,
+    BearerToken, Endpoint, NetworkCreateRequest, PortConfig, ServiceCreateRequest, ServiceRemoveRequest,
     ServiceScaleRequest,
 };
 use std::collections::{HashMap, HashSet};
@@ -165,23 +165,31 @@ async fn timed(
     report
 }
 
+/// The task endpoints the state holds on network `id`.
+fn endpoints_on<'a>(state: &'a DesiredItems, id: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    let first = ItemKey::Endpoint(id.to_string(), String::new());
+    state.range(&first, move |key| matches!(key, ItemKey::Endpoint(network, _) if network == id)).filter_map(
+        |item| match item {
+            Item::Endpoint(endpoint) => Some(&**endpoint),
+            _ => None,
+        },
+    )
+}
+
+/// How many running tasks of `service` the state holds on network `id`.
+fn running_on(state: &DesiredItems, id: &str, service: &str) -> usize {
+    endpoints_on(state, id).filter(|e| e.running && e.service == service).count()
+}
+
 /// Whether every service name the state holds has its expected number of
 /// running tasks (`expected` by service name; others: [`REPLICAS`]).
 fn names_complete(state: &DesiredItems, expected: &HashMap<String, usize>) -> bool {
-    let mut running = HashMap::<&str, usize>::new();
-    let first = ItemKey::NameTask(String::new(), String::new(), String::new());
-    for item in state.range(&first, |key| matches!(key, ItemKey::NameTask(..))) {
-        if let Item::NameTask(task) = item {
-            *running.entry(task.service.as_str()).or_default() += 1;
-        }
-    }
     let mut services =
         state.range(&ItemKey::Names(String::new(), String::new()), |key| matches!(key, ItemKey::Names(..)));
     services.all(|names| {
         let Item::Names(names) = names else { return true };
-        let service = names.service.as_str();
-        running.get(service).copied().unwrap_or(0)
-            == expected.get(service).copied().unwrap_or(REPLICAS as usize)
+        running_on(state, &names.network_id, &names.service)
+            == expected.get(names.service.as_str()).copied().unwrap_or(REPLICAS as usize)
     })
 }
 
@@ -192,15 +200,17 @@ fn holds_names_of(state: &DesiredItems, service: &str) -> bool {
         .any(|item| matches!(item, Item::Names(names) if names.service == service))
 }
 
-/// How many backends the published TCP port `port` has; `None` if the node
-/// does not hold the port.
+/// How many backends the published TCP port `port` has (running tasks of
+/// its service on ingress); `None` if the node does not hold the port.
 fn port_backends(state: &DesiredItems, port: u32) -> Option<usize> {
-    let tcp = || "tcp".to_string();
-    state.get(&ItemKey::Port(tcp(), port))?;
-    let first = ItemKey::PortBackend(tcp(), port, String::new());
-    let backends =
-        state.range(&first, |key| matches!(key, ItemKey::PortBackend(p, n, _) if p == "tcp" && *n == port));
-    Some(backends.count())
+    let Some(Item::Port(port)) = state.get(&ItemKey::Port("tcp".into(), port)) else { return None };
+    let mut networks =
+        state.range(&ItemKey::Network(String::new()), |key| matches!(key, ItemKey::Network(_)));
+    let ingress = networks.find_map(|item| match item {
+        Item::Network(network) if network.ingress => Some(network.id.as_str()),
+        _ => None,
+    })?;
+    Some(running_on(state, ingress, &port.service))
 }
 
 /// 100 networks and 100 services of 100 replicas; waits until every node
@@ -336,12 +346,8 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
             }
             // Its tasks' endpoints go (its ingress_sbox stays in the mesh
             // while it is a member).
-            let gone = !its_networks.iter().any(|id| {
-                let first = ItemKey::RemoteEndpoint(id.clone(), String::new());
-                state
-                    .range(&first, |key| matches!(key, ItemKey::RemoteEndpoint(network, _) if network == id))
-                    .any(|item| matches!(item, Item::RemoteEndpoint(e) if e.node_addr == dead_address))
-            });
+            let gone =
+                !its_networks.iter().any(|id| endpoints_on(state, id).any(|e| e.node_addr == dead_address));
             Some(gone && names_complete(state, &scaled))
         },
     )

@@ -269,6 +269,7 @@ fn rule_rewrite() -> Value {
             published_port: 20000 + p,
             target_port: 80,
             backends: (0..10).map(|r| format!("10.255.{p}.{}", r + 3)).collect(),
+            service: String::new(),
         })
         .collect();
     // Replica r of each port on node r of 10.

@@ -3,7 +3,7 @@
 //! the scopes it holds ([`Changes::for_node`]), so that a node is sent only
 //! what changed among the items it holds, and nothing when none did.
 
-use super::model::{Model, Placed, Scope};
+use super::model::{Model, Scope};
 use bytes::Bytes;
 use netctl_proto::desired::{encode, Change, ItemChanges, ItemKey};
 use std::cell::OnceCell;
@@ -15,10 +15,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 struct Changed {
     key: Arc<ItemKey>,
-    /// The item before (`None`: absent).
-    before: Option<Placed>,
-    /// The item after (`None`: absent).
-    after: Option<Placed>,
+    /// The item now (`None`: removed).
+    after: Option<Bytes>,
     /// The key's removal, encoded for the first node that is sent it.
     removal: OnceCell<Bytes>,
 }
@@ -73,10 +71,9 @@ fn compare(old: Option<&Scope>, new: Option<&Scope>) -> Vec<Changed> {
         let before = if order == Ordering::Greater { None } else { old.next() };
         let after = if order == Ordering::Less { None } else { new.next() };
         let Some((key, _)) = before.or(after) else { return changed };
-        let (before, after) = (before.map(|(_, placed)| placed), after.map(|(_, placed)| placed));
+        let (before, after) = (before.map(|(_, item)| item), after.map(|(_, item)| item));
         if before != after {
-            let (before, after) = (before.cloned(), after.cloned());
-            changed.push(Changed { key: key.clone(), before, after, removal: OnceCell::new() });
+            changed.push(Changed { key: key.clone(), after: after.cloned(), removal: OnceCell::new() });
         }
     }
 }
@@ -110,7 +107,7 @@ impl Changes {
     pub fn for_node(&self, old: &Model, new: &Model, node_id: &str) -> NodeDelta {
         let Some(now) = new.nodes.get(node_id) else { return NodeDelta::Gone };
         let Some(before) = old.nodes.get(node_id) else { return NodeDelta::Whole };
-        let mut delta = DeltaBuilder { node_id, changes: Vec::new() };
+        let mut delta = DeltaBuilder { changes: Vec::new() };
         delta.changes(&self.global);
         delta.changes(self.nodes.get(node_id).map_or(&[][..], Vec::as_slice));
         for network in &now.networks {
@@ -136,37 +133,28 @@ impl Changes {
 /// once, gathered in a list and sorted once at the end (a thousand nodes
 /// each given thousands of changes spent most of a change's time keeping
 /// them in a tree).
-struct DeltaBuilder<'a> {
-    node_id: &'a str,
+struct DeltaBuilder {
     changes: Vec<(Arc<ItemKey>, Change)>,
 }
 
-impl DeltaBuilder<'_> {
-    /// Adds what changed among the items the node sees.
+impl DeltaBuilder {
+    /// Adds what changed among the items of a scope the node holds.
     fn changes(&mut self, changed: &[Changed]) {
         for change in changed {
-            let before = change.before.as_ref().and_then(|p| p.for_node(self.node_id));
-            match change.after.as_ref().and_then(|p| p.for_node(self.node_id)) {
-                Some(after) if before != Some(after) => {
-                    self.changes.push((change.key.clone(), Change::Upsert(after.clone())));
-                }
-                None if before.is_some() => {
-                    self.changes.push((change.key.clone(), Change::Remove(change.removal())))
-                }
-                _ => {}
-            }
+            let key = change.key.clone();
+            self.changes.push(match &change.after {
+                Some(after) => (key, Change::Upsert(after.clone())),
+                None => (key, Change::Remove(change.removal())),
+            });
         }
     }
 
     /// Adds (`added`) or removes every item of a network the node gained or
     /// lost.
     fn whole_scope(&mut self, scope: Option<&Scope>, added: bool) {
-        for (key, placed) in scope.into_iter().flatten() {
-            let change = match placed.for_node(self.node_id) {
-                Some(item) if added => Change::Upsert(item.clone()),
-                Some(_) => Change::Remove(encode(&key.removal())),
-                None => continue,
-            };
+        for (key, item) in scope.into_iter().flatten() {
+            let change =
+                if added { Change::Upsert(item.clone()) } else { Change::Remove(encode(&key.removal())) };
             self.changes.push((key.clone(), change));
         }
     }
@@ -443,7 +431,8 @@ mod tests {
             panic!("one delta: {parts:?}")
         };
         assert!(delta.removals.is_empty());
-        // The new endpoint and the new name, nothing else.
-        assert_eq!(delta.upserts.len(), 2, "{:?}", delta.upserts);
+        // The new endpoint (its name and VIP backend with it), nothing else.
+        assert_eq!(delta.upserts.len(), 1, "{:?}", delta.upserts);
+        assert!(delta.upserts[0].len() < 100, "{} bytes", delta.upserts[0].len());
     }
 }

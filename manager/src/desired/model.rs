@@ -1,18 +1,18 @@
 //! The cluster's desired state at one revision, as every node's items
 //! ([`netctl_proto::desired`]) grouped by who needs them (pure): items every
-//! node holds (published ports and their backends, the cluster's nodes),
-//! items of each network (the network, its endpoints, VIPs and names) for
-//! the nodes that have a task on it (and every node for ingress), and each
-//! node's own (its header and tasks). Built once per revision and shared by
-//! every Watch stream.
+//! node holds (published ports, the cluster's nodes), items of each network
+//! (the network, its endpoints, VIPs and names) for the nodes that have a
+//! task on it (and every node for ingress), and each node's own (its header
+//! and tasks). A task is one endpoint item on each of its networks; the
+//! backends of ports, VIPs and names are what nodes derive from them. Built
+//! once per revision and shared by every Watch stream.
 
-use crate::addresses::mac_for;
 use bytes::Bytes;
 use netctl_proto::desired::{item, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::{
-    NameTask, Network, Node, NodeHeader, PortBackend, PublishedPort, RemoteEndpoint, Service, ServiceNames,
-    ServiceVip, Task, TaskName, TaskSpec, TaskState, VipBackend,
+    Endpoint, Network, Node, NodeHeader, PublishedPort, Service, ServiceNames, ServiceVip, Task, TaskSpec,
+    TaskState,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -57,27 +57,10 @@ impl Records {
     }
 }
 
-/// An item, encoded once for every node it is sent to (an item always
-/// encodes the same, so equal encodings are equal items), and the node it
-/// lives on, if it is an endpoint (a node is not sent its own endpoints).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Placed {
-    /// The encoded item, shared with the messages that carry it.
-    pub item: Bytes,
-    /// The node of an endpoint.
-    pub node: Option<String>,
-}
-
-impl Placed {
-    /// The encoded item as `node_id` sees it: none if it is that node's
-    /// endpoint.
-    pub fn for_node(&self, node_id: &str) -> Option<&Bytes> {
-        (self.node.as_deref() != Some(node_id)).then_some(&self.item)
-    }
-}
-
-/// Items by key (keys shared with the changes cut from them).
-pub type Scope = BTreeMap<Arc<ItemKey>, Placed>;
+/// Items by key, each encoded once for every node it is sent to (an item
+/// always encodes the same, so equal encodings are equal items; keys are
+/// shared with the changes cut from them).
+pub type Scope = BTreeMap<Arc<ItemKey>, Bytes>;
 
 /// One node's own items and the networks it holds.
 #[derive(Debug, Default, PartialEq)]
@@ -121,11 +104,10 @@ fn kept<T>(built: Option<T>, before: Option<&Arc<T>>) -> Option<Arc<T>> {
     built.map(Arc::new).or_else(|| before.cloned())
 }
 
-fn put(scope: &mut Scope, new: Item, node: Option<&str>) {
+fn put(scope: &mut Scope, new: Item) {
     let new = item(new);
     if let Some(key) = netctl_proto::desired::key(&new) {
-        let item = netctl_proto::desired::encode(&new);
-        scope.insert(Arc::new(key), Placed { item, node: node.map(str::to_string) });
+        scope.insert(Arc::new(key), netctl_proto::desired::encode(&new));
     }
 }
 
@@ -134,9 +116,9 @@ impl Model {
     /// the ingress network (on every node, so that every node answers
     /// published ports) and the networks its tasks attach to (an overlay
     /// exists only where it has a task), every endpoint of those networks
-    /// that lives on another node, the published ports and the service VIPs
-    /// with their backends (tasks that run, not ones still starting), and
-    /// the names its resolver answers.
+    /// (whether its task runs yet: only running ones are backends), the
+    /// published ports, the service VIPs and the names its resolver
+    /// answers.
     pub fn build(cluster: &ClusterView, data_path_port: u32, revision: u64) -> Self {
         Draft::build(cluster, &Rebuild::All, data_path_port).finish(None, cluster, revision)
     }
@@ -169,11 +151,11 @@ impl Draft {
         let ingress = cluster.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
         for network in cluster.networks.iter().filter(|n| rebuild.network(&n.id)) {
             let scope = draft.networks.entry(network.id.clone()).or_default();
-            put(scope, Item::Network(Box::new(network.clone())), None);
+            put(scope, Item::Network(Box::new(network.clone())));
         }
         for node in cluster.nodes {
             if let Some(global) = draft.global.as_mut() {
-                put(global, Item::ClusterNode(node.advertise_addr.clone()), None);
+                put(global, Item::ClusterNode(node.advertise_addr.clone()));
             }
             if !rebuild.node(&node.id) {
                 continue;
@@ -186,17 +168,16 @@ impl Draft {
                 data_path_port,
                 ingress_address: node.ingress_address.clone(),
             };
-            put(&mut part.items, Item::Header(header), None);
+            put(&mut part.items, Item::Header(Box::new(header)));
         }
-        let serving = draft.add_tasks(cluster);
+        draft.add_tasks(cluster, ingress);
         if let Some(ingress) = ingress {
             draft.add_ingress_sandboxes(ingress, cluster.nodes);
         }
         for service in cluster.services {
-            let serving = serving.get(service.id.as_str()).map_or(&[][..], Vec::as_slice);
-            draft.add_ports(service, serving, ingress);
-            draft.add_vips(service, serving);
-            draft.add_names(service, serving, ingress);
+            draft.add_ports(service);
+            draft.add_vips(service);
+            draft.add_names(service, ingress);
         }
         draft
     }
@@ -217,21 +198,20 @@ impl Draft {
         Model { revision, global: global.unwrap_or_default(), networks, nodes: nodes.collect() }
     }
 
-    /// Each wanted task on its node and its endpoints on their networks;
-    /// the tasks that run, by service.
-    fn add_tasks<'a>(&mut self, cluster: &ClusterView<'a>) -> HashMap<&'a str, Vec<&'a Task>> {
+    /// Each wanted task on its node and its endpoints on their networks.
+    fn add_tasks(&mut self, cluster: &ClusterView, ingress: Option<&str>) {
         let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
         let addresses: HashMap<&str, &str> =
             cluster.nodes.iter().map(|n| (n.id.as_str(), n.advertise_addr.as_str())).collect();
-        let mut serving: HashMap<&str, Vec<&Task>> = HashMap::new();
         for task in cluster.tasks.iter().filter(|t| t.desired_state() == TaskState::Running) {
             let Some(service) = services.get(task.service_id.as_str()) else { continue };
+            let name = crate::services::task_name(service, task);
             if let Some(part) = self.nodes.get_mut(&task.node_id) {
                 // A task not replaced by an update yet runs the spec before.
                 let runs = crate::updates::spec_of(service, task);
                 let spec = TaskSpec {
                     id: task.id.clone(),
-                    name: crate::services::task_name(service, task),
+                    name: name.clone(),
                     service_id: service.id.clone(),
                     command: runs.command.clone(),
                     env: runs.env.clone().into_iter().collect(),
@@ -240,94 +220,72 @@ impl Draft {
                     runtime: runs.runtime.clone(),
                     host_ports: runs.ports.iter().filter(|p| !p.is_ingress()).cloned().collect(),
                 };
-                put(&mut part.items, Item::Task(Box::new(spec)), None);
+                put(&mut part.items, Item::Task(Box::new(spec)));
                 let attached = task.endpoints.iter().map(|e| &e.network_id);
                 part.networks.extend(attached.filter(|id| self.known.contains(*id)).cloned());
             }
+            let Some(node_addr) = addresses.get(task.node_id.as_str()) else { continue };
             for endpoint in &task.endpoints {
-                let (Some(scope), Some(node_addr)) =
-                    (self.networks.get_mut(&endpoint.network_id), addresses.get(task.node_id.as_str()))
-                else {
-                    continue;
-                };
-                let remote = RemoteEndpoint {
+                let Some(scope) = self.networks.get_mut(&endpoint.network_id) else { continue };
+                // Names are not answered on ingress: no task identity there.
+                let named = Some(endpoint.network_id.as_str()) != ingress;
+                let endpoint = Endpoint {
                     network_id: endpoint.network_id.clone(),
                     address: endpoint.address.clone(),
-                    mac: endpoint.mac.clone(),
                     node_addr: node_addr.to_string(),
+                    service: service.name.clone(),
+                    task_id: if named { task.id.clone() } else { String::new() },
+                    task_name: if named { name.clone() } else { String::new() },
+                    running: task.state() == TaskState::Running,
                 };
-                put(scope, Item::RemoteEndpoint(remote), Some(&task.node_id));
-            }
-            if task.state() == TaskState::Running {
-                serving.entry(task.service_id.as_str()).or_default().push(task);
+                put(scope, Item::Endpoint(Box::new(endpoint)));
             }
         }
-        serving
     }
 
     /// The ingress_sbox endpoint of every node: replies of tasks on one node
     /// to connections balanced on another go back through it.
     fn add_ingress_sandboxes(&mut self, ingress: &str, nodes: &[Node]) {
         let Some(scope) = self.networks.get_mut(ingress) else { return };
-        for node in nodes {
-            let Ok(address) = node.ingress_address.parse::<std::net::Ipv4Addr>() else { continue };
-            let endpoint = RemoteEndpoint {
+        for node in nodes.iter().filter(|node| node.ingress_address.parse::<std::net::Ipv4Addr>().is_ok()) {
+            let endpoint = Endpoint {
                 network_id: ingress.to_string(),
-                address: address.to_string(),
-                mac: mac_for(address),
+                address: node.ingress_address.clone(),
                 node_addr: node.advertise_addr.clone(),
+                ..Default::default()
             };
-            put(scope, Item::RemoteEndpoint(endpoint), Some(&node.id));
+            put(scope, Item::Endpoint(Box::new(endpoint)));
         }
     }
 
-    /// The service's published ports, balanced over the ingress addresses
-    /// of its running tasks.
-    fn add_ports(&mut self, service: &Service, serving: &[&Task], ingress: Option<&str>) {
+    /// The service's published ports (nodes balance them over the running
+    /// tasks' ingress endpoints).
+    fn add_ports(&mut self, service: &Service) {
         let Some(global) = self.global.as_mut() else { return };
         for port in service.ports.iter().filter(|p| p.is_ingress()) {
-            put(global, Item::Port(port_of(port)), None);
-            for endpoint in serving
-                .iter()
-                .filter_map(|t| t.endpoints.iter().find(|e| Some(e.network_id.as_str()) == ingress))
-            {
-                let backend = PortBackend {
-                    protocol: port.protocol.clone(),
-                    published_port: port.published_port,
-                    address: endpoint.address.clone(),
-                };
-                put(global, Item::PortBackend(backend), None);
-            }
+            put(global, Item::Port(Box::new(port_of(service, port))));
         }
     }
 
-    /// The service's VIPs, each balanced over its running tasks' addresses
-    /// on the VIP's network.
-    fn add_vips(&mut self, service: &Service, serving: &[&Task]) {
+    /// The service's VIPs (nodes balance each over the running tasks'
+    /// endpoints on its network).
+    fn add_vips(&mut self, service: &Service) {
         for vip in &service.virtual_ips {
             let Some(scope) = self.networks.get_mut(&vip.network_id) else { continue };
             let entry = ServiceVip {
                 network_id: vip.network_id.clone(),
                 address: vip.address.clone(),
+                service: service.name.clone(),
                 backends: Vec::new(),
             };
-            put(scope, Item::Vip(entry), None);
-            for endpoint in
-                serving.iter().flat_map(|t| &t.endpoints).filter(|e| e.network_id == vip.network_id)
-            {
-                let backend = VipBackend {
-                    network_id: vip.network_id.clone(),
-                    vip: vip.address.clone(),
-                    address: endpoint.address.clone(),
-                };
-                put(scope, Item::VipBackend(backend), None);
-            }
+            put(scope, Item::Vip(Box::new(entry)));
         }
     }
 
     /// What resolvers answer for the service on each of its networks
-    /// (ingress aside, as in Swarm): its VIP, aliases and running tasks.
-    fn add_names(&mut self, service: &Service, serving: &[&Task], ingress: Option<&str>) {
+    /// (ingress aside, as in Swarm): its VIP and aliases (and its running
+    /// tasks, which nodes take from their endpoints).
+    fn add_names(&mut self, service: &Service, ingress: Option<&str>) {
         for network_id in service.network_ids.iter().filter(|id| Some(id.as_str()) != ingress) {
             let Some(scope) = self.networks.get_mut(network_id) else { continue };
             let names = ServiceNames {
@@ -347,31 +305,14 @@ impl Draft {
                     .unwrap_or_default(),
                 tasks: Vec::new(),
             };
-            put(scope, Item::Names(names), None);
-            for task in serving {
-                let Some(endpoint) = task.endpoints.iter().find(|e| e.network_id == *network_id) else {
-                    continue;
-                };
-                let task = TaskName {
-                    id: task.id.clone(),
-                    name: crate::services::task_name(service, task),
-                    address: endpoint.address.clone(),
-                };
-                let entry = NameTask {
-                    network_id: network_id.clone(),
-                    service: service.name.clone(),
-                    task: Some(task),
-                };
-                put(scope, Item::NameTask(entry), None);
-            }
+            put(scope, Item::Names(Box::new(names)));
         }
     }
 }
 
 impl Model {
-    /// How many items a whole state of `node_id` has at most (its own
-    /// endpoints, left out of it, are counted); 0 if it is not in this
-    /// model.
+    /// How many items a whole state of `node_id` has; 0 if it is not in
+    /// this model.
     pub fn item_count(&self, node_id: &str) -> usize {
         let Some(part) = self.nodes.get(node_id) else { return 0 };
         let networks: usize =
@@ -386,7 +327,7 @@ impl Model {
         let networks = part.networks.iter().filter_map(|id| self.networks.get(id));
         let scopes =
             self.global.values().chain(part.items.values()).chain(networks.flat_map(|scope| scope.values()));
-        Some(scopes.filter_map(|placed| placed.for_node(node_id)).cloned().collect())
+        Some(scopes.cloned().collect())
     }
 
     /// The whole desired state of `node_id`; `None` if the node is not in
@@ -402,11 +343,12 @@ impl Model {
 }
 
 /// A published port of a service as a node sees it.
-fn port_of(port: &netctl_proto::PortConfig) -> PublishedPort {
+fn port_of(service: &Service, port: &netctl_proto::PortConfig) -> PublishedPort {
     PublishedPort {
         protocol: port.protocol.clone(),
         published_port: port.published_port,
         target_port: port.target_port,
+        service: service.name.clone(),
         backends: Vec::new(),
     }
 }

@@ -1,9 +1,8 @@
 //! Which scopes of the desired-state model a change touches (pure). Two
 //! reads of the cluster are compared record by record, and each changed
 //! record names the scopes its items live in: a task its node and the
-//! networks of its endpoints (and the published ports, when it has an
-//! ingress endpoint), a service its networks and the nodes of its tasks (and
-//! the published ports, when it publishes one). A new model builds those
+//! networks of its endpoints, a service its networks and the nodes of its
+//! tasks (and the published ports, when it publishes one). A new model builds those
 //! anew and shares the others with the model before
 //! ([`Model::build_after`](super::model::Model::build_after)): at a
 //! thousand nodes, a task reporting Running touches a few scopes, not the
@@ -22,7 +21,7 @@ pub enum Rebuild {
     All,
     /// Only these.
     Scopes {
-        /// What every node holds (published ports and their backends).
+        /// What every node holds (published ports, the cluster's nodes).
         global: bool,
         /// Networks, by ID.
         networks: HashSet<String>,
@@ -58,8 +57,7 @@ impl Rebuild {
         if !networks.is_empty() || !changed(old.nodes, new.nodes, |n| &n.id).is_empty() {
             return Rebuild::All;
         }
-        let ingress = new.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
-        let mut scopes = Touched { ingress, ..Default::default() };
+        let mut scopes = Touched::default();
         for (before, after) in changed(old.tasks, new.tasks, |t| &t.id) {
             before.into_iter().chain(after).for_each(|task| scopes.task(task));
         }
@@ -108,22 +106,17 @@ impl Rebuild {
 /// The scopes touched so far.
 #[derive(Default)]
 struct Touched<'a> {
-    ingress: Option<&'a str>,
     global: bool,
     networks: HashSet<&'a str>,
     nodes: HashSet<&'a str>,
 }
 
 impl<'a> Touched<'a> {
-    /// A task's items: on its node, an endpoint (and its name, its VIP
-    /// backend) on each of its networks, a published port's backend when
-    /// it has an ingress endpoint.
+    /// A task's items: its spec on its node, its endpoint on each of its
+    /// networks (ingress for a published port's backend).
     fn task(&mut self, task: &'a Task) {
         self.nodes.insert(&task.node_id);
-        for endpoint in &task.endpoints {
-            self.networks.insert(&endpoint.network_id);
-            self.global |= Some(endpoint.network_id.as_str()) == self.ingress;
-        }
+        self.networks.extend(task.endpoints.iter().map(|e| e.network_id.as_str()));
     }
 
     /// A service's own items: its names and VIPs on its networks, its
@@ -183,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn a_task_touches_its_node_and_its_networks_and_the_ports_only_with_an_ingress_endpoint() {
+    fn a_task_touches_its_node_and_its_networks_never_every_node() {
         let old = cluster();
         let mut new = cluster();
         Arc::make_mut(&mut new.tasks)[1].state = 2;
@@ -192,7 +185,7 @@ mod tests {
         Arc::make_mut(&mut new.tasks).push(task("t3", "a", &["ing", "n2"]));
         assert_eq!(
             Rebuild::between(&old.view(), &new.view()),
-            scopes(true, &["ing", "n1", "n2"], &["a", "b"])
+            scopes(false, &["ing", "n1", "n2"], &["a", "b"])
         );
 
         // Moved from b to a, removed: before and after both count.
