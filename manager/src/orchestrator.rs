@@ -385,10 +385,10 @@ struct Placement<'a> {
     eligibility: &'a Eligibility<'a>,
     /// Live tasks by node.
     live: HashMap<String, usize>,
-    /// Live tasks by (node, service).
-    live_of_service: HashMap<(String, String), usize>,
-    /// Tasks that failed lately by (node, service).
-    failed_lately: HashMap<(String, String), usize>,
+    /// Live tasks by service, then node.
+    live_of_service: HashMap<String, HashMap<String, usize>>,
+    /// Tasks that failed lately by service, then node.
+    failed_lately: HashMap<String, HashMap<String, usize>>,
     /// Taken addresses by network ID, counted when first needed.
     taken: HashMap<String, HashSet<Ipv4Addr>>,
     /// The address each network handed out last, as tasks are added.
@@ -418,14 +418,17 @@ impl<'a> Placement<'a> {
             }
         }
         for task in tasks {
-            let key = (task.node_id.clone(), task.service_id.clone());
+            let count = |counts: &mut HashMap<String, HashMap<String, usize>>| {
+                let of_service = counts.entry(task.service_id.clone()).or_default();
+                *of_service.entry(task.node_id.clone()).or_default() += 1;
+            };
             if task.desired_state() == TaskState::Running {
                 *placement.live.entry(task.node_id.clone()).or_default() += 1;
-                *placement.live_of_service.entry(key).or_default() += 1;
+                count(&mut placement.live_of_service);
             } else if task.state() == TaskState::Failed
                 && state.now - task.state_changed_unix < FAILURE_MEMORY_SECONDS
             {
-                *placement.failed_lately.entry(key).or_default() += 1;
+                count(&mut placement.failed_lately);
             }
         }
         placement
@@ -521,16 +524,17 @@ impl<'a> Placement<'a> {
 
     /// The least loaded node that takes tasks of `service`, or why none does.
     fn pick_node(&self, service: &Service) -> Result<String, String> {
-        let count = |map: &HashMap<(String, String), usize>, node: &str| {
-            map.get(&(node.to_string(), service.id.clone())).copied().unwrap_or(0)
+        let (failed, live) = (self.failed_lately.get(&service.id), self.live_of_service.get(&service.id));
+        let count = |of_service: Option<&HashMap<String, usize>>, node: &str| {
+            of_service.and_then(|counts| counts.get(node)).copied().unwrap_or(0)
         };
         let candidates: Vec<Candidate> = self
             .takers(service)
             .map(|n| Candidate {
                 node_id: &n.id,
                 hostname: &n.hostname,
-                recent_failures: count(&self.failed_lately, &n.id),
-                service_tasks: count(&self.live_of_service, &n.id),
+                recent_failures: count(failed, &n.id),
+                service_tasks: count(live, &n.id),
                 all_tasks: self.live.get(&n.id).copied().unwrap_or(0),
             })
             .collect();
@@ -546,7 +550,8 @@ impl<'a> Placement<'a> {
         let endpoints = self.addresses(service)?;
         self.use_host_ports(&node_id, service);
         *self.live.entry(node_id.clone()).or_default() += 1;
-        *self.live_of_service.entry((node_id.clone(), service.id.clone())).or_default() += 1;
+        let of_service = self.live_of_service.entry(service.id.clone()).or_default();
+        *of_service.entry(node_id.clone()).or_default() += 1;
         Ok(Task {
             node_id,
             state: TaskState::Assigned.into(),
