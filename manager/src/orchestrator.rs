@@ -395,6 +395,10 @@ struct Placement<'a> {
     last_addresses: HashMap<String, Ipv4Addr>,
     /// Host-mode ports in use by node: (protocol, port).
     host_ports: HashMap<String, HashSet<(String, u32)>>,
+    /// The nodes that take tasks of the service placed last (by ID), with
+    /// their loads, kept up to date as its tasks are placed: placing a
+    /// thousand replicas weighs each node once, not once per replica.
+    takers: Option<(String, Vec<Candidate<'a>>)>,
 }
 
 impl<'a> Placement<'a> {
@@ -409,6 +413,7 @@ impl<'a> Placement<'a> {
             taken: HashMap::new(),
             last_addresses: state.last_addresses.clone(),
             host_ports: HashMap::new(),
+            takers: None,
         };
         let services: HashMap<&str, &Service> = state.services.iter().map(|s| (s.id.as_str(), s)).collect();
         for task in tasks.iter().filter(|t| t.desired_state() == TaskState::Running && !t.node_id.is_empty())
@@ -523,13 +528,24 @@ impl<'a> Placement<'a> {
     }
 
     /// The least loaded node that takes tasks of `service`, or why none does.
-    fn pick_node(&self, service: &Service) -> Result<String, String> {
+    fn pick_node(&mut self, service: &Service) -> Result<String, String> {
+        if self.takers.as_ref().is_none_or(|(id, _)| *id != service.id) {
+            self.takers = Some((service.id.clone(), self.candidates(service)));
+        }
+        let candidates = self.takers.as_ref().map_or(&[][..], |(_, candidates)| candidates.as_slice());
+        match scheduler::pick(candidates) {
+            Some(node_id) => Ok(node_id.to_string()),
+            None => Err(self.no_node_reason(service)),
+        }
+    }
+
+    /// The nodes that take a new task of `service` now, with their loads.
+    fn candidates(&self, service: &Service) -> Vec<Candidate<'a>> {
         let (failed, live) = (self.failed_lately.get(&service.id), self.live_of_service.get(&service.id));
         let count = |of_service: Option<&HashMap<String, usize>>, node: &str| {
             of_service.and_then(|counts| counts.get(node)).copied().unwrap_or(0)
         };
-        let candidates: Vec<Candidate> = self
-            .takers(service)
+        self.takers(service)
             .map(|n| Candidate {
                 node_id: &n.id,
                 hostname: &n.hostname,
@@ -537,10 +553,25 @@ impl<'a> Placement<'a> {
                 service_tasks: count(live, &n.id),
                 all_tasks: self.live.get(&n.id).copied().unwrap_or(0),
             })
-            .collect();
-        match scheduler::pick(&candidates) {
-            Some(node_id) => Ok(node_id.to_string()),
-            None => Err(self.no_node_reason(service)),
+            .collect()
+    }
+
+    /// Counts a task of `service` placed on `node_id` in the takers kept
+    /// for it; the takers of another service are weighed again when next
+    /// needed (the node's load changed).
+    fn count_in_takers(&mut self, service: &Service, node_id: &str) {
+        let Some((_, candidates)) = self.takers.as_mut().filter(|(id, _)| *id == service.id) else {
+            self.takers = None;
+            return;
+        };
+        if let Some(index) = candidates.iter().position(|c| c.node_id == node_id) {
+            if host_ports(service).is_empty() {
+                candidates[index].service_tasks += 1;
+                candidates[index].all_tasks += 1;
+            } else {
+                // Its host-mode ports are taken there now.
+                candidates.remove(index);
+            }
         }
     }
 
@@ -552,6 +583,7 @@ impl<'a> Placement<'a> {
         *self.live.entry(node_id.clone()).or_default() += 1;
         let of_service = self.live_of_service.entry(service.id.clone()).or_default();
         *of_service.entry(node_id.clone()).or_default() += 1;
+        self.count_in_takers(service, &node_id);
         Ok(Task {
             node_id,
             state: TaskState::Assigned.into(),
@@ -832,6 +864,33 @@ mod tests {
             live[0].endpoints[0].mac,
             addresses::mac_for(live[0].endpoints[0].address.parse().unwrap())
         );
+    }
+
+    #[test]
+    fn replicas_placed_in_one_pass_weigh_the_ones_placed_before_them() {
+        let nodes = [node("a"), node("b"), node("c")];
+        let ready: HashSet<String> = ["a".into(), "b".into(), "c".into()].into();
+        let other = Service { id: "other".into(), name: "other".into(), ..service(2) };
+        let mut tasks = Vec::new();
+        settle(
+            &[Service { constraints: vec!["node.id==a".into()], ..other.clone() }],
+            &mut tasks,
+            &nodes,
+            &ready,
+            100,
+        );
+        assert_eq!(nodes_of(&live(&tasks)), ["a", "a"]);
+        // Fewest of the service first, then fewest overall, then name: b,
+        // c, a, b, c, a, b.
+        settle(
+            &[Service { constraints: vec!["node.id==a".into()], ..other }, service(7)],
+            &mut tasks,
+            &nodes,
+            &ready,
+            101,
+        );
+        let placed: Vec<&Task> = live(&tasks).into_iter().filter(|t| t.service_id == "svc").collect();
+        assert_eq!(nodes_of(&placed), ["a", "a", "b", "b", "b", "c", "c"]);
     }
 
     #[test]
