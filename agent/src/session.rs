@@ -175,8 +175,23 @@ impl Session {
             hostname: config.hostname.clone(),
             advertise_addr: config.advertise_addr.to_string(),
             csr: key.map(|k| k.csr_der.clone()).unwrap_or_default(),
+            desired_state_version: netctl_proto::DESIRED_STATE_VERSION,
         };
         let response = answer(&self.manager, "joining", self.client.join(request)).await?;
+        if response.desired_state_version != netctl_proto::DESIRED_STATE_VERSION {
+            // Retried: the node keeps its data path until the manager is
+            // upgraded.
+            return Err(SessionError::Lost {
+                manager: self.manager.clone(),
+                during: "joining",
+                message: format!(
+                    "the manager sends desired-state version {}; this agent reads version {}: upgrade the \
+                     manager (this node keeps its data path as it is until then)",
+                    response.desired_state_version,
+                    netctl_proto::DESIRED_STATE_VERSION
+                ),
+            });
+        }
         Ok(Joined {
             node_id: response.node_id,
             heartbeat_interval: Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(100))),

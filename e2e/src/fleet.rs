@@ -257,6 +257,7 @@ async fn sim_node(
         hostname: format!("sim-{index}"),
         advertise_addr: address.clone(),
         csr: key.csr_der,
+        desired_state_version: netctl_proto::DESIRED_STATE_VERSION,
         ..Default::default()
     };
     let joined = joining.join(join).await.expect("join").into_inner();

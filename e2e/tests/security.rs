@@ -40,6 +40,7 @@ fn join_request(hostname: &str, key: &NodeKey) -> JoinRequest {
         hostname: hostname.into(),
         advertise_addr: "127.0.0.2".into(),
         csr: key.csr_der.clone(),
+        desired_state_version: DESIRED_STATE_VERSION,
         ..Default::default()
     }
 }
@@ -89,6 +90,16 @@ fn a_node_is_what_its_certificate_says_and_nothing_else() {
         let garbage = JoinRequest { csr: b"not a request".to_vec(), ..join_request("thief", &named) };
         let refused = joining.join(garbage).await.unwrap_err();
         assert!(refused.message().contains("certificate request is malformed"), "{refused:?}");
+        // An agent of an earlier desired-state version waits (a status it
+        // retries), told what to upgrade, and joins nothing.
+        let older =
+            JoinRequest { desired_state_version: 0, ..join_request("older", &NodeKey::generate().unwrap()) };
+        let refused = joining.join(older).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let versions =
+            format!("reads desired-state version 0; this manager sends version {DESIRED_STATE_VERSION}");
+        assert!(refused.message().contains(&versions), "{refused:?}");
+        assert!(refused.message().contains("upgrade the agent"), "{refused:?}");
         // The join token alone opens nothing else.
         let refused = joining.watch(WatchRequest { node_id: node1.node_id.clone() }).await.unwrap_err();
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");

@@ -224,6 +224,14 @@ impl Dispatcher for DispatcherService {
         let manager_host = from_manager_host(&request);
         let node_id = self.joining_node_id(&request)?;
         let join = request.into_inner();
+        if join.desired_state_version != netctl_proto::DESIRED_STATE_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "this node's agent reads desired-state version {}; this manager sends version {}: upgrade the \
+                 agent (the node keeps its data path as it is until then)",
+                join.desired_state_version,
+                netctl_proto::DESIRED_STATE_VERSION
+            )));
+        }
         join.advertise_addr.parse::<IpAddr>().map_err(|_| {
             Status::invalid_argument(format!("invalid advertise address {:?}", join.advertise_addr))
         })?;
@@ -255,6 +263,7 @@ impl Dispatcher for DispatcherService {
             data_path_port: u32::from(self.data_path_port),
             certificate: signed.map(|s| s.pem).unwrap_or_default(),
             ca_certificate: self.ca.ca_pem.clone(),
+            desired_state_version: netctl_proto::DESIRED_STATE_VERSION,
         }))
     }
 
