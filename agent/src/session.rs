@@ -93,6 +93,24 @@ fn status_error(manager: &str, during: &'static str, status: tonic::Status) -> S
     }
 }
 
+/// Whether this agent reads the desired state of `version`, the one the
+/// manager at `manager` sends; if not, a lost session, tried again while
+/// the node keeps its data path, until the manager is upgraded.
+fn readable_version(manager: &str, version: u32) -> Result<(), SessionError> {
+    if version == netctl_proto::DESIRED_STATE_VERSION {
+        return Ok(());
+    }
+    Err(SessionError::Lost {
+        manager: manager.to_string(),
+        during: "joining",
+        message: format!(
+            "the manager sends desired-state version {version}; this agent reads version {}: upgrade the \
+             manager (this node keeps its data path as it is until then)",
+            netctl_proto::DESIRED_STATE_VERSION
+        ),
+    })
+}
+
 /// The answer of a call to `manager` given [`ANSWER_TIMEOUT`]: none in time
 /// (a manager shutting down, or still starting) is a lost session, to be
 /// started over.
@@ -178,20 +196,7 @@ impl Session {
             desired_state_version: netctl_proto::DESIRED_STATE_VERSION,
         };
         let response = answer(&self.manager, "joining", self.client.join(request)).await?;
-        if response.desired_state_version != netctl_proto::DESIRED_STATE_VERSION {
-            // Retried: the node keeps its data path until the manager is
-            // upgraded.
-            return Err(SessionError::Lost {
-                manager: self.manager.clone(),
-                during: "joining",
-                message: format!(
-                    "the manager sends desired-state version {}; this agent reads version {}: upgrade the \
-                     manager (this node keeps its data path as it is until then)",
-                    response.desired_state_version,
-                    netctl_proto::DESIRED_STATE_VERSION
-                ),
-            });
-        }
+        readable_version(&self.manager, response.desired_state_version)?;
         Ok(Joined {
             node_id: response.node_id,
             heartbeat_interval: Duration::from_millis(u64::from(response.heartbeat_interval_ms.max(100))),
@@ -363,5 +368,21 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manager_of_another_desired_state_version_is_retried_and_named_for_upgrade() {
+        assert!(readable_version("m:4243", netctl_proto::DESIRED_STATE_VERSION).is_ok());
+        let older = readable_version("m:4243", 0).unwrap_err();
+        assert!(matches!(older, SessionError::Lost { .. }), "retried, not an exit: {older:?}");
+        let text = older.to_string();
+        assert!(text.contains("manager at m:4243"), "{text}");
+        assert!(text.contains("sends desired-state version 0; this agent reads version 2"), "{text}");
+        assert!(text.contains("upgrade the manager"), "{text}");
     }
 }
