@@ -180,7 +180,6 @@ impl DesiredItems {
     /// service's published ports (on ingress), VIPs and names.
     pub fn to_state(&self, revision: u64) -> NodeState {
         let mut state = NodeState { revision, ..Default::default() };
-        let mut ingress = None;
         for item in self.items.values().filter_map(|i| i.item.as_ref()) {
             match item {
                 Item::Header(header) => {
@@ -190,12 +189,7 @@ impl DesiredItems {
                     state.ingress_address = header.ingress_address.clone();
                 }
                 Item::ClusterNode(address) => state.cluster_nodes.push(address.clone()),
-                Item::Network(n) => {
-                    if n.ingress {
-                        ingress = Some(n.id.clone());
-                    }
-                    state.networks.push(NetworkAttachment { network: Some((**n).clone()) });
-                }
+                Item::Network(n) => state.networks.push(NetworkAttachment { network: Some((**n).clone()) }),
                 Item::Task(task) => state.tasks.push((**task).clone()),
                 Item::Endpoint(endpoint) => state.endpoints.push((**endpoint).clone()),
                 Item::Port(port) => state.published_ports.push((**port).clone()),
@@ -203,7 +197,7 @@ impl DesiredItems {
                 Item::Names(names) => state.names.push((**names).clone()),
             }
         }
-        derive_from_endpoints(&mut state, ingress.as_deref());
+        derive_from_endpoints(&mut state);
         state
     }
 
@@ -239,9 +233,12 @@ impl DesiredItems {
 }
 
 /// Fills in what `state`'s endpoints give: its remote endpoints, and the
-/// running tasks behind each published port (their addresses on
-/// `ingress`), VIP and names entry of their service, in endpoint order.
-fn derive_from_endpoints(state: &mut NodeState, ingress: Option<&str>) {
+/// running tasks behind each published port (their addresses on the
+/// ingress network), VIP and names entry of their service, in endpoint
+/// order.
+fn derive_from_endpoints(state: &mut NodeState) {
+    let ingress = state.networks.iter().filter_map(|a| a.network.as_ref()).find(|n| n.ingress);
+    let ingress = ingress.map(|n| n.id.clone());
     let mut serving: HashMap<(&str, &str), Vec<&Endpoint>> = HashMap::new();
     for endpoint in &state.endpoints {
         if !endpoint.node_addr.is_empty() && endpoint.node_addr != state.advertise_addr {
@@ -260,7 +257,7 @@ fn derive_from_endpoints(state: &mut NodeState, ingress: Option<&str>) {
     let no_tasks = Vec::new();
     let addresses = |endpoints: &Vec<&Endpoint>| endpoints.iter().map(|e| e.address.clone()).collect();
     for port in &mut state.published_ports {
-        let backends = ingress.and_then(|ingress| serving.get(&(ingress, port.service.as_str())));
+        let backends = ingress.as_deref().and_then(|ingress| serving.get(&(ingress, port.service.as_str())));
         port.backends = addresses(backends.unwrap_or(&no_tasks));
     }
     for vip in &mut state.service_vips {
