@@ -115,8 +115,9 @@ impl Model {
     /// Builds every node's desired state at `revision`: the tasks it runs,
     /// the ingress network (on every node, so that every node answers
     /// published ports) and the networks its tasks attach to (an overlay
-    /// exists only where it has a task), every endpoint of those networks
-    /// (whether its task runs yet: only running ones are backends), the
+    /// exists only where it has a task), the endpoints of those networks
+    /// (on an overlay whether its task runs yet, on ingress only once it
+    /// runs: only running ones are backends), the
     /// published ports, the service VIPs and the names its resolver
     /// answers.
     pub fn build(cluster: &ClusterView, data_path_port: u32, revision: u64) -> Self {
@@ -225,10 +226,19 @@ impl Draft {
                 part.networks.extend(attached.filter(|id| self.known.contains(*id)).cloned());
             }
             let Some(node_addr) = addresses.get(task.node_id.as_str()) else { continue };
+            let running = task.state() == TaskState::Running;
             for endpoint in &task.endpoints {
                 let Some(scope) = self.networks.get_mut(&endpoint.network_id) else { continue };
                 // Names are not answered on ingress: no task identity there.
                 let named = Some(endpoint.network_id.as_str()) != ingress;
+                // On an overlay a task's endpoint goes out when it is placed,
+                // so that other nodes reach it as soon as it starts. On
+                // ingress nothing reaches a task but the routing mesh, and
+                // only once it runs: sent then, a create costs every node
+                // one item per task there, not two.
+                if !named && !running {
+                    continue;
+                }
                 let endpoint = Endpoint {
                     network_id: endpoint.network_id.clone(),
                     address: endpoint.address.clone(),
@@ -236,7 +246,7 @@ impl Draft {
                     service: service.name.clone(),
                     task_id: if named { task.id.clone() } else { String::new() },
                     task_name: if named { name.clone() } else { String::new() },
-                    running: task.state() == TaskState::Running,
+                    running,
                 };
                 put(scope, Item::Endpoint(Box::new(endpoint)));
             }
@@ -452,5 +462,44 @@ mod tests {
         let addresses: Vec<&str> = names.tasks.iter().map(|t| t.address.as_str()).collect();
         assert_eq!(addresses, ["192.168.200.3"]);
         assert_eq!(names.tasks[0].name, "web.1");
+    }
+
+    #[test]
+    fn a_placed_task_is_an_endpoint_on_its_overlay_and_on_ingress_only_once_it_runs() {
+        let nodes = [
+            Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() },
+            Node { id: "b".into(), advertise_addr: "192.168.10.7".into(), ..Default::default() },
+        ];
+        let networks = [
+            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
+            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
+        ];
+        let services = [Service {
+            id: "svc".into(),
+            name: "web".into(),
+            network_ids: vec!["net".into(), "ing".into()],
+            ..Default::default()
+        }];
+        let mut placed = task("t1", "a", "192.168.200.3");
+        placed.endpoints.push(EndpointAddress {
+            network_id: "ing".into(),
+            address: "10.255.0.9".into(),
+            mac: "m".into(),
+        });
+        // b holds demonet for a task of its own.
+        let mut other = task("t2", "b", "192.168.200.4");
+        other.set_state(TaskState::Running);
+        let endpoints_seen_by_b = |task: &Task| {
+            let tasks = [task.clone(), other.clone()];
+            let cluster =
+                ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
+            let state = Model::build(&cluster, 4789, 1).snapshot("b").unwrap();
+            let of_task = state.endpoints.iter().filter(|e| e.node_addr == "192.168.10.6");
+            of_task.map(|e| (e.network_id.clone(), e.running)).collect::<Vec<_>>()
+        };
+        let (ing, net) = (String::from("ing"), String::from("net"));
+        assert_eq!(endpoints_seen_by_b(&placed), [(net.clone(), false)], "reachable on its overlay at once");
+        placed.set_state(TaskState::Running);
+        assert_eq!(endpoints_seen_by_b(&placed), [(ing, true), (net, true)], "a backend on ingress");
     }
 }
