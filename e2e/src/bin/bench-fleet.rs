@@ -5,7 +5,7 @@
 //! its own overlay. For N = 10, 100 and 1,000 nodes it times, until every
 //! node concerned holds the change: a `service create` of one replica per
 //! node with a published port (until every node balances over all of
-//! them), a `service scale` of one service by one task, and a node going
+//! them; then the same with 10 and 100 replicas), a `service scale` of one service by one task, and a node going
 //! Down (from its last heartbeat until the others dropped its tasks'
 //! endpoints and hold the replacements). For each: delivery p50/p99/max, the Watch
 //! bytes the manager sent (to concerned nodes and to the others) and the
@@ -49,6 +49,9 @@ const REPLICAS: u32 = 100;
 /// look Down.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const PUBLISHED_PORT: u32 = 30080;
+/// The replicas of the creates timed besides one replica per node (those
+/// smaller than the fleet).
+const SMALLER_CREATES: [usize; 2] = [10, 100];
 /// How long a change may take before it is reported as not converged.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long bringing up the 10,000 tasks may take (not a figure the goals
@@ -246,28 +249,20 @@ async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serd
     .await
 }
 
-async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i32) -> serde_json::Value {
-    let usage = Usage { pid };
-    let joined = Instant::now();
-    let fleet = Fleet::join(&target, nodes, 32).await;
-    let join_seconds = joined.elapsed().as_secs_f64();
-    tokio::time::sleep(SETTLE).await;
-    let rss_after_join = usage.rss_mib().0;
-    let mut control = control(&target.manager, &admin_token).await;
-    let setup = background(&mut control, &fleet, &usage).await;
-    if setup.get("not_converged_nodes").is_some() {
-        return serde_json::json!({ "nodes": nodes, "join_seconds": join_seconds, "setup": setup });
-    }
-    // One address per node's replica: a /20 holds 1,000.
-    let network =
-        NetworkCreateRequest { name: "probe".into(), subnet: "10.128.0.0/20".into(), ..Default::default() };
-    control.create_network(network).await.expect("create network");
-    let replicas = nodes;
+/// Times a `service create --replicas replicas --network probe --publish
+/// PUBLISHED_PORT` (until every node balances over all of them), then its
+/// `service rm` (until no node holds the port).
+async fn create_and_remove(
+    control: &Control,
+    fleet: &Fleet,
+    usage: &Usage,
+    replicas: usize,
+) -> (serde_json::Value, serde_json::Value) {
     let create = timed(
-        "service create",
-        &fleet,
+        &format!("service create --replicas {replicas}"),
+        fleet,
         SCENARIO_TIMEOUT,
-        &usage,
+        usage,
         async {
             let service = ServiceCreateRequest {
                 name: "probe".into(),
@@ -289,9 +284,9 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     .await;
     let remove = timed(
         "service rm",
-        &fleet,
+        fleet,
         SCENARIO_TIMEOUT,
-        &usage,
+        usage,
         async {
             let request = ServiceRemoveRequest { reference: "probe".into() };
             control.clone().remove_service(request).await.expect("remove probe");
@@ -299,6 +294,32 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
         |state| Some(port_backends(state, PUBLISHED_PORT).is_none()),
     )
     .await;
+    (create, remove)
+}
+
+async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i32) -> serde_json::Value {
+    let usage = Usage { pid };
+    let joined = Instant::now();
+    let fleet = Fleet::join(&target, nodes, 32).await;
+    let join_seconds = joined.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    let rss_after_join = usage.rss_mib().0;
+    let mut control = control(&target.manager, &admin_token).await;
+    let setup = background(&mut control, &fleet, &usage).await;
+    if setup.get("not_converged_nodes").is_some() {
+        return serde_json::json!({ "nodes": nodes, "join_seconds": join_seconds, "setup": setup });
+    }
+    // One address per node's replica: a /20 holds 1,000.
+    let network =
+        NetworkCreateRequest { name: "probe".into(), subnet: "10.128.0.0/20".into(), ..Default::default() };
+    control.create_network(network).await.expect("create network");
+    let (create, remove) = create_and_remove(&control, &fleet, &usage, nodes).await;
+    // Smaller creates: the cost of a create grows with its replicas.
+    let mut smaller_creates = Vec::new();
+    for replicas in SMALLER_CREATES.into_iter().filter(|r| *r < nodes) {
+        let (create, remove) = create_and_remove(&control, &fleet, &usage, replicas).await;
+        smaller_creates.push(serde_json::json!({ "replicas": replicas, "create": create, "remove": remove }));
+    }
     let scaled = HashMap::from([("bg0".to_string(), REPLICAS as usize + 1)]);
     let scale = timed(
         "service scale",
@@ -372,6 +393,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
         "setup": setup,
         "service_create": create,
         "service_remove": remove,
+        "smaller_service_creates": smaller_creates,
         "service_scale_by_one": scale,
         "node_down": node_down,
         "manager_rss_mib": rss_mib,
