@@ -1,10 +1,10 @@
-//! Handing freed heap back to the system. glibc's malloc keeps what a
-//! thread freed in that thread's arena for its next allocations, and the
-//! manager frees in bursts: a model of every node's desired state built at
-//! each revision, whole states and deltas encoded for a thousand Watch
-//! streams. At 1,000 simulated nodes its RSS stayed at 570 MiB of which
-//! 237 MiB were in use (`bench-fleet`, trimmed once from a debugger).
-//! After a change, the free pages of every arena go back.
+//! Handing freed heap back to the system. The allocator keeps what was
+//! freed for later allocations, and the manager frees in bursts: a model
+//! of every node's desired state built at each revision, whole states and
+//! deltas encoded for a thousand Watch streams. At 1,000 simulated nodes
+//! its RSS stayed at 570 MiB of which 237 MiB were in use (`bench-fleet`,
+//! glibc's malloc then, trimmed once from a debugger). After a change, the
+//! free pages of every arena go back ([`netctl_proto::memory`]).
 
 use crate::Store;
 use std::sync::Arc;

@@ -15,6 +15,11 @@ use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+/// jemalloc for every command, the daemons' allocator (see
+/// `netctl_proto::memory`).
+#[global_allocator]
+static ALLOCATOR: netctl_proto::memory::Allocator = netctl_proto::memory::Allocator;
+
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,

@@ -32,12 +32,12 @@ use netctl_proto::{
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// The simulator's allocator. A thousand simulated nodes hold their
-/// states in one process on the manager's cores; with glibc's malloc a
-/// third of the simulator's time went to growing and faulting in arenas,
-/// time the manager then waited for. Real nodes hold their own state.
+/// The simulator's allocator, the daemons' own. A thousand simulated
+/// nodes hold their states in one process on the manager's cores; with
+/// glibc's malloc a third of the simulator's time went to growing and
+/// faulting in arenas, time the manager then waited for.
 #[global_allocator]
-static SIMULATOR_ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static SIMULATOR_ALLOCATOR: netctl_proto::memory::Allocator = netctl_proto::memory::Allocator;
 
 const SERVICES: usize = 100;
 /// How many heartbeats a node misses before the manager counts it Down
