@@ -178,6 +178,55 @@ fn a_node_is_what_its_certificate_says_and_nothing_else() {
 }
 
 #[test]
+fn a_member_whose_agent_reads_another_version_stays_ready_and_takes_no_new_task() {
+    // Down after three missed heartbeats: 0.9 s.
+    let cluster = ControlPlane::start(&["--dispatcher-heartbeat", "300ms"]);
+    let (manager, join_token) = (cluster.manager_url(), cluster.join_token());
+    let key = NodeKey::generate().unwrap();
+    let (node, identity, ca) = inside(&cluster, async {
+        let mut joining = token_dispatcher(&manager, &join_token).await;
+        let joined = joining.join(join_request("outdated", &key)).await.unwrap().into_inner();
+        let identity = NodeIdentity { certificate_pem: joined.certificate, key_pem: key.key_pem.clone() };
+        (joined.node_id, identity, joined.ca_certificate)
+    });
+    let status = || {
+        let nodes = cluster.nodes();
+        nodes.iter().find(|n| n["ID"] == node.as_str()).map(|n| n["Status"].to_string()).unwrap_or_default()
+    };
+    // Its agent, upgraded later than the manager, asks to join every
+    // 200 ms with a version the manager does not send, for 3 s.
+    let asking = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| {
+            inside(&cluster, async {
+                let channel = netctl_proto::connect(&manager, &ca, Some(&identity)).await.unwrap();
+                let mut as_node = DispatcherClient::new(channel);
+                for _ in 0..15 {
+                    let older = JoinRequest { desired_state_version: 0, ..join_request("outdated", &key) };
+                    let refused = as_node.join(older).await.unwrap_err();
+                    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.ok(&["service", "create", "--replicas", "1", "--name", "waits", "sleep", "1000"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let seen = (status(), cluster.ok(&["service", "ps", "--format", "json", "waits"]));
+        asking.join().unwrap();
+        seen
+    });
+    let (ready, tasks) = asking;
+    assert_eq!(ready, "\"Ready\"", "alive while it asks to join");
+    let tasks = e2e::json_lines(&tasks);
+    assert!(
+        tasks.iter().all(|t| t["CurrentState"] == "pending"),
+        "no task for an outdated agent: {tasks:#?}"
+    );
+    // Silent: Down as any other node.
+    assert!(wait_until(Duration::from_secs(10), || status() == "\"Down\""), "{}", status());
+}
+
+#[test]
 fn tokens_pin_the_ca_rotate_and_plaintext_is_told_to_use_tls() {
     let cluster = ControlPlane::start(&["--dispatcher-heartbeat", "300ms"]);
     let join_token = cluster.join_token();

@@ -223,8 +223,15 @@ impl Dispatcher for DispatcherService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let manager_host = from_manager_host(&request);
         let node_id = self.joining_node_id(&request)?;
+        let member = certificate_node(&request)?.is_some();
         let join = request.into_inner();
         if join.desired_state_version != netctl_proto::DESIRED_STATE_VERSION {
+            // A member's agent asking again (every 5 s at most) is alive:
+            // judged Down, its tasks would move and every node would drop
+            // their endpoints while they still serve.
+            if member {
+                self.heartbeats.record_outdated(&node_id);
+            }
             return Err(Status::failed_precondition(format!(
                 "this node's agent reads desired-state version {}; this manager sends version {}: upgrade the \
                  agent (the node keeps its data path as it is until then)",
@@ -255,7 +262,7 @@ impl Dispatcher for DispatcherService {
         };
         let (node, rejoin) =
             crate::store::retrying(|| self.record_join(joining.clone(), signed.as_ref())).await?;
-        self.heartbeats.record(&node.id);
+        self.heartbeats.joined(&node.id);
         tracing::info!(node = %node.id, hostname = %node.hostname, addr = %node.advertise_addr, rejoin, certificate_signed = signed.is_some(), "node joined");
         Ok(Response::new(JoinResponse {
             node_id: node.id,

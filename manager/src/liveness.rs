@@ -44,6 +44,9 @@ pub struct Heartbeats {
     interval: Duration,
     last_seen: Mutex<HashMap<String, SystemTime>>,
     heard: Mutex<std::collections::HashSet<String>>,
+    /// Nodes whose agent reads another desired-state version: alive, but
+    /// given no new task until it joins.
+    outdated: Mutex<std::collections::HashSet<String>>,
     /// Heartbeats this manager received itself (shared with the others).
     here: Mutex<HashMap<String, SystemTime>>,
     /// Told when a node is first heard from here (to share it at once).
@@ -67,6 +70,7 @@ impl Heartbeats {
             interval,
             last_seen: Mutex::new(last_seen),
             heard: Mutex::default(),
+            outdated: Mutex::default(),
             here: Mutex::default(),
             new_node: tokio::sync::Notify::new(),
             exchanged: Mutex::default(),
@@ -89,6 +93,22 @@ impl Heartbeats {
         if first {
             self.new_node.notify_one();
         }
+    }
+
+    /// Records that `node_id` joined: a heartbeat, and it can take new
+    /// tasks again if it was outdated.
+    pub fn joined(&self, node_id: &str) {
+        self.outdated.lock().expect("heartbeat table poisoned").remove(node_id);
+        self.record(node_id);
+    }
+
+    /// Records that the agent of member `node_id` asked to join but reads
+    /// another desired-state version (refused until it is upgraded): it is
+    /// alive and its tasks run on the data path it keeps, so it stays
+    /// Ready and its tasks stay, but it gets no new task before it joins.
+    pub fn record_outdated(&self, node_id: &str) {
+        self.outdated.lock().expect("heartbeat table poisoned").insert(node_id.to_string());
+        self.record(node_id);
     }
 
     /// Completes when a node is heard from here for the first time (or was
@@ -161,10 +181,12 @@ impl Heartbeats {
     }
 
     /// Whether `node_id` sent a heartbeat (or joined) since this manager
-    /// started: a known node is Ready for a grace period after a restart,
-    /// but gets no new task before it is heard from.
+    /// started and is not outdated: a known node is Ready for a grace
+    /// period after a restart, but gets no new task before it is heard
+    /// from (or while its agent reads another desired-state version).
     pub fn heard_from(&self, node_id: &str) -> bool {
         self.heard.lock().expect("heartbeat table poisoned").contains(node_id)
+            && !self.outdated.lock().expect("heartbeat table poisoned").contains(node_id)
     }
 
     /// How long until the next Ready node turns Down if it stays silent
@@ -211,6 +233,19 @@ mod tests {
         heartbeats.merge("gone", now - Duration::from_secs(60));
         let next = heartbeats.next_down_in().expect("two Ready nodes");
         assert!(next <= Duration::from_secs(3) && next > Duration::from_secs(2), "{next:?}");
+    }
+
+    #[test]
+    fn an_outdated_agent_keeps_its_node_ready_but_takes_no_new_task_until_it_joins() {
+        let heartbeats = Heartbeats::new(Duration::from_secs(5), []);
+        heartbeats.record("n1");
+        heartbeats.record_outdated("n1");
+        assert_eq!(heartbeats.status("n1").0, NodeLiveness::Ready);
+        assert!(!heartbeats.heard_from("n1"), "outdated: no new task");
+        heartbeats.record("n1");
+        assert!(!heartbeats.heard_from("n1"), "still outdated until it joins");
+        heartbeats.joined("n1");
+        assert!(heartbeats.heard_from("n1"));
     }
 
     #[test]
