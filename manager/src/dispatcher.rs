@@ -229,8 +229,13 @@ impl Dispatcher for DispatcherService {
             // A member's agent asking again (every 5 s at most) is alive:
             // judged Down, its tasks would move and every node would drop
             // their endpoints while they still serve.
-            if member {
-                self.heartbeats.record_outdated(&node_id);
+            if member && self.heartbeats.record_outdated(&node_id) {
+                tracing::warn!(
+                    node = %node_id,
+                    agent_version = join.desired_state_version,
+                    "a node's agent reads another desired-state version: the node stays Ready with its tasks \
+                     but gets no new task until its agent is upgraded"
+                );
             }
             return Err(Status::failed_precondition(format!(
                 "this node's agent reads desired-state version {}; this manager sends version {}: upgrade the \

@@ -106,9 +106,11 @@ impl Heartbeats {
     /// another desired-state version (refused until it is upgraded): it is
     /// alive and its tasks run on the data path it keeps, so it stays
     /// Ready and its tasks stay, but it gets no new task before it joins.
-    pub fn record_outdated(&self, node_id: &str) {
-        self.outdated.lock().expect("heartbeat table poisoned").insert(node_id.to_string());
+    /// Whether it was not outdated before.
+    pub fn record_outdated(&self, node_id: &str) -> bool {
+        let newly = self.outdated.lock().expect("heartbeat table poisoned").insert(node_id.to_string());
         self.record(node_id);
+        newly
     }
 
     /// Completes when a node is heard from here for the first time (or was
@@ -239,7 +241,8 @@ mod tests {
     fn an_outdated_agent_keeps_its_node_ready_but_takes_no_new_task_until_it_joins() {
         let heartbeats = Heartbeats::new(Duration::from_secs(5), []);
         heartbeats.record("n1");
-        heartbeats.record_outdated("n1");
+        assert!(heartbeats.record_outdated("n1"), "newly outdated");
+        assert!(!heartbeats.record_outdated("n1"), "outdated already");
         assert_eq!(heartbeats.status("n1").0, NodeLiveness::Ready);
         assert!(!heartbeats.heard_from("n1"), "outdated: no new task");
         heartbeats.record("n1");
