@@ -287,6 +287,27 @@ fn forget_old_history(tasks: &[Task], batch: &mut Batch) {
     }
 }
 
+/// Adds one to `key`'s count (its key allocated only when first counted:
+/// a pass counts every task of the cluster).
+fn count_one(counts: &mut HashMap<String, usize>, key: &str) {
+    match counts.get_mut(key) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
+    }
+}
+
+/// Adds one to the count of `service_id`'s tasks on `node_id`.
+fn count_of_service(counts: &mut HashMap<String, HashMap<String, usize>>, service_id: &str, node_id: &str) {
+    match counts.get_mut(service_id) {
+        Some(of_service) => count_one(of_service, node_id),
+        None => {
+            counts.insert(service_id.to_string(), HashMap::from([(node_id.to_string(), 1)]));
+        }
+    }
+}
+
 /// Whether the back-off after a slot's trailing failures (or exits: a task is
 /// meant to keep running) has passed.
 fn backoff_over(slot_tasks: &[&Task], now: i64) -> bool {
@@ -423,17 +444,13 @@ impl<'a> Placement<'a> {
             }
         }
         for task in tasks {
-            let count = |counts: &mut HashMap<String, HashMap<String, usize>>| {
-                let of_service = counts.entry(task.service_id.clone()).or_default();
-                *of_service.entry(task.node_id.clone()).or_default() += 1;
-            };
             if task.desired_state() == TaskState::Running {
-                *placement.live.entry(task.node_id.clone()).or_default() += 1;
-                count(&mut placement.live_of_service);
+                count_one(&mut placement.live, &task.node_id);
+                count_of_service(&mut placement.live_of_service, &task.service_id, &task.node_id);
             } else if task.state() == TaskState::Failed
                 && state.now - task.state_changed_unix < FAILURE_MEMORY_SECONDS
             {
-                count(&mut placement.failed_lately);
+                count_of_service(&mut placement.failed_lately, &task.service_id, &task.node_id);
             }
         }
         placement
@@ -441,8 +458,12 @@ impl<'a> Placement<'a> {
 
     /// Counts `service`'s host-mode ports as used on `node_id`.
     fn use_host_ports(&mut self, node_id: &str, service: &Service) {
+        let ports = host_ports(service);
+        if ports.is_empty() {
+            return;
+        }
         let used = self.host_ports.entry(node_id.to_string()).or_default();
-        used.extend(host_ports(service).into_iter().map(|(protocol, port)| (protocol.to_string(), port)));
+        used.extend(ports.into_iter().map(|(protocol, port)| (protocol.to_string(), port)));
     }
 
     /// Why `node` takes no new task of `service` now; `None` if it takes one.
@@ -580,9 +601,8 @@ impl<'a> Placement<'a> {
     fn assign(&mut self, service: &Service, task: &Task, node_id: String) -> Result<Task, String> {
         let endpoints = self.addresses(service)?;
         self.use_host_ports(&node_id, service);
-        *self.live.entry(node_id.clone()).or_default() += 1;
-        let of_service = self.live_of_service.entry(service.id.clone()).or_default();
-        *of_service.entry(node_id.clone()).or_default() += 1;
+        count_one(&mut self.live, &node_id);
+        count_of_service(&mut self.live_of_service, &service.id, &node_id);
         self.count_in_takers(service, &node_id);
         Ok(Task {
             node_id,
