@@ -368,6 +368,19 @@ mod tests {
     use super::*;
     use netctl_proto::EndpointAddress;
 
+    /// Node `id` at data-path address 192.168.10.`host`.
+    fn node(id: &str, host: u8) -> Node {
+        Node { id: id.into(), advertise_addr: format!("192.168.10.{host}"), ..Default::default() }
+    }
+
+    /// The ingress network ("ing") and an overlay ("net", demonet).
+    fn ingress_and_demonet() -> [Network; 2] {
+        [
+            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
+            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
+        ]
+    }
+
     fn task(id: &str, node: &str, address: &str) -> Task {
         Task {
             id: id.into(),
@@ -386,15 +399,8 @@ mod tests {
 
     #[test]
     fn a_node_gets_its_tasks_their_networks_and_the_remote_endpoints() {
-        let nodes = [
-            Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() },
-            Node { id: "b".into(), advertise_addr: "192.168.10.7".into(), ..Default::default() },
-            Node { id: "c".into(), advertise_addr: "192.168.10.8".into(), ..Default::default() },
-        ];
-        let networks = [
-            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
-            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
-        ];
+        let nodes = [node("a", 6), node("b", 7), node("c", 8)];
+        let networks = ingress_and_demonet();
         let services = [Service {
             id: "svc".into(),
             name: "demoservice".into(),
@@ -431,11 +437,8 @@ mod tests {
 
     #[test]
     fn names_hold_the_vip_the_aliases_and_only_running_tasks() {
-        let nodes = [Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() }];
-        let networks = [
-            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
-            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
-        ];
+        let nodes = [node("a", 6)];
+        let networks = ingress_and_demonet();
         let services = [Service {
             id: "svc".into(),
             name: "web".into(),
@@ -466,14 +469,8 @@ mod tests {
 
     #[test]
     fn a_placed_task_is_an_endpoint_on_its_overlay_and_on_ingress_only_once_it_runs() {
-        let nodes = [
-            Node { id: "a".into(), advertise_addr: "192.168.10.6".into(), ..Default::default() },
-            Node { id: "b".into(), advertise_addr: "192.168.10.7".into(), ..Default::default() },
-        ];
-        let networks = [
-            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
-            Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
-        ];
+        let nodes = [node("a", 6), node("b", 7)];
+        let networks = ingress_and_demonet();
         let services = [Service {
             id: "svc".into(),
             name: "web".into(),
