@@ -211,6 +211,11 @@ fn a_member_whose_agent_reads_another_version_stays_ready_and_takes_no_new_task(
         std::thread::sleep(Duration::from_millis(300));
         cluster.ok(&["service", "create", "--replicas", "1", "--name", "waits", "sleep", "1000"]);
         std::thread::sleep(Duration::from_secs(2));
+        let inspected: serde_json::Value =
+            serde_json::from_str(&cluster.ok(&["node", "inspect", &node])).unwrap();
+        let message = inspected[0]["Status"]["Message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains("its agent reads desired-state version 0"), "{inspected}");
+        assert!(message.contains("no new task until the agent is upgraded"), "{inspected}");
         let seen = (status(), cluster.ok(&["service", "ps", "--format", "json", "waits"]));
         asking.join().unwrap();
         seen

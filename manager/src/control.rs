@@ -2,7 +2,7 @@
 //! call. Each handler validates, calls one store operation, answers.
 
 use crate::coordination::Coordination;
-use crate::liveness::Heartbeats;
+use crate::liveness::{outdated_message, Heartbeats};
 use crate::networks::{self, AddressPool};
 use crate::pki::ClusterCa;
 use crate::ports::ReservedPorts;
@@ -132,11 +132,13 @@ impl Control for ControlService {
                 let last_heartbeat_unix =
                     last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs() as i64);
                 let manager_status = crate::coordination::status_of_node(&node, &managers).to_string();
+                let message = self.heartbeats.outdated_version(&node.id).map(outdated_message);
                 NodeStatus {
                     node: Some(node),
                     status: liveness.as_str().to_string(),
                     last_heartbeat_unix,
                     manager_status,
+                    message: message.unwrap_or_default(),
                 }
             })
             .collect();

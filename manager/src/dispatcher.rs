@@ -229,7 +229,7 @@ impl Dispatcher for DispatcherService {
             // A member's agent asking again (every 5 s at most) is alive:
             // judged Down, its tasks would move and every node would drop
             // their endpoints while they still serve.
-            if member && self.heartbeats.record_outdated(&node_id) {
+            if member && self.heartbeats.record_outdated(&node_id, join.desired_state_version) {
                 tracing::warn!(
                     node = %node_id,
                     agent_version = join.desired_state_version,

@@ -38,15 +38,25 @@ pub fn liveness(last: Option<SystemTime>, now: SystemTime, interval: Duration) -
     }
 }
 
+/// Why a node whose agent reads desired-state `version` takes no new task
+/// (`node inspect`'s status message).
+pub fn outdated_message(version: u32) -> String {
+    format!(
+        "its agent reads desired-state version {version}, this manager sends version {}: no new task until \
+         the agent is upgraded",
+        netctl_proto::DESIRED_STATE_VERSION
+    )
+}
+
 /// Last heartbeat per node ID.
 #[derive(Debug)]
 pub struct Heartbeats {
     interval: Duration,
     last_seen: Mutex<HashMap<String, SystemTime>>,
     heard: Mutex<std::collections::HashSet<String>>,
-    /// Nodes whose agent reads another desired-state version: alive, but
-    /// given no new task until it joins.
-    outdated: Mutex<std::collections::HashSet<String>>,
+    /// Nodes whose agent reads another desired-state version (that
+    /// version): alive, but given no new task until it joins.
+    outdated: Mutex<HashMap<String, u32>>,
     /// Heartbeats this manager received itself (shared with the others).
     here: Mutex<HashMap<String, SystemTime>>,
     /// Told when a node is first heard from here (to share it at once).
@@ -107,10 +117,17 @@ impl Heartbeats {
     /// alive and its tasks run on the data path it keeps, so it stays
     /// Ready and its tasks stay, but it gets no new task before it joins.
     /// Whether it was not outdated before.
-    pub fn record_outdated(&self, node_id: &str) -> bool {
-        let newly = self.outdated.lock().expect("heartbeat table poisoned").insert(node_id.to_string());
+    pub fn record_outdated(&self, node_id: &str, version: u32) -> bool {
+        let before =
+            self.outdated.lock().expect("heartbeat table poisoned").insert(node_id.to_string(), version);
         self.record(node_id);
-        newly
+        before.is_none()
+    }
+
+    /// The desired-state version `node_id`'s agent reads, if it is not
+    /// this manager's ([`Heartbeats::record_outdated`]).
+    pub fn outdated_version(&self, node_id: &str) -> Option<u32> {
+        self.outdated.lock().expect("heartbeat table poisoned").get(node_id).copied()
     }
 
     /// Completes when a node is heard from here for the first time (or was
@@ -188,7 +205,7 @@ impl Heartbeats {
     /// from (or while its agent reads another desired-state version).
     pub fn heard_from(&self, node_id: &str) -> bool {
         self.heard.lock().expect("heartbeat table poisoned").contains(node_id)
-            && !self.outdated.lock().expect("heartbeat table poisoned").contains(node_id)
+            && !self.outdated.lock().expect("heartbeat table poisoned").contains_key(node_id)
     }
 
     /// How long until the next Ready node turns Down if it stays silent
@@ -241,14 +258,16 @@ mod tests {
     fn an_outdated_agent_keeps_its_node_ready_but_takes_no_new_task_until_it_joins() {
         let heartbeats = Heartbeats::new(Duration::from_secs(5), []);
         heartbeats.record("n1");
-        assert!(heartbeats.record_outdated("n1"), "newly outdated");
-        assert!(!heartbeats.record_outdated("n1"), "outdated already");
+        assert!(heartbeats.record_outdated("n1", 1), "newly outdated");
+        assert!(!heartbeats.record_outdated("n1", 1), "outdated already");
+        assert_eq!(heartbeats.outdated_version("n1"), Some(1));
         assert_eq!(heartbeats.status("n1").0, NodeLiveness::Ready);
         assert!(!heartbeats.heard_from("n1"), "outdated: no new task");
         heartbeats.record("n1");
         assert!(!heartbeats.heard_from("n1"), "still outdated until it joins");
         heartbeats.joined("n1");
         assert!(heartbeats.heard_from("n1"));
+        assert_eq!(heartbeats.outdated_version("n1"), None);
     }
 
     #[test]

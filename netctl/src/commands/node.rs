@@ -144,6 +144,7 @@ fn list(nodes: &[NodeStatus], format: ListFormat) {
                     "Availability": node.availability, "Address": node.advertise_addr,
                     "ManagerStatus": status.manager_status,
                     "LastHeartbeat": status.last_heartbeat_unix,
+                    "Message": status.message,
                 });
                 println!("{line}");
             }
@@ -164,7 +165,7 @@ fn inspect(status: &NodeStatus) -> Value {
             "Availability": node.availability.to_lowercase(),
             "Labels": node.labels,
         },
-        "Status": { "State": status.status.to_lowercase(), "Addr": node.advertise_addr },
+        "Status": { "State": status.status.to_lowercase(), "Message": status.message, "Addr": node.advertise_addr },
         "ManagerStatus": match status.manager_status.as_str() {
             "" => Value::Null,
             reachability => json!({ "Leader": reachability == "Leader", "Reachability": reachability.to_lowercase() }),
