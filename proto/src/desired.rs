@@ -536,17 +536,16 @@ mod tests {
         proptest::sample::select(options).prop_map(str::to_string)
     }
 
-    /// Node states over small alphabets, so that two of them share items
-    /// (what is derived from endpoints left empty: it is not read).
-    fn node_state() -> impl Strategy<Value = NodeState> {
-        let addresses = &["10.0.0.2", "10.0.0.3", "10.0.0.4"];
-        let networks = &["n1", "n2", "ingress"];
-        let services = &["web", "db"];
-        let endpoint = (
-            pick(networks),
-            pick(addresses),
+    const ADDRESSES: &[&str] = &["10.0.0.2", "10.0.0.3", "10.0.0.4"];
+    const NETWORKS: &[&str] = &["n1", "n2", "ingress"];
+    const SERVICES: &[&str] = &["web", "db"];
+
+    fn endpoint() -> impl Strategy<Value = Endpoint> {
+        (
+            pick(NETWORKS),
+            pick(ADDRESSES),
             pick(&["192.168.1.2", "192.168.1.3", ""]),
-            pick(services),
+            pick(SERVICES),
             pick(&["t1", "t2"]),
             any::<bool>(),
         )
@@ -558,8 +557,11 @@ mod tests {
                 service,
                 task_id,
                 running,
-            });
-        let port = (pick(&["tcp", "udp"]), 80u32..82, 8000u32..8002, pick(services)).prop_map(
+            })
+    }
+
+    fn port() -> impl Strategy<Value = PublishedPort> {
+        (pick(&["tcp", "udp"]), 80u32..82, 8000u32..8002, pick(SERVICES)).prop_map(
             |(protocol, published_port, target_port, service)| PublishedPort {
                 protocol,
                 published_port,
@@ -567,69 +569,63 @@ mod tests {
                 service,
                 backends: vec![],
             },
-        );
-        let vip = (pick(networks), pick(&["10.0.0.9", "10.0.0.8"]), pick(services)).prop_map(
+        )
+    }
+
+    fn vip() -> impl Strategy<Value = ServiceVip> {
+        (pick(NETWORKS), pick(&["10.0.0.9", "10.0.0.8"]), pick(SERVICES)).prop_map(
             |(network_id, address, service)| ServiceVip { network_id, address, service, backends: vec![] },
-        );
-        let names = (pick(networks), pick(services), pick(&["", "10.0.0.9"])).prop_map(
-            |(network_id, service, vip)| ServiceNames {
-                network_id,
-                service,
-                vip,
-                tasks: vec![],
-                aliases: vec![],
-            },
-        );
-        let task = (pick(&["t1", "t2", "t3"]), pick(&["a", "b"])).prop_map(|(id, command)| TaskSpec {
+        )
+    }
+
+    fn names() -> impl Strategy<Value = ServiceNames> {
+        (pick(NETWORKS), pick(SERVICES), pick(&["", "10.0.0.9"])).prop_map(|(network_id, service, vip)| {
+            ServiceNames { network_id, service, vip, tasks: vec![], aliases: vec![] }
+        })
+    }
+
+    fn task() -> impl Strategy<Value = TaskSpec> {
+        (pick(&["t1", "t2", "t3"]), pick(&["a", "b"])).prop_map(|(id, command)| TaskSpec {
             id,
             command: vec![command],
             ..Default::default()
-        });
-        let network = (pick(networks), 4096u32..4098).prop_map(|(id, vni)| Network {
-            ingress: id == "ingress",
-            id,
-            vni,
-            ..Default::default()
-        });
-        (
-            pick(&["10.1.0.2", "10.1.0.3"]),
-            proptest::collection::vec(network, 0..3),
-            proptest::collection::vec(task, 0..3),
-            proptest::collection::vec(endpoint, 0..5),
-            proptest::collection::vec(port, 0..3),
-            proptest::collection::vec(vip, 0..3),
-            proptest::collection::vec(names, 0..3),
-            proptest::collection::vec(pick(&["192.168.1.2", "192.168.1.3"]), 0..3),
-        )
-            .prop_map(
-                |(
-                    ingress_address,
-                    networks,
-                    tasks,
-                    endpoints,
-                    published_ports,
-                    service_vips,
-                    names,
-                    cluster_nodes,
-                )| {
-                    NodeState {
-                        node_id: "node".into(),
-                        advertise_addr: "192.168.1.2".into(),
-                        ingress_address,
-                        networks: networks
-                            .into_iter()
-                            .map(|n| NetworkAttachment { network: Some(n) })
-                            .collect(),
-                        tasks,
-                        endpoints,
-                        published_ports,
-                        service_vips,
-                        names,
-                        cluster_nodes,
-                        ..Default::default()
-                    }
-                },
-            )
+        })
+    }
+
+    fn attachment() -> impl Strategy<Value = NetworkAttachment> {
+        (pick(NETWORKS), 4096u32..4098).prop_map(|(id, vni)| NetworkAttachment {
+            network: Some(Network { ingress: id == "ingress", id, vni, ..Default::default() }),
+        })
+    }
+
+    prop_compose! {
+        /// Node states over small alphabets, so that two of them share
+        /// items (what is derived from endpoints left empty: it is not
+        /// read).
+        fn node_state()(
+            ingress_address in pick(&["10.1.0.2", "10.1.0.3"]),
+            networks in proptest::collection::vec(attachment(), 0..3),
+            tasks in proptest::collection::vec(task(), 0..3),
+            endpoints in proptest::collection::vec(endpoint(), 0..5),
+            published_ports in proptest::collection::vec(port(), 0..3),
+            service_vips in proptest::collection::vec(vip(), 0..3),
+            names in proptest::collection::vec(names(), 0..3),
+            cluster_nodes in proptest::collection::vec(pick(&["192.168.1.2", "192.168.1.3"]), 0..3),
+        ) -> NodeState {
+            NodeState {
+                node_id: "node".into(),
+                advertise_addr: "192.168.1.2".into(),
+                ingress_address,
+                networks,
+                tasks,
+                endpoints,
+                published_ports,
+                service_vips,
+                names,
+                cluster_nodes,
+                ..Default::default()
+            }
+        }
     }
 
     proptest! {
