@@ -44,6 +44,9 @@ pub struct Desired {
     pub refused: HashMap<String, String>,
     /// How the node serves each published port (empty without ingress).
     pub routes: Vec<mesh::PortRoute>,
+    /// The host end of each sandbox's docker_gwbridge veth, by the
+    /// sandbox's docker_gwbridge address.
+    pub gateway_veths: HashMap<Ipv4Addr, String>,
 }
 
 /// Builds the desired kernel. `observed` gives the gateway-bridge addresses
@@ -89,6 +92,8 @@ pub fn build(
             }
         }
     }
+    desired.gateway_veths =
+        gateway_addresses.iter().map(|(sandbox, address)| (*address, names::gateway_veth(sandbox))).collect();
     let host_ports = host_ports(state, &gateway_addresses);
     ingress(&mut desired, state, &networks, facts, &host_ports, &gateway_addresses);
     desired

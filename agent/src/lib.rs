@@ -12,6 +12,7 @@ mod datapath;
 mod desired;
 pub mod dns;
 mod failures;
+mod fast_path;
 mod gwbridge;
 mod identity;
 mod listeners;

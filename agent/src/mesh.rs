@@ -16,7 +16,10 @@
 //!   or ingress_sbox when none runs here, never on to a third node;
 //!   `NETCTL-MESH-TASKS` (second) sends what this node's tasks ask to the
 //!   other nodes and ingress_sbox, never straight to a replica here (with
-//!   br_netfilter on, that DNAT would be bridged back to an isolated port);
+//!   br_netfilter on, that DNAT would be bridged back to an isolated port),
+//!   and so does the third jump what the tc fast path ([`crate::fast_path`])
+//!   marked as its share for the other nodes (the replicas here it serves
+//!   itself);
 //! - host filter `DOCKER-INGRESS` (from FORWARD): that traffic accepted;
 //! - ingress_sbox nat `NETCTL-INGRESS` (from PREROUTING): each published port
 //!   balanced over the ingress addresses of its replicas on other nodes,
@@ -28,6 +31,7 @@
 //!   each service VIP balanced the same way over the service's tasks.
 
 use crate::dns::{RESOLVER_ADDRESS, RESOLVER_PORT};
+use crate::fast_path::AWAY_MARK;
 use crate::names::GWBRIDGE;
 use netctl_proto::convention::INGRESS_SANDBOX_GATEWAY_ADDRESS;
 use netctl_proto::{PublishedPort, ServiceVip};
@@ -110,14 +114,16 @@ impl PortRoute {
     /// The path the port takes from this node, in one line: e.g. `8080/tcp:
     /// 1 of 3 here -> 172.18.0.9:80; 2 of 3 -> nodes 192.168.10.7:8080 (1)
     /// 192.168.10.8:8080 (1)`, with a leg `-> ingress_sbox 172.18.0.2:8080 ->
-    /// 10.255.0.5:80` for replicas whose node is not known.
-    pub fn describe(&self) -> String {
+    /// 10.255.0.5:80` for replicas whose node is not known; `1 of 3 here (tc
+    /// fast path)` when the fast path reaches the replicas here.
+    pub fn describe(&self, fast_path: bool) -> String {
         let port = &self.port;
         let total = port.backends.len();
         let mut legs = Vec::new();
         if !self.here.is_empty() {
             let tasks: Vec<String> = self.here.iter().map(|a| format!("{a}:{}", port.target_port)).collect();
-            legs.push(format!("{} of {total} here -> {}", self.here.len(), tasks.join(" ")));
+            let how = if fast_path { " (tc fast path)" } else { "" };
+            legs.push(format!("{} of {total} here{how} -> {}", self.here.len(), tasks.join(" ")));
         }
         if !self.nodes.is_empty() {
             let share: usize = self.nodes.iter().map(|(_, count)| count).sum();
@@ -294,7 +300,8 @@ impl HostRules {
     fn new() -> Self {
         let nat = format!(
             "*nat\n:{INGRESS_CHAIN} - [0:0]\n:{PEERS_CHAIN} - [0:0]\n:{HERE_CHAIN} - [0:0]\n:{TASKS_CHAIN} - [0:0]\n\
-             :{FORWARD_SNAT_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -j {PEERS_CHAIN}\n-A {INGRESS_CHAIN} -i {GWBRIDGE} -j {TASKS_CHAIN}\n"
+             :{FORWARD_SNAT_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -j {PEERS_CHAIN}\n-A {INGRESS_CHAIN} -i {GWBRIDGE} -j {TASKS_CHAIN}\n\
+             -A {INGRESS_CHAIN} -m mark --mark {AWAY_MARK:#x}/{AWAY_MARK:#x} -j {TASKS_CHAIN}\n"
         );
         let filter = format!(
             "*filter\n:{INGRESS_CHAIN} - [0:0]\n-A {INGRESS_CHAIN} -p icmp -m conntrack --ctstate RELATED -j ACCEPT\n"
@@ -562,13 +569,18 @@ mod tests {
         }
         // What a task here asks goes to the other nodes only.
         assert!(nat.contains("\n-A DOCKER-INGRESS -i docker_gwbridge -j NETCTL-MESH-TASKS\n"), "{nat}");
+        // What the tc fast path leaves for the other nodes goes only there.
+        assert!(
+            nat.contains("\n-A DOCKER-INGRESS -m mark --mark 0x100000/0x100000 -j NETCTL-MESH-TASKS\n"),
+            "{nat}"
+        );
         assert_eq!(
             shares(nat, TASKS_CHAIN),
             [("192.168.10.7:8080".to_string(), 0.666667), ("192.168.10.8:8080".to_string(), 0.333333)],
             "{nat}"
         );
         assert_eq!(
-            route.describe(),
+            route.describe(false),
             "8080/tcp: 1 of 4 here -> 172.18.0.9:80; 3 of 4 -> nodes 192.168.10.7:8080 (2) 192.168.10.8:8080 (1)"
         );
         let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");
@@ -604,7 +616,7 @@ mod tests {
         );
         assert!(!nat.contains("NETCTL-MESH-SNAT -p"), "nothing forwarded: {nat}");
         assert_eq!(
-            route.describe(),
+            route.describe(false),
             "8080/tcp: 1 of 3 here -> 172.18.0.9:80; 2 of 3 -> ingress_sbox 172.18.0.2:8080 -> 10.255.0.5:80 10.255.0.7:80"
         );
         let sandbox = ingress_sandbox_rules(&[route], "10.255.0.2", "10.255.0.0/16");

@@ -102,6 +102,8 @@ pub struct Observed {
     /// The MTU of the host interface holding the advertise address, if one
     /// does.
     pub underlay_mtu: Option<u32>,
+    /// That interface's name.
+    pub underlay_link: Option<String>,
     /// What could not be read (the pass goes on with the rest).
     pub errors: Vec<netlib::Error>,
 }
@@ -120,7 +122,8 @@ pub async fn observe(
         Ok(read) => {
             observed.model.namespaces.insert(HOST.to_string(), read.namespace);
             observed.foreign_gwbridge = read.foreign_gwbridge;
-            observed.underlay_mtu = read.underlay_mtu;
+            observed.underlay_mtu = read.underlay.as_ref().map(|(_, mtu)| *mtu);
+            observed.underlay_link = read.underlay.map(|(name, _)| name);
         }
         Err(err) => observed.errors.push(err),
     }
@@ -152,12 +155,13 @@ pub async fn observe(
 struct HostRead {
     namespace: NamespaceModel,
     foreign_gwbridge: bool,
-    underlay_mtu: Option<u32>,
+    /// The interface holding the advertise address: name and MTU.
+    underlay: Option<(String, u32)>,
 }
 
 /// The host's netctl objects: docker_gwbridge (when netctl made it), its
 /// ports, and VXLAN devices not yet moved; whether a foreign docker_gwbridge
-/// is in the way; the MTU of the interface holding `advertise`.
+/// is in the way; the name and MTU of the interface holding `advertise`.
 async fn read_host(host: &Netlink, advertise: Ipv4Addr) -> netlib::Result<HostRead> {
     let links = host.links().await?;
     let bridge = links.iter().find(|l| l.name == GWBRIDGE);
@@ -173,8 +177,9 @@ async fn read_host(host: &Netlink, advertise: Ipv4Addr) -> netlib::Result<HostRe
         namespace.links.insert(link.name.clone(), link_model(link, &names, &addresses));
     }
     let underlay = addresses.iter().find(|a| a.address == advertise);
-    let underlay_mtu = underlay.and_then(|a| links.iter().find(|l| l.index == a.index)).map(|l| l.mtu);
-    Ok(HostRead { namespace, foreign_gwbridge: foreign, underlay_mtu })
+    let underlay =
+        underlay.and_then(|a| links.iter().find(|l| l.index == a.index)).map(|l| (l.name.clone(), l.mtu));
+    Ok(HostRead { namespace, foreign_gwbridge: foreign, underlay })
 }
 
 /// Every object of a namespace netctl made.

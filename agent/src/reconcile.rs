@@ -12,6 +12,7 @@ use crate::desired::{self, Desired, NodeFacts};
 use crate::dns::upstream::Upstreams;
 use crate::dns::Resolver;
 use crate::failures::{self, Failures, Severity};
+use crate::fast_path::{FastPath, Wanted};
 use crate::model::HOST;
 use crate::names::{self, GWBRIDGE};
 use crate::observe::{self, Written};
@@ -19,8 +20,9 @@ use crate::plan::{self, Action};
 use crate::tasks::Supervisor;
 use netctl_proto::{NodeState, TaskSpec, TaskState, TaskStatusReport};
 use netlib::{NamespaceDir, Netlink};
+use nix::net::if_::if_nametoindex;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,11 @@ pub struct Reconciler {
     routes: Vec<crate::mesh::PortRoute>,
     /// Whether the kernel has br_netfilter's sysctls.
     bridge_netfilter: bool,
+    /// The routing mesh's tc fast path; `None` where it could not load
+    /// (iptables then carries everything).
+    fast_path: Option<FastPath>,
+    /// The ports the fast path took in the last pass (for `topology`).
+    fast_ports: Vec<bool>,
 }
 
 /// What one pass did.
@@ -73,7 +80,16 @@ impl Reconciler {
         shim_program: PathBuf,
         upstreams: Upstreams,
     ) -> anyhow::Result<Self> {
-        NamespaceDir::new(run_dir).prepare()?;
+        let namespaces = NamespaceDir::new(run_dir);
+        namespaces.prepare()?;
+        let fast_path = match advertise_addr {
+            IpAddr::V4(address) => FastPath::load(namespaces.pins(), address)
+                .inspect_err(|err| {
+                    tracing::warn!("the routing mesh's fast path is off, iptables carries it all: {err:#}")
+                })
+                .ok(),
+            IpAddr::V6(_) => None,
+        };
         Ok(Self {
             advertise_addr,
             host: Netlink::host()?,
@@ -85,6 +101,8 @@ impl Reconciler {
             stale_flows: Default::default(),
             routes: Vec::new(),
             bridge_netfilter: netlib::sysctl::exists(netlib::sysctl::BRIDGE_NETFILTER),
+            fast_path,
+            fast_ports: Vec::new(),
         })
     }
 
@@ -153,6 +171,7 @@ impl Reconciler {
         }
         // After the rules: new packets of a deleted flow meet the new backends.
         self.stale_flows.clear(state, &desired.routes, self.connections.namespaces()).await;
+        self.sync_fast_path(state, &desired, local, observed.underlay_link.as_deref());
         self.routes = std::mem::take(&mut desired.routes);
         let unwanted: Vec<String> =
             self.supervisor.known().into_iter().filter(|s| !wanted.contains(s)).collect();
@@ -167,6 +186,34 @@ impl Reconciler {
         }
         self.resolver.retain(|sandbox| wanted.contains(sandbox));
         Pass { reports, actions: actions.len(), new_sandboxes, applied_in, rules_in, rules_written }
+    }
+
+    /// Gives the fast path the published ports with replicas here, arriving
+    /// on `interface` (the one holding `local`).
+    fn sync_fast_path(
+        &mut self,
+        state: &NodeState,
+        desired: &Desired,
+        local: Ipv4Addr,
+        interface: Option<&str>,
+    ) {
+        let (Some(fast_path), Some(interface)) = (self.fast_path.as_mut(), interface) else { return };
+        let veths = desired
+            .gateway_veths
+            .iter()
+            .filter_map(|(address, name)| {
+                Some((*address, (name.clone(), if_nametoindex(name.as_str()).ok()?)))
+            })
+            .collect();
+        let peers: Vec<Ipv4Addr> =
+            state.cluster_nodes.iter().filter_map(|n| n.parse().ok()).filter(|n| *n != local).collect();
+        let wanted = Wanted::new(&desired.routes, &veths, &peers);
+        self.fast_ports = desired.routes.iter().map(|route| wanted.holds(route)).collect();
+        if let Err(err) = fast_path.sync(interface, wanted) {
+            self.fast_ports.clear();
+            self.failures
+                .met(Severity::Warning, format!("the routing mesh's fast path on {interface}: {err:#}"));
+        }
     }
 
     /// A sandbox deleted under a running task: the task lost its network for
@@ -272,7 +319,12 @@ impl Reconciler {
         let mut topology = crate::readback::read(&self.host, &mut self.connections, state).await;
         for namespace in &mut topology.namespaces {
             if namespace.name == HOST {
-                namespace.published = self.routes.iter().map(crate::mesh::PortRoute::describe).collect();
+                namespace.published = self
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, route)| route.describe(self.fast_ports.get(i) == Some(&true)))
+                    .collect();
             }
             if let Some(names) = self.resolver.names(&namespace.name) {
                 namespace.resolver = format!("{}:53", crate::dns::RESOLVER_ADDRESS);

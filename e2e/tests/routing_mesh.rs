@@ -393,7 +393,7 @@ fn a_replica_on_the_asked_node_is_reached_straight_and_the_others_on_their_nodes
         published.contains("of 2")
     });
     assert!(shown, "{published}");
-    assert!(published.contains(": 1 of 2 here -> 172.18.0."), "{published}");
+    assert!(published.contains(": 1 of 2 here (tc fast path) -> 172.18.0."), "{published}");
     let node1 = lab.hosts()[1].address;
     assert!(published.contains(&format!("; 1 of 2 -> nodes {node1}:8080 (1)")), "{published}");
 }
@@ -432,4 +432,67 @@ fn a_task_reaches_its_own_nodes_published_ports() {
     // A replica on each node: every request from the task is answered.
     let answers: Vec<String> = (0..10).map(|_| ask(&node0, 8081)).collect();
     assert!(answers.iter().all(|a| a.starts_with("spread.")), "{answers:?}");
+}
+
+/// Python asking `url`'s host and port over one kept-alive HTTP connection
+/// every 50 ms for `seconds`, one line per answer (ERROR on a failure, then
+/// a new connection).
+fn kept_alive_client(address: &str, port: u16, seconds: u32) -> String {
+    format!(
+        "import http.client, time\nend = time.time() + {seconds}\nc = http.client.HTTPConnection('{address}', {port}, timeout=2)\n\
+         while time.time() < end:\n    try:\n        c.request('GET', '/')\n        \
+         print(c.getresponse().read().decode(), flush=True)\n    except Exception as e:\n        \
+         print('ERROR', e, flush=True)\n        c = http.client.HTTPConnection('{address}', {port}, timeout=2)\n    \
+         time.sleep(0.05)\n"
+    )
+}
+
+/// The packets the host's DOCKER-INGRESS DNAT for `port` counted.
+fn dnat_packets(lab: &Lab, host: usize, port: u16) -> u64 {
+    let rules = lab.on_host(host, "iptables-save", &["-c", "-t", "nat"]);
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let rule = format!("-A DOCKER-INGRESS -p tcp -m tcp --dport {port} -j DNAT");
+    let line = rules.lines().find(|l| l.contains(&rule)).unwrap_or_else(|| panic!("no {rule} in {rules}"));
+    line.trim_start_matches('[').split(':').next().unwrap().parse().expect("a packet count")
+}
+
+#[test]
+fn a_replica_here_is_reached_through_the_tc_fast_path_whose_connections_outlive_its_agent() {
+    let mut lab = Lab::start(2);
+    let create = ["service", "create", "--replicas", "1", "--name", "fast", "--publish", "8080:80"];
+    let pinned = ["--constraint", "node.hostname==node0", "python3", "-c", &http_server(HOSTNAME)];
+    lab.ok(&[&create[..], &pinned[..]].concat());
+    lab.wait_running("fast", 1);
+    let address = lab.hosts()[0].address.to_string();
+    let url = format!("http://{address}:8080/");
+    let answers = || tally(&from_underlay(&lab, "python3", &http_client(&url, 1)));
+    assert!(wait_until(Duration::from_secs(20), || answers().contains_key("fast.1")), "{:?}", answers());
+
+    // One connection across the agent's kill -9 and restart.
+    let client = lab
+        .underlay()
+        .command("python3")
+        .args(["-c", &kept_alive_client(&address, 8080, 6)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_secs(1));
+    lab.stop_agent(0, nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start_agent(0);
+    assert!(wait_until(Duration::from_secs(10), || lab.agent_log(0).contains("desired state received")));
+    let output = client.wait_with_output().expect("the client");
+    let seen = tally(&output);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["fast.1"], "every answer from fast.1, none lost: {seen:?}");
+    assert!(seen["fast.1"] > 50, "{seen:?}");
+
+    // tc took the flows before netfilter: the host's DNAT saw none of them
+    // (the first request aside, which may have come before the fast path
+    // had the replica), and the restarted agent replaced its filter.
+    assert!(dnat_packets(&lab, 0, 8080) <= 1, "the host's DNAT carried the flows");
+    let filters = lab.on_host(0, "tc", &["filter", "show", "dev", "eth0", "ingress"]);
+    let filters = String::from_utf8_lossy(&filters.stdout);
+    assert_eq!(filters.lines().filter(|l| l.contains("mesh_ingress")).count(), 1, "{filters}");
+    let topology = lab.ok(&["topology", "--node", "node0"]);
+    assert!(topology.contains("published 8080/tcp: 1 of 1 here (tc fast path) -> 172.18.0."), "{topology}");
 }

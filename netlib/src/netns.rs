@@ -13,17 +13,28 @@ use std::path::{Path, PathBuf};
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// How many times [`kill_processes_in`] looks for processes left.
 const KILL_ROUNDS: usize = 50;
+/// Where a node's pinned BPF objects go: one folder per run dir, on the
+/// BPF filesystem.
+const BPF_PIN_ROOT: &str = "/sys/fs/bpf/netctl";
 
-/// The folder holding a node's namespaces (`<run-dir>/netns`).
+/// The folder holding a node's namespaces (`<run-dir>/netns`), and the
+/// folder of its pinned BPF maps, which go with them.
 #[derive(Debug, Clone)]
 pub struct NamespaceDir {
     dir: PathBuf,
+    pins: PathBuf,
 }
 
 impl NamespaceDir {
     /// The namespace folder of `run_dir`.
     pub fn new(run_dir: &Path) -> Self {
-        Self { dir: run_dir.join("netns") }
+        Self { dir: run_dir.join("netns"), pins: bpf_pin_dir(run_dir) }
+    }
+
+    /// The folder of the node's pinned BPF maps:
+    /// `/sys/fs/bpf/netctl/<run dir, its slashes as dashes>`.
+    pub fn pins(&self) -> &Path {
+        &self.pins
     }
 
     /// The folder itself.
@@ -135,6 +146,7 @@ impl NamespaceDir {
             let _ = std::fs::remove_file(path);
         }
         while umount2(&self.dir, MntFlags::MNT_DETACH).is_ok() {}
+        let _ = std::fs::remove_dir_all(&self.pins);
     }
 
     /// Removes every namespace of `folders` whole, last folder first, as
@@ -164,6 +176,13 @@ impl NamespaceDir {
         names.sort();
         Ok(names)
     }
+}
+
+/// The pin folder of `run_dir` (see [`NamespaceDir::pins`]).
+fn bpf_pin_dir(run_dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
+    let name = absolute.to_string_lossy().trim_matches('/').replace('/', "-");
+    Path::new(BPF_PIN_ROOT).join(name)
 }
 
 /// Whether `path` is a mounted network namespace.
