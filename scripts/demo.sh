@@ -78,6 +78,10 @@ run "$netctl" lab exec --name "$lab" node0 -- iptables -t nat -S DOCKER-INGRESS
 say "node1 sends what another node forwarded (NETCTL-MESH-PEERS: from a node's address) to its own replica only (NETCTL-MESH-HERE), never on to a third node."
 run "$netctl" lab exec --name "$lab" node1 -- iptables -t nat -S NETCTL-MESH-PEERS
 run "$netctl" lab exec --name "$lab" node1 -- iptables -t nat -S NETCTL-MESH-HERE
+say "Clients from outside the cluster, on the data-path interface, go through the tc fast path first: a flow drawn for a replica here is DNATed in tc and handed straight into it; the rest goes on, marked, to DOCKER-INGRESS for the other nodes."
+run "$netctl" lab exec --name "$lab" node0 -- tc filter show dev eth0 ingress
+printf '\n\033[1m$ %s\033[0m\n' "netctl topology --node node0 | grep 'published 8080'"
+on node0 netctl topology --node node0 | grep 'published 8080' || true
 say "The walkthrough's path is still built: ingress_sbox balances over the replicas on other nodes, through the ingress overlay, for a replica whose node is not known yet."
 # shellcheck disable=SC2016 # expanded on the lab host, not here
 netns0="$(on node0 sh -c 'echo $NETCTL_RUN_DIR')/netns"

@@ -114,6 +114,8 @@ fn make_demo_runs_both_walkthroughs_and_lab_down_cleans_up() {
         "DNAT --to-destination 192.168.10.7:8080",
         "-A NETCTL-MESH-PEERS -s 192.168.10.6/32 -j NETCTL-MESH-HERE",
         "--mode random --probability",
+        "mesh_ingress direct-action",
+        "here (tc fast path) -> 172.18.0.",
         "lab down",
     ] {
         assert!(shown.contains(expected), "the demo does not show {expected:?}:\n{shown}");
