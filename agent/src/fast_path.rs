@@ -236,11 +236,13 @@ impl FastPath {
         })
     }
 
-    /// Makes the kernel hold `wanted`, the ingress program on `interface`:
-    /// replies first caught on every replica's veth, then the ports given
-    /// out; flows to replicas gone deleted.
+    /// Makes the kernel hold `wanted`, the ingress program on `interface`
+    /// (from the first port on): replies first caught on every replica's
+    /// veth, then the ports given out; flows to replicas gone deleted.
     pub fn sync(&mut self, interface: &str, wanted: Wanted) -> anyhow::Result<()> {
-        if self.ingress_on.as_deref() != Some(interface) {
+        // Attached once a port needs it: a node without published replicas
+        // keeps its data-path interface (VXLAN included) free of it.
+        if !wanted.ports.is_empty() && self.ingress_on.as_deref() != Some(interface) {
             attach(&mut self.ebpf, INGRESS_PROGRAM, interface)?;
             self.ingress_on = Some(interface.to_string());
         }
@@ -257,7 +259,7 @@ impl FastPath {
         let ports_changed = wanted.ports != self.held.ports;
         self.update_ports(&wanted)?;
         if ports_changed {
-            self.delete_stale_flows(&wanted)?;
+            self.delete_stale_flows(&wanted);
         }
         self.replies_on.retain(|index, _| wanted.veths.contains_key(index));
         self.held = wanted;
@@ -266,7 +268,8 @@ impl FastPath {
 
     fn update_peers(&mut self, wanted: &Wanted) -> anyhow::Result<()> {
         for peer in wanted.peers.difference(&self.held.peers) {
-            self.peers.insert(peer, 1, 0).with_context(|| format!("adding peer {peer:#x} to mesh_peers"))?;
+            let address = Ipv4Addr::from(peer.to_ne_bytes());
+            self.peers.insert(peer, 1, 0).with_context(|| format!("adding node {address} to mesh_peers"))?;
         }
         for peer in self.held.peers.difference(&wanted.peers) {
             let _ = self.peers.remove(peer);
@@ -292,28 +295,18 @@ impl FastPath {
     /// Deletes the pinned flows (and replies) that lead to a replica no
     /// longer here, or to a port no longer on the fast path: their next
     /// packet takes a fresh path.
-    fn delete_stale_flows(&mut self, wanted: &Wanted) -> anyhow::Result<()> {
-        let stale: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| !wanted.keeps_flow(k, v))
-            .map(|(k, _)| k)
-            .collect();
-        for key in &stale {
-            let _ = self.flows.remove(key);
-        }
-        let stale: Vec<FlowKey> = self
-            .replies
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| !wanted.keeps_reply(k, v))
-            .map(|(k, _)| k)
-            .collect();
-        for key in &stale {
-            let _ = self.replies.remove(key);
-        }
-        Ok(())
+    fn delete_stale_flows(&mut self, wanted: &Wanted) {
+        retain(&mut self.flows, |flow, to| wanted.keeps_flow(flow, to));
+        retain(&mut self.replies, |reply, from| wanted.keeps_reply(reply, from));
+    }
+}
+
+/// Deletes the entries of a flow map that `keep` turns down.
+fn retain(map: &mut BpfMap<MapData, FlowKey, Nat>, keep: impl Fn(&FlowKey, &Nat) -> bool) {
+    let stale: Vec<FlowKey> =
+        map.iter().filter_map(Result::ok).filter(|(k, v)| !keep(k, v)).map(|(k, _)| k).collect();
+    for key in &stale {
+        let _ = map.remove(key);
     }
 }
 

@@ -318,3 +318,16 @@ pub fn signal_processes_in(inodes: &[u64], signal: nix::sys::signal::Signal) -> 
     }
     processes.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_run_dir_pins_its_bpf_maps_in_a_folder_of_its_own() {
+        let pins = |run_dir: &str| NamespaceDir::new(Path::new(run_dir)).pins().to_path_buf();
+        assert_eq!(pins("/var/run/netctl"), Path::new("/sys/fs/bpf/netctl/var-run-netctl"));
+        assert_eq!(pins("/tmp/lab/node1/run/"), Path::new("/sys/fs/bpf/netctl/tmp-lab-node1-run"));
+        assert_ne!(pins("/tmp/lab/node0/run"), pins("/tmp/lab/node1/run"));
+    }
+}
