@@ -77,37 +77,21 @@ struct port {
     struct replica replica[MAX_HERE];
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, FLOWS);
-    __type(key, struct flow_key);
-    __type(value, struct nat);
-    __uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_flows SEC(".maps");
+// A map pinned by name in the agent's pin folder, so that it outlives the
+// agent.
+#define PINNED_MAP(name, kind, entries, key_type, value_type) \
+    struct {                                                  \
+        __uint(type, kind);                                   \
+        __uint(max_entries, entries);                         \
+        __type(key, key_type);                                \
+        __type(value, value_type);                            \
+        __uint(pinning, LIBBPF_PIN_BY_NAME);                  \
+    } name SEC(".maps")
 
-struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, FLOWS);
-    __type(key, struct flow_key);
-    __type(value, struct nat);
-    __uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_replies SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, PORTS);
-    __type(key, struct port_key);
-    __type(value, struct port);
-    __uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_ports SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, PEERS);
-    __type(key, __u32);
-    __type(value, __u8);
-    __uint(pinning, LIBBPF_PIN_BY_NAME);
-} mesh_peers SEC(".maps");
+PINNED_MAP(mesh_flows, BPF_MAP_TYPE_LRU_HASH, FLOWS, struct flow_key, struct nat);
+PINNED_MAP(mesh_replies, BPF_MAP_TYPE_LRU_HASH, FLOWS, struct flow_key, struct nat);
+PINNED_MAP(mesh_ports, BPF_MAP_TYPE_HASH, PORTS, struct port_key, struct port);
+PINNED_MAP(mesh_peers, BPF_MAP_TYPE_HASH, PEERS, __u32, __u8);
 
 // The IPv4 TCP or UDP packet at the start of skb (no IP options, not a
 // fragment): its flow; 0 if it is something else.

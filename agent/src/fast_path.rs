@@ -423,25 +423,19 @@ mod tests {
         let client = Ipv4Addr::new(192, 168, 10, 1);
         let node = Ipv4Addr::new(192, 168, 10, 6);
         let tcp = libc::IPPROTO_TCP as u8;
-        let flow = FlowKey {
-            saddr: addr(client),
-            daddr: addr(node),
-            sport: 40000u16.to_be(),
-            dport: 8080u16.to_be(),
+        let key = |saddr, daddr, sport: u16, dport: u16| FlowKey {
+            saddr: addr(saddr),
+            daddr: addr(daddr),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
             protocol: tcp,
             pad: [0; 3],
         };
+        let flow = key(client, node, 40000, 8080);
         let to =
             |gateway: Ipv4Addr, ifindex| Nat { addr: addr(gateway), ifindex, port: 80u16.to_be(), pad: 0 };
         let away = Nat { addr: 0, ifindex: 0, port: 0, pad: 0 };
-        let reply = |gateway: Ipv4Addr| FlowKey {
-            saddr: addr(gateway),
-            daddr: addr(client),
-            sport: 80u16.to_be(),
-            dport: 40000u16.to_be(),
-            protocol: tcp,
-            pad: [0; 3],
-        };
+        let reply = |gateway| key(gateway, client, 80, 40000);
         let from = |ifindex| Nat { addr: addr(node), ifindex, port: 8080u16.to_be(), pad: 0 };
 
         let spread = Wanted::new(&[route("tcp", 2, &[GATEWAY_A])], &veths(), &[]);

@@ -198,9 +198,12 @@ impl Reconciler {
         interface: Option<&str>,
     ) {
         let (Some(fast_path), Some(interface)) = (self.fast_path.as_mut(), interface) else { return };
+        // Only the replicas behind published ports: one lookup each.
+        let here: BTreeSet<&Ipv4Addr> = desired.routes.iter().flat_map(|route| &route.here).collect();
         let veths = desired
             .gateway_veths
             .iter()
+            .filter(|(address, _)| here.contains(address))
             .filter_map(|(address, name)| {
                 Some((*address, (name.clone(), if_nametoindex(name.as_str()).ok()?)))
             })
