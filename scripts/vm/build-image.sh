@@ -53,7 +53,7 @@ done
 # The kernel modules netctl needs, with everything they depend on, in load order.
 moddir="$cache/kernel/lib/modules/$version"
 wanted="e1000 veth bridge vxlan crc32c_generic nf_tables nft_compat nft_chain_nat nf_nat nf_conntrack xt_nat xt_MASQUERADE
-  xt_statistic xt_addrtype xt_conntrack xt_tcpudp xt_comment iptable_nat iptable_filter"
+  xt_statistic xt_addrtype xt_conntrack xt_tcpudp xt_comment xt_mark iptable_nat iptable_filter sch_ingress cls_bpf"
 resolve() {
   local module=$1 path deps
   path=$(awk -F: -v m="/$module.ko" 'index($1, m) && substr($1, length($1) - length(m) + 1) == m {print $1; exit}' "$moddir/modules.dep")
