@@ -108,25 +108,22 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow_key *flow, _
     flow->saddr = ip->saddr;
     flow->daddr = ip->daddr;
     flow->protocol = ip->protocol;
+    if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+        return 0;
+    // TCP and UDP headers both begin with the source and destination ports.
+    __be16 *ports = data + L4_OFF;
+    if ((void *)(ports + 2) > end)
+        return 0;
+    flow->sport = ports[0];
+    flow->dport = ports[1];
+    *flags = 0;
     if (ip->protocol == IPPROTO_TCP) {
         struct tcphdr *tcp = data + L4_OFF;
         if ((void *)(tcp + 1) > end)
             return 0;
-        flow->sport = tcp->source;
-        flow->dport = tcp->dest;
         *flags = ((__u8 *)tcp)[13];
-        return 1;
     }
-    if (ip->protocol == IPPROTO_UDP) {
-        struct udphdr *udp = data + L4_OFF;
-        if ((void *)(udp + 1) > end)
-            return 0;
-        flow->sport = udp->source;
-        flow->dport = udp->dest;
-        *flags = 0;
-        return 1;
-    }
-    return 0;
+    return 1;
 }
 
 // Rewrites the destination (to_dest) or the source address and port of the
@@ -137,6 +134,7 @@ static __always_inline void rewrite(struct __sk_buff *skb, const struct flow_key
     __u32 new_addr = to->addr;
     __u16 new_port = to->port;
     __u32 addr_off = IP_OFF + (to_dest ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+    // The ports sit at the same offsets in UDP's header as in TCP's.
     __u32 port_off = L4_OFF + (to_dest ? offsetof(struct tcphdr, dest) : offsetof(struct tcphdr, source));
     __u32 check_off;
     __u64 l4_flags = 0;

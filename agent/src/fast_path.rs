@@ -236,6 +236,11 @@ impl FastPath {
         })
     }
 
+    /// Whether the maps hold `route`'s port (for `topology`).
+    pub fn holds(&self, route: &PortRoute) -> bool {
+        self.held.holds(route)
+    }
+
     /// Makes the kernel hold `wanted`, the ingress program on `interface`
     /// (from the first port on): replies first caught on every replica's
     /// veth, then the ports given out; flows to replicas gone deleted.

@@ -49,8 +49,6 @@ pub struct Reconciler {
     /// The routing mesh's tc fast path; `None` where it could not load
     /// (iptables then carries everything).
     fast_path: Option<FastPath>,
-    /// The ports the fast path took in the last pass (for `topology`).
-    fast_ports: Vec<bool>,
 }
 
 /// What one pass did.
@@ -102,7 +100,6 @@ impl Reconciler {
             routes: Vec::new(),
             bridge_netfilter: netlib::sysctl::exists(netlib::sysctl::BRIDGE_NETFILTER),
             fast_path,
-            fast_ports: Vec::new(),
         })
     }
 
@@ -211,9 +208,7 @@ impl Reconciler {
         let peers: Vec<Ipv4Addr> =
             state.cluster_nodes.iter().filter_map(|n| n.parse().ok()).filter(|n| *n != local).collect();
         let wanted = Wanted::new(&desired.routes, &veths, &peers);
-        self.fast_ports = desired.routes.iter().map(|route| wanted.holds(route)).collect();
         if let Err(err) = fast_path.sync(interface, wanted) {
-            self.fast_ports.clear();
             self.failures
                 .met(Severity::Warning, format!("the routing mesh's fast path on {interface}: {err:#}"));
         }
@@ -322,12 +317,8 @@ impl Reconciler {
         let mut topology = crate::readback::read(&self.host, &mut self.connections, state).await;
         for namespace in &mut topology.namespaces {
             if namespace.name == HOST {
-                namespace.published = self
-                    .routes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, route)| route.describe(self.fast_ports.get(i) == Some(&true)))
-                    .collect();
+                let fast = |route| self.fast_path.as_ref().is_some_and(|f| f.holds(route));
+                namespace.published = self.routes.iter().map(|route| route.describe(fast(route))).collect();
             }
             if let Some(names) = self.resolver.names(&namespace.name) {
                 namespace.resolver = format!("{}:53", crate::dns::RESOLVER_ADDRESS);
