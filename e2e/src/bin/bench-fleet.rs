@@ -9,7 +9,8 @@
 //! Down (from its last heartbeat until the others dropped its tasks'
 //! endpoints and hold the replacements). For each: delivery p50/p99/max, the Watch
 //! bytes the manager sent (to concerned nodes and to the others) and the
-//! manager's CPU time and RSS after it (and after the join); and the
+//! manager's CPU time and RSS after it (and after the join); the
+//! manager's CPU per second while nothing changes (after the setup); and the
 //! manager's RSS and peak at the end. Then real labs of namespace
 //! hosts: 20 nodes serving a 200-replica published service (time until
 //! every node answers through the routing mesh), and one node running 200
@@ -57,6 +58,8 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long bringing up the 10,000 tasks may take (not a figure the goals
 /// are about: every node's state is rebuilt from nothing).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the manager's cost is measured while nothing changes.
+const IDLE: Duration = Duration::from_secs(10);
 /// How long after convergence late messages are still counted.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -216,6 +219,19 @@ fn port_backends(state: &DesiredItems, port: u32) -> Option<usize> {
     Some(running_on(state, ingress, &port.service))
 }
 
+/// What the manager spends while nothing changes: its CPU per second
+/// over [`IDLE`] (heartbeats, and any periodic work it does), and the
+/// Watch messages it sent meanwhile.
+async fn idle_cost(usage: &Usage, fleet: &Fleet) -> serde_json::Value {
+    eprintln!("{} nodes: idle", fleet.nodes.len());
+    tokio::time::sleep(SETTLE).await;
+    let (cpu, before) = (usage.cpu(), fleet.received());
+    tokio::time::sleep(IDLE).await;
+    let cpu_ms_per_s = (usage.cpu() - cpu).as_secs_f64() * 1000.0 / IDLE.as_secs_f64();
+    let messages: u64 = fleet.received().iter().zip(&before).map(|(after, before)| after.1 - before.1).sum();
+    serde_json::json!({ "seconds": IDLE.as_secs(), "manager_cpu_ms_per_s": cpu_ms_per_s, "messages": messages })
+}
+
 /// 100 networks and 100 services of 100 replicas; waits until every node
 /// holds them all running.
 async fn background(control: &mut Control, fleet: &Fleet, usage: &Usage) -> serde_json::Value {
@@ -309,6 +325,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     if setup.get("not_converged_nodes").is_some() {
         return serde_json::json!({ "nodes": nodes, "join_seconds": join_seconds, "setup": setup });
     }
+    let idle = idle_cost(&usage, &fleet).await;
     // One address per node's replica: a /20 holds 1,000.
     let network =
         NetworkCreateRequest { name: "probe".into(), subnet: "10.128.0.0/20".into(), ..Default::default() };
@@ -391,6 +408,7 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
         "join_seconds": join_seconds,
         "manager_rss_mib_after_join": rss_after_join,
         "setup": setup,
+        "idle": idle,
         "service_create": create,
         "service_remove": remove,
         "smaller_service_creates": smaller_creates,
