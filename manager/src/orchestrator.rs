@@ -198,16 +198,8 @@ fn stop_what_should_not_run(
 /// being updated or rolled back, and records each update's new status.
 /// Only services being updated look at their tasks.
 fn roll_updates_on(state: &ClusterState, tasks: &mut [Task], batch: &mut Batch) {
-    let updating: HashSet<&str> = state
-        .services
-        .iter()
-        .filter(|s| {
-            s.update_status
-                .as_ref()
-                .is_some_and(|u| u.state == updates::UPDATING || u.state == updates::ROLLBACK_STARTED)
-        })
-        .map(|s| s.id.as_str())
-        .collect();
+    let updating: HashSet<&str> =
+        state.services.iter().filter(|s| updates::in_progress(s)).map(|s| s.id.as_str()).collect();
     if updating.is_empty() {
         return;
     }
@@ -675,19 +667,27 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut holding = false;
     let mut rested = tokio::time::Instant::now();
+    // The revision the last pass left the cluster at.
+    let mut planned: Option<u64> = None;
     loop {
         // A pass also just after the next silent node turns Down: its tasks
         // move then, not at the next tick.
         let next_down = heartbeats.next_down_in().map_or(Duration::MAX, |in_| in_ + JUST_AFTER);
-        tokio::select! {
-            _ = revisions.changed() => {},
-            _ = tick.tick() => {},
-            _ = tokio::time::sleep(next_down) => {},
+        let changed = tokio::select! {
+            _ = revisions.changed() => true,
+            _ = tick.tick() => false,
+            _ = tokio::time::sleep(next_down) => false,
             // Closed only when the manager stops.
-            changed = leading.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return } else { false },
             _ = stopping.wait_for(|stop| *stop) => return,
-        }
+        };
         if !*leading.borrow() {
+            continue;
+        }
+        // Tasks that only started running leave a pass nothing to do: a
+        // thousand nodes reporting their new tasks do not make it read the
+        // cluster again and again (the next tick still does).
+        if changed && planned.is_some_and(|at| store.only_task_progress_since(at)) {
             continue;
         }
         tokio::select! {
@@ -700,6 +700,10 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         let passed = pass(&store, &heartbeats).await;
         rested = tokio::time::Instant::now() + started.elapsed().min(MAX_REST);
+        let passed = passed.map(|(liveness, revision)| {
+            planned = Some(revision);
+            liveness
+        });
         match passed {
             Err(err) if err.is_conflict() => tracing::debug!("orchestrator pass lost a race: {err}"),
             Err(err) => tracing::error!("orchestrator pass failed: {err}"),
@@ -724,10 +728,12 @@ struct Liveness {
     held: bool,
 }
 
+/// Plans and commits one pass; its [`Liveness`] and the revision its
+/// changes left the cluster at.
 async fn pass(
     store: &Arc<Store>,
     heartbeats: &Arc<Heartbeats>,
-) -> Result<Liveness, crate::store::StoreError> {
+) -> Result<(Liveness, u64), crate::store::StoreError> {
     let mut writer = store.write_lock().await;
     // Reading every record and planning take a while at scale (about
     // 150 ms at 11,000 tasks): off the async workers, which answer the
@@ -735,8 +741,8 @@ async fn pass(
     let (reader, heartbeats) = (store.clone(), heartbeats.clone());
     let planned = tokio::task::spawn_blocking(move || plan_from_store(&reader, &heartbeats));
     let (batch, liveness) = planned.await.expect("the orchestrator's plan does not panic")?;
-    writer.commit_in_parts(batch).await?;
-    Ok(liveness)
+    let planned = writer.commit_in_parts(batch).await?;
+    Ok((liveness, planned))
 }
 
 /// Reads the cluster and plans what to change.

@@ -7,8 +7,10 @@
 //! a pass.
 
 use crate::store::{AsConflict, Batch, Store, StoreError, Writer, CONFLICT_RETRIES};
+use crate::updates;
 use crate::ManagerError;
-use netctl_proto::{Task, TaskState, TaskStatusReport};
+use netctl_proto::{Service, Task, TaskState, TaskStatusReport};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use tokio::sync::oneshot;
 use tonic::Status;
@@ -82,17 +84,35 @@ async fn commit(
     writer: &mut Writer<'_>,
     group: &[Queued],
 ) -> Result<Vec<Result<(), Status>>, StoreError> {
-    let mut batch = Batch::new();
+    let mut tasks = Vec::new();
     let mut outcomes = Vec::with_capacity(group.len());
     for queued in group {
         let changed = changed_tasks(store, &queued.node_id, &queued.reports)?;
-        for task in changed.iter().flatten() {
-            batch.put(task);
-        }
-        outcomes.push(changed.map(drop));
+        outcomes.push(changed.map(|changed| tasks.extend(changed)));
+    }
+    let mut batch = if only_progress(store, &tasks)? { Batch::task_progress() } else { Batch::new() };
+    for task in &tasks {
+        batch.put(task);
     }
     writer.commit_in_parts(batch).await?;
     Ok(outcomes)
+}
+
+/// Whether `tasks` only started running, each of a service that is there
+/// and not being updated (a rollout moves on as its tasks run): nothing
+/// the orchestrator plans on changed ([`Batch::task_progress`]). A failed
+/// or completed task is replaced.
+fn only_progress(store: &Store, tasks: &[Task]) -> Result<bool, StoreError> {
+    if tasks.iter().any(|task| task.state() != TaskState::Running) {
+        return Ok(false);
+    }
+    let services: BTreeSet<&str> = tasks.iter().map(|task| task.service_id.as_str()).collect();
+    for id in services {
+        if store.get::<Service>(id)?.is_none_or(|service| updates::in_progress(&service)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The tasks node `node_id`'s `reports` change, or why they are refused.
@@ -142,6 +162,40 @@ mod tests {
 
     fn running(id: &str) -> TaskStatusReport {
         TaskStatusReport { task_id: id.into(), state: TaskState::Running.into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn tasks_that_only_start_running_are_task_progress_unless_their_service_is_updating() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let updating = Service {
+            id: "s2".into(),
+            update_status: Some(netctl_proto::UpdateStatus {
+                state: updates::UPDATING.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut batch = Batch::new();
+        batch.put(&Service { id: "s1".into(), ..Default::default() }).put(&updating);
+        for (id, service) in [("t1", "s1"), ("t2", "s1"), ("t3", "s2")] {
+            batch.put(&Task { service_id: service.into(), ..assigned(id, "a") });
+        }
+        let before = store.write_lock().await.commit(batch).await.unwrap();
+        let reports = StatusReports::default();
+        let failed = TaskStatusReport { state: TaskState::Failed.into(), ..running("t2") };
+        let cases = [
+            (running("t1"), true, "started running"),
+            (failed, false, "failed: it is replaced"),
+            (running("t3"), false, "its service's rollout moves on as it runs"),
+        ];
+        for (report, progress, why) in cases {
+            let at = store.revision();
+            reports.apply(&store, "a", vec![report]).await.unwrap();
+            assert_eq!(store.revision(), at + 1);
+            assert_eq!(store.only_task_progress_since(at), progress, "{why}");
+        }
+        assert!(!store.only_task_progress_since(before));
     }
 
     #[tokio::test]

@@ -24,6 +24,12 @@ pub const ROLLBACK_COMPLETED: &str = "rollback_completed";
 /// What a failed task of a new version does to its update.
 const FAILURE_ACTIONS: [&str; 3] = ["pause", "continue", "rollback"];
 
+/// Whether `service` is being updated or rolled back: its rollout moves
+/// on as its new tasks run.
+pub fn in_progress(service: &Service) -> bool {
+    service.update_status.as_ref().is_some_and(|u| u.state == UPDATING || u.state == ROLLBACK_STARTED)
+}
+
 /// Docker's update settings: one task at a time, no delay, each new task
 /// watched 5 s for a failure, pause on one.
 pub fn default_config() -> UpdateConfig {

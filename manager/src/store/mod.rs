@@ -21,7 +21,7 @@ mod suite;
 use netctl_proto::{ManagerRecord, Network, Node, RemovedNode, Service, Task};
 use prost::Message;
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -191,12 +191,21 @@ pub struct Change {
 #[derive(Debug, Default)]
 pub struct Batch {
     changes: Vec<Change>,
+    /// Only tasks reported doing what they are meant to ([`Batch::task_progress`]).
+    task_progress: bool,
 }
 
 impl Batch {
     /// An empty batch.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty batch for tasks that now do what they are meant to (run,
+    /// as desired): a change nothing plans on, which the orchestrator
+    /// need not read the cluster again for ([`Store::only_task_progress_since`]).
+    pub fn task_progress() -> Self {
+        Self { task_progress: true, ..Self::default() }
     }
 
     /// Writes `record`.
@@ -282,7 +291,14 @@ pub struct Store {
     write_lock: Mutex<()>,
     /// The records of each kind last read whole ([`Store::shared`]).
     decoded: std::sync::Mutex<HashMap<Kind, Decoded>>,
+    /// The latest revisions this manager committed from a
+    /// [`Batch::task_progress`], at most [`TASK_PROGRESS_KEPT`].
+    task_progress: std::sync::Mutex<BTreeSet<u64>>,
 }
+
+/// How many task-progress revisions a store remembers: a reader further
+/// behind than that reads the cluster again.
+const TASK_PROGRESS_KEPT: usize = 1024;
 
 /// Records of one kind decoded (a `Vec` of them), with the revision seen
 /// before they were read.
@@ -303,7 +319,13 @@ impl Store {
 
     fn over(backend: Arc<dyn Backend>) -> Self {
         let revisions = backend.revisions();
-        Self { backend, revisions, write_lock: Mutex::new(()), decoded: Default::default() }
+        Self {
+            backend,
+            revisions,
+            write_lock: Mutex::new(()),
+            decoded: Default::default(),
+            task_progress: Default::default(),
+        }
     }
 
     /// Where the state lives: `sled PATH` or `etcd ENDPOINTS (prefix P)`.
@@ -326,6 +348,25 @@ impl Store {
     /// A receiver that sees every new revision.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revisions.clone()
+    }
+
+    /// Whether every revision after `revision`, to the latest seen, was
+    /// committed here from a [`Batch::task_progress`]: since `revision`,
+    /// only tasks started doing what they were meant to. Another manager's
+    /// commits are not known to be such.
+    pub fn only_task_progress_since(&self, revision: u64) -> bool {
+        let latest = self.revision();
+        let remembered = self.task_progress.lock().expect("task progress lock");
+        latest.saturating_sub(revision) <= remembered.len() as u64
+            && (revision + 1..=latest).all(|r| remembered.contains(&r))
+    }
+
+    fn remember_task_progress(&self, revision: u64) {
+        let mut remembered = self.task_progress.lock().expect("task progress lock");
+        remembered.insert(revision);
+        if remembered.len() > TASK_PROGRESS_KEPT {
+            remembered.pop_first();
+        }
     }
 
     /// Every record of kind `R`.
@@ -429,10 +470,10 @@ impl Writer<'_> {
     /// empty batch commits nothing (the revision stays).
     pub async fn commit_in_parts(&mut self, batch: Batch) -> Result<u64, StoreError> {
         let mut revision = self.expected;
-        let mut changes = batch.changes;
+        let (mut changes, task_progress) = (batch.changes, batch.task_progress);
         while !changes.is_empty() {
             let rest = changes.split_off(changes.len().min(MAX_CHANGES_PER_COMMIT));
-            revision = self.commit(Batch { changes }).await?;
+            revision = self.commit(Batch { changes, task_progress }).await?;
             changes = rest;
         }
         Ok(revision)
@@ -443,6 +484,9 @@ impl Writer<'_> {
     pub async fn commit(&mut self, batch: Batch) -> Result<u64, StoreError> {
         let revision = self.store.backend.commit(&batch.changes, self.expected, batch.context()).await?;
         self.expected = revision;
+        if batch.task_progress {
+            self.store.remember_task_progress(revision);
+        }
         Ok(revision)
     }
 }

@@ -274,6 +274,27 @@ async fn shared_records_are_read_once_per_revision_and_hold_every_write_seen(fix
     assert_eq!(*first, vec![network("a", 4097)], "a reader keeps what it read");
 }
 
+async fn task_progress_is_known_to_the_manager_that_committed_it(fixture: &mut impl Fixture) {
+    let store = fixture.store().await;
+    let peer = fixture.peer().await;
+    let start = store.write_lock().await.put(&network("a", 4097)).await.unwrap();
+    assert!(store.only_task_progress_since(start), "nothing committed since");
+    let mut progress = Batch::task_progress();
+    progress.put(&network("b", 4098));
+    let after = store.write_lock().await.commit(progress).await.unwrap();
+    assert!(store.only_task_progress_since(start));
+    let mut seen = peer.subscribe();
+    tokio::time::timeout(Duration::from_secs(5), seen.wait_for(|r| *r >= after)).await.unwrap().unwrap();
+    assert_eq!(
+        peer.only_task_progress_since(start),
+        Arc::ptr_eq(&store, &peer),
+        "another manager does not know what a commit was"
+    );
+    store.write_lock().await.put(&network("c", 4099)).await.unwrap();
+    assert!(!store.only_task_progress_since(start), "a network was created since");
+    assert!(!store.only_task_progress_since(after));
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod on_sled {
@@ -303,6 +324,7 @@ suite!(
     clusters_never_see_each_other,
     a_large_batch_is_committed_in_parts,
     shared_records_are_read_once_per_revision_and_hold_every_write_seen,
+    task_progress_is_known_to_the_manager_that_committed_it,
 );
 
 /// etcd only: a member that refuses connections and one that accepts them
