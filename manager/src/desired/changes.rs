@@ -3,12 +3,13 @@
 //! the scopes it holds ([`Changes::for_node`]), so that a node is sent only
 //! what changed among the items it holds, and nothing when none did.
 
-use super::model::{Model, Scope};
+use super::model::{Model, NodePart, Scope};
 use bytes::Bytes;
 use netctl_proto::desired::{encode, Change, ItemChanges, ItemKey};
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// One key of a scope whose item changed.
@@ -47,6 +48,10 @@ pub struct Changes {
     global: Vec<Changed>,
     networks: HashMap<String, Vec<Changed>>,
     nodes: HashMap<String, Vec<Changed>>,
+    /// The removals of every item of a network some node lost, in key
+    /// order, encoded for the first such node (a service removed from a
+    /// thousand nodes is its items' removals encoded once, not per node).
+    lost: RefCell<HashMap<String, Rc<[Bytes]>>>,
 }
 
 /// The keys of `old` and `new` whose items differ, in one walk over both
@@ -99,6 +104,7 @@ impl Changes {
             global: compare(Some(&old.global), Some(&new.global)),
             networks: compare_all(&old.networks, &new.networks, |scope| &**scope),
             nodes: compare_all(&old.nodes, &new.nodes, |part| &part.items),
+            lost: RefCell::default(),
         }
     }
 
@@ -107,18 +113,22 @@ impl Changes {
     pub fn for_node(&self, old: &Model, new: &Model, node_id: &str) -> NodeDelta {
         let Some(now) = new.nodes.get(node_id) else { return NodeDelta::Gone };
         let Some(before) = old.nodes.get(node_id) else { return NodeDelta::Whole };
-        let mut delta = DeltaBuilder { changes: Vec::new() };
+        let own = self.nodes.get(node_id).map_or(&[][..], Vec::as_slice);
+        let most = self.global.len() + own.len() + self.most_on_networks(before, now, old, new);
+        let mut delta = DeltaBuilder { changes: Vec::with_capacity(most) };
         delta.changes(&self.global);
-        delta.changes(self.nodes.get(node_id).map_or(&[][..], Vec::as_slice));
+        delta.changes(own);
         for network in &now.networks {
             if !before.networks.contains(network) {
-                delta.whole_scope(new.networks.get(network).map(|scope| &**scope), true);
+                delta.added_scope(new.networks.get(network).map(|scope| &**scope));
             } else if let Some(changed) = self.networks.get(network) {
                 delta.changes(changed);
             }
         }
         for network in before.networks.difference(&now.networks) {
-            delta.whole_scope(old.networks.get(network).map(|scope| &**scope), false);
+            if let Some(scope) = old.networks.get(network) {
+                delta.removed_scope(scope, &self.removals_of(network, scope));
+            }
         }
         if delta.changes.is_empty() {
             NodeDelta::Unchanged
@@ -126,6 +136,31 @@ impl Changes {
             // Each key belongs to one scope: no key comes twice.
             NodeDelta::Changed(delta.changes.into_iter().collect())
         }
+    }
+
+    /// How many changes of its networks a node holding `before` and then
+    /// `now` is given: its delta's list is made large enough once (a
+    /// thousand lists grown by doubling held up to twice what they used).
+    fn most_on_networks(&self, before: &NodePart, now: &NodePart, old: &Model, new: &Model) -> usize {
+        let scope_len = |model: &Model, id: &String| model.networks.get(id).map_or(0, |scope| scope.len());
+        let changed_len = |id: &String| self.networks.get(id).map_or(0, Vec::len);
+        let gained_or_changed: usize = now
+            .networks
+            .iter()
+            .map(|id| if before.networks.contains(id) { changed_len(id) } else { scope_len(new, id) })
+            .sum();
+        let lost: usize = before.networks.difference(&now.networks).map(|id| scope_len(old, id)).sum();
+        gained_or_changed + lost
+    }
+
+    /// The removals of every item of network `id`'s `scope` (lost by a
+    /// node), in key order.
+    fn removals_of(&self, id: &str, scope: &Scope) -> Rc<[Bytes]> {
+        let mut lost = self.lost.borrow_mut();
+        let removals = lost
+            .entry(id.to_string())
+            .or_insert_with(|| scope.keys().map(|key| encode(&key.removal())).collect());
+        removals.clone()
     }
 }
 
@@ -149,13 +184,18 @@ impl DeltaBuilder {
         }
     }
 
-    /// Adds (`added`) or removes every item of a network the node gained or
-    /// lost.
-    fn whole_scope(&mut self, scope: Option<&Scope>, added: bool) {
+    /// Adds every item of a network the node gained.
+    fn added_scope(&mut self, scope: Option<&Scope>) {
         for (key, item) in scope.into_iter().flatten() {
-            let change =
-                if added { Change::Upsert(item.clone()) } else { Change::Remove(encode(&key.removal())) };
-            self.changes.push((key.clone(), change));
+            self.changes.push((key.clone(), Change::Upsert(item.clone())));
+        }
+    }
+
+    /// Removes every item of a network the node lost: its `scope` and the
+    /// removals of its keys, in key order.
+    fn removed_scope(&mut self, scope: &Scope, removals: &[Bytes]) {
+        for (key, removal) in scope.keys().zip(removals) {
+            self.changes.push((key.clone(), Change::Remove(removal.clone())));
         }
     }
 }
