@@ -87,8 +87,13 @@ async fn commit(
     let mut tasks = Vec::new();
     let mut outcomes = Vec::with_capacity(group.len());
     for queued in group {
-        let changed = changed_tasks(store, &queued.node_id, &queued.reports)?;
-        outcomes.push(changed.map(|changed| tasks.extend(changed)));
+        match changed_tasks(store, &queued.node_id, &queued.reports)? {
+            Ok(changed) => {
+                tasks.extend(changed);
+                outcomes.push(Ok(()));
+            }
+            Err(refused) => outcomes.push(Err(refused)),
+        }
     }
     let mut batch = if only_progress(store, &tasks)? { Batch::task_progress() } else { Batch::new() };
     for task in &tasks {

@@ -358,9 +358,10 @@ pub enum Change {
 /// per key, so that the changes of several revisions never outgrow the
 /// items they touch. Keys and encoded items are shared: a change many
 /// nodes wait for is one key and one encoding in memory, made once. Kept
-/// as a list sorted by key: a thousand nodes each handed thousands of
-/// changes per revision spent a fifth of the fan-out's time building
-/// trees of them.
+/// as a list sorted by key: when a thousand nodes were each handed
+/// thousands of changes per revision, building a tree of them per node was
+/// near half the time spent cutting the deltas (a sorted list cut that
+/// time by a quarter).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemChanges {
     changes: Vec<(Arc<ItemKey>, Change)>,
