@@ -3,7 +3,7 @@
 //! the scopes it holds ([`Changes::for_node`]), so that a node is sent only
 //! what changed among the items it holds, and nothing when none did.
 
-use super::model::{Model, NodePart, Scope};
+use super::model::{Model, Scope};
 use bytes::Bytes;
 use netctl_proto::desired::{encode, Change, ItemChanges, ItemKey};
 use std::cell::{OnceCell, RefCell};
@@ -25,7 +25,7 @@ struct Changed {
 impl Changed {
     /// The key's removal, encoded once for every node.
     fn removal(&self) -> Bytes {
-        self.removal.get_or_init(|| encode(&self.key.removal())).clone()
+        self.removal.get_or_init(|| encoded_removal(&self.key)).clone()
     }
 }
 
@@ -114,88 +114,88 @@ impl Changes {
         let Some(now) = new.nodes.get(node_id) else { return NodeDelta::Gone };
         let Some(before) = old.nodes.get(node_id) else { return NodeDelta::Whole };
         let own = self.nodes.get(node_id).map_or(&[][..], Vec::as_slice);
-        let most = self.global.len() + own.len() + self.most_on_networks(before, now, old, new);
-        let mut delta = DeltaBuilder { changes: Vec::with_capacity(most) };
-        delta.changes(&self.global);
-        delta.changes(own);
+        let mut parts = vec![Part::Changed(&self.global), Part::Changed(own)];
         for network in &now.networks {
             if !before.networks.contains(network) {
-                delta.added_scope(new.networks.get(network).map(|scope| &**scope));
+                parts.extend(new.networks.get(network).map(|scope| Part::Gained(scope)));
             } else if let Some(changed) = self.networks.get(network) {
-                delta.changes(changed);
+                parts.push(Part::Changed(changed));
             }
         }
         for network in before.networks.difference(&now.networks) {
             if let Some(scope) = old.networks.get(network) {
-                delta.removed_scope(scope, &self.removals_of(network, scope));
+                parts.push(Part::Lost(scope, self.removals_of(network, scope)));
             }
         }
-        if delta.changes.is_empty() {
+        // Made at its size once: a thousand lists grown by doubling held up
+        // to twice what they used.
+        let mut changes = Vec::with_capacity(parts.iter().map(Part::len).sum());
+        parts.into_iter().for_each(|part| part.add_to(&mut changes));
+        if changes.is_empty() {
             NodeDelta::Unchanged
         } else {
-            // Each key belongs to one scope: no key comes twice.
-            NodeDelta::Changed(delta.changes.into_iter().collect())
+            // Each key belongs to one scope: no key comes twice. Gathered in
+            // a list and sorted once (a thousand nodes each given thousands
+            // of changes spent most of a change's time keeping them in a
+            // tree).
+            NodeDelta::Changed(changes.into_iter().collect())
         }
-    }
-
-    /// How many changes of its networks a node holding `before` and then
-    /// `now` is given: its delta's list is made large enough once (a
-    /// thousand lists grown by doubling held up to twice what they used).
-    fn most_on_networks(&self, before: &NodePart, now: &NodePart, old: &Model, new: &Model) -> usize {
-        let scope_len = |model: &Model, id: &String| model.networks.get(id).map_or(0, |scope| scope.len());
-        let changed_len = |id: &String| self.networks.get(id).map_or(0, Vec::len);
-        let gained_or_changed: usize = now
-            .networks
-            .iter()
-            .map(|id| if before.networks.contains(id) { changed_len(id) } else { scope_len(new, id) })
-            .sum();
-        let lost: usize = before.networks.difference(&now.networks).map(|id| scope_len(old, id)).sum();
-        gained_or_changed + lost
     }
 
     /// The removals of every item of network `id`'s `scope` (lost by a
     /// node), in key order.
     fn removals_of(&self, id: &str, scope: &Scope) -> Rc<[Bytes]> {
         let mut lost = self.lost.borrow_mut();
-        let removals = lost
-            .entry(id.to_string())
-            .or_insert_with(|| scope.keys().map(|key| encode(&key.removal())).collect());
+        let removals =
+            lost.entry(id.to_string()).or_insert_with(|| scope.keys().map(encoded_removal).collect());
         removals.clone()
     }
 }
 
-/// A node's delta being cut from changed scopes: its changes, each key
-/// once, gathered in a list and sorted once at the end (a thousand nodes
-/// each given thousands of changes spent most of a change's time keeping
-/// them in a tree).
-struct DeltaBuilder {
-    changes: Vec<(Arc<ItemKey>, Change)>,
+/// The removal of `key`, encoded.
+fn encoded_removal(key: &Arc<ItemKey>) -> Bytes {
+    encode(&key.removal())
 }
 
-impl DeltaBuilder {
-    /// Adds what changed among the items of a scope the node holds.
-    fn changes(&mut self, changed: &[Changed]) {
-        for change in changed {
-            let key = change.key.clone();
-            self.changes.push(match &change.after {
-                Some(after) => (key, Change::Upsert(after.clone())),
-                None => (key, Change::Remove(change.removal())),
-            });
+/// A piece of a node's delta: what changed in a scope it holds, or every
+/// item of a network it gained or lost.
+enum Part<'a> {
+    /// The changed items of a scope the node holds.
+    Changed(&'a [Changed]),
+    /// A network the node gained: all its items.
+    Gained(&'a Scope),
+    /// A network the node lost: its items and their removals, in key order.
+    Lost(&'a Scope, Rc<[Bytes]>),
+}
+
+impl Part<'_> {
+    /// How many changes it adds.
+    fn len(&self) -> usize {
+        match self {
+            Part::Changed(changed) => changed.len(),
+            Part::Gained(scope) | Part::Lost(scope, _) => scope.len(),
         }
     }
 
-    /// Adds every item of a network the node gained.
-    fn added_scope(&mut self, scope: Option<&Scope>) {
-        for (key, item) in scope.into_iter().flatten() {
-            self.changes.push((key.clone(), Change::Upsert(item.clone())));
-        }
-    }
-
-    /// Removes every item of a network the node lost: its `scope` and the
-    /// removals of its keys, in key order.
-    fn removed_scope(&mut self, scope: &Scope, removals: &[Bytes]) {
-        for (key, removal) in scope.keys().zip(removals) {
-            self.changes.push((key.clone(), Change::Remove(removal.clone())));
+    /// Adds its changes to `changes`.
+    fn add_to(self, changes: &mut Vec<(Arc<ItemKey>, Change)>) {
+        match self {
+            Part::Changed(changed) => changes.extend(changed.iter().map(|change| {
+                let key = change.key.clone();
+                match &change.after {
+                    Some(after) => (key, Change::Upsert(after.clone())),
+                    None => (key, Change::Remove(change.removal())),
+                }
+            })),
+            Part::Gained(scope) => {
+                changes.extend(scope.iter().map(|(key, item)| (key.clone(), Change::Upsert(item.clone()))))
+            }
+            Part::Lost(scope, removals) => changes.extend(
+                scope
+                    .keys()
+                    .zip(removals.iter())
+                    .map(|(key, removal)| (key.clone(), Change::Remove(removal.clone()))),
+            ),
         }
     }
 }
