@@ -116,8 +116,7 @@ impl Model {
     /// the ingress network (on every node, so that every node answers
     /// published ports) and the networks its tasks attach to (an overlay
     /// exists only where it has a task), the endpoints of those networks
-    /// (on an overlay whether its task runs yet, on ingress only once it
-    /// runs: only running ones are backends), the
+    /// (of running tasks: they are the peers, backends and names), the
     /// published ports, the service VIPs and the names its resolver
     /// answers.
     pub fn build(cluster: &ClusterView, data_path_port: u32, revision: u64) -> Self {
@@ -225,20 +224,18 @@ impl Draft {
                 let attached = task.endpoints.iter().map(|e| &e.network_id);
                 part.networks.extend(attached.filter(|id| self.known.contains(*id)).cloned());
             }
+            // A task's endpoints go out once it runs, as Swarm's peers
+            // learn an endpoint when its container joins: until then
+            // nothing answers there, and a create costs every node one
+            // item per task and network, not two (placed, then running).
+            if task.state() != TaskState::Running {
+                continue;
+            }
             let Some(node_addr) = addresses.get(task.node_id.as_str()) else { continue };
-            let running = task.state() == TaskState::Running;
             for endpoint in &task.endpoints {
                 let Some(scope) = self.networks.get_mut(&endpoint.network_id) else { continue };
                 // Names are not answered on ingress: no task identity there.
                 let named = Some(endpoint.network_id.as_str()) != ingress;
-                // On an overlay a task's endpoint goes out when it is placed,
-                // so that other nodes reach it as soon as it starts. On
-                // ingress nothing reaches a task but the routing mesh, and
-                // only once it runs: sent then, a create costs every node
-                // one item per task there, not two.
-                if !named && !running {
-                    continue;
-                }
                 let endpoint = Endpoint {
                     network_id: endpoint.network_id.clone(),
                     address: endpoint.address.clone(),
@@ -246,7 +243,7 @@ impl Draft {
                     service: service.name.clone(),
                     task_id: if named { task.id.clone() } else { String::new() },
                     task_name: if named { name.clone() } else { String::new() },
-                    running,
+                    running: true,
                 };
                 put(scope, Item::Endpoint(Box::new(endpoint)));
             }
@@ -409,7 +406,9 @@ mod tests {
         }];
         let mut stopped = task("t3", "b", "192.168.200.5");
         stopped.set_desired_state(TaskState::Shutdown);
-        let tasks = [task("t1", "a", "192.168.200.3"), task("t2", "b", "192.168.200.4"), stopped];
+        let mut runs = task("t2", "b", "192.168.200.4");
+        runs.set_state(TaskState::Running);
+        let tasks = [task("t1", "a", "192.168.200.3"), runs, stopped];
         let cluster = ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
 
         let model = Model::build(&cluster, 4789, 7);
@@ -427,7 +426,8 @@ mod tests {
         // Names: the service on demonet with only its running task.
         assert_eq!(state.names.len(), 1, "{:?}", state.names);
         assert_eq!(state.names[0].service, "demoservice");
-        assert!(state.names[0].tasks.is_empty(), "no task reports Running yet");
+        let named: Vec<&str> = state.names[0].tasks.iter().map(|t| t.address.as_str()).collect();
+        assert_eq!(named, ["192.168.200.4"], "t1 does not report Running yet");
 
         let idle = model.snapshot("c").unwrap();
         assert_eq!(idle.networks.len(), 1, "only ingress");
@@ -468,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn a_placed_task_is_an_endpoint_on_its_overlay_and_on_ingress_only_once_it_runs() {
+    fn a_task_is_an_endpoint_on_its_networks_only_once_it_runs() {
         let nodes = [node("a", 6), node("b", 7)];
         let networks = ingress_and_demonet();
         let services = [Service {
@@ -495,8 +495,10 @@ mod tests {
             of_task.map(|e| (e.network_id.clone(), e.running)).collect::<Vec<_>>()
         };
         let (ing, net) = (String::from("ing"), String::from("net"));
-        assert_eq!(endpoints_seen_by_b(&placed), [(net.clone(), false)], "reachable on its overlay at once");
+        assert_eq!(endpoints_seen_by_b(&placed), [], "not a peer before it runs");
         placed.set_state(TaskState::Running);
-        assert_eq!(endpoints_seen_by_b(&placed), [(ing, true), (net, true)], "a backend on ingress");
+        assert_eq!(endpoints_seen_by_b(&placed), [(ing, true), (net, true)], "a peer and a backend");
+        placed.set_state(TaskState::Failed);
+        assert_eq!(endpoints_seen_by_b(&placed), [], "not a peer once it failed");
     }
 }
