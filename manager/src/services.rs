@@ -81,7 +81,9 @@ async fn create_once(
         return Err(ManagerError::NameTaken { kind: "service", name: service.name });
     }
     let networks = store.networks()?;
-    let tasks: Vec<Task> = store.all()?;
+    // Decoded once for this revision with the orchestrator and the nodes'
+    // desired state.
+    let tasks = store.shared::<Task>()?;
     let nodes = store.nodes()?;
     service.ports = crate::ports::assign(&service.name, &request.ports, &services, reserved)?;
     if service.ports.iter().any(PortConfig::is_ingress) {
@@ -324,7 +326,7 @@ async fn scale_once(store: &Store, reference: &str, replicas: u32) -> Result<Ser
 /// addresses for, or that would make a node's state too large.
 fn ensure_fits(store: &Store, service: &Service) -> Result<(), ManagerError> {
     let services: Vec<Service> = store.all()?;
-    let tasks: Vec<Task> = store.all()?;
+    let tasks = store.shared::<Task>()?;
     let nodes = store.nodes()?;
     let running_here = tasks
         .iter()

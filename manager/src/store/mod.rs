@@ -21,7 +21,7 @@ mod suite;
 use netctl_proto::{ManagerRecord, Network, Node, RemovedNode, Service, Task};
 use prost::Message;
 use std::any::Any;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -294,7 +294,15 @@ pub struct Store {
     /// The latest revisions this manager committed from a
     /// [`Batch::task_progress`], at most [`TASK_PROGRESS_KEPT`].
     task_progress: std::sync::Mutex<BTreeSet<u64>>,
+    /// This manager's latest commits, at most [`COMMITS_KEPT`], by
+    /// revision: [`Store::shared`] brings the records it read to a later
+    /// revision from them rather than reading every record again.
+    commits: std::sync::Mutex<BTreeMap<u64, Vec<Change>>>,
 }
+
+/// How many of its latest commits a store keeps for its readers
+/// ([`Store::shared`]); a reader further behind reads every record again.
+const COMMITS_KEPT: usize = 64;
 
 /// How many task-progress revisions a store remembers: a reader further
 /// behind than that reads the cluster again.
@@ -325,6 +333,7 @@ impl Store {
             write_lock: Mutex::new(()),
             decoded: Default::default(),
             task_progress: Default::default(),
+            commits: Default::default(),
         }
     }
 
@@ -379,18 +388,60 @@ impl Store {
     /// desired state each read the whole cluster at every change. What a
     /// read returns holds the revision this manager has seen, maybe with
     /// parts of later ones (as [`Store::all`]), and this manager's own
-    /// commits once they returned (each is seen before it returns).
-    pub fn shared<R: Record + Send + Sync + 'static>(&self) -> Result<Arc<Vec<R>>, StoreError> {
+    /// commits once they returned (each is seen before it returns). The
+    /// records of a revision this manager committed itself are those
+    /// before with what the commit wrote, decoded alone (a task reporting
+    /// Running decodes one task, not the cluster's 11,000); another
+    /// manager's commit makes it read every record again.
+    pub fn shared<R: Record + Clone + Send + Sync + 'static>(&self) -> Result<Arc<Vec<R>>, StoreError> {
         let revision = self.revision();
         let cached = self.decoded.lock().expect("decoded records lock").get(&R::KIND).cloned();
-        let current = cached.filter(|(read_at, _)| *read_at == revision);
-        if let Some(records) = current.and_then(|(_, records)| records.downcast::<Vec<R>>().ok()) {
-            return Ok(records);
-        }
-        let records = Arc::new(self.all::<R>()?);
+        let cached =
+            cached.and_then(|(read_at, records)| Some((read_at, records.downcast::<Vec<R>>().ok()?)));
+        let records = match cached {
+            Some((read_at, records)) if read_at == revision => return Ok(records),
+            Some((read_at, records)) => match self.written_since::<R>(read_at, revision, records.len()) {
+                Some(written) if written.is_empty() => records,
+                Some(written) => Arc::new(with_written(&records, written)?),
+                None => Arc::new(self.all::<R>()?),
+            },
+            None => Arc::new(self.all::<R>()?),
+        };
         let entry = (revision, records.clone() as Arc<dyn Any + Send + Sync>);
         self.decoded.lock().expect("decoded records lock").insert(R::KIND, entry);
         Ok(records)
+    }
+
+    /// What this manager's commits after revision `from`, to `to`, wrote
+    /// to records of kind `R` (the latest value of each key, by key), if
+    /// it committed every one of those revisions itself and they wrote
+    /// fewer than a quarter of `held` records (more, and reading them all
+    /// again costs about the same).
+    fn written_since<R: Record>(
+        &self,
+        from: u64,
+        to: u64,
+        held: usize,
+    ) -> Option<BTreeMap<String, Option<Vec<u8>>>> {
+        let commits = self.commits.lock().expect("commits lock");
+        let mut written = BTreeMap::new();
+        for revision in from + 1..=to {
+            for change in commits.get(&revision)?.iter().filter(|change| change.kind == R::KIND) {
+                written.insert(change.key.clone(), change.value.clone());
+                if written.len() * 4 > held {
+                    return None;
+                }
+            }
+        }
+        Some(written)
+    }
+
+    fn remember_commit(&self, revision: u64, changes: Vec<Change>) {
+        let mut commits = self.commits.lock().expect("commits lock");
+        commits.insert(revision, changes);
+        if commits.len() > COMMITS_KEPT {
+            commits.pop_first();
+        }
     }
 
     /// The record of kind `R` with key `key`.
@@ -487,6 +538,7 @@ impl Writer<'_> {
         if batch.task_progress {
             self.store.remember_task_progress(revision);
         }
+        self.store.remember_commit(revision, batch.changes);
         Ok(revision)
     }
 }
@@ -518,6 +570,28 @@ impl AsConflict for StoreError {
     fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
     }
+}
+
+/// `records` (ordered by key, as a scan reads them) with `written` (the
+/// latest value of each key written since, `None` for a deletion) in
+/// place: one ordered walk of both.
+fn with_written<R: Record + Clone>(
+    records: &[R],
+    written: BTreeMap<String, Option<Vec<u8>>>,
+) -> Result<Vec<R>, StoreError> {
+    let mut merged = Vec::with_capacity(records.len() + written.len());
+    let mut before = records.iter().peekable();
+    for (key, value) in written {
+        while let Some(record) = before.next_if(|r| r.key() < key.as_str()) {
+            merged.push(record.clone());
+        }
+        before.next_if(|r| r.key() == key);
+        if let Some(value) = value {
+            merged.push(decode(R::KIND, &key, &value)?);
+        }
+    }
+    merged.extend(before.cloned());
+    Ok(merged)
 }
 
 fn decode<M: Message + Default>(kind: Kind, key: &str, bytes: &[u8]) -> Result<M, StoreError> {

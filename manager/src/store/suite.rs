@@ -274,6 +274,49 @@ async fn shared_records_are_read_once_per_revision_and_hold_every_write_seen(fix
     assert_eq!(*first, vec![network("a", 4097)], "a reader keeps what it read");
 }
 
+async fn shared_records_are_brought_to_this_managers_commits_and_read_again_after_anothers(
+    fixture: &mut impl Fixture,
+) {
+    let store = fixture.store().await;
+    let peer = fixture.peer().await;
+    let mut batch = Batch::new();
+    for i in 1..=40 {
+        batch.put(&network(&format!("n{i:02}"), 4096 + i));
+    }
+    let created = store.write_lock().await.commit(batch).await.unwrap();
+    let first = store.shared::<Network>().unwrap();
+    let nodes = store.shared::<Node>().unwrap();
+    // Another kind written: the networks read are still the networks.
+    store.write_lock().await.put(&Node { id: "n1".into(), ..Default::default() }).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &store.shared().unwrap()), "no network was written");
+    assert!(!Arc::ptr_eq(&nodes, &store.shared().unwrap()), "a node was written");
+    // One network added before the first, one replaced, one removed, over
+    // two commits: brought in from the commits, the same as a whole read.
+    let mut batch = Batch::new();
+    batch.put(&network("n00", 4000)).put(&network("n02", 4200));
+    store.write_lock().await.commit(batch).await.unwrap();
+    let removed = store.write_lock().await.delete::<Network>("n03").await.unwrap();
+    let written =
+        store.written_since::<Network>(created, removed, first.len()).expect("this manager's commits");
+    assert_eq!(written.keys().collect::<Vec<_>>(), ["n00", "n02", "n03"]);
+    let brought = store.shared::<Network>().unwrap();
+    assert_eq!(*brought, store.networks().unwrap());
+    assert_eq!(brought.iter().take(4).map(|n| n.vni).collect::<Vec<_>>(), [4000, 4097, 4200, 4100]);
+    assert_eq!(first.len(), 40, "a reader keeps what it read");
+    // Another manager's commit: read again, whole.
+    let mut revisions = store.subscribe();
+    let after =
+        retrying(|| async { peer.write_lock().await.put(&network("n99", 4999)).await }).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), revisions.wait_for(|r| *r >= after)).await.unwrap().unwrap();
+    assert_eq!(
+        store.written_since::<Network>(removed, after, brought.len()).is_some(),
+        Arc::ptr_eq(&store, &peer),
+        "another manager's commit is not known here"
+    );
+    assert_eq!(*store.shared::<Network>().unwrap(), store.networks().unwrap());
+    assert_eq!(store.shared::<Network>().unwrap().len(), 41);
+}
+
 async fn task_progress_is_known_to_the_manager_that_committed_it(fixture: &mut impl Fixture) {
     let store = fixture.store().await;
     let peer = fixture.peer().await;
@@ -325,6 +368,7 @@ suite!(
     a_large_batch_is_committed_in_parts,
     shared_records_are_read_once_per_revision_and_hold_every_write_seen,
     task_progress_is_known_to_the_manager_that_committed_it,
+    shared_records_are_brought_to_this_managers_commits_and_read_again_after_anothers,
 );
 
 /// etcd only: a member that refuses connections and one that accepts them
