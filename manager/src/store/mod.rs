@@ -399,7 +399,8 @@ impl Store {
         let cached =
             cached.and_then(|(read_at, records)| Some((read_at, records.downcast::<Vec<R>>().ok()?)));
         let records = match cached {
-            Some((read_at, records)) if read_at == revision => return Ok(records),
+            // Read at this revision, or at a later one another reader saw.
+            Some((read_at, records)) if read_at >= revision => return Ok(records),
             Some((read_at, records)) => match self.written_since::<R>(read_at, revision, records.len()) {
                 Some(written) if written.is_empty() => records,
                 Some(written) => Arc::new(with_written(&records, written)?),
