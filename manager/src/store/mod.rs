@@ -21,7 +21,7 @@ mod suite;
 use netctl_proto::{ManagerRecord, Network, Node, RemovedNode, Service, Task};
 use prost::Message;
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -291,22 +291,25 @@ pub struct Store {
     write_lock: Mutex<()>,
     /// The records of each kind last read whole ([`Store::shared`]).
     decoded: std::sync::Mutex<HashMap<Kind, Decoded>>,
-    /// The latest revisions this manager committed from a
-    /// [`Batch::task_progress`], at most [`TASK_PROGRESS_KEPT`].
-    task_progress: std::sync::Mutex<BTreeSet<u64>>,
     /// This manager's latest commits, at most [`COMMITS_KEPT`], by
     /// revision: [`Store::shared`] brings the records it read to a later
-    /// revision from them rather than reading every record again.
-    commits: std::sync::Mutex<BTreeMap<u64, Vec<Change>>>,
+    /// revision from them rather than reading every record again, and
+    /// [`Store::only_task_progress_since`] tells task progress apart.
+    commits: std::sync::Mutex<BTreeMap<u64, Committed>>,
 }
 
-/// How many of its latest commits a store keeps for its readers
-/// ([`Store::shared`]); a reader further behind reads every record again.
+/// How many of its latest commits a store keeps for its readers; a reader
+/// further behind reads every record again (and the orchestrator plans
+/// again).
 const COMMITS_KEPT: usize = 64;
 
-/// How many task-progress revisions a store remembers: a reader further
-/// behind than that reads the cluster again.
-const TASK_PROGRESS_KEPT: usize = 1024;
+/// One of this manager's commits, kept for its readers.
+struct Committed {
+    /// Made from a [`Batch::task_progress`].
+    task_progress: bool,
+    /// What it wrote.
+    changes: Vec<Change>,
+}
 
 /// Records of one kind decoded (a `Vec` of them), with the revision seen
 /// before they were read.
@@ -332,7 +335,6 @@ impl Store {
             revisions,
             write_lock: Mutex::new(()),
             decoded: Default::default(),
-            task_progress: Default::default(),
             commits: Default::default(),
         }
     }
@@ -364,18 +366,8 @@ impl Store {
     /// only tasks started doing what they were meant to. Another manager's
     /// commits are not known to be such.
     pub fn only_task_progress_since(&self, revision: u64) -> bool {
-        let latest = self.revision();
-        let remembered = self.task_progress.lock().expect("task progress lock");
-        latest.saturating_sub(revision) <= remembered.len() as u64
-            && (revision + 1..=latest).all(|r| remembered.contains(&r))
-    }
-
-    fn remember_task_progress(&self, revision: u64) {
-        let mut remembered = self.task_progress.lock().expect("task progress lock");
-        remembered.insert(revision);
-        if remembered.len() > TASK_PROGRESS_KEPT {
-            remembered.pop_first();
-        }
+        let commits = self.commits.lock().expect("commits lock");
+        (revision + 1..=self.revision()).all(|r| commits.get(&r).is_some_and(|c| c.task_progress))
     }
 
     /// Every record of kind `R`.
@@ -427,7 +419,7 @@ impl Store {
         let commits = self.commits.lock().expect("commits lock");
         let mut written = BTreeMap::new();
         for revision in from + 1..=to {
-            for change in commits.get(&revision)?.iter().filter(|change| change.kind == R::KIND) {
+            for change in commits.get(&revision)?.changes.iter().filter(|change| change.kind == R::KIND) {
                 written.insert(change.key.clone(), change.value.clone());
                 if written.len() * 4 > held {
                     return None;
@@ -437,9 +429,9 @@ impl Store {
         Some(written)
     }
 
-    fn remember_commit(&self, revision: u64, changes: Vec<Change>) {
+    fn remember_commit(&self, revision: u64, batch: Batch) {
         let mut commits = self.commits.lock().expect("commits lock");
-        commits.insert(revision, changes);
+        commits.insert(revision, Committed { task_progress: batch.task_progress, changes: batch.changes });
         if commits.len() > COMMITS_KEPT {
             commits.pop_first();
         }
@@ -536,10 +528,7 @@ impl Writer<'_> {
     pub async fn commit(&mut self, batch: Batch) -> Result<u64, StoreError> {
         let revision = self.store.backend.commit(&batch.changes, self.expected, batch.context()).await?;
         self.expected = revision;
-        if batch.task_progress {
-            self.store.remember_task_progress(revision);
-        }
-        self.store.remember_commit(revision, batch.changes);
+        self.store.remember_commit(revision, batch);
         Ok(revision)
     }
 }
