@@ -41,10 +41,11 @@ pub enum ItemKey {
 }
 
 impl ItemKey {
-    /// The smallest item with this key: what a delta sends to remove it.
-    pub fn removal(&self) -> DesiredItem {
+    /// The smallest item with this key, encoded: what a delta sends to
+    /// remove it.
+    pub fn encoded_removal(&self) -> Bytes {
         let (s, u) = (String::clone, |n: &u32| *n);
-        item(match self {
+        encode(&item(match self {
             ItemKey::Header => Item::Header(Box::default()),
             ItemKey::ClusterNode(address) => Item::ClusterNode(s(address)),
             ItemKey::Network(id) => Item::Network(Box::new(Network { id: s(id), ..Default::default() })),
@@ -69,7 +70,7 @@ impl ItemKey {
                 service: s(service),
                 ..Default::default()
             })),
-        })
+        }))
     }
 }
 
@@ -228,7 +229,7 @@ impl DesiredItems {
             .items
             .keys()
             .filter(|key| !next.items.contains_key(*key))
-            .map(|key| (Arc::new(key.clone()), Change::Remove(encode(&key.removal()))));
+            .map(|key| (Arc::new(key.clone()), Change::Remove(key.encoded_removal())));
         upserts.chain(removals).collect()
     }
 }
@@ -826,6 +827,6 @@ mod tests {
         let items = DesiredItems::from_state(&state);
         assert!(items.diff(&items).is_empty());
         let delta = one_delta(items.diff(&DesiredItems::from_state(&NodeState::default())));
-        assert_eq!(delta.removals, [encode(&ItemKey::Task("t1".into()).removal())]);
+        assert_eq!(delta.removals, [ItemKey::Task("t1".into()).encoded_removal()]);
     }
 }

@@ -5,7 +5,7 @@
 
 use super::model::{Model, Scope};
 use bytes::Bytes;
-use netctl_proto::desired::{encode, Change, ItemChanges, ItemKey};
+use netctl_proto::desired::{Change, ItemChanges, ItemKey};
 use std::cell::{OnceCell, RefCell};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
@@ -25,7 +25,7 @@ struct Changed {
 impl Changed {
     /// The key's removal, encoded once for every node.
     fn removal(&self) -> Bytes {
-        self.removal.get_or_init(|| encoded_removal(&self.key)).clone()
+        self.removal.get_or_init(|| self.key.encoded_removal()).clone()
     }
 }
 
@@ -146,15 +146,11 @@ impl Changes {
     /// node), in key order.
     fn removals_of(&self, id: &str, scope: &Scope) -> Rc<[Bytes]> {
         let mut lost = self.lost.borrow_mut();
-        let removals =
-            lost.entry(id.to_string()).or_insert_with(|| scope.keys().map(encoded_removal).collect());
+        let removals = lost
+            .entry(id.to_string())
+            .or_insert_with(|| scope.keys().map(|key| key.encoded_removal()).collect());
         removals.clone()
     }
-}
-
-/// The removal of `key`, encoded.
-fn encoded_removal(key: &Arc<ItemKey>) -> Bytes {
-    encode(&key.removal())
 }
 
 /// A piece of a node's delta: what changed in a scope it holds, or every
