@@ -7,20 +7,21 @@
 #   vm      what `make e2e-vm` builds its guest image from and runs it with
 set -euo pipefail
 
-# What building the agent's BPF program (agent/build.rs) takes.
-build_needs="clang:clang /usr/include/bpf/bpf_helpers.h:libbpf-dev"
+# What building takes: the agent's BPF program (agent/build.rs), and
+# etcd-client's protos (its build script runs protoc).
+build_needs="clang:clang /usr/include/bpf/bpf_helpers.h:libbpf-dev protoc:protobuf-compiler"
 # command:package pairs per set (a path instead of a command: a file that
 # must exist).
 test_needs="ip:iproute2 iptables:iptables ping:iputils-ping make:make tcpdump:tcpdump nsenter:util-linux
   unshare:util-linux python3:python3 curl:curl openssl:openssl dot:graphviz ruby:ruby shellcheck:shellcheck
-  systemd-analyze:systemd dig:dnsutils dnsperf:dnsperf protoc:protobuf-compiler etcd:etcd-server
+  systemd-analyze:systemd dig:dnsutils dnsperf:dnsperf etcd:etcd-server
   tc:iproute2 $build_needs"
 demo_needs="ip:iproute2 iptables:iptables ping:iputils-ping curl:curl python3:python3 nsenter:util-linux
-  protoc:protobuf-compiler $build_needs"
+  $build_needs"
 bench_needs="$build_needs ip:iproute2 iptables:iptables ping:iputils-ping curl:curl iperf3:iperf3 wrk:wrk etcd:etcd-server
   dig:dnsutils dnsperf:dnsperf /usr/lib/podman/aardvark-dns:aardvark-dns"
 vm_needs="qemu-system-x86_64:qemu-system-x86 cpio:cpio openssl:openssl depmod:kmod xtables-nft-multi:iptables
-  protoc:protobuf-compiler $build_needs"
+  $build_needs"
 
 [ $# -gt 0 ] || { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 missing=()
