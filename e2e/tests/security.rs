@@ -90,6 +90,14 @@ fn a_node_is_what_its_certificate_says_and_nothing_else() {
         let garbage = JoinRequest { csr: b"not a request".to_vec(), ..join_request("thief", &named) };
         let refused = joining.join(garbage).await.unwrap_err();
         assert!(refused.message().contains("certificate request is malformed"), "{refused:?}");
+        // The data path runs over IPv4: an IPv6 advertise address joins nothing.
+        let ipv6 = JoinRequest {
+            advertise_addr: "fd00::2".into(),
+            ..join_request("v6", &NodeKey::generate().unwrap())
+        };
+        let refused = joining.join(ipv6).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("advertise address fd00::2 is IPv6"), "{refused:?}");
         // An agent of an earlier desired-state version waits (a status it
         // retries), told what to upgrade, and joins nothing.
         let older =

@@ -244,9 +244,21 @@ impl Dispatcher for DispatcherService {
                 netctl_proto::DESIRED_STATE_VERSION
             )));
         }
-        join.advertise_addr.parse::<IpAddr>().map_err(|_| {
-            Status::invalid_argument(format!("invalid advertise address {:?}", join.advertise_addr))
-        })?;
+        // The data path (VXLAN between nodes) runs over IPv4.
+        match join.advertise_addr.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) => {}
+            Ok(IpAddr::V6(_)) => return Err(Status::invalid_argument(format!(
+                "advertise address {} is IPv6; the data path between nodes runs over IPv4: give the node's \
+                     IPv4 address",
+                join.advertise_addr
+            ))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid advertise address {:?}",
+                    join.advertise_addr
+                )))
+            }
+        }
         if join.hostname.is_empty() {
             return Err(Status::invalid_argument("a joining node must give its hostname"));
         }

@@ -17,6 +17,7 @@ use crate::{
 use bytes::Bytes;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 /// What names an item within a node's desired state.
@@ -30,8 +31,9 @@ pub enum ItemKey {
     Network(String),
     /// A task the node runs, by ID.
     Task(String),
-    /// A task's (or an ingress_sbox's) endpoint: network ID, address.
-    Endpoint(String, String),
+    /// A task's (or an ingress_sbox's) endpoint: its network's VNI, its
+    /// address (IPv4 as a number).
+    Endpoint(u32, u32),
     /// A published port: protocol, port.
     Port(String, u32),
     /// A service VIP: network ID, address.
@@ -50,11 +52,9 @@ impl ItemKey {
             ItemKey::ClusterNode(address) => Item::ClusterNode(s(address)),
             ItemKey::Network(id) => Item::Network(Box::new(Network { id: s(id), ..Default::default() })),
             ItemKey::Task(id) => Item::Task(Box::new(TaskSpec { id: s(id), ..Default::default() })),
-            ItemKey::Endpoint(network_id, address) => Item::Endpoint(Box::new(Endpoint {
-                network_id: s(network_id),
-                address: s(address),
-                ..Default::default()
-            })),
+            ItemKey::Endpoint(vni, address) => {
+                Item::Endpoint(Box::new(Endpoint { vni: u(vni), address: u(address), ..Default::default() }))
+            }
             ItemKey::Port(protocol, port) => Item::Port(Box::new(PublishedPort {
                 protocol: s(protocol),
                 published_port: u(port),
@@ -81,7 +81,7 @@ pub fn key(item: &DesiredItem) -> Option<ItemKey> {
         Item::ClusterNode(address) => ItemKey::ClusterNode(address.clone()),
         Item::Network(network) => ItemKey::Network(network.id.clone()),
         Item::Task(task) => ItemKey::Task(task.id.clone()),
-        Item::Endpoint(e) => ItemKey::Endpoint(e.network_id.clone(), e.address.clone()),
+        Item::Endpoint(e) => ItemKey::Endpoint(e.vni, e.address),
         Item::Port(p) => ItemKey::Port(p.protocol.clone(), p.published_port),
         Item::Vip(v) => ItemKey::Vip(v.network_id.clone(), v.address.clone()),
         Item::Names(n) => ItemKey::Names(n.network_id.clone(), n.service.clone()),
@@ -235,31 +235,36 @@ impl DesiredItems {
 }
 
 /// Fills in what `state`'s endpoints give: its remote endpoints, and the
-/// running tasks behind each published port (their addresses on the
-/// ingress network), VIP and names entry of their service, in endpoint
-/// order.
+/// tasks behind each published port (their addresses on the ingress
+/// network), VIP and names entry of their service, in endpoint order. An
+/// endpoint on no network the state holds gives nothing.
 fn derive_from_endpoints(state: &mut NodeState) {
+    let networks: HashMap<u32, &str> =
+        state.networks.iter().filter_map(|a| a.network.as_ref()).map(|n| (n.vni, n.id.as_str())).collect();
     let ingress = state.networks.iter().filter_map(|a| a.network.as_ref()).find(|n| n.ingress);
-    let ingress = ingress.map(|n| n.id.clone());
+    let ingress = ingress.map(|n| n.id.as_str());
+    let local = state.advertise_addr.parse::<Ipv4Addr>().map(u32::from).ok();
     let mut serving: HashMap<(&str, &str), Vec<&Endpoint>> = HashMap::new();
     for endpoint in &state.endpoints {
-        if !endpoint.node_addr.is_empty() && endpoint.node_addr != state.advertise_addr {
-            let mac = endpoint.address.parse().map(endpoint_mac_text).unwrap_or_default();
+        let Some(network_id) = networks.get(&endpoint.vni).copied() else { continue };
+        if endpoint.node_addr != 0 && Some(endpoint.node_addr) != local {
+            let address = Ipv4Addr::from(endpoint.address);
             state.remote_endpoints.push(RemoteEndpoint {
-                network_id: endpoint.network_id.clone(),
-                address: endpoint.address.clone(),
-                mac,
-                node_addr: endpoint.node_addr.clone(),
+                network_id: network_id.to_string(),
+                address: address.to_string(),
+                mac: endpoint_mac_text(address),
+                node_addr: Ipv4Addr::from(endpoint.node_addr).to_string(),
             });
         }
-        if endpoint.running && !endpoint.service.is_empty() {
-            serving.entry((&endpoint.network_id, &endpoint.service)).or_default().push(endpoint);
+        if !endpoint.service.is_empty() {
+            serving.entry((network_id, &endpoint.service)).or_default().push(endpoint);
         }
     }
     let no_tasks = Vec::new();
-    let addresses = |endpoints: &Vec<&Endpoint>| endpoints.iter().map(|e| e.address.clone()).collect();
+    let text = |endpoint: &Endpoint| Ipv4Addr::from(endpoint.address).to_string();
+    let addresses = |endpoints: &Vec<&Endpoint>| endpoints.iter().map(|e| text(e)).collect();
     for port in &mut state.published_ports {
-        let backends = ingress.as_deref().and_then(|ingress| serving.get(&(ingress, port.service.as_str())));
+        let backends = ingress.and_then(|ingress| serving.get(&(ingress, port.service.as_str())));
         port.backends = addresses(backends.unwrap_or(&no_tasks));
     }
     for vip in &mut state.service_vips {
@@ -268,11 +273,7 @@ fn derive_from_endpoints(state: &mut NodeState) {
     for names in &mut state.names {
         let tasks = serving.get(&(&names.network_id, &names.service)).unwrap_or(&no_tasks).iter();
         names.tasks = tasks
-            .map(|e| TaskName {
-                id: e.task_id.clone(),
-                name: e.task_name.clone(),
-                address: e.address.clone(),
-            })
+            .map(|e| TaskName { id: e.task_id.clone(), name: e.task_name.clone(), address: text(e) })
             .collect();
     }
 }
@@ -561,27 +562,29 @@ mod tests {
         proptest::sample::select(options).prop_map(str::to_string)
     }
 
-    const ADDRESSES: &[&str] = &["10.0.0.2", "10.0.0.3", "10.0.0.4"];
     const NETWORKS: &[&str] = &["n1", "n2", "ingress"];
     const SERVICES: &[&str] = &["web", "db"];
 
+    /// IPv4 `text` as an endpoint's number.
+    fn v4(text: &str) -> u32 {
+        text.parse::<Ipv4Addr>().unwrap().into()
+    }
+
     fn endpoint() -> impl Strategy<Value = Endpoint> {
         (
-            pick(NETWORKS),
-            pick(ADDRESSES),
-            pick(&["192.168.1.2", "192.168.1.3", ""]),
+            4096u32..4099,
+            proptest::sample::select(&["10.0.0.2", "10.0.0.3", "10.0.0.4"][..]),
+            proptest::sample::select(&["192.168.1.2", "192.168.1.3", "0.0.0.0"][..]),
             pick(SERVICES),
             pick(&["t1", "t2"]),
-            any::<bool>(),
         )
-            .prop_map(|(network_id, address, node_addr, service, task_id, running)| Endpoint {
-                network_id,
-                address,
-                node_addr,
+            .prop_map(|(vni, address, node_addr, service, task_id)| Endpoint {
+                vni,
+                address: v4(address),
+                node_addr: v4(node_addr),
                 task_name: format!("web.{task_id}"),
                 service,
                 task_id,
-                running,
             })
     }
 
@@ -719,26 +722,27 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_give_remote_endpoints_and_their_running_tasks_to_ports_vips_and_names() {
-        let endpoint = |network_id: &str, address: &str, node_addr: &str, running| Endpoint {
-            network_id: network_id.into(),
-            address: address.into(),
-            node_addr: node_addr.into(),
+    fn endpoints_give_remote_endpoints_and_their_tasks_to_ports_vips_and_names() {
+        let endpoint = |vni, address: &str, node_addr: &str| Endpoint {
+            vni,
+            address: v4(address),
+            node_addr: v4(node_addr),
             service: "web".into(),
             task_id: format!("t{address}"),
             task_name: "web.1".into(),
-            running,
         };
-        let ingress = Network { id: "in".into(), ingress: true, ..Default::default() };
+        let ingress = Network { id: "in".into(), vni: 4096, ingress: true, ..Default::default() };
+        let n1 = Network { id: "n1".into(), vni: 4097, ..Default::default() };
         let state = NodeState {
             advertise_addr: "192.168.1.2".into(),
-            networks: vec![NetworkAttachment { network: Some(ingress) }],
+            networks: [ingress, n1].map(|n| NetworkAttachment { network: Some(n) }).into(),
             endpoints: vec![
-                endpoint("in", "10.0.0.5", "192.168.1.3", true),
-                endpoint("in", "10.0.0.6", "192.168.1.2", true),
-                endpoint("n1", "10.1.0.5", "192.168.1.3", true),
-                endpoint("n1", "10.1.0.6", "192.168.1.3", false),
-                Endpoint { service: String::new(), ..endpoint("in", "10.0.0.2", "192.168.1.3", false) },
+                endpoint(4096, "10.0.0.5", "192.168.1.3"),
+                endpoint(4096, "10.0.0.6", "192.168.1.2"),
+                endpoint(4097, "10.1.0.5", "192.168.1.3"),
+                // On a network the node does not hold: nothing.
+                endpoint(4098, "10.2.0.5", "192.168.1.3"),
+                Endpoint { service: String::new(), ..endpoint(4096, "10.0.0.2", "192.168.1.3") },
             ],
             published_ports: vec![PublishedPort { service: "web".into(), ..Default::default() }],
             service_vips: vec![ServiceVip {
@@ -762,12 +766,11 @@ mod tests {
                 ("10.0.0.2", "02:42:0a:00:00:02"),
                 ("10.0.0.5", "02:42:0a:00:00:05"),
                 ("10.1.0.5", "02:42:0a:01:00:05"),
-                ("10.1.0.6", "02:42:0a:01:00:06")
             ],
             "every endpoint on another node, its MAC from its address"
         );
-        assert_eq!(state.published_ports[0].backends, ["10.0.0.5", "10.0.0.6"], "running tasks on ingress");
-        assert_eq!(state.service_vips[0].backends, ["10.1.0.5"], "running tasks on the VIP's network");
+        assert_eq!(state.published_ports[0].backends, ["10.0.0.5", "10.0.0.6"], "tasks on ingress");
+        assert_eq!(state.service_vips[0].backends, ["10.1.0.5"], "tasks on the VIP's network");
         let names: Vec<(&str, &str)> =
             state.names[0].tasks.iter().map(|t| (t.id.as_str(), t.address.as_str())).collect();
         assert_eq!(names, [("t10.1.0.5", "10.1.0.5")]);

@@ -62,14 +62,16 @@ impl TaskState {
 /// larger, and the agent accepts messages up to this size.
 pub const MAX_NODE_STATE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The version of the desired state a manager sends and an agent reads: 2
-/// since a task is one endpoint item per network (unset before, when remote
-/// endpoints and each backend were items of their own). At a join the
+/// The version of the desired state a manager sends and an agent reads: 3
+/// since an endpoint names its network by VNI and its addresses as numbers
+/// (2: by network ID and as text; 2 since a task is one endpoint item per
+/// network, unset before, when remote endpoints and each backend were
+/// items of their own). At a join the
 /// manager refuses an agent of another version, and the agent a manager of
 /// another: each says which to upgrade, and the node keeps its data path as
 /// it is until they match (an agent reading items it does not know would
 /// drop every remote endpoint and backend).
-pub const DESIRED_STATE_VERSION: u32 = 2;
+pub const DESIRED_STATE_VERSION: u32 = 3;
 
 /// The longest text an agent may report in one field (an error, a name):
 /// longer text is cut.

@@ -177,20 +177,25 @@ async fn timed(
     report
 }
 
-/// The task endpoints the state holds on network `id`.
-fn endpoints_on<'a>(state: &'a DesiredItems, id: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
-    let first = ItemKey::Endpoint(id.to_string(), String::new());
-    state.range(&first, move |key| matches!(key, ItemKey::Endpoint(network, _) if network == id)).filter_map(
-        |item| match item {
-            Item::Endpoint(endpoint) => Some(&**endpoint),
-            _ => None,
-        },
-    )
+/// The task endpoints the state holds on network `id` (none if it does
+/// not hold the network).
+fn endpoints_on<'a>(state: &'a DesiredItems, id: &str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    let vni = match state.get(&ItemKey::Network(id.to_string())) {
+        Some(Item::Network(network)) => Some(network.vni),
+        _ => None,
+    };
+    let first = ItemKey::Endpoint(vni.unwrap_or_default(), 0);
+    let on_it = move |key: &ItemKey| matches!(key, ItemKey::Endpoint(v, _) if Some(*v) == vni);
+    state.range(&first, on_it).filter_map(|item| match item {
+        Item::Endpoint(endpoint) => Some(&**endpoint),
+        _ => None,
+    })
 }
 
-/// How many running tasks of `service` the state holds on network `id`.
+/// How many running tasks of `service` the state holds on network `id`
+/// (a task is an endpoint once it runs).
 fn running_on(state: &DesiredItems, id: &str, service: &str) -> usize {
-    endpoints_on(state, id).filter(|e| e.running && e.service == service).count()
+    endpoints_on(state, id).filter(|e| e.service == service).count()
 }
 
 /// Whether every service name the state holds has its expected number of
@@ -366,7 +371,8 @@ async fn fleet_of(nodes: usize, target: FleetTarget, admin_token: String, pid: i
     )
     .await;
     let victim = nodes / 2;
-    let (dead_id, dead_address) = (fleet.nodes[victim].id.clone(), fleet.nodes[victim].address.clone());
+    let dead_id = fleet.nodes[victim].id.clone();
+    let dead_address: u32 = fleet.nodes[victim].address.parse::<std::net::Ipv4Addr>().expect("IPv4").into();
     let last_heartbeat = *fleet.nodes[victim].last_heartbeat.lock().unwrap();
     let killed_at = Instant::now();
     // The nodes concerned hold a network one of its tasks is on.

@@ -290,7 +290,8 @@ mod tests {
 
     fn cluster() -> impl Strategy<Value = Cluster> {
         let networks = proptest::sample::subsequence(vec![1usize, 2], 0..=2).prop_map(|chosen| {
-            let mut networks = vec![Network { id: "ing".into(), ingress: true, ..Default::default() }];
+            let mut networks =
+                vec![Network { id: "ing".into(), vni: 4096, ingress: true, ..Default::default() }];
             networks.extend(chosen.into_iter().map(|n| Network {
                 id: NETWORKS[n].into(),
                 vni: 4096 + n as u32,
@@ -414,7 +415,7 @@ mod tests {
     fn a_change_on_a_network_reaches_only_the_nodes_on_it() {
         let mut cluster = Cluster {
             networks: vec![
-                Network { id: "ing".into(), ingress: true, ..Default::default() },
+                Network { id: "ing".into(), vni: 4096, ingress: true, ..Default::default() },
                 Network { id: "n1".into(), vni: 4097, ..Default::default() },
             ]
             .into(),

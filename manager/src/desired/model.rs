@@ -14,7 +14,7 @@ use netctl_proto::{
     Endpoint, Network, Node, NodeHeader, PublishedPort, Service, ServiceNames, ServiceVip, Task, TaskSpec,
     TaskState,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::rebuild::Rebuild;
 use std::sync::Arc;
@@ -95,13 +95,19 @@ struct Draft {
     networks: HashMap<String, Scope>,
     /// The nodes' parts rebuilt.
     nodes: HashMap<String, NodePart>,
-    /// Every network's ID.
-    known: HashSet<String>,
+    /// Every network's VNI, by ID.
+    vnis: HashMap<String, u32>,
 }
 
 /// A scope `built` anew, or else the one `before` (shared).
 fn kept<T>(built: Option<T>, before: Option<&Arc<T>>) -> Option<Arc<T>> {
     built.map(Arc::new).or_else(|| before.cloned())
+}
+
+/// IPv4 `text` as an endpoint carries it; `None` if it is not one (an
+/// address not allocated yet).
+fn ipv4(text: &str) -> Option<u32> {
+    text.parse::<std::net::Ipv4Addr>().ok().map(u32::from)
 }
 
 fn put(scope: &mut Scope, new: Item) {
@@ -145,7 +151,7 @@ impl Draft {
     fn build(cluster: &ClusterView, rebuild: &Rebuild, data_path_port: u32) -> Self {
         let mut draft = Draft {
             global: rebuild.global().then(Scope::new),
-            known: cluster.networks.iter().map(|n| n.id.clone()).collect(),
+            vnis: cluster.networks.iter().map(|n| (n.id.clone(), n.vni)).collect(),
             ..Default::default()
         };
         let ingress = cluster.networks.iter().find(|n| n.ingress).map(|n| n.id.as_str());
@@ -201,8 +207,8 @@ impl Draft {
     /// Each wanted task on its node and its endpoints on their networks.
     fn add_tasks(&mut self, cluster: &ClusterView, ingress: Option<&str>) {
         let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
-        let addresses: HashMap<&str, &str> =
-            cluster.nodes.iter().map(|n| (n.id.as_str(), n.advertise_addr.as_str())).collect();
+        let addresses: HashMap<&str, u32> =
+            cluster.nodes.iter().filter_map(|n| Some((n.id.as_str(), ipv4(&n.advertise_addr)?))).collect();
         for task in cluster.tasks.iter().filter(|t| t.desired_state() == TaskState::Running) {
             let Some(service) = services.get(task.service_id.as_str()) else { continue };
             let name = crate::services::task_name(service, task);
@@ -222,7 +228,7 @@ impl Draft {
                 };
                 put(&mut part.items, Item::Task(Box::new(spec)));
                 let attached = task.endpoints.iter().map(|e| &e.network_id);
-                part.networks.extend(attached.filter(|id| self.known.contains(*id)).cloned());
+                part.networks.extend(attached.filter(|id| self.vnis.contains_key(*id)).cloned());
             }
             // A task's endpoints go out once it runs, as Swarm's peers
             // learn an endpoint when its container joins: until then
@@ -231,19 +237,23 @@ impl Draft {
             if task.state() != TaskState::Running {
                 continue;
             }
-            let Some(node_addr) = addresses.get(task.node_id.as_str()) else { continue };
+            let Some(&node_addr) = addresses.get(task.node_id.as_str()) else { continue };
             for endpoint in &task.endpoints {
                 let Some(scope) = self.networks.get_mut(&endpoint.network_id) else { continue };
+                let (Some(&vni), Some(address)) =
+                    (self.vnis.get(&endpoint.network_id), ipv4(&endpoint.address))
+                else {
+                    continue;
+                };
                 // Names are not answered on ingress: no task identity there.
                 let named = Some(endpoint.network_id.as_str()) != ingress;
                 let endpoint = Endpoint {
-                    network_id: endpoint.network_id.clone(),
-                    address: endpoint.address.clone(),
-                    node_addr: node_addr.to_string(),
+                    vni,
+                    address,
+                    node_addr,
                     service: service.name.clone(),
                     task_id: if named { task.id.clone() } else { String::new() },
                     task_name: if named { name.clone() } else { String::new() },
-                    running: true,
                 };
                 put(scope, Item::Endpoint(Box::new(endpoint)));
             }
@@ -253,14 +263,15 @@ impl Draft {
     /// The ingress_sbox endpoint of every node: replies of tasks on one node
     /// to connections balanced on another go back through it.
     fn add_ingress_sandboxes(&mut self, ingress: &str, nodes: &[Node]) {
-        let Some(scope) = self.networks.get_mut(ingress) else { return };
-        for node in nodes.iter().filter(|node| node.ingress_address.parse::<std::net::Ipv4Addr>().is_ok()) {
-            let endpoint = Endpoint {
-                network_id: ingress.to_string(),
-                address: node.ingress_address.clone(),
-                node_addr: node.advertise_addr.clone(),
-                ..Default::default()
+        let (Some(scope), Some(&vni)) = (self.networks.get_mut(ingress), self.vnis.get(ingress)) else {
+            return;
+        };
+        for node in nodes {
+            let (Some(address), Some(node_addr)) = (ipv4(&node.ingress_address), ipv4(&node.advertise_addr))
+            else {
+                continue;
             };
+            let endpoint = Endpoint { vni, address, node_addr, ..Default::default() };
             put(scope, Item::Endpoint(Box::new(endpoint)));
         }
     }
@@ -373,7 +384,13 @@ mod tests {
     /// The ingress network ("ing") and an overlay ("net", demonet).
     fn ingress_and_demonet() -> [Network; 2] {
         [
-            Network { id: "ing".into(), name: "ingress".into(), ingress: true, ..Default::default() },
+            Network {
+                id: "ing".into(),
+                name: "ingress".into(),
+                vni: 4096,
+                ingress: true,
+                ..Default::default()
+            },
             Network { id: "net".into(), name: "demonet".into(), vni: 4097, ..Default::default() },
         ]
     }
@@ -491,13 +508,14 @@ mod tests {
             let cluster =
                 ClusterView { networks: &networks, services: &services, tasks: &tasks, nodes: &nodes };
             let state = Model::build(&cluster, 4789, 1).snapshot("b").unwrap();
-            let of_task = state.endpoints.iter().filter(|e| e.node_addr == "192.168.10.6");
-            of_task.map(|e| (e.network_id.clone(), e.running)).collect::<Vec<_>>()
+            let a = u32::from(std::net::Ipv4Addr::new(192, 168, 10, 6));
+            let of_task = state.endpoints.iter().filter(|e| e.node_addr == a);
+            of_task.map(|e| (e.vni, e.service.clone())).collect::<Vec<_>>()
         };
-        let (ing, net) = (String::from("ing"), String::from("net"));
+        let (ing, net) = ((4096, "web".to_string()), (4097, "web".to_string()));
         assert_eq!(endpoints_seen_by_b(&placed), [], "not a peer before it runs");
         placed.set_state(TaskState::Running);
-        assert_eq!(endpoints_seen_by_b(&placed), [(ing, true), (net, true)], "a peer and a backend");
+        assert_eq!(endpoints_seen_by_b(&placed), [ing, net], "a peer and a backend on each of its networks");
         placed.set_state(TaskState::Failed);
         assert_eq!(endpoints_seen_by_b(&placed), [], "not a peer once it failed");
     }

@@ -159,9 +159,9 @@ mod tests {
     fn cluster() -> Records {
         Records {
             networks: vec![
-                Network { id: "ing".into(), ingress: true, ..Default::default() },
-                Network { id: "n1".into(), ..Default::default() },
-                Network { id: "n2".into(), ..Default::default() },
+                Network { id: "ing".into(), vni: 4096, ingress: true, ..Default::default() },
+                Network { id: "n1".into(), vni: 4097, ..Default::default() },
+                Network { id: "n2".into(), vni: 4098, ..Default::default() },
             ]
             .into(),
             services: vec![Service { id: "s".into(), network_ids: vec!["n1".into()], ..Default::default() }]
