@@ -24,14 +24,24 @@ use tokio::sync::Notify;
 /// `Some(done)` once it is.
 pub type Check = dyn Fn(&DesiredItems) -> Option<bool> + Send + Sync;
 
-/// A change being timed: when it started and when each node's state first
-/// satisfied its check.
+/// A change being timed: when it started and, for each node, when its
+/// state first satisfied its check and whether its latest state concerns
+/// the change.
 pub struct Scenario {
     started: Instant,
     check: Box<Check>,
-    done: Mutex<Vec<Option<Duration>>>,
-    concerned: Mutex<Vec<bool>>,
+    nodes: Mutex<Vec<Observed>>,
     progress: Notify,
+}
+
+/// What a scenario saw of one node, from the latest state it completed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Observed {
+    /// When its state first satisfied the check.
+    done: Option<Duration>,
+    /// Whether its latest state concerns the change (the check said
+    /// something).
+    concerned: bool,
 }
 
 impl Scenario {
@@ -40,35 +50,44 @@ impl Scenario {
         Arc::new(Self {
             started: Instant::now(),
             check,
-            done: Mutex::new(vec![None; nodes]),
-            concerned: Mutex::new(Vec::new()),
+            nodes: Mutex::new(vec![Observed::default(); nodes]),
             progress: Notify::new(),
         })
     }
 
     /// Which nodes were concerned when the scenario ended.
     pub fn concerned(&self) -> Vec<bool> {
-        self.concerned.lock().unwrap().clone()
+        self.nodes.lock().unwrap().iter().map(|node| node.concerned).collect()
     }
 
-    /// Evaluates the check on node `index`'s `state`.
+    /// Evaluates the check on node `index`'s `state`, the latest it
+    /// completed; wakes the run when the node finished or stopped being
+    /// concerned.
     fn observe(&self, index: usize, state: &DesiredItems) {
-        let mut done = self.done.lock().unwrap();
-        if done[index].is_none() && (self.check)(state) == Some(true) {
-            done[index] = Some(self.started.elapsed());
+        let outcome = (self.check)(state);
+        let mut nodes = self.nodes.lock().unwrap();
+        let node = &mut nodes[index];
+        let was = *node;
+        node.concerned = outcome.is_some();
+        if node.done.is_none() && outcome == Some(true) {
+            node.done = Some(self.started.elapsed());
+        }
+        if node.done != was.done || node.concerned != was.concerned {
             self.progress.notify_one();
         }
     }
 
-    /// When each node that was concerned satisfied the check, if every
-    /// concerned node did (nodes not concerned are left out).
-    fn finished(&self, fleet: &Fleet) -> Option<Vec<Duration>> {
-        let done = self.done.lock().unwrap().clone();
+    /// When each concerned node satisfied the check, if every concerned
+    /// node did (nodes not concerned are left out). Reads what each node's
+    /// latest state gave: a node's state changes only with its messages,
+    /// each observed as it completes.
+    fn finished(&self) -> Option<Vec<Duration>> {
+        let nodes = self.nodes.lock().unwrap();
         let mut times = Vec::new();
-        for (node, done) in fleet.nodes.iter().zip(done) {
-            match done {
+        for node in nodes.iter() {
+            match node.done {
                 Some(at) => times.push(at),
-                None if (self.check)(node.view.lock().unwrap().held.items()).is_none() => {}
+                None if !node.concerned => {}
                 None => return None,
             }
         }
@@ -199,15 +218,14 @@ impl Fleet {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let result = loop {
-            if let Some(times) = scenario.finished(self) {
+            if let Some(times) = scenario.finished() {
                 break Ok(times);
             }
             let progress = scenario.progress.notified();
-            if tokio::time::timeout_at(deadline, progress).await.is_err() && scenario.finished(self).is_none()
-            {
+            if tokio::time::timeout_at(deadline, progress).await.is_err() && scenario.finished().is_none() {
                 let unfinished: Vec<usize> = {
-                    let done = scenario.done.lock().unwrap();
-                    (0..done.len()).filter(|i| done[*i].is_none()).collect()
+                    let nodes = scenario.nodes.lock().unwrap();
+                    (0..nodes.len()).filter(|i| nodes[*i].concerned && nodes[*i].done.is_none()).collect()
                 };
                 for index in unfinished.iter().take(3) {
                     self.nodes[*index].compare_with_a_whole_state(*index).await;
@@ -216,11 +234,6 @@ impl Fleet {
             }
         };
         *self.scenario.lock().unwrap() = None;
-        *scenario.concerned.lock().unwrap() = self
-            .nodes
-            .iter()
-            .map(|n| (scenario.check)(n.view.lock().unwrap().held.items()).is_some())
-            .collect();
         result
     }
 

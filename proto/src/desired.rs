@@ -126,6 +126,16 @@ impl DesiredItems {
             .filter_map(|(_, item)| item.item.as_ref())
     }
 
+    /// The keys from `first` on while `within` holds for them, in order
+    /// (counting them reads no item).
+    pub fn range_keys<'a>(
+        &'a self,
+        first: &ItemKey,
+        within: impl Fn(&ItemKey) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a ItemKey> + 'a {
+        self.items.range(first..).map(|(key, _)| key).take_while(move |key| within(key))
+    }
+
     /// The items, ordered by key.
     pub fn iter(&self) -> impl Iterator<Item = &Item> {
         self.items.values().filter_map(|item| item.item.as_ref())

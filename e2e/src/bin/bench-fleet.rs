@@ -27,8 +27,8 @@ use netctl_proto::desired::{DesiredItems, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::pki::Token;
 use netctl_proto::{
-    BearerToken, Endpoint, NetworkCreateRequest, PortConfig, ServiceCreateRequest, ServiceRemoveRequest,
-    ServiceScaleRequest,
+    BearerToken, Endpoint, Network, NetworkCreateRequest, PortConfig, ServiceCreateRequest,
+    ServiceRemoveRequest, ServiceScaleRequest,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -217,17 +217,34 @@ fn holds_names_of(state: &DesiredItems, service: &str) -> bool {
         .any(|item| matches!(item, Item::Names(names) if names.service == service))
 }
 
+/// The ingress network the state holds.
+fn ingress_of(state: &DesiredItems) -> Option<&Network> {
+    let mut networks =
+        state.range(&ItemKey::Network(String::new()), |key| matches!(key, ItemKey::Network(_)));
+    networks.find_map(|item| match item {
+        Item::Network(network) if network.ingress => Some(&**network),
+        _ => None,
+    })
+}
+
 /// How many backends the published TCP port `port` has (running tasks of
 /// its service on ingress); `None` if the node does not hold the port.
 fn port_backends(state: &DesiredItems, port: u32) -> Option<usize> {
     let Some(Item::Port(port)) = state.get(&ItemKey::Port("tcp".into(), port)) else { return None };
-    let mut networks =
-        state.range(&ItemKey::Network(String::new()), |key| matches!(key, ItemKey::Network(_)));
-    let ingress = networks.find_map(|item| match item {
-        Item::Network(network) if network.ingress => Some(network.id.as_str()),
-        _ => None,
-    })?;
-    Some(running_on(state, ingress, &port.service))
+    Some(running_on(state, &ingress_of(state)?.id, &port.service))
+}
+
+/// Whether the published TCP port `port` has `replicas` backends, where
+/// every one of `nodes` nodes has an ingress_sbox on ingress. A node checks
+/// this on each state it is sent, and the endpoints of a thousand nodes'
+/// states do not fit in a cache: the endpoint keys are counted first (the
+/// items not read), and a state short of the ingress_sboxes and `replicas`
+/// more endpoints is ruled out on that count.
+fn port_balances_over(state: &DesiredItems, port: u32, replicas: usize, nodes: usize) -> bool {
+    let Some(vni) = ingress_of(state).map(|ingress| ingress.vni) else { return false };
+    let on_ingress = |key: &ItemKey| matches!(key, ItemKey::Endpoint(v, _) if *v == vni);
+    let endpoints = state.range_keys(&ItemKey::Endpoint(vni, 0), on_ingress).count();
+    endpoints >= nodes + replicas && port_backends(state, port) == Some(replicas)
 }
 
 /// What the manager spends while nothing changes: its CPU per second
@@ -285,6 +302,7 @@ async fn create_and_remove(
     usage: &Usage,
     replicas: usize,
 ) -> (serde_json::Value, serde_json::Value) {
+    let nodes = fleet.nodes.len();
     let create = timed(
         &format!("service create --replicas {replicas}"),
         fleet,
@@ -306,7 +324,7 @@ async fn create_and_remove(
             };
             control.clone().create_service(service).await.expect("create probe");
         },
-        move |state| Some(port_backends(state, PUBLISHED_PORT) == Some(replicas)),
+        move |state| Some(port_balances_over(state, PUBLISHED_PORT, replicas, nodes)),
     )
     .await;
     let remove = timed(
