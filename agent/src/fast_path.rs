@@ -200,6 +200,9 @@ impl FastPath {
     /// Loads the programs for node `address`, taking over the maps pinned
     /// in `pins` (a previous agent's flows) or pinning new ones there.
     pub fn load(pins: &Path, address: Ipv4Addr) -> anyhow::Result<Self> {
+        if netlib::netns::mount_bpf_filesystem()? {
+            tracing::info!("mounted the BPF filesystem at /sys/fs/bpf (the fast path's maps are pinned there)");
+        }
         std::fs::create_dir_all(pins)
             .with_context(|| format!("creating the pin folder {}", pins.display()))?;
         let node = u32::from_ne_bytes(address.octets());

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 /// `statfs` magic of the namespace filesystem.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// `statfs` magic of the BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where the BPF filesystem is mounted.
+const BPF_FS: &str = "/sys/fs/bpf";
 /// How many times [`kill_processes_in`] looks for processes left.
 const KILL_ROUNDS: usize = 50;
 /// Where a node's pinned BPF objects go: one folder per run dir, on the
@@ -183,6 +187,29 @@ fn bpf_pin_dir(run_dir: &Path) -> PathBuf {
     let absolute = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_path_buf());
     let name = absolute.to_string_lossy().trim_matches('/').replace('/', "-");
     Path::new(BPF_PIN_ROOT).join(name)
+}
+
+/// Mounts the BPF filesystem at /sys/fs/bpf unless it is there, as
+/// Cilium's agent does (systemd mounts it at boot; a container or a
+/// minimal host may not): maps pinned there outlive the agent. Agents
+/// starting together take turns (a lock on /sys/fs) so that only one
+/// mounts it: each mount is a filesystem of its own, and a second on top
+/// would hide the first one's pins. Whether it mounted it.
+pub fn mount_bpf_filesystem() -> Result<bool> {
+    let host = "host";
+    let mounted = || nix::sys::statfs::statfs(BPF_FS).is_ok_and(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC);
+    if mounted() {
+        return Ok(false);
+    }
+    let parent = File::open("/sys/fs").map_err(|e| Error::os("opening /sys/fs", host, e))?;
+    let _turn = nix::fcntl::Flock::lock(parent, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::os("locking /sys/fs to mount the BPF filesystem", host, e.into()))?;
+    if mounted() {
+        return Ok(false);
+    }
+    mount(Some("bpf"), BPF_FS, Some("bpf"), MsFlags::empty(), None::<&str>)
+        .map_err(|e| Error::os(format!("mounting the BPF filesystem at {BPF_FS}"), host, e.into()))?;
+    Ok(true)
 }
 
 /// Whether `path` is a mounted network namespace.
