@@ -201,7 +201,9 @@ impl FastPath {
     /// in `pins` (a previous agent's flows) or pinning new ones there.
     pub fn load(pins: &Path, address: Ipv4Addr) -> anyhow::Result<Self> {
         if netlib::netns::mount_bpf_filesystem()? {
-            tracing::info!("mounted the BPF filesystem at /sys/fs/bpf (the fast path's maps are pinned there)");
+            tracing::info!(
+                "mounted the BPF filesystem at /sys/fs/bpf (the fast path's maps are pinned there)"
+            );
         }
         std::fs::create_dir_all(pins)
             .with_context(|| format!("creating the pin folder {}", pins.display()))?;

@@ -382,7 +382,11 @@ mod tests {
         assert!(matches!(older, SessionError::Lost { .. }), "retried, not an exit: {older:?}");
         let text = older.to_string();
         assert!(text.contains("manager at m:4243"), "{text}");
-        assert!(text.contains("sends desired-state version 0; this agent reads version 2"), "{text}");
+        let versions = format!(
+            "sends desired-state version 0; this agent reads version {}",
+            netctl_proto::DESIRED_STATE_VERSION
+        );
+        assert!(text.contains(&versions), "{text}");
         assert!(text.contains("upgrade the manager"), "{text}");
     }
 }

@@ -247,11 +247,13 @@ impl Dispatcher for DispatcherService {
         // The data path (VXLAN between nodes) runs over IPv4.
         match join.advertise_addr.parse::<IpAddr>() {
             Ok(IpAddr::V4(_)) => {}
-            Ok(IpAddr::V6(_)) => return Err(Status::invalid_argument(format!(
+            Ok(IpAddr::V6(_)) => {
+                return Err(Status::invalid_argument(format!(
                 "advertise address {} is IPv6; the data path between nodes runs over IPv4: give the node's \
                      IPv4 address",
                 join.advertise_addr
-            ))),
+            )))
+            }
             Err(_) => {
                 return Err(Status::invalid_argument(format!(
                     "invalid advertise address {:?}",
