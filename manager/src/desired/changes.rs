@@ -3,7 +3,7 @@
 //! the scopes it holds ([`Changes::for_node`]), so that a node is sent only
 //! what changed among the items it holds, and nothing when none did.
 
-use super::model::{Model, Scope};
+use super::model::{Model, NodePart, Scope};
 use bytes::Bytes;
 use netctl_proto::desired::{Change, ItemChanges, ItemKey};
 use std::cell::{OnceCell, RefCell};
@@ -52,6 +52,11 @@ pub struct Changes {
     /// order, encoded for the first such node (a service removed from a
     /// thousand nodes is its items' removals encoded once, not per node).
     lost: RefCell<HashMap<String, Rc<[Bytes]>>>,
+    /// The changes of the nodes that hold these networks, as before, and
+    /// whose own items did not change: the same for each such node, cut
+    /// for the first and shared with the others (a create's endpoints, sent
+    /// to a thousand nodes).
+    alike: RefCell<HashMap<BTreeSet<String>, Option<ItemChanges>>>,
 }
 
 /// The keys of `old` and `new` whose items differ, in one walk over both
@@ -105,6 +110,7 @@ impl Changes {
             networks: compare_all(&old.networks, &new.networks, |scope| &**scope),
             nodes: compare_all(&old.nodes, &new.nodes, |part| &part.items),
             lost: RefCell::default(),
+            alike: RefCell::default(),
         }
     }
 
@@ -114,6 +120,29 @@ impl Changes {
         let Some(now) = new.nodes.get(node_id) else { return NodeDelta::Gone };
         let Some(before) = old.nodes.get(node_id) else { return NodeDelta::Whole };
         let own = self.nodes.get(node_id).map_or(&[][..], Vec::as_slice);
+        let alike = own.is_empty() && before.networks == now.networks;
+        if alike {
+            if let Some(changes) = self.alike.borrow().get(&now.networks) {
+                return changes.clone().map_or(NodeDelta::Unchanged, NodeDelta::Changed);
+            }
+        }
+        let changes = self.cut(before, now, own, old, new);
+        if alike {
+            self.alike.borrow_mut().insert(now.networks.clone(), changes.clone());
+        }
+        changes.map_or(NodeDelta::Unchanged, NodeDelta::Changed)
+    }
+
+    /// The changes of a node holding `before` in `old` and `now` in `new`
+    /// whose own items' changes are `own`; `None` if there are none.
+    fn cut(
+        &self,
+        before: &NodePart,
+        now: &NodePart,
+        own: &[Changed],
+        old: &Model,
+        new: &Model,
+    ) -> Option<ItemChanges> {
         let mut parts = vec![Part::Changed(&self.global), Part::Changed(own)];
         for network in &now.networks {
             if !before.networks.contains(network) {
@@ -131,15 +160,10 @@ impl Changes {
         // to twice what they used.
         let mut changes = Vec::with_capacity(parts.iter().map(Part::len).sum());
         parts.into_iter().for_each(|part| part.add_to(&mut changes));
-        if changes.is_empty() {
-            NodeDelta::Unchanged
-        } else {
-            // Each key belongs to one scope: no key comes twice. Gathered in
-            // a list and sorted once (a thousand nodes each given thousands
-            // of changes spent most of a change's time keeping them in a
-            // tree).
-            NodeDelta::Changed(changes.into_iter().collect())
-        }
+        // Each key belongs to one scope: no key comes twice. Gathered in a
+        // list and sorted once (a thousand nodes each given thousands of
+        // changes spent most of a change's time keeping them in a tree).
+        (!changes.is_empty()).then(|| changes.into_iter().collect())
     }
 
     /// The removals of every item of network `id`'s `scope` (lost by a
