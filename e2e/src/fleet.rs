@@ -397,7 +397,7 @@ fn hold(
             scenario.observe(index, view.held.items());
         }
         held_tasks(view.held.items())
-            .filter(|id| reported.insert(id.to_string()))
+            .filter(|id| !reported.contains(*id) && reported.insert(id.to_string()))
             .map(|id| TaskStatusReport {
                 task_id: id.to_string(),
                 state: TaskState::Running.into(),

@@ -336,7 +336,7 @@ async fn create_and_remove(
             let request = ServiceRemoveRequest { reference: "probe".into() };
             control.clone().remove_service(request).await.expect("remove probe");
         },
-        |state| Some(port_backends(state, PUBLISHED_PORT).is_none()),
+        |state| Some(state.get(&ItemKey::Port("tcp".into(), PUBLISHED_PORT)).is_none()),
     )
     .await;
     (create, remove)
