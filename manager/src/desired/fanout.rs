@@ -230,11 +230,14 @@ impl Fanout {
         let subscribers: Vec<Arc<Subscriber>> =
             self.subscribers.lock().expect("subscribers lock").values().cloned().collect();
         let Some(previous) = previous else { return 0 };
+        if subscribers.is_empty() {
+            return 0;
+        }
         let changes = Changes::between(&previous, &model);
         let mut given = 0;
         for subscriber in subscribers {
             let delta = changes.for_node(&previous, &model, &subscriber.node_id);
-            given += usize::from(delta != NodeDelta::Unchanged);
+            given += usize::from(!matches!(delta, NodeDelta::Unchanged));
             let whole_items = model.item_count(&subscriber.node_id);
             subscriber.deliver(delta, model.revision, whole_items);
         }
