@@ -244,22 +244,15 @@ impl Dispatcher for DispatcherService {
                 netctl_proto::DESIRED_STATE_VERSION
             )));
         }
-        // The data path (VXLAN between nodes) runs over IPv4.
-        match join.advertise_addr.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => {}
-            Ok(IpAddr::V6(_)) => {
-                return Err(Status::invalid_argument(format!(
-                "advertise address {} is IPv6; the data path between nodes runs over IPv4: give the node's \
-                     IPv4 address",
-                join.advertise_addr
-            )))
-            }
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "invalid advertise address {:?}",
-                    join.advertise_addr
-                )))
-            }
+        let advertise_addr = join.advertise_addr.parse::<IpAddr>().map_err(|_| {
+            Status::invalid_argument(format!("invalid advertise address {:?}", join.advertise_addr))
+        })?;
+        if advertise_addr.is_ipv6() {
+            // The data path (VXLAN between nodes) runs over IPv4.
+            return Err(Status::invalid_argument(format!(
+                "advertise address {advertise_addr} is IPv6; the data path between nodes runs over IPv4: give \
+                 the node's IPv4 address"
+            )));
         }
         if join.hostname.is_empty() {
             return Err(Status::invalid_argument("a joining node must give its hostname"));
