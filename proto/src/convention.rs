@@ -32,6 +32,12 @@ pub fn endpoint_mac_text(address: Ipv4Addr) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// IPv4 `text` as the number an endpoint item carries (10.0.0.2 is
+/// 0x0a000002); `None` if it is not one (an address not allocated yet).
+pub fn endpoint_address_number(text: &str) -> Option<u32> {
+    text.parse::<Ipv4Addr>().ok().map(u32::from)
+}
+
 /// `<task id[:12]>`: the name of a task's sandbox namespace (and of its
 /// folder of task files).
 pub fn sandbox_name(task_id: &str) -> &str {

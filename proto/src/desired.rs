@@ -7,7 +7,7 @@
 //! and the backends of ports, VIPs and names are derived from the
 //! endpoints when the state is assembled.
 
-use crate::convention::endpoint_mac_text;
+use crate::convention::{endpoint_address_number, endpoint_mac_text};
 use crate::desired_item::Item;
 use crate::watch_message;
 use crate::{
@@ -253,7 +253,7 @@ fn derive_from_endpoints(state: &mut NodeState) {
         state.networks.iter().filter_map(|a| a.network.as_ref()).map(|n| (n.vni, n.id.as_str())).collect();
     let ingress = state.networks.iter().filter_map(|a| a.network.as_ref()).find(|n| n.ingress);
     let ingress = ingress.map(|n| n.id.as_str());
-    let local = state.advertise_addr.parse::<Ipv4Addr>().map(u32::from).ok();
+    let local = endpoint_address_number(&state.advertise_addr);
     let mut serving: HashMap<(&str, &str), Vec<&Endpoint>> = HashMap::new();
     for endpoint in &state.endpoints {
         let Some(network_id) = networks.get(&endpoint.vni).copied() else { continue };

@@ -8,6 +8,7 @@
 //! once per revision and shared by every Watch stream.
 
 use bytes::Bytes;
+use netctl_proto::convention::endpoint_address_number;
 use netctl_proto::desired::{item, ItemKey};
 use netctl_proto::desired_item::Item;
 use netctl_proto::{
@@ -102,12 +103,6 @@ struct Draft {
 /// A scope `built` anew, or else the one `before` (shared).
 fn kept<T>(built: Option<T>, before: Option<&Arc<T>>) -> Option<Arc<T>> {
     built.map(Arc::new).or_else(|| before.cloned())
-}
-
-/// IPv4 `text` as an endpoint carries it; `None` if it is not one (an
-/// address not allocated yet).
-fn ipv4(text: &str) -> Option<u32> {
-    text.parse::<std::net::Ipv4Addr>().ok().map(u32::from)
 }
 
 fn put(scope: &mut Scope, new: Item) {
@@ -207,8 +202,11 @@ impl Draft {
     /// Each wanted task on its node and its endpoints on their networks.
     fn add_tasks(&mut self, cluster: &ClusterView, ingress: Option<&str>) {
         let services: HashMap<&str, &Service> = cluster.services.iter().map(|s| (s.id.as_str(), s)).collect();
-        let addresses: HashMap<&str, u32> =
-            cluster.nodes.iter().filter_map(|n| Some((n.id.as_str(), ipv4(&n.advertise_addr)?))).collect();
+        let addresses: HashMap<&str, u32> = cluster
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.id.as_str(), endpoint_address_number(&n.advertise_addr)?)))
+            .collect();
         for task in cluster.tasks.iter().filter(|t| t.desired_state() == TaskState::Running) {
             let Some(service) = services.get(task.service_id.as_str()) else { continue };
             let name = crate::services::task_name(service, task);
@@ -241,7 +239,7 @@ impl Draft {
             for endpoint in &task.endpoints {
                 let Some(scope) = self.networks.get_mut(&endpoint.network_id) else { continue };
                 let (Some(&vni), Some(address)) =
-                    (self.vnis.get(&endpoint.network_id), ipv4(&endpoint.address))
+                    (self.vnis.get(&endpoint.network_id), endpoint_address_number(&endpoint.address))
                 else {
                     continue;
                 };
@@ -267,8 +265,10 @@ impl Draft {
             return;
         };
         for node in nodes {
-            let (Some(address), Some(node_addr)) = (ipv4(&node.ingress_address), ipv4(&node.advertise_addr))
-            else {
+            let (Some(address), Some(node_addr)) = (
+                endpoint_address_number(&node.ingress_address),
+                endpoint_address_number(&node.advertise_addr),
+            ) else {
                 continue;
             };
             let endpoint = Endpoint { vni, address, node_addr, ..Default::default() };
